@@ -1,0 +1,368 @@
+//! Keys, signatures and digests for the PBFT replica.
+//!
+//! Every signed protocol message is signed over a [`Digest`] that was computed with a
+//! [`DigestBuilder`] started from a [`Domain`]. The domain is hashed first and is part of the
+//! signed bytes again, so a signature made for one kind of message never validates as another.
+//!
+//! Validity is decided by one rule only: ed25519-dalek's `verify_strict`, with weak (small-order)
+//! public keys refused when they are parsed. Batch verification is deliberately not offered: its
+//! result for a signature whose `R` has a small-order component depends on the rest of the batch,
+//! so two correct replicas could disagree on the same signature (see the tests).
+//! This crate does no IO other than key files, and uses no async runtime.
+
+use std::fmt;
+use std::path::Path;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// Errors from key handling and verification.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("public key is not a valid curve point")]
+    InvalidPublicKey,
+    #[error("public key is weak (small order) and is refused")]
+    WeakPublicKey,
+    #[error("key file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+    #[error("invalid hex: {0}")]
+    Hex(String),
+}
+
+/// What a signature is for. The tag byte is hashed first into every signing digest and signed
+/// again beside it, so signatures never cross kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Domain {
+    Request = 1,
+    PrePrepare = 2,
+    Prepare = 3,
+    Commit = 4,
+    Reply = 5,
+    Checkpoint = 6,
+    ViewChange = 7,
+    NewView = 8,
+    /// Digests of data that is never signed by itself (batches, state, envelopes' contents).
+    Content = 9,
+}
+
+/// The prefix of every signed byte string; changing the protocol's signing rules changes it.
+const SIGNING_CONTEXT: &[u8; 12] = b"pbft-sig-v1\0";
+
+/// A SHA-256 digest.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The digest of `bytes` under `domain`.
+    pub fn of(domain: Domain, bytes: &[u8]) -> Digest {
+        DigestBuilder::new(domain).bytes(bytes).finish()
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The first bytes in hex, for logs.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.short())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Builds a canonical digest from explicit fields: a domain tag first, then fixed-endian
+/// integers and length-prefixed byte strings, so that no two different field lists hash the same
+/// way and nothing depends on a serializer's choices.
+#[derive(Clone)]
+pub struct DigestBuilder(Sha256);
+
+impl DigestBuilder {
+    pub fn new(domain: Domain) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"pbft-digest-v1\0");
+        hasher.update([domain as u8]);
+        DigestBuilder(hasher)
+    }
+
+    pub fn u8(mut self, value: u8) -> Self {
+        self.0.update([value]);
+        self
+    }
+
+    pub fn u32(mut self, value: u32) -> Self {
+        self.0.update(value.to_le_bytes());
+        self
+    }
+
+    pub fn u64(mut self, value: u64) -> Self {
+        self.0.update(value.to_le_bytes());
+        self
+    }
+
+    /// A length-prefixed byte string.
+    pub fn bytes(mut self, value: &[u8]) -> Self {
+        self.0.update((value.len() as u64).to_le_bytes());
+        self.0.update(value);
+        self
+    }
+
+    pub fn digest(mut self, value: &Digest) -> Self {
+        self.0.update(value.0);
+        self
+    }
+
+    pub fn public_key(mut self, value: &PublicKey) -> Self {
+        self.0.update(value.bytes);
+        self
+    }
+
+    pub fn finish(self) -> Digest {
+        Digest(self.0.finalize().into())
+    }
+}
+
+/// The byte string that is actually signed for `digest` under `domain`.
+fn signed_bytes(domain: Domain, digest: &Digest) -> [u8; 45] {
+    let mut out = [0u8; 45];
+    out[..12].copy_from_slice(SIGNING_CONTEXT);
+    out[12] = domain as u8;
+    out[13..].copy_from_slice(&digest.0);
+    out
+}
+
+/// An ed25519 public key that is a valid, non-weak curve point.
+#[derive(Clone, Copy)]
+pub struct PublicKey {
+    bytes: [u8; 32],
+    key: VerifyingKey,
+}
+
+impl PublicKey {
+    /// Parses a key, refusing invalid encodings and weak (small-order) keys.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<PublicKey, CryptoError> {
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::InvalidPublicKey)?;
+        if key.is_weak() {
+            return Err(CryptoError::WeakPublicKey);
+        }
+        Ok(PublicKey { bytes: *bytes, key })
+    }
+
+    pub fn from_hex(text: &str) -> Result<PublicKey, CryptoError> {
+        let bytes: [u8; 32] = hex::decode(text.trim())
+            .map_err(|e| CryptoError::Hex(e.to_string()))?
+            .try_into()
+            .map_err(|_| CryptoError::Hex("a public key is 32 bytes (64 hex digits)".into()))?;
+        PublicKey::from_bytes(&bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.bytes)
+    }
+
+    /// Checks `signature` on `digest` under `domain` with the strict rule: canonical `s`,
+    /// non-small-order `R`, and the exact equation `R = [s]B - [k]A` on encodings.
+    pub fn verify(
+        &self,
+        domain: Domain,
+        digest: &Digest,
+        signature: &Signature,
+    ) -> Result<(), CryptoError> {
+        let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
+        self.key
+            .verify_strict(&signed_bytes(domain, digest), &signature)
+            .map_err(|_| CryptoError::BadSignature)
+    }
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+impl Eq for PublicKey {}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes.hash(state)
+    }
+}
+
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.bytes.cmp(&other.bytes)
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", hex::encode(&self.bytes[..4]))
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.bytes.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes = <[u8; 32]>::deserialize(deserializer)?;
+        PublicKey::from_bytes(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An ed25519 signature as transmitted. Whether it is valid is only known after
+/// [`PublicKey::verify`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signature(pub [u8; 64]);
+
+impl Signature {
+    /// A signature of all zeros; never valid. Used where a message is built before signing.
+    pub const EMPTY: Signature = Signature([0; 64]);
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({})", hex::encode(&self.0[..4]))
+    }
+}
+
+impl Serialize for Signature {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // serde implements arrays only up to 32 elements: write two halves.
+        let (a, b) = self.0.split_at(32);
+        let a: &[u8; 32] = a.try_into().expect("split at 32");
+        let b: &[u8; 32] = b.try_into().expect("split at 32");
+        (a, b).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Signature {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (a, b) = <([u8; 32], [u8; 32])>::deserialize(deserializer)?;
+        let mut out = [0u8; 64];
+        out[..32].copy_from_slice(&a);
+        out[32..].copy_from_slice(&b);
+        Ok(Signature(out))
+    }
+}
+
+/// An ed25519 signing key with its public key.
+#[derive(Clone)]
+pub struct KeyPair {
+    signing: SigningKey,
+    public: PublicKey,
+}
+
+const KEY_FILE_HEADER: &str = "pbft-ed25519-secret-key-v1";
+
+impl KeyPair {
+    /// A new key from the operating system's randomness.
+    pub fn generate() -> KeyPair {
+        loop {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).expect("the operating system has no randomness source");
+            if let Ok(pair) = KeyPair::from_seed(&seed) {
+                return pair;
+            }
+        }
+    }
+
+    /// The key derived from a 32-byte seed (deterministic; for simulations and tests).
+    pub fn from_seed(seed: &[u8; 32]) -> Result<KeyPair, CryptoError> {
+        let signing = SigningKey::from_bytes(seed);
+        let public = PublicKey::from_bytes(signing.verifying_key().as_bytes())?;
+        Ok(KeyPair { signing, public })
+    }
+
+    pub fn public(&self) -> PublicKey {
+        self.public
+    }
+
+    pub fn sign(&self, domain: Domain, digest: &Digest) -> Signature {
+        Signature(self.signing.sign(&signed_bytes(domain, digest)).to_bytes())
+    }
+
+    /// Writes the secret key to `path` (mode 0600 on unix), refusing to overwrite a file.
+    pub fn save(&self, path: &Path) -> Result<(), CryptoError> {
+        let key_error = |reason: String| CryptoError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = format!(
+            "{KEY_FILE_HEADER}\n{}\n",
+            hex::encode(self.signing.to_bytes())
+        );
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path).map_err(|e| key_error(e.to_string()))?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| key_error(e.to_string()))
+    }
+
+    /// Reads a key written by [`KeyPair::save`].
+    pub fn load(path: &Path) -> Result<KeyPair, CryptoError> {
+        let key_error = |reason: &str| CryptoError::KeyFile {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| key_error(&e.to_string()))?;
+        let mut lines = text.lines();
+        if lines.next() != Some(KEY_FILE_HEADER) {
+            return Err(key_error("not a key file (missing header line)"));
+        }
+        let seed: [u8; 32] = lines
+            .next()
+            .and_then(|line| hex::decode(line.trim()).ok())
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| key_error("the second line must be 64 hex digits"))?;
+        KeyPair::from_seed(&seed).map_err(|e| key_error(&e.to_string()))
+    }
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPair({:?})", self.public)
+    }
+}
+
+#[cfg(test)]
+mod tests;
