@@ -313,6 +313,11 @@ impl KeyPair {
         self.public
     }
 
+    /// The 32-byte secret seed, for building a TLS identity from this key. Keep it secret.
+    pub fn secret_seed(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
     pub fn sign(&self, domain: Domain, digest: &Digest) -> Signature {
         Signature(self.signing.sign(&signed_bytes(domain, digest)).to_bytes())
     }

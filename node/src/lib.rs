@@ -1,1 +1,15 @@
-//! placeholder
+//! A PBFT replica (Castro and Liskov) with signed messages.
+//!
+//! - [`messages`]: the wire format, canonical signing digests and boundary validation.
+//! - [`protocol`]: the replica as a pure, deterministic state machine.
+//! - [`app`]: the replicated application and the built-in key-value store.
+//! - [`byzantine`]: named faulty behaviours that wrap a correct replica's outputs.
+
+pub mod app;
+pub mod byzantine;
+pub mod codec;
+pub mod committee;
+pub mod messages;
+pub mod protocol;
+
+pub use committee::Committee;

@@ -1,0 +1,38 @@
+//! The replicated application: what the replicas agree to execute.
+
+mod kv;
+
+pub use kv::{KvOp, KvResult, KvStore};
+
+use pbft_crypto::Digest;
+
+/// Why a snapshot could not be restored.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid snapshot: {0}")]
+pub struct SnapshotError(pub String);
+
+/// A deterministic state machine replicated by PBFT.
+///
+/// Every correct replica applies the same operations in the same order, so every method must be a
+/// pure function of the state and its arguments: no clock, randomness or iteration over unordered
+/// containers.
+pub trait StateMachine: Send {
+    /// Applies one operation and returns its result. Invalid operations must still produce a
+    /// (deterministic) result rather than panic: the bytes come from clients.
+    fn execute(&mut self, op: &[u8]) -> Vec<u8>;
+
+    /// Applies a batch of operations in order.
+    fn execute_batch(&mut self, ops: &[&[u8]]) -> Vec<Vec<u8>> {
+        ops.iter().map(|op| self.execute(op)).collect()
+    }
+
+    /// A digest of the whole state; equal states give equal digests on every replica.
+    fn digest(&self) -> Digest;
+
+    /// The whole state as bytes, for checkpoints and state transfer.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the state with a snapshot taken by [`StateMachine::snapshot`]. The caller has
+    /// already checked the snapshot against a certified digest, but it must still not panic.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
+}

@@ -1,0 +1,1 @@
+//! Named faulty behaviours.

@@ -1,0 +1,41 @@
+//! The one place where bytes become values and back.
+//!
+//! bincode 1.3 is used only through this module. Decoding always has a byte limit and rejects
+//! trailing bytes, so a hostile length prefix can neither allocate past the limit nor smuggle
+//! extra data; any byte string decodes to a value or an error, never a panic.
+
+use bincode::Options;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Why bytes could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable message: {0}")]
+pub struct CodecError(String);
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+}
+
+/// Encodes a value. Our own values always encode.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    options()
+        .serialize(value)
+        .expect("serializing an in-memory value cannot fail")
+}
+
+/// Decodes `bytes`, refusing anything longer than `limit` or with bytes left over.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: u64) -> Result<T, CodecError> {
+    if bytes.len() as u64 > limit {
+        return Err(CodecError(format!(
+            "{} bytes is over the limit of {limit}",
+            bytes.len()
+        )));
+    }
+    options()
+        .with_limit(limit)
+        .deserialize(bytes)
+        .map_err(|e| CodecError(e.to_string()))
+}

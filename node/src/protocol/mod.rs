@@ -1,0 +1,209 @@
+//! The PBFT replica as a pure state machine.
+//!
+//! This module contains no networking code, reads no clock and uses no randomness: "now" is an
+//! argument of every input, and every effect is an output. The same code runs under the tokio
+//! runtime and under the deterministic simulator.
+//!
+//! # Driving a replica
+//! 1. Create it with [`Replica::new`] and call [`Replica::start`] once.
+//! 2. Feed it inputs, one at a time: [`Replica::handle_message`] for every message that passed
+//!    [`crate::messages::verify`], and [`Replica::handle_timer`] when a timer it set fires.
+//! 3. After each input call [`Replica::poll_ready`] and carry out the [`Ready`] in its field order:
+//!    first make `persist` durable, then send `messages` and `replies`, then apply `timers`.
+//!    Nothing in `messages` may leave before `persist` is durable: a restarted replica that forgot
+//!    what it signed could contradict itself.
+
+// Time and randomness are inputs here: clippy refuses clocks, OS randomness and IO types.
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod clients;
+mod replica;
+mod view_change;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use clients::{ClientRecord, ClientTable, RequestStatus};
+pub use replica::Replica;
+pub use view_change::{plan_new_view, NewViewPlan};
+
+use pbft_crypto::Digest;
+
+use crate::messages::{Checkpoint, Limits, Message, NewView, Reply, ReplicaId, Seq, View, ViewChange, Vote};
+
+/// Tunable parameters. Replicas of one cluster must agree on `checkpoint_interval`,
+/// `log_window` and `client_window`; the rest is local.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtocolConfig {
+    /// K: a checkpoint is taken every K sequence numbers.
+    pub checkpoint_interval: u64,
+    /// L: sequence numbers must lie in (h, h + L]; a multiple of K, at least 2K.
+    pub log_window: u64,
+    /// Most requests in one batch.
+    pub max_batch_requests: usize,
+    /// Most payload bytes in one batch.
+    pub max_batch_bytes: usize,
+    /// Most sequence numbers the primary has in flight (assigned but not executed).
+    pub max_outstanding: u64,
+    /// How long a backup waits for a request to execute before it suspects the primary; doubles
+    /// on each view change that does not complete.
+    pub view_change_timeout: Duration,
+    /// The view-change timeout stops doubling here.
+    pub max_view_change_timeout: Duration,
+    /// How often unanswered protocol messages are sent again.
+    pub retransmit_interval: Duration,
+    /// Most request envelopes waiting to be ordered or executed, in total and per client.
+    pub max_pending_envelopes: usize,
+    pub max_pending_per_client: usize,
+    /// How many timestamps below its highest executed one a client's request may carry.
+    pub client_window: u64,
+    /// Message size limits.
+    pub limits: Limits,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        ProtocolConfig {
+            checkpoint_interval: 128,
+            log_window: 256,
+            max_batch_requests: 1024,
+            max_batch_bytes: 4 << 20,
+            max_outstanding: 8,
+            view_change_timeout: Duration::from_millis(2000),
+            max_view_change_timeout: Duration::from_secs(60),
+            retransmit_interval: Duration::from_millis(500),
+            max_pending_envelopes: 65_536,
+            max_pending_per_client: 256,
+            client_window: 1024,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl ProtocolConfig {
+    /// Checks the relations between parameters.
+    pub fn validate(&self) -> Result<(), String> {
+        let k = self.checkpoint_interval;
+        if k == 0 {
+            return Err("checkpoint_interval must be positive".into());
+        }
+        if self.log_window < 2 * k || self.log_window % k != 0 {
+            return Err("log_window must be a multiple of checkpoint_interval and at least twice it".into());
+        }
+        if self.limits.log_window != self.log_window {
+            return Err("limits.log_window must equal log_window".into());
+        }
+        if self.max_batch_requests == 0 || self.max_outstanding == 0 {
+            return Err("max_batch_requests and max_outstanding must be positive".into());
+        }
+        if self.client_window == 0 {
+            return Err("client_window must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The replica's timers; the shell keeps at most one deadline per timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// A request waited too long, or a view change did not complete.
+    ViewChange,
+    /// Time to send unanswered messages again.
+    Retransmit,
+}
+
+/// Set or cancel a timer. Setting one that is already set moves its deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerCommand {
+    Set { timer: Timer, at: Duration },
+    Cancel(Timer),
+}
+
+/// Where an outgoing message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Replica(ReplicaId),
+    /// Every replica but this one.
+    AllReplicas,
+}
+
+/// A message to send.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub to: Destination,
+    pub message: Arc<Message>,
+}
+
+/// Something this replica signed, which must be durable before any message leaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Durable {
+    Vote(Vote),
+    Checkpoint(Checkpoint),
+    ViewChange(ViewChange),
+    NewView(Arc<NewView>),
+}
+
+/// A batch this replica executed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Executed {
+    pub seq: Seq,
+    pub view: View,
+    pub digest: Digest,
+    pub requests: usize,
+}
+
+/// What the replica asks its driver to do, in order: persist, send, reply, set timers.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub persist: Vec<Durable>,
+    pub messages: Vec<Outgoing>,
+    pub replies: Vec<Reply>,
+    pub timers: Vec<TimerCommand>,
+    /// Batches executed during this step, in order (for metrics and checkers).
+    pub executed: Vec<Executed>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.messages.is_empty()
+            && self.replies.is_empty()
+            && self.timers.is_empty()
+            && self.executed.is_empty()
+    }
+}
+
+/// Proof that a replica signed two conflicting messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Conflict {
+    /// Two votes of one phase for the same view and sequence number with different digests.
+    Votes(Vote, Vote),
+    /// Two checkpoints for the same sequence number with different state digests.
+    Checkpoints(Checkpoint, Checkpoint),
+}
+
+impl Conflict {
+    /// The replica both messages are signed by.
+    pub fn culprit(&self) -> ReplicaId {
+        match self {
+            Conflict::Votes(a, _) => a.replica,
+            Conflict::Checkpoints(a, _) => a.replica,
+        }
+    }
+}
+
+/// A snapshot of a replica's position, for status queries and checkers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: ReplicaId,
+    pub view: View,
+    /// False while a view change is in progress.
+    pub view_active: bool,
+    pub primary: ReplicaId,
+    pub last_executed: Seq,
+    pub stable_checkpoint: Seq,
+    pub state_digest: Digest,
+    pub pending_requests: usize,
+    /// Replicas this one holds proof of equivocation against.
+    pub evidence_against: Vec<ReplicaId>,
+}
