@@ -384,6 +384,37 @@ pub fn verify_checkpoint_proof(
     Ok(())
 }
 
+/// Checks that `commits` are 2f+1 valid COMMITs from distinct replicas for one view, sequence
+/// number and digest.
+pub fn verify_commit_certificate(
+    commits: &[Vote],
+    committee: &Committee,
+    checker: &mut dyn SignatureCheck,
+) -> Result<(), Rejection> {
+    if commits.len() != committee.quorum() {
+        return Err(Rejection::InvalidCertificate("a commit certificate holds exactly 2f+1 commits"));
+    }
+    let first = &commits[0];
+    let mut seen = Vec::with_capacity(commits.len());
+    for commit in commits {
+        if commit.phase != Phase::Commit
+            || commit.view != first.view
+            || commit.seq != first.seq
+            || commit.digest != first.digest
+        {
+            return Err(Rejection::InvalidCertificate("commits in a certificate must match"));
+        }
+        if seen.contains(&commit.replica) {
+            return Err(Rejection::InvalidCertificate("commit certificate repeats a replica"));
+        }
+        seen.push(commit.replica);
+    }
+    for commit in commits {
+        commit.check_signature(committee, checker)?;
+    }
+    Ok(())
+}
+
 /// ⟨NEW-VIEW, v+1, V, O⟩ from the new primary: 2f+1 VIEW-CHANGEs and the PRE-PREPAREs computed
 /// from them (each signed on its own, since they later appear in prepared certificates).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -441,6 +472,16 @@ pub enum Message {
     },
     /// A batch body; the receiver checks it against the digest it is waiting for.
     BatchData { seq: Seq, batch: Batch },
+    /// A replica's position, sent periodically so that peers ahead of it can help it catch up.
+    /// Unsigned: the authenticated channel names the sender.
+    Status {
+        replica: ReplicaId,
+        view: View,
+        last_executed: Seq,
+    },
+    /// A batch with 2f+1 matching COMMITs for it: proof that it is committed at `seq`, for a
+    /// replica that missed the ordering messages.
+    Committed { batch: Batch, commits: Vec<Vote> },
     /// Asks for the application state at the stable checkpoint `seq`.
     FetchState { seq: Seq, replica: ReplicaId },
     /// The state at checkpoint `seq`, with the proof that it is stable. The receiver checks the
@@ -467,6 +508,8 @@ impl Message {
             Message::FetchBatch { .. } => "fetch-batch",
             Message::BatchData { .. } => "batch-data",
             Message::FetchState { .. } => "fetch-state",
+            Message::Status { .. } => "status",
+            Message::Committed { .. } => "committed",
             Message::StateData { .. } => "state-data",
         }
     }
@@ -773,7 +816,18 @@ pub fn verify(
             }
         }
         Message::Reply(_) => return Err(Rejection::Malformed("replicas do not accept replies")),
-        Message::FetchBatch { replica, .. } | Message::FetchState { replica, .. } => {
+        Message::Committed { batch, commits } => {
+            verify_commit_certificate(commits, committee, checker)?;
+            if batch.digest() != commits[0].digest {
+                return Err(Rejection::DigestMismatch);
+            }
+            if batch.envelopes.len() > limits.max_batch_envelopes {
+                return Err(Rejection::TooLarge("envelopes in a batch"));
+            }
+        }
+        Message::FetchBatch { replica, .. }
+        | Message::FetchState { replica, .. }
+        | Message::Status { replica, .. } => {
             // Unsigned: the authenticated channel names the asker.
             signed_by(*replica)?;
         }

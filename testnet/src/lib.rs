@@ -1,1 +1,3 @@
-//! placeholder
+//! Local PBFT clusters: the deterministic simulator ([`sim`]).
+
+pub mod sim;

@@ -27,9 +27,11 @@ pub use clients::{ClientRecord, ClientTable, RequestStatus};
 pub use replica::Replica;
 pub use view_change::{plan_new_view, NewViewPlan};
 
-use pbft_crypto::Digest;
+use pbft_crypto::{Digest, PublicKey};
 
-use crate::messages::{Checkpoint, Limits, Message, NewView, Reply, ReplicaId, Seq, View, ViewChange, Vote};
+use crate::messages::{
+    Checkpoint, Limits, Message, NewView, Reply, ReplicaId, Seq, Timestamp, View, ViewChange, Vote,
+};
 
 /// Tunable parameters. Replicas of one cluster must agree on `checkpoint_interval`,
 /// `log_window` and `client_window`; the rest is local.
@@ -149,7 +151,8 @@ pub struct Executed {
     pub seq: Seq,
     pub view: View,
     pub digest: Digest,
-    pub requests: usize,
+    /// The requests that executed (those already executed earlier are skipped), in order.
+    pub requests: Vec<(PublicKey, Timestamp)>,
 }
 
 /// What the replica asks its driver to do, in order: persist, send, reply, set timers.

@@ -44,6 +44,8 @@ struct Entry {
     batch: Option<Arc<Batch>>,
     prepares: BTreeMap<ReplicaId, Vote>,
     commits: BTreeMap<ReplicaId, Vote>,
+    /// 2f+1 matching COMMITs, once committed (to help replicas that missed them).
+    commit_cert: Option<Vec<Vote>>,
     /// The certificate from the highest view this slot prepared in; survives view changes.
     prepared_cert: Option<PreparedCert>,
     sent_prepare: bool,
@@ -277,6 +279,8 @@ impl Replica {
             Message::FetchBatch { seq, digest, replica } => self.on_fetch_batch(seq, digest, replica),
             Message::BatchData { seq, batch } => self.on_batch_data(seq, batch),
             Message::FetchState { seq, replica } => self.on_fetch_state(seq, replica),
+            Message::Status { replica, view, last_executed } => self.on_status(replica, view, last_executed),
+            Message::Committed { batch, commits } => self.on_committed(batch, commits),
             Message::StateData { seq, proof, snapshot } => self.on_state_data(seq, proof, snapshot),
             Message::Reply(_) => self.ignore("reply"),
         }
@@ -435,7 +439,7 @@ impl Replica {
             }
             // After a view change, wait for the bodies of re-proposed batches so that no request
             // is ordered twice.
-            if self.log.range(self.last_executed + 1..seq).any(|(_, e)| e.batch.is_none()) {
+            if self.log.range(self.last_executed + 1..).take_while(|(s, _)| **s < seq).any(|(_, e)| e.batch.is_none()) {
                 return;
             }
             let mut batch = Batch::default();
@@ -677,6 +681,8 @@ impl Replica {
         let Some((digest, _)) = counts.into_iter().find(|(_, count)| *count >= quorum) else {
             return;
         };
+        let cert: Vec<Vote> = entry.commits.values().filter(|c| c.digest == digest).take(quorum).cloned().collect();
+        entry.commit_cert = Some(cert);
         if entry.digest.is_some_and(|d| d != digest) {
             entry.pre_prepare = None;
             entry.batch = None;
@@ -712,7 +718,7 @@ impl Replica {
 
     fn execute_batch(&mut self, seq: Seq, digest: Digest, batch: &Batch) {
         let mut replies: BTreeMap<pbft_crypto::PublicKey, Vec<RequestResult>> = BTreeMap::new();
-        let mut executed_requests = 0;
+        let mut executed_requests = Vec::new();
         let mut settled_watch = false;
         for envelope in &batch.envelopes {
             for request in &envelope.requests {
@@ -721,7 +727,7 @@ impl Replica {
                 }
                 let result = self.app.execute(&request.op);
                 self.clients.record(envelope.client, request.timestamp, result.clone());
-                executed_requests += 1;
+                executed_requests.push((envelope.client, request.timestamp));
                 replies.entry(envelope.client).or_default().push(RequestResult {
                     timestamp: request.timestamp,
                     result,
@@ -743,13 +749,14 @@ impl Replica {
                 results,
             });
         }
+        let progressed = !executed_requests.is_empty();
         self.ready.executed.push(Executed {
             seq,
             view: self.view,
             digest,
             requests: executed_requests,
         });
-        if executed_requests > 0 {
+        if progressed {
             self.view_change_timeout = self.config.view_change_timeout;
         }
         if settled_watch || self.watched.is_some_and(|d| !self.pending.contains(&d)) {
@@ -959,6 +966,54 @@ impl Replica {
         self.check_prepared(seq);
     }
 
+    // ----- catching up -----
+
+    /// A peer reports its position: show it the view it missed, or the batches it lacks.
+    fn on_status(&mut self, from: ReplicaId, view: View, last_executed: Seq) {
+        if from == self.id {
+            return;
+        }
+        if view < self.view && self.view_active {
+            if let Some(new_view) = self.last_new_view.clone() {
+                self.send(Destination::Replica(from), Message::NewView((*new_view).clone()));
+            }
+        }
+        const MAX_CATCH_UP_BATCHES: usize = 16;
+        let mut sent = 0;
+        for (_, entry) in self.log.range(last_executed + 1..) {
+            if sent >= MAX_CATCH_UP_BATCHES || !entry.committed {
+                break;
+            }
+            if let (Some(batch), Some(commits)) = (&entry.batch, &entry.commit_cert) {
+                let message = Message::Committed { batch: (**batch).clone(), commits: commits.clone() };
+                self.ready.messages.push(Outgoing { to: Destination::Replica(from), message: Arc::new(message) });
+                sent += 1;
+            }
+        }
+    }
+
+    /// A batch with a commit certificate: committed, whatever view it was ordered in.
+    fn on_committed(&mut self, batch: Batch, commits: Vec<Vote>) {
+        let seq = commits[0].seq;
+        let digest = commits[0].digest;
+        if seq <= self.last_executed || !self.in_window(seq) {
+            return;
+        }
+        let now = self.now;
+        let entry = self.log.entry(seq).or_default();
+        if entry.committed && entry.batch.is_some() {
+            return;
+        }
+        if entry.digest.is_some_and(|d| d != digest) {
+            entry.pre_prepare = None;
+        }
+        entry.digest = Some(digest);
+        entry.batch = Some(Arc::new(batch));
+        entry.committed = true;
+        entry.commit_cert = Some(commits);
+        entry.touched = now;
+    }
+
     // ----- view change (§4.4, §4.5.2) -----
 
     fn on_view_change_timer(&mut self) {
@@ -1162,7 +1217,7 @@ impl Replica {
         }
         self.next_seq = max_s.max(self.last_executed) + 1;
         self.rebuild_in_log();
-        let seqs: Vec<Seq> = self.log.range(low + 1..=max_s).map(|(s, _)| *s).collect();
+        let seqs: Vec<Seq> = self.log.range(low + 1..).map(|(s, _)| *s).take_while(|s| *s <= max_s).collect();
         for seq in seqs {
             self.maybe_send_prepare(seq);
             if self.is_primary() {
@@ -1231,6 +1286,8 @@ impl Replica {
                 self.broadcast(message);
             }
         }
+        let status = Message::Status { replica: self.id, view: self.view, last_executed: self.last_executed };
+        self.broadcast(status);
         // The newest own checkpoint tells lagging replicas where the others are.
         let newest = self.checkpoints.own.values().rev().find_map(|own| own.message.clone());
         if let Some(checkpoint) = newest {

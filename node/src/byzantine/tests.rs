@@ -1,0 +1,682 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pbft_crypto::{Digest, Domain, KeyPair};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::messages::{
+    self, Batch, Checkpoint, ClientRequest, Limits, NewView, Phase, PreparedCert, Rejection,
+    RequestEnvelope, RequestResult, Sender, Seq, StrictCheck, Verified, View, ViewChange, Vote,
+};
+use crate::protocol::{Timer, TimerCommand};
+
+struct Cluster {
+    keys: Vec<KeyPair>,
+    committee: Committee,
+}
+
+impl Cluster {
+    fn new(f: usize) -> Cluster {
+        let keys: Vec<KeyPair> = (0..3 * f + 1)
+            .map(|i| KeyPair::from_seed(&[i as u8 + 1; 32]).unwrap())
+            .collect();
+        let committee = Committee::new(keys.iter().map(KeyPair::public).collect(), f).unwrap();
+        Cluster { keys, committee }
+    }
+
+    fn run(
+        &self,
+        behavior: &mut dyn Behavior,
+        id: ReplicaId,
+        ready: Ready,
+        rng: &mut ChaCha8Rng,
+    ) -> FaultyOutput {
+        let mut ctx = Context {
+            id,
+            key: &self.keys[id as usize],
+            committee: &self.committee,
+            now: Duration::from_secs(1),
+            rng,
+        };
+        behavior.transform(ready, &mut ctx)
+    }
+
+    /// What a correct replica's boundary says about `message` arriving from `from`.
+    fn verify(&self, from: ReplicaId, message: &Message) -> Result<Verified<Message>, Rejection> {
+        messages::verify(
+            message.clone(),
+            Sender::Replica(from),
+            &self.committee,
+            &Limits::default(),
+            &mut StrictCheck,
+        )
+    }
+
+    fn primary(&self, view: View) -> ReplicaId {
+        self.committee.primary(view)
+    }
+
+    fn vote(&self, phase: Phase, view: View, seq: Seq, digest: Digest, replica: ReplicaId) -> Vote {
+        Vote::new(&self.keys[replica as usize], phase, view, seq, digest, replica)
+    }
+
+    fn header(&self, view: View, seq: Seq, digest: Digest) -> Vote {
+        self.vote(Phase::PrePrepare, view, seq, digest, self.primary(view))
+    }
+
+    fn pre_prepare(&self, view: View, seq: Seq, batch: Batch) -> Message {
+        Message::PrePrepare {
+            header: self.header(view, seq, batch.digest()),
+            batch,
+        }
+    }
+
+    fn prepare(&self, view: View, seq: Seq, digest: Digest, replica: ReplicaId) -> Message {
+        Message::Prepare {
+            vote: self.vote(Phase::Prepare, view, seq, digest, replica),
+            pre_prepare: self.header(view, seq, digest),
+        }
+    }
+
+    fn commit(&self, view: View, seq: Seq, digest: Digest, replica: ReplicaId) -> Message {
+        Message::Commit(self.vote(Phase::Commit, view, seq, digest, replica))
+    }
+
+    fn checkpoint(&self, seq: Seq, replica: ReplicaId) -> Checkpoint {
+        let state = Digest::of(Domain::Content, &seq.to_le_bytes());
+        Checkpoint::new(&self.keys[replica as usize], seq, state, replica)
+    }
+
+    /// A view change into `new_view` from the initial state, carrying one prepared certificate.
+    fn view_change(&self, new_view: View, replica: ReplicaId) -> ViewChange {
+        let old = new_view - 1;
+        let digest = batch(1).digest();
+        let backups = self.committee.ids().filter(|&i| i != self.primary(old));
+        let cert = PreparedCert {
+            pre_prepare: self.header(old, 1, digest),
+            prepares: backups
+                .take(2 * self.committee.f())
+                .map(|b| self.vote(Phase::Prepare, old, 1, digest, b))
+                .collect(),
+        };
+        let mut view_change = ViewChange {
+            new_view,
+            stable_seq: 0,
+            checkpoint_proof: Vec::new(),
+            prepared: vec![cert],
+            replica,
+            signature: pbft_crypto::Signature::EMPTY,
+        };
+        view_change.sign(&self.keys[replica as usize]);
+        view_change
+    }
+
+    fn new_view(&self, view: View) -> NewView {
+        let primary = self.primary(view);
+        let mut new_view = NewView {
+            view,
+            view_changes: (0..self.committee.quorum() as ReplicaId)
+                .map(|i| self.view_change(view, i))
+                .collect(),
+            pre_prepares: vec![self.header(view, 1, batch(1).digest())],
+            replica: primary,
+            signature: pbft_crypto::Signature::EMPTY,
+        };
+        new_view.sign(&self.keys[primary as usize]);
+        new_view
+    }
+
+    /// A stable checkpoint proof for `seq`.
+    fn proof(&self, seq: Seq) -> Vec<Checkpoint> {
+        (0..self.committee.quorum() as ReplicaId)
+            .map(|i| self.checkpoint(seq, i))
+            .collect()
+    }
+}
+
+fn client(i: usize) -> KeyPair {
+    KeyPair::from_seed(&[100 + i as u8; 32]).unwrap()
+}
+
+/// A batch of `n` one-request envelopes from different clients.
+fn batch(n: usize) -> Batch {
+    Batch {
+        envelopes: (0..n)
+            .map(|i| {
+                let request = ClientRequest {
+                    timestamp: 1,
+                    op: vec![i as u8; 8],
+                };
+                RequestEnvelope::new(&client(i), vec![request])
+            })
+            .collect(),
+    }
+}
+
+fn ready(messages: Vec<(Destination, Message)>) -> Ready {
+    Ready {
+        messages: messages
+            .into_iter()
+            .map(|(to, message)| Outgoing {
+                to,
+                message: Arc::new(message),
+            })
+            .collect(),
+        ..Ready::default()
+    }
+}
+
+fn broadcast(message: Message) -> (Destination, Message) {
+    (Destination::AllReplicas, message)
+}
+
+fn seeded(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Every (recipient, payload) pair, with broadcasts expanded to each peer of `from`.
+fn deliveries(out: &FaultyOutput, from: ReplicaId, committee: &Committee) -> Vec<(ReplicaId, Payload)> {
+    let mut result = Vec::new();
+    for send in &out.sends {
+        let recipients: Vec<ReplicaId> = match send.to {
+            Destination::AllReplicas => committee.ids().filter(|&i| i != from).collect(),
+            Destination::Replica(id) => vec![id],
+        };
+        for to in recipients {
+            result.push((to, send.payload.clone()));
+        }
+    }
+    result
+}
+
+fn message_of(payload: &Payload) -> &Message {
+    match payload {
+        Payload::Message(message) => message,
+        Payload::Garbage(_) => panic!("expected a message, got garbage"),
+    }
+}
+
+/// The pre-prepares delivered, as digest -> recipients, each checked at a correct boundary.
+fn pre_prepares_by_digest(
+    cluster: &Cluster,
+    out: &FaultyOutput,
+    primary: ReplicaId,
+) -> BTreeMap<Digest, BTreeSet<ReplicaId>> {
+    let mut groups: BTreeMap<Digest, BTreeSet<ReplicaId>> = BTreeMap::new();
+    for (to, payload) in deliveries(out, primary, &cluster.committee) {
+        let message = message_of(&payload);
+        if let Message::PrePrepare { header, batch } = message {
+            let key = cluster.committee.key(primary).unwrap();
+            key.verify(Domain::PrePrepare, &header.signing_digest(), &header.signature)
+                .expect("both pre-prepares are validly signed by the primary");
+            assert_eq!(batch.digest(), header.digest, "batch matches its header");
+            cluster.verify(primary, message).expect("a correct replica accepts either");
+            assert!(groups.values().all(|g| !g.contains(&to)), "replica {to} got two pre-prepares");
+            groups.entry(header.digest).or_default().insert(to);
+        }
+    }
+    groups
+}
+
+#[test]
+fn honest_passes_everything_through_in_order() {
+    let cluster = Cluster::new(1);
+    let mut input = ready(vec![
+        broadcast(cluster.commit(0, 1, batch(1).digest(), 2)),
+        (Destination::Replica(0), Message::FetchState { seq: 128, replica: 2 }),
+    ]);
+    input.persist.push(Durable::Checkpoint(cluster.checkpoint(128, 2)));
+    input.timers.push(TimerCommand::Cancel(Timer::Retransmit));
+    let expected: Vec<Arc<Message>> = input.messages.iter().map(|o| o.message.clone()).collect();
+    let out = honest(input);
+    assert_eq!(out.persist.len(), 1);
+    assert_eq!(out.timers, vec![TimerCommand::Cancel(Timer::Retransmit)]);
+    assert_eq!(out.sends.len(), 2);
+    assert_eq!(out.sends[1].to, Destination::Replica(0));
+    for (send, message) in out.sends.iter().zip(&expected) {
+        assert!(Arc::ptr_eq(
+            match &send.payload {
+                Payload::Message(m) => m,
+                Payload::Garbage(_) => panic!("garbage"),
+            },
+            message
+        ));
+    }
+}
+
+#[test]
+fn silent_sends_and_replies_nothing_but_keeps_persisting() {
+    let cluster = Cluster::new(1);
+    let header = cluster.header(0, 1, batch(2).digest());
+    let mut input = ready(vec![
+        broadcast(cluster.pre_prepare(0, 1, batch(2))),
+        broadcast(Message::Checkpoint(cluster.checkpoint(128, 0))),
+    ]);
+    input.persist.push(Durable::Vote(header.clone()));
+    input.replies.push(Reply {
+        view: 0,
+        replica: 0,
+        client: client(0).public(),
+        results: vec![RequestResult { timestamp: 1, result: b"ok".to_vec() }],
+    });
+    let at = Duration::from_secs(3);
+    input.timers.push(TimerCommand::Set { timer: Timer::ViewChange, at });
+    let out = cluster.run(&mut Silent, 0, input, &mut seeded(1));
+    assert!(out.sends.is_empty());
+    assert!(out.replies.is_empty());
+    assert_eq!(out.persist, vec![Durable::Vote(header)]);
+    assert_eq!(out.timers, vec![TimerCommand::Set { timer: Timer::ViewChange, at }]);
+}
+
+fn check_primary_equivocation(f: usize, mode: EquivocationMode) {
+    let cluster = Cluster::new(f);
+    let n = cluster.committee.n() as ReplicaId;
+    // A view whose primary is not replica 0, so "the backups" really excludes the primary.
+    let view = n as View + 1;
+    let primary = cluster.primary(view);
+    assert_eq!(primary, 1);
+    let real = batch(3);
+    let seq = 7;
+    let mut behavior = EquivocatingPrimary::new(mode);
+    let mut input = ready(vec![broadcast(cluster.pre_prepare(view, seq, real.clone()))]);
+    input.persist.push(Durable::Vote(cluster.header(view, seq, real.digest())));
+    let out = cluster.run(&mut behavior, primary, input, &mut seeded(2));
+    assert_eq!(out.persist.len(), 1, "its own pre-prepare is still persisted");
+
+    let groups = pre_prepares_by_digest(&cluster, &out, primary);
+    assert_eq!(groups.len(), 2, "two conflicting digests");
+    let original = groups[&real.digest()].clone();
+    let (&other_digest, conflicting) = groups.iter().find(|(d, _)| **d != real.digest()).unwrap();
+    let backups: BTreeSet<ReplicaId> = (0..n).filter(|&i| i != primary).collect();
+    assert!(original.is_disjoint(conflicting));
+    assert_eq!(&original | conflicting, backups, "every backup gets exactly one");
+    let expected_conflicting = match mode {
+        EquivocationMode::Split => (3 * f).div_ceil(2),
+        EquivocationMode::Minority => f,
+    };
+    assert_eq!(conflicting.len(), expected_conflicting);
+    assert_eq!(original.len(), 3 * f - expected_conflicting);
+    let highest: BTreeSet<ReplicaId> = backups.iter().rev().take(expected_conflicting).copied().collect();
+    assert_eq!(conflicting, &highest, "the conflicting group is the highest ids");
+    let reversed = Batch {
+        envelopes: real.envelopes.iter().rev().cloned().collect(),
+    };
+    assert_eq!(other_digest, reversed.digest());
+
+    // A retransmission to one backup repeats what that backup saw.
+    let target = *conflicting.iter().next().unwrap();
+    let again = ready(vec![(
+        Destination::Replica(target),
+        cluster.pre_prepare(view, seq, real.clone()),
+    )]);
+    let out = cluster.run(&mut behavior, primary, again, &mut seeded(3));
+    let groups = pre_prepares_by_digest(&cluster, &out, primary);
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[&other_digest], BTreeSet::from([target]));
+
+    // Its own commit for the equivocated slot is withheld only when splitting.
+    let commits = ready(vec![
+        broadcast(cluster.commit(view, seq, real.digest(), primary)),
+        broadcast(cluster.commit(view, seq + 1, real.digest(), primary)),
+    ]);
+    let out = cluster.run(&mut behavior, primary, commits, &mut seeded(4));
+    let committed: Vec<Seq> = out
+        .sends
+        .iter()
+        .map(|s| match message_of(&s.payload) {
+            Message::Commit(vote) => vote.seq,
+            other => panic!("unexpected {}", other.kind()),
+        })
+        .collect();
+    match mode {
+        EquivocationMode::Split => assert_eq!(committed, vec![seq + 1]),
+        EquivocationMode::Minority => assert_eq!(committed, vec![seq, seq + 1]),
+    }
+}
+
+#[test]
+fn split_equivocation_gives_halves_conflicting_pre_prepares_and_withholds_commits() {
+    for f in 1..=3 {
+        check_primary_equivocation(f, EquivocationMode::Split);
+    }
+}
+
+#[test]
+fn minority_equivocation_misleads_exactly_f_backups() {
+    for f in 1..=3 {
+        check_primary_equivocation(f, EquivocationMode::Minority);
+    }
+}
+
+#[test]
+fn equivocating_primary_conflicts_a_single_request_with_the_null_batch() {
+    let cluster = Cluster::new(1);
+    let mut behavior = EquivocatingPrimary::new(EquivocationMode::Split);
+    let input = ready(vec![broadcast(cluster.pre_prepare(0, 1, batch(1)))]);
+    let out = cluster.run(&mut behavior, 0, input, &mut seeded(5));
+    let groups = pre_prepares_by_digest(&cluster, &out, 0);
+    assert_eq!(groups.len(), 2);
+    assert!(groups.contains_key(&Batch::null().digest()));
+}
+
+#[test]
+fn equivocating_primary_is_honest_as_a_backup() {
+    let cluster = Cluster::new(1);
+    let digest = batch(2).digest();
+    let mut behavior = EquivocatingPrimary::new(EquivocationMode::Split);
+    let input = ready(vec![
+        broadcast(cluster.prepare(0, 1, digest, 2)),
+        broadcast(cluster.commit(0, 1, digest, 2)),
+        // A pre-prepare of the real primary that this backup passes on.
+        (Destination::Replica(3), cluster.pre_prepare(0, 1, batch(2))),
+    ]);
+    let expected: Vec<Arc<Message>> = input.messages.iter().map(|o| o.message.clone()).collect();
+    let tos: Vec<Destination> = input.messages.iter().map(|o| o.to).collect();
+    let out = cluster.run(&mut behavior, 2, input, &mut seeded(6));
+    assert_eq!(out.sends.len(), 3);
+    for ((send, message), to) in out.sends.iter().zip(&expected).zip(&tos) {
+        assert_eq!(send.to, *to);
+        assert!(matches!(&send.payload, Payload::Message(m) if Arc::ptr_eq(m, message)));
+    }
+}
+
+#[test]
+fn equivocating_backup_sends_conflicting_votes_to_two_halves() {
+    for f in 1..=2 {
+        let cluster = Cluster::new(f);
+        let id = 2;
+        let digest = batch(2).digest();
+        let checkpoint = Message::Checkpoint(cluster.checkpoint(128, id));
+        let input = ready(vec![
+            broadcast(cluster.prepare(0, 1, digest, id)),
+            broadcast(cluster.commit(0, 1, digest, id)),
+            broadcast(checkpoint.clone()),
+        ]);
+        let out = cluster.run(&mut EquivocatingBackup, id, input, &mut seeded(7));
+        let peers: BTreeSet<ReplicaId> = cluster.committee.ids().filter(|&i| i != id).collect();
+        for phase in [Phase::Prepare, Phase::Commit] {
+            let mut groups: BTreeMap<Digest, BTreeSet<ReplicaId>> = BTreeMap::new();
+            for (to, payload) in deliveries(&out, id, &cluster.committee) {
+                let message = message_of(&payload);
+                let vote = match message {
+                    Message::Prepare { vote, .. } | Message::Commit(vote) => vote,
+                    _ => continue,
+                };
+                if vote.phase != phase {
+                    continue;
+                }
+                let verdict = cluster.verify(id, message);
+                if vote.digest == digest {
+                    verdict.expect("the real vote is valid");
+                } else if phase == Phase::Prepare {
+                    assert!(matches!(verdict, Err(Rejection::Malformed(_))), "{verdict:?}");
+                } else {
+                    verdict.expect("a conflicting commit is validly signed");
+                }
+                assert!(groups.entry(vote.digest).or_default().insert(to));
+            }
+            assert_eq!(groups.len(), 2, "{phase:?}: two digests");
+            let halves: Vec<&BTreeSet<ReplicaId>> = groups.values().collect();
+            assert!(halves[0].is_disjoint(halves[1]));
+            assert_eq!(halves[0] | halves[1], peers);
+            assert_eq!(groups[&digest].len(), peers.len().div_ceil(2));
+        }
+        let checkpoints = deliveries(&out, id, &cluster.committee)
+            .into_iter()
+            .filter(|(_, p)| matches!(message_of(p), Message::Checkpoint(_)))
+            .count();
+        assert_eq!(checkpoints, peers.len(), "other messages pass unchanged");
+    }
+}
+
+/// One valid message of every kind, sent by replica 1 (the primary of view 1).
+fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
+    let id = 1;
+    let digest = batch(2).digest();
+    let envelope = RequestEnvelope::new(&client(9), vec![ClientRequest { timestamp: 5, op: b"op".to_vec() }]);
+    vec![
+        (Destination::Replica(3), Message::Request(envelope)),
+        broadcast(cluster.pre_prepare(1, 3, batch(2))),
+        broadcast(cluster.prepare(0, 2, digest, id)),
+        broadcast(cluster.commit(0, 2, digest, id)),
+        broadcast(Message::Checkpoint(cluster.checkpoint(128, id))),
+        broadcast(Message::ViewChange(cluster.view_change(1, id))),
+        broadcast(Message::NewView(cluster.new_view(1))),
+        broadcast(Message::FetchBatch { seq: 2, digest, replica: id }),
+        (Destination::Replica(3), Message::FetchState { seq: 128, replica: id }),
+        (Destination::Replica(3), Message::BatchData { seq: 2, batch: batch(2) }),
+        broadcast(Message::Status { replica: id, view: 1, last_executed: 2 }),
+        (
+            Destination::Replica(3),
+            Message::Committed {
+                batch: batch(2),
+                commits: (0..3).map(|i| cluster.vote(Phase::Commit, 0, 2, digest, i)).collect(),
+            },
+        ),
+        (
+            Destination::Replica(3),
+            Message::StateData { seq: 128, proof: cluster.proof(128), snapshot: vec![1, 2, 3] },
+        ),
+    ]
+}
+
+fn is_signed(message: &Message) -> bool {
+    !matches!(
+        message,
+        Message::FetchBatch { .. }
+            | Message::FetchState { .. }
+            | Message::BatchData { .. }
+            | Message::StateData { .. }
+            | Message::Status { .. }
+    )
+}
+
+#[test]
+fn forged_signatures_are_rejected_at_the_boundary() {
+    let cluster = Cluster::new(1);
+    let id = 1;
+    let messages = every_kind(&cluster);
+    for (_, message) in &messages {
+        cluster.verify(id, message).unwrap_or_else(|e| panic!("{} invalid: {e}", message.kind()));
+    }
+    for seed in 0..16 {
+        let out = cluster.run(&mut ForgedSignatures, id, ready(messages.clone()), &mut seeded(seed));
+        assert_eq!(out.sends.len(), messages.len());
+        for (send, (to, original)) in out.sends.iter().zip(&messages) {
+            assert_eq!(send.to, *to);
+            let sent = message_of(&send.payload);
+            if is_signed(original) {
+                assert_eq!(cluster.verify(id, sent).unwrap_err(), Rejection::BadSignature, "{}", sent.kind());
+            } else {
+                assert_eq!(sent, original, "{} passes unchanged", sent.kind());
+            }
+        }
+    }
+}
+
+#[test]
+fn replay_resends_recent_old_messages_to_peers() {
+    let cluster = Cluster::new(1);
+    let id = 2;
+    let digest = batch(1).digest();
+    let run = |seed: u64| {
+        let mut behavior = Replay::default();
+        let mut rng = seeded(seed);
+        let mut replayed = Vec::new();
+        for step in 1..=600 {
+            let input = ready(vec![broadcast(cluster.commit(0, step, digest, id))]);
+            let out = cluster.run(&mut behavior, id, input, &mut rng);
+            assert!(behavior.remembered() <= replay::REPLAY_WINDOW);
+            assert_eq!(out.sends[0].to, Destination::AllReplicas);
+            assert!(matches!(message_of(&out.sends[0].payload), Message::Commit(v) if v.seq == step));
+            for send in &out.sends[1..] {
+                let Destination::Replica(to) = send.to else { panic!("replays go to one replica") };
+                assert!(to != id && (to as usize) < cluster.committee.n());
+                let Message::Commit(vote) = message_of(&send.payload) else { panic!("not a sent message") };
+                assert!(vote.seq < step, "a replay is of an earlier step");
+                assert!(step - vote.seq <= replay::REPLAY_WINDOW as u64, "a replay is recent");
+                cluster.verify(id, message_of(&send.payload)).expect("a replay is a valid old message");
+                replayed.push((step, to, vote.seq));
+            }
+        }
+        replayed
+    };
+    let first = run(8);
+    assert!(first.len() > 300, "about 1.5 replays per step, got {}", first.len());
+    assert_eq!(first, run(8), "replays are a function of the seed");
+    assert_ne!(first, run(9));
+}
+
+#[test]
+fn stale_view_adds_votes_for_the_previous_view() {
+    let cluster = Cluster::new(1);
+    let view = 5;
+    let primary = cluster.primary(view);
+    let digest = batch(2).digest();
+    let mut behavior = StaleView::default();
+
+    let out = cluster.run(&mut behavior, primary, ready(vec![broadcast(cluster.pre_prepare(view, 1, batch(2)))]), &mut seeded(1));
+    assert_eq!(out.sends.len(), 2);
+    cluster.verify(primary, message_of(&out.sends[0].payload)).unwrap();
+    let stale = message_of(&out.sends[1].payload);
+    assert!(matches!(stale, Message::PrePrepare { header, .. } if header.view == view - 1));
+    assert_eq!(cluster.verify(primary, stale).unwrap_err(), Rejection::NotFromPrimary);
+
+    let backup = 2;
+    let input = ready(vec![
+        broadcast(cluster.prepare(view, 1, digest, backup)),
+        broadcast(cluster.commit(view, 1, digest, backup)),
+    ]);
+    let out = cluster.run(&mut behavior, backup, input, &mut seeded(2));
+    assert_eq!(out.sends.len(), 4);
+    let stale_prepare = message_of(&out.sends[1].payload);
+    assert!(matches!(stale_prepare, Message::Prepare { vote, .. } if vote.view == view - 1));
+    assert_eq!(cluster.verify(backup, stale_prepare).unwrap_err(), Rejection::BadSignature);
+    let stale_commit = message_of(&out.sends[3].payload);
+    assert_eq!(stale_commit, &cluster.commit(view - 1, 1, digest, backup));
+    cluster.verify(backup, stale_commit).expect("a stale commit is validly signed");
+
+    let out = cluster.run(&mut behavior, backup, ready(vec![broadcast(cluster.commit(0, 1, digest, backup))]), &mut seeded(3));
+    assert_eq!(out.sends.len(), 1, "nothing older than view 0");
+}
+
+#[test]
+fn stale_view_resends_its_older_checkpoints() {
+    let cluster = Cluster::new(1);
+    let id = 3;
+    let mut behavior = StaleView::default();
+    let mut rng = seeded(4);
+    let mut sent_checkpoints = |seq: Seq| -> Vec<Seq> {
+        let input = ready(vec![broadcast(Message::Checkpoint(cluster.checkpoint(seq, id)))]);
+        let out = cluster.run(&mut behavior, id, input, &mut rng);
+        out.sends
+            .iter()
+            .map(|s| {
+                assert_eq!(s.to, Destination::AllReplicas);
+                let message = message_of(&s.payload);
+                cluster.verify(id, message).unwrap();
+                match message {
+                    Message::Checkpoint(c) => c.seq,
+                    other => panic!("unexpected {}", other.kind()),
+                }
+            })
+            .collect()
+    };
+    assert_eq!(sent_checkpoints(128), vec![128]);
+    assert_eq!(sent_checkpoints(256), vec![256, 128]);
+    assert_eq!(sent_checkpoints(256), vec![256, 128], "a retransmission is not recorded twice");
+    for k in 3..=8 {
+        sent_checkpoints(128 * k);
+    }
+    assert_eq!(sent_checkpoints(128 * 9), vec![1152, 640, 768, 896, 1024], "a bounded history");
+}
+
+#[test]
+fn corrupt_sends_only_what_a_correct_replica_rejects() {
+    let cluster = Cluster::new(1);
+    let id = 1;
+    let mut rng = seeded(10);
+    let mut labels: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut garbage = 0;
+    for _ in 0..100 {
+        let mut input = ready(every_kind(&cluster));
+        input.replies.push(Reply {
+            view: 1,
+            replica: id,
+            client: client(0).public(),
+            results: vec![RequestResult { timestamp: 1, result: b"the real result".to_vec() }],
+        });
+        let expected = input.messages.len();
+        let out = cluster.run(&mut Corrupt, id, input, &mut rng);
+        assert_eq!(out.sends.len(), expected, "one broken message for each real one");
+        assert_ne!(out.replies[0].results[0].result, b"the real result");
+        for send in &out.sends {
+            match &send.payload {
+                Payload::Garbage(bytes) => {
+                    garbage += 1;
+                    assert!(bytes.len() < corrupt::MAX_GARBAGE_BYTES);
+                    if let Ok(message) = Message::decode(bytes, &Limits::default()) {
+                        assert!(cluster.verify(id, &message).is_err());
+                    }
+                }
+                Payload::Message(message) => {
+                    let rejection = cluster.verify(id, message).expect_err(message.kind());
+                    *labels.entry(rejection.label()).or_default() += 1;
+                }
+            }
+        }
+    }
+    assert!(garbage > 0);
+    for label in ["bad_signature", "digest_mismatch", "malformed"] {
+        assert!(labels.get(label).copied().unwrap_or(0) > 0, "no {label} in {labels:?}");
+    }
+}
+
+#[test]
+fn every_behavior_keeps_persistence_and_timers_and_sends_only_to_peers() {
+    for f in 1..=2 {
+        let cluster = Cluster::new(f);
+        for kind in BehaviorKind::ALL {
+            for id in [0, 1, 2] {
+                let run = |seed: u64| {
+                    let mut behavior = kind.build();
+                    assert_eq!(behavior.name(), kind.name());
+                    let mut rng = seeded(seed);
+                    let mut log = Vec::new();
+                    for _ in 0..3 {
+                        let mut input = ready(every_kind(&cluster));
+                        let header = cluster.header(1, 3, batch(2).digest());
+                        input.persist.push(Durable::Vote(header.clone()));
+                        input.timers.push(TimerCommand::Cancel(Timer::ViewChange));
+                        let out = cluster.run(behavior.as_mut(), id, input, &mut rng);
+                        assert_eq!(out.persist, vec![Durable::Vote(header)], "{kind}");
+                        assert_eq!(out.timers, vec![TimerCommand::Cancel(Timer::ViewChange)], "{kind}");
+                        for (to, payload) in deliveries(&out, id, &cluster.committee) {
+                            assert!(to != id && (to as usize) < cluster.committee.n(), "{kind} sent to {to}");
+                            log.push(format!("{to} {payload:?}"));
+                        }
+                    }
+                    log
+                };
+                assert_eq!(run(11), run(11), "{kind} is a function of its seed");
+            }
+        }
+    }
+}
+
+#[test]
+fn behavior_names_parse_back() {
+    let mut names = BTreeSet::new();
+    for kind in BehaviorKind::ALL {
+        assert_eq!(kind.to_string().parse::<BehaviorKind>(), Ok(kind));
+        assert_eq!(kind.build().name(), kind.name());
+        assert!(names.insert(kind.name()), "duplicate name {kind}");
+    }
+    assert_eq!(
+        "equivocate".parse::<BehaviorKind>(),
+        Err(UnknownBehavior("equivocate".to_string()))
+    );
+}

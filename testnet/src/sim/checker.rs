@@ -1,0 +1,101 @@
+//! The invariants of DESIGN.md, checked after every simulation step.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pbft_crypto::{Digest, PublicKey};
+use pbft_node::messages::{ReplicaId, Seq, Timestamp};
+use pbft_node::protocol::Executed;
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+/// Tracks what correct replicas executed and what clients accepted.
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// The batch digest each sequence number executed with, and the first replica seen.
+    batches: BTreeMap<Seq, (Digest, ReplicaId)>,
+    /// The state digest after each sequence number, and the first replica seen.
+    states: BTreeMap<Seq, (Digest, ReplicaId)>,
+    /// Requests each correct replica executed (a repeat is a violation).
+    executions: BTreeMap<ReplicaId, BTreeSet<(PublicKey, Timestamp)>>,
+    /// The result correct replicas computed for each request.
+    results: BTreeMap<(PublicKey, Timestamp), Vec<u8>>,
+    pub accepted_count: usize,
+}
+
+impl Checker {
+    /// Agreement: no two correct replicas execute different batches at one sequence number;
+    /// and no correct replica executes a request twice.
+    pub fn on_executed(&mut self, replica: ReplicaId, executed: &Executed) -> Result<(), Violation> {
+        match self.batches.get(&executed.seq) {
+            Some((digest, first)) if *digest != executed.digest => {
+                return Err(Violation(format!(
+                    "agreement: replica {replica} executed {:?} at seq {} but replica {first} executed {digest:?}",
+                    executed.digest, executed.seq
+                )));
+            }
+            Some(_) => {}
+            None => {
+                self.batches.insert(executed.seq, (executed.digest, replica));
+            }
+        }
+        let done = self.executions.entry(replica).or_default();
+        for request in &executed.requests {
+            if !done.insert(*request) {
+                return Err(Violation(format!(
+                    "at-most-once: replica {replica} executed timestamp {} of client {:?} twice",
+                    request.1, request.0
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Equal state: correct replicas at the same sequence number have the same state digest.
+    pub fn on_state(&mut self, replica: ReplicaId, seq: Seq, digest: Digest) -> Result<(), Violation> {
+        match self.states.get(&seq) {
+            Some((expected, first)) if *expected != digest => Err(Violation(format!(
+                "equal state: replica {replica} has state {digest:?} after seq {seq} but replica {first} has {expected:?}"
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                self.states.insert(seq, (digest, replica));
+                Ok(())
+            }
+        }
+    }
+
+    /// Records a result a correct replica computed (or answered from its cache).
+    pub fn on_correct_result(&mut self, client: PublicKey, timestamp: Timestamp, result: &[u8]) -> Result<(), Violation> {
+        match self.results.get(&(client, timestamp)) {
+            Some(expected) if expected != result => Err(Violation(format!(
+                "correct replicas disagree on the result of timestamp {timestamp} of client {client:?}"
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                self.results.insert((client, timestamp), result.to_vec());
+                Ok(())
+            }
+        }
+    }
+
+    /// Client validity: an accepted result is what the correct replicas computed.
+    pub fn on_accepted(&mut self, client: PublicKey, timestamp: Timestamp, result: &[u8]) -> Result<(), Violation> {
+        self.accepted_count += 1;
+        match self.results.get(&(client, timestamp)) {
+            Some(expected) if expected == result => Ok(()),
+            Some(_) => Err(Violation(format!(
+                "client validity: client {client:?} accepted a result for timestamp {timestamp} that correct replicas did not compute"
+            ))),
+            None => Err(Violation(format!(
+                "client validity: client {client:?} accepted timestamp {timestamp} that no correct replica answered"
+            ))),
+        }
+    }
+
+    /// The highest sequence number any correct replica executed.
+    pub fn max_executed(&self) -> Seq {
+        self.batches.keys().next_back().copied().unwrap_or(0)
+    }
+}

@@ -1,0 +1,635 @@
+//! A deterministic simulation of a PBFT cluster in one thread.
+//!
+//! Replicas are the real [`Replica`] core; the network, the clock, crashes and Byzantine
+//! behaviours are simulated, and every random choice comes from one seeded generator, so a seed
+//! replays a run exactly. Every message a replica receives goes through the same boundary check
+//! ([`messages::verify`]) as in a real node. After every step the invariants of DESIGN.md are
+//! checked ([`Checker`]); the first violation stops the run with the seed in the message.
+//!
+//! A crashed replica receives nothing and its timers are lost; when it recovers it continues from
+//! the state it had, as a replica that persisted everything before sending would.
+
+mod checker;
+mod client;
+mod network;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
+use pbft_node::app::KvStore;
+use pbft_node::byzantine::{self, Behavior, BehaviorKind, Context, Payload};
+use pbft_node::messages::{self, Limits, Message, ReplicaId, Sender, SignatureCheck};
+use pbft_node::protocol::{Destination, ProtocolConfig, Replica, Timer, TimerCommand};
+use pbft_node::Committee;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub use checker::{Checker, Violation};
+pub use client::SimClient;
+pub use network::{Network, NetworkConfig, Node};
+
+use client::ClientAction;
+
+/// Everything a simulation run is made from.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub f: usize,
+    pub clients: usize,
+    pub requests_per_client: usize,
+    /// Requests a client keeps outstanding.
+    pub client_window: usize,
+    pub client_retransmit: Duration,
+    /// How often clients issue requests.
+    pub client_tick: Duration,
+    pub network: NetworkConfig,
+    pub protocol: ProtocolConfig,
+}
+
+impl SimConfig {
+    /// A small, quick cluster: checkpoints every 8, a window of 32, short timeouts.
+    pub fn new(seed: u64, f: usize) -> SimConfig {
+        let checkpoint_interval = 8;
+        let log_window = 32;
+        SimConfig {
+            seed,
+            f,
+            clients: 3,
+            requests_per_client: 30,
+            client_window: 4,
+            client_retransmit: Duration::from_millis(600),
+            client_tick: Duration::from_millis(10),
+            network: NetworkConfig::default(),
+            protocol: ProtocolConfig {
+                checkpoint_interval,
+                log_window,
+                max_batch_requests: 8,
+                max_outstanding: 4,
+                view_change_timeout: Duration::from_millis(500),
+                max_view_change_timeout: Duration::from_secs(8),
+                retransmit_interval: Duration::from_millis(200),
+                client_window: 64,
+                limits: Limits {
+                    log_window,
+                    ..Limits::default()
+                },
+                ..ProtocolConfig::default()
+            },
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver { from: Node, to: Node, payload: Payload },
+    Timer { replica: ReplicaId, timer: Timer, at: Duration },
+    ClientTick { client: usize },
+}
+
+struct Queued {
+    at: Duration,
+    order: u64,
+    event: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
+
+/// Remembers signature checks, so each distinct signature is verified once per simulation as
+/// it is once per node in the real runtime. The answer is the strict rule's.
+#[derive(Default)]
+pub struct CachingCheck {
+    known: HashMap<(PublicKey, Domain, Digest, Signature), bool>,
+}
+
+impl SignatureCheck for CachingCheck {
+    fn check(&mut self, key: &PublicKey, domain: Domain, digest: &Digest, signature: &Signature) -> bool {
+        if self.known.len() > 1_000_000 {
+            self.known.clear();
+        }
+        *self
+            .known
+            .entry((*key, domain, *digest, *signature))
+            .or_insert_with(|| key.verify(domain, digest, signature).is_ok())
+    }
+}
+
+struct SimReplica {
+    replica: Replica,
+    key: KeyPair,
+    behavior: Option<Box<dyn Behavior>>,
+    crashed: bool,
+    /// The deadline each timer is set to; a firing that does not match was cancelled or moved.
+    timers: BTreeMap<Timer, Duration>,
+}
+
+/// Counters of a run.
+#[derive(Debug, Default, Clone)]
+pub struct SimStats {
+    pub events: u64,
+    pub messages_sent: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+/// A simulated cluster. See the module documentation.
+pub struct Simulation {
+    pub config: SimConfig,
+    rng: ChaCha8Rng,
+    now: Duration,
+    order: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    replicas: Vec<SimReplica>,
+    pub clients: Vec<SimClient>,
+    pub network: Network,
+    committee: Committee,
+    limits: Limits,
+    checks: CachingCheck,
+    pub checker: Checker,
+    pub stats: SimStats,
+    last_seen: Vec<u64>,
+}
+
+impl Simulation {
+    pub fn new(config: SimConfig) -> Simulation {
+        let n = 3 * config.f + 1;
+        let keys: Vec<KeyPair> = (0..n)
+            .map(|i| key_from(config.seed, b'r', i as u64))
+            .collect();
+        let committee = Committee::new(keys.iter().map(KeyPair::public).collect(), config.f).expect("n = 3f+1");
+        let replicas = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, key)| SimReplica {
+                replica: Replica::new(
+                    i as ReplicaId,
+                    committee.clone(),
+                    config.protocol.clone(),
+                    key.clone(),
+                    Box::new(KvStore::new()),
+                )
+                .expect("valid replica"),
+                key,
+                behavior: None,
+                crashed: false,
+                timers: BTreeMap::new(),
+            })
+            .collect();
+        let clients = (0..config.clients)
+            .map(|i| {
+                SimClient::new(
+                    i,
+                    key_from(config.seed, b'c', i as u64),
+                    config.f,
+                    config.requests_per_client,
+                    config.client_window,
+                    config.client_retransmit,
+                )
+            })
+            .collect();
+        let mut sim = Simulation {
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            now: Duration::ZERO,
+            order: 0,
+            queue: BinaryHeap::new(),
+            replicas,
+            clients,
+            network: Network::new(config.network.clone()),
+            committee,
+            limits: config.protocol.limits.clone(),
+            checks: CachingCheck::default(),
+            checker: Checker::default(),
+            stats: SimStats::default(),
+            last_seen: vec![0; n],
+            config,
+        };
+        for id in 0..n {
+            let now = sim.now;
+            sim.replicas[id].replica.start(now);
+            sim.flush(id as ReplicaId).expect("starting executes nothing");
+        }
+        for client in 0..sim.clients.len() {
+            let at = Duration::from_micros(client as u64 * 137);
+            sim.schedule(at, Event::ClientTick { client });
+        }
+        sim
+    }
+
+    // ----- fault injection -----
+
+    /// Makes replica `id` Byzantine with `kind` from now on.
+    pub fn set_behavior(&mut self, id: ReplicaId, kind: BehaviorKind) {
+        self.replicas[id as usize].behavior = Some(kind.build());
+    }
+
+    /// Makes replica `id` correct again.
+    pub fn clear_behavior(&mut self, id: ReplicaId) {
+        self.replicas[id as usize].behavior = None;
+    }
+
+    pub fn is_correct(&self, id: ReplicaId) -> bool {
+        self.replicas[id as usize].behavior.is_none()
+    }
+
+    /// Cuts every link to and from replica `id`.
+    pub fn isolate(&mut self, id: ReplicaId) {
+        let node = Node::Replica(id);
+        for other in self.all_nodes() {
+            if other != node {
+                self.network.cut_both(node, other);
+            }
+        }
+    }
+
+    /// Cuts every link between the two groups of replicas (clients keep reaching everyone).
+    pub fn split(&mut self, a: &[ReplicaId], b: &[ReplicaId]) {
+        for x in a {
+            for y in b {
+                self.network.cut_both(Node::Replica(*x), Node::Replica(*y));
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.network.heal();
+    }
+
+    /// Stops replica `id`: it receives nothing and its timers are lost.
+    pub fn crash(&mut self, id: ReplicaId) {
+        let replica = &mut self.replicas[id as usize];
+        replica.crashed = true;
+        replica.timers.clear();
+    }
+
+    /// Restarts a crashed replica from the state it had.
+    pub fn recover(&mut self, id: ReplicaId) -> Result<(), Violation> {
+        let now = self.now;
+        let replica = &mut self.replicas[id as usize];
+        if !replica.crashed {
+            return Ok(());
+        }
+        replica.crashed = false;
+        replica.replica.start(now);
+        self.flush(id)
+    }
+
+    /// Gives client `index` `count` more requests to issue.
+    pub fn add_requests(&mut self, index: usize, count: usize) {
+        let idle = self.clients[index].is_done();
+        self.clients[index].add_requests(count);
+        if idle {
+            let at = self.now + self.config.client_tick;
+            self.schedule(at, Event::ClientTick { client: index });
+        }
+    }
+
+    pub fn is_crashed(&self, id: ReplicaId) -> bool {
+        self.replicas[id as usize].crashed
+    }
+
+    // ----- inspection -----
+
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    pub fn n(&self) -> usize {
+        self.replicas.len()
+    }
+
+    pub fn replica(&self, id: ReplicaId) -> &Replica {
+        &self.replicas[id as usize].replica
+    }
+
+    pub fn correct_ids(&self) -> Vec<ReplicaId> {
+        (0..self.n() as ReplicaId).filter(|id| self.is_correct(*id)).collect()
+    }
+
+    /// Every client accepted every request of its workload.
+    pub fn clients_done(&self) -> bool {
+        self.clients.iter().all(SimClient::is_done)
+    }
+
+    /// A one-line summary for failure messages.
+    pub fn describe(&self) -> String {
+        let replicas: Vec<String> = self
+            .replicas
+            .iter()
+            .map(|r| {
+                let s = r.replica.status();
+                format!(
+                    "r{}[v{}{} exec {} stable {}{}{}]",
+                    s.id,
+                    s.view,
+                    if s.view_active { "" } else { "*" },
+                    s.last_executed,
+                    s.stable_checkpoint,
+                    r.behavior.as_ref().map(|b| format!(" {}", b.name())).unwrap_or_default(),
+                    if r.crashed { " crashed" } else { "" }
+                )
+            })
+            .collect();
+        let outstanding: usize = self.clients.iter().map(SimClient::outstanding).sum();
+        format!(
+            "seed {} at {:?}: {} ; clients outstanding {outstanding}, accepted {}",
+            self.config.seed,
+            self.now,
+            replicas.join(" "),
+            self.checker.accepted_count
+        )
+    }
+
+    // ----- running -----
+
+    /// Runs until simulated time `deadline`.
+    pub fn run_until(&mut self, deadline: Duration) -> Result<(), Violation> {
+        while let Some(Reverse(next)) = self.queue.peek() {
+            if next.at > deadline {
+                break;
+            }
+            self.step()?;
+        }
+        self.now = self.now.max(deadline);
+        Ok(())
+    }
+
+    /// Runs for `duration` of simulated time.
+    pub fn run_for(&mut self, duration: Duration) -> Result<(), Violation> {
+        let deadline = self.now + duration;
+        self.run_until(deadline)
+    }
+
+    /// Runs until every client is done, or fails after `limit` of simulated time.
+    pub fn run_until_clients_done(&mut self, limit: Duration) -> Result<(), Violation> {
+        let deadline = self.now + limit;
+        while !self.clients_done() {
+            if self.now >= deadline || self.queue.is_empty() {
+                return Err(Violation(format!("liveness: clients not done within {limit:?}: {}", self.describe())));
+            }
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Checks that every accepted write is in every correct replica's state, once the correct
+    /// replicas have caught up with each other.
+    pub fn check_final_state(&self) -> Result<(), Violation> {
+        for id in self.correct_ids() {
+            if self.is_crashed(id) {
+                continue;
+            }
+            let replica = self.replica(id);
+            let entries: BTreeMap<Vec<u8>, Vec<u8>> =
+                pbft_node::codec::decode(&replica.app().snapshot(), u64::MAX).expect("own snapshot decodes");
+            for client in &self.clients {
+                for (timestamp, (op, _)) in &client.accepted {
+                    if let pbft_node::app::KvOp::Put { key, value } = op {
+                        if entries.get(key) != Some(value) {
+                            return Err(Violation(format!(
+                                "client validity: accepted write {timestamp} of client {} missing at replica {id}: {}",
+                                client.index,
+                                self.describe()
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn all_nodes(&self) -> Vec<Node> {
+        let mut nodes: Vec<Node> = (0..self.n() as u32).map(Node::Replica).collect();
+        nodes.extend((0..self.clients.len()).map(Node::Client));
+        nodes
+    }
+
+    fn schedule(&mut self, at: Duration, event: Event) {
+        self.order += 1;
+        self.queue.push(Reverse(Queued {
+            at,
+            order: self.order,
+            event,
+        }));
+    }
+
+    fn step(&mut self) -> Result<(), Violation> {
+        let Some(Reverse(queued)) = self.queue.pop() else {
+            return Ok(());
+        };
+        self.now = self.now.max(queued.at);
+        self.stats.events += 1;
+        match queued.event {
+            Event::Deliver { from, to, payload } => self.deliver(from, to, payload)?,
+            Event::Timer { replica, timer, at } => {
+                let r = &mut self.replicas[replica as usize];
+                if !r.crashed && r.timers.get(&timer) == Some(&at) {
+                    r.timers.remove(&timer);
+                    r.replica.handle_timer(self.now, timer);
+                    self.flush(replica)?;
+                }
+            }
+            Event::ClientTick { client } => {
+                let actions = self.clients[client].tick(self.now);
+                let view = self.clients[client].view();
+                for action in actions {
+                    match action {
+                        ClientAction::ToPrimary(envelope) => {
+                            let primary = self.committee.primary(view);
+                            self.transmit(Node::Client(client), Node::Replica(primary), Payload::Message(Arc::new(Message::Request((*envelope).clone()))));
+                        }
+                        ClientAction::ToAll(envelope) => {
+                            let message = Arc::new(Message::Request((*envelope).clone()));
+                            for id in 0..self.n() as u32 {
+                                self.transmit(Node::Client(client), Node::Replica(id), Payload::Message(message.clone()));
+                            }
+                        }
+                    }
+                }
+                if !self.clients[client].is_done() {
+                    let at = self.now + self.config.client_tick;
+                    self.schedule(at, Event::ClientTick { client });
+                }
+            }
+        }
+        self.check_states()
+    }
+
+    fn deliver(&mut self, from: Node, to: Node, payload: Payload) -> Result<(), Violation> {
+        match to {
+            Node::Client(index) => {
+                let Node::Replica(replica) = from else { return Ok(()) };
+                let Payload::Message(message) = payload else { return Ok(()) };
+                let Message::Reply(reply) = &*message else { return Ok(()) };
+                let client = &mut self.clients[index];
+                let accepted = client.on_reply(replica, reply);
+                let key = client.key.public();
+                for (timestamp, result) in accepted {
+                    self.checker.on_accepted(key, timestamp, &result).map_err(|v| self.annotate(v))?;
+                }
+                if self.clients[index].outstanding() > 0 || !self.clients[index].is_done() {
+                    // A client that was done may have more work added later; ticks resume then.
+                }
+                Ok(())
+            }
+            Node::Replica(id) => {
+                if self.replicas[id as usize].crashed {
+                    return Ok(());
+                }
+                let sender = match from {
+                    Node::Replica(r) => Sender::Replica(r),
+                    Node::Client(c) => Sender::Client(self.clients[c].key.public()),
+                };
+                let message = match payload {
+                    Payload::Message(message) => (*message).clone(),
+                    Payload::Garbage(bytes) => match Message::decode(&bytes, &self.limits) {
+                        Ok(message) => message,
+                        Err(_) => {
+                            *self.stats.rejected.entry("undecodable").or_default() += 1;
+                            return Ok(());
+                        }
+                    },
+                };
+                match messages::verify(message, sender, &self.committee, &self.limits, &mut self.checks) {
+                    Ok(verified) => {
+                        let now = self.now;
+                        self.replicas[id as usize].replica.handle_message(now, verified);
+                        self.flush(id)
+                    }
+                    Err(rejection) => {
+                        *self.stats.rejected.entry(rejection.label()).or_default() += 1;
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out a replica's outputs (through its behaviour, if Byzantine).
+    fn flush(&mut self, id: ReplicaId) -> Result<(), Violation> {
+        let now = self.now;
+        let r = &mut self.replicas[id as usize];
+        let ready = r.replica.poll_ready();
+        let correct = r.behavior.is_none();
+        let executed = ready.executed.clone();
+        let output = match &mut r.behavior {
+            None => byzantine::honest(ready),
+            Some(behavior) => {
+                let mut ctx = Context {
+                    id,
+                    key: &r.key,
+                    committee: &self.committee,
+                    now,
+                    rng: &mut self.rng,
+                };
+                behavior.transform(ready, &mut ctx)
+            }
+        };
+        for command in output.timers {
+            match command {
+                TimerCommand::Set { timer, at } => {
+                    self.replicas[id as usize].timers.insert(timer, at);
+                    self.schedule(at, Event::Timer { replica: id, timer, at });
+                }
+                TimerCommand::Cancel(timer) => {
+                    self.replicas[id as usize].timers.remove(&timer);
+                }
+            }
+        }
+        if correct {
+            for executed in &executed {
+                self.checker.on_executed(id, executed).map_err(|v| self.annotate(v))?;
+            }
+            for reply in &output.replies {
+                for result in &reply.results {
+                    self.checker
+                        .on_correct_result(reply.client, result.timestamp, &result.result)
+                        .map_err(|v| self.annotate(v))?;
+                }
+            }
+        }
+        for send in output.sends {
+            let from = Node::Replica(id);
+            match send.to {
+                Destination::Replica(to) => {
+                    if to != id {
+                        self.transmit(from, Node::Replica(to), send.payload);
+                    }
+                }
+                Destination::AllReplicas => {
+                    for to in 0..self.n() as u32 {
+                        if to != id {
+                            self.transmit(from, Node::Replica(to), send.payload.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for reply in output.replies {
+            if let Some(index) = self.clients.iter().position(|c| c.key.public() == reply.client) {
+                self.transmit(Node::Replica(id), Node::Client(index), Payload::Message(Arc::new(Message::Reply(reply))));
+            }
+        }
+        Ok(())
+    }
+
+    fn transmit(&mut self, from: Node, to: Node, payload: Payload) {
+        self.stats.messages_sent += 1;
+        for delay in self.network.deliveries(from, to, &mut self.rng) {
+            let at = self.now + delay;
+            self.schedule(at, Event::Deliver { from, to, payload: payload.clone() });
+        }
+    }
+
+    /// Equal state, for every correct replica whose position moved.
+    fn check_states(&mut self) -> Result<(), Violation> {
+        for id in 0..self.n() {
+            let r = &self.replicas[id];
+            let seq = r.replica.last_executed();
+            if seq == self.last_seen[id] {
+                continue;
+            }
+            self.last_seen[id] = seq;
+            if r.behavior.is_some() {
+                continue;
+            }
+            let digest = r.replica.state_digest();
+            self.checker.on_state(id as ReplicaId, seq, digest).map_err(|v| self.annotate(v))?;
+        }
+        Ok(())
+    }
+
+    fn annotate(&self, violation: Violation) -> Violation {
+        Violation(format!("{} ({})", violation.0, self.describe()))
+    }
+
+    /// A random number from the simulation's generator (for tests that pick faults).
+    pub fn random_range(&mut self, range: std::ops::Range<u64>) -> u64 {
+        self.rng.random_range(range)
+    }
+}
+
+/// A deterministic key for node `index` of kind `tag` under `seed`.
+fn key_from(seed: u64, tag: u8, index: u64) -> KeyPair {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8] = tag;
+    bytes[9..17].copy_from_slice(&index.to_le_bytes());
+    KeyPair::from_seed(&bytes).expect("ed25519 seeds always give valid keys")
+}

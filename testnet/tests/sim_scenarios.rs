@@ -1,0 +1,219 @@
+//! Scenario tests of the protocol core in the deterministic simulator. Every run checks
+//! agreement, equal state and client validity after each step; these tests add liveness and
+//! the scenario's own expectations.
+
+use std::time::Duration;
+
+use pbft_node::byzantine::BehaviorKind;
+use testnet::sim::{NetworkConfig, SimConfig, Simulation};
+
+const LIVENESS_LIMIT: Duration = Duration::from_secs(600);
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn finish(sim: &mut Simulation) {
+    sim.run_until_clients_done(LIVENESS_LIMIT).unwrap();
+    // Let stragglers catch up, then compare every correct replica with the others.
+    sim.run_for(secs(5)).unwrap();
+    sim.check_final_state().unwrap();
+}
+
+fn assert_correct_replicas_executed_everything(sim: &Simulation) {
+    assert!(sim.clients_done());
+    assert!(sim.clients.iter().all(|c| c.accepted.len() >= sim.config.requests_per_client));
+    let top = sim.correct_ids().iter().map(|id| sim.replica(*id).last_executed()).max().unwrap();
+    assert!(top > 0);
+}
+
+#[test]
+fn many_requests_commit_for_f_1_2_3() {
+    for f in 1..=3 {
+        let mut config = SimConfig::new(10 + f as u64, f);
+        config.clients = 4;
+        config.requests_per_client = 60;
+        let mut sim = Simulation::new(config);
+        finish(&mut sim);
+        assert_correct_replicas_executed_everything(&sim);
+        // All replicas are correct and connected: they all end at the same state.
+        let digests: Vec<_> = (0..sim.n() as u32).map(|id| (sim.replica(id).last_executed(), sim.replica(id).state_digest())).collect();
+        assert!(digests.windows(2).all(|w| w[0] == w[1]), "f={f}: {digests:?}");
+        assert_eq!(sim.replica(0).view(), 0, "no view change was needed");
+        assert!(sim.replica(0).stable_checkpoint() > 0, "checkpoints became stable");
+    }
+}
+
+#[test]
+fn silent_primary_is_replaced() {
+    let mut sim = Simulation::new(SimConfig::new(21, 1));
+    sim.set_behavior(0, BehaviorKind::Silent);
+    finish(&mut sim);
+    assert_correct_replicas_executed_everything(&sim);
+    for id in sim.correct_ids() {
+        assert!(sim.replica(id).view() >= 1, "replica {id} stayed in view 0");
+    }
+}
+
+#[test]
+fn equivocating_primary_splitting_backups_is_replaced_and_caught() {
+    let mut sim = Simulation::new(SimConfig::new(22, 1));
+    sim.set_behavior(0, BehaviorKind::EquivocatePrimarySplit);
+    finish(&mut sim);
+    assert_correct_replicas_executed_everything(&sim);
+    let correct = sim.correct_ids();
+    assert!(correct.iter().all(|id| sim.replica(*id).view() >= 1), "{}", sim.describe());
+    assert!(
+        correct.iter().any(|id| sim.replica(*id).evidence().contains_key(&0)),
+        "no correct replica holds proof against the equivocating primary"
+    );
+    for id in correct {
+        assert!(sim.replica(id).evidence().keys().all(|culprit| *culprit == 0), "a correct replica was accused");
+    }
+}
+
+#[test]
+fn equivocating_primary_leaving_a_minority_behind_is_caught_up() {
+    let mut sim = Simulation::new(SimConfig::new(23, 1));
+    sim.set_behavior(0, BehaviorKind::EquivocatePrimaryMinority);
+    finish(&mut sim);
+    assert_correct_replicas_executed_everything(&sim);
+    let correct = sim.correct_ids();
+    let top = correct.iter().map(|id| sim.replica(*id).last_executed()).max().unwrap();
+    for id in &correct {
+        assert_eq!(sim.replica(*id).last_executed(), top, "replica {id} did not catch up: {}", sim.describe());
+    }
+}
+
+#[test]
+fn silent_then_equivocating_primaries_with_f_2() {
+    let mut sim = Simulation::new(SimConfig::new(24, 2));
+    sim.set_behavior(0, BehaviorKind::Silent);
+    sim.set_behavior(1, BehaviorKind::EquivocatePrimarySplit);
+    finish(&mut sim);
+    assert_correct_replicas_executed_everything(&sim);
+    for id in sim.correct_ids() {
+        assert!(sim.replica(id).view() >= 2, "replica {id} did not pass both faulty primaries");
+    }
+}
+
+#[test]
+fn f_faulty_backups_do_not_stop_progress() {
+    for (seed, kinds) in [
+        (31, vec![BehaviorKind::Silent]),
+        (32, vec![BehaviorKind::EquivocateBackup]),
+        (33, vec![BehaviorKind::Silent, BehaviorKind::EquivocateBackup]),
+        (34, vec![BehaviorKind::ForgeSignatures, BehaviorKind::Replay]),
+        (35, vec![BehaviorKind::StaleView, BehaviorKind::Corrupt]),
+    ] {
+        let f = kinds.len();
+        let mut sim = Simulation::new(SimConfig::new(seed, f));
+        for (i, kind) in kinds.into_iter().enumerate() {
+            // Backups with the highest ids: the primary of view 0 stays correct.
+            sim.set_behavior((3 * f - i) as u32, kind);
+        }
+        finish(&mut sim);
+        assert_correct_replicas_executed_everything(&sim);
+        assert_eq!(sim.replica(0).view(), 0, "seed {seed}: faulty backups caused a view change");
+    }
+}
+
+#[test]
+fn f_plus_one_silent_replicas_stop_progress_until_they_return() {
+    let mut config = SimConfig::new(41, 1);
+    config.requests_per_client = 400;
+    let mut sim = Simulation::new(config);
+    sim.run_for(Duration::from_millis(300)).unwrap();
+    let before = sim.checker.accepted_count;
+    sim.set_behavior(2, BehaviorKind::Silent);
+    sim.set_behavior(3, BehaviorKind::Silent);
+    sim.run_for(secs(30)).unwrap();
+    let stalled = sim.checker.accepted_count;
+    // A few requests already in flight may finish; then nothing can.
+    sim.run_for(secs(60)).unwrap();
+    assert_eq!(sim.checker.accepted_count, stalled, "progress without a quorum");
+    assert!(!sim.clients_done(), "the workload finished without a quorum (before: {before})");
+    sim.clear_behavior(2);
+    sim.clear_behavior(3);
+    finish(&mut sim);
+    assert_correct_replicas_executed_everything(&sim);
+}
+
+#[test]
+fn isolated_primary_is_replaced_and_rejoins_after_healing() {
+    let mut config = SimConfig::new(51, 1);
+    config.requests_per_client = 80;
+    let mut sim = Simulation::new(config);
+    sim.run_for(Duration::from_millis(300)).unwrap();
+    sim.isolate(0);
+    sim.run_for(secs(20)).unwrap();
+    assert!((1..4).all(|id| sim.replica(id).view() >= 1), "no view change: {}", sim.describe());
+    sim.heal();
+    finish(&mut sim);
+    assert_correct_replicas_executed_everything(&sim);
+    let top = sim.replica(1).last_executed();
+    assert_eq!(sim.replica(0).last_executed(), top, "old primary did not catch up: {}", sim.describe());
+}
+
+#[test]
+fn partitioned_replica_catches_up_by_state_transfer() {
+    let mut config = SimConfig::new(52, 1);
+    config.requests_per_client = 20;
+    let mut sim = Simulation::new(config);
+    sim.isolate(3);
+    // Run until the others are several checkpoints (and a log window) ahead.
+    while sim.replica(0).stable_checkpoint() < 3 * sim.config.protocol.log_window {
+        for client in 0..sim.clients.len() {
+            sim.add_requests(client, 10);
+        }
+        sim.run_for(Duration::from_millis(500)).unwrap();
+        assert!(sim.now() < secs(300), "no progress: {}", sim.describe());
+    }
+    assert_eq!(sim.replica(3).last_executed(), 0);
+    sim.heal();
+    finish(&mut sim);
+    let top = sim.replica(0).last_executed();
+    assert_eq!(sim.replica(3).last_executed(), top, "{}", sim.describe());
+    assert_eq!(sim.replica(3).state_digest(), sim.replica(0).state_digest());
+}
+
+#[test]
+fn repeated_faulty_primaries_end_in_a_correct_view() {
+    for f in 1..=3usize {
+        let mut sim = Simulation::new(SimConfig::new(60 + f as u64, f));
+        // The primaries of views 0..f are faulty in turn.
+        let kinds = [BehaviorKind::Silent, BehaviorKind::EquivocatePrimarySplit, BehaviorKind::Silent];
+        for id in 0..f {
+            sim.set_behavior(id as u32, kinds[id % kinds.len()]);
+        }
+        finish(&mut sim);
+        assert_correct_replicas_executed_everything(&sim);
+        for id in sim.correct_ids() {
+            let view = sim.replica(id).view();
+            assert!(sim.is_correct((view % sim.n() as u64) as u32), "f={f}: replica {id} ended in view {view} with a faulty primary");
+        }
+    }
+}
+
+#[test]
+fn lossy_network_still_commits_everything() {
+    let mut config = SimConfig::new(71, 1);
+    config.network = NetworkConfig::lossy();
+    config.network.drop_probability = 0.1;
+    let mut sim = Simulation::new(config);
+    finish(&mut sim);
+    assert_correct_replicas_executed_everything(&sim);
+}
+
+#[test]
+fn a_crashed_backup_recovers_and_catches_up() {
+    let mut config = SimConfig::new(81, 1);
+    config.requests_per_client = 100;
+    let mut sim = Simulation::new(config);
+    sim.run_for(Duration::from_millis(200)).unwrap();
+    sim.crash(2);
+    sim.run_for(secs(10)).unwrap();
+    sim.recover(2).unwrap();
+    finish(&mut sim);
+    assert_eq!(sim.replica(2).last_executed(), sim.replica(0).last_executed(), "{}", sim.describe());
+}
