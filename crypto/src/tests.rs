@@ -13,7 +13,9 @@ fn sign_and_verify_round_trip() {
     let pair = key(1);
     let digest = Digest::of(Domain::Content, b"hello");
     let signature = pair.sign(Domain::Prepare, &digest);
-    pair.public().verify(Domain::Prepare, &digest, &signature).unwrap();
+    pair.public()
+        .verify(Domain::Prepare, &digest, &signature)
+        .unwrap();
 }
 
 #[test]
@@ -21,23 +23,41 @@ fn signature_for_one_domain_is_invalid_for_another() {
     let pair = key(2);
     let digest = Digest::of(Domain::Content, b"same content");
     let signature = pair.sign(Domain::Prepare, &digest);
-    assert!(pair.public().verify(Domain::Commit, &digest, &signature).is_err());
-    assert!(key(3).public().verify(Domain::Prepare, &digest, &signature).is_err());
+    assert!(pair
+        .public()
+        .verify(Domain::Commit, &digest, &signature)
+        .is_err());
+    assert!(key(3)
+        .public()
+        .verify(Domain::Prepare, &digest, &signature)
+        .is_err());
 }
 
 #[test]
 fn digest_builder_separates_fields_and_domains() {
-    let a = DigestBuilder::new(Domain::Content).bytes(b"ab").bytes(b"c").finish();
-    let b = DigestBuilder::new(Domain::Content).bytes(b"a").bytes(b"bc").finish();
+    let a = DigestBuilder::new(Domain::Content)
+        .bytes(b"ab")
+        .bytes(b"c")
+        .finish();
+    let b = DigestBuilder::new(Domain::Content)
+        .bytes(b"a")
+        .bytes(b"bc")
+        .finish();
     assert_ne!(a, b);
-    assert_ne!(Digest::of(Domain::Content, b"x"), Digest::of(Domain::Request, b"x"));
+    assert_ne!(
+        Digest::of(Domain::Content, b"x"),
+        Digest::of(Domain::Request, b"x")
+    );
 }
 
 #[test]
 fn weak_public_keys_are_refused() {
     for point in EIGHT_TORSION.iter() {
         let bytes = point.compress().to_bytes();
-        assert!(PublicKey::from_bytes(&bytes).is_err(), "small-order key accepted");
+        assert!(
+            PublicKey::from_bytes(&bytes).is_err(),
+            "small-order key accepted"
+        );
     }
 }
 
@@ -107,7 +127,10 @@ fn batch_verification_disagrees_with_the_strict_rule_but_our_rule_does_not() {
         }
     }
     // About 1 in 8 is accepted by the batch equation.
-    assert!(batch_accepted > 0, "the crafted signature never passed the batch equation");
+    assert!(
+        batch_accepted > 0,
+        "the crafted signature never passed the batch equation"
+    );
     assert!(batch_rejected > 0);
 }
 

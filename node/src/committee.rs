@@ -29,7 +29,10 @@ impl Committee {
             return Err(CommitteeError::NoFaultTolerance);
         }
         if replicas.len() != 3 * f + 1 {
-            return Err(CommitteeError::WrongSize { n: replicas.len(), f });
+            return Err(CommitteeError::WrongSize {
+                n: replicas.len(),
+                f,
+            });
         }
         for (i, a) in replicas.iter().enumerate() {
             if let Some(j) = replicas[..i].iter().position(|b| b == a) {
@@ -68,7 +71,10 @@ impl Committee {
 
     /// The replica that has `key`, if any.
     pub fn id_of(&self, key: &PublicKey) -> Option<ReplicaId> {
-        self.replicas.iter().position(|k| k == key).map(|i| i as ReplicaId)
+        self.replicas
+            .iter()
+            .position(|k| k == key)
+            .map(|i| i as ReplicaId)
     }
 
     pub fn ids(&self) -> impl Iterator<Item = ReplicaId> + '_ {

@@ -127,7 +127,14 @@ pub struct Vote {
 }
 
 impl Vote {
-    pub fn new(key: &KeyPair, phase: Phase, view: View, seq: Seq, digest: Digest, replica: ReplicaId) -> Vote {
+    pub fn new(
+        key: &KeyPair,
+        phase: Phase,
+        view: View,
+        seq: Seq,
+        digest: Digest,
+        replica: ReplicaId,
+    ) -> Vote {
         let mut vote = Vote {
             phase,
             view,
@@ -149,10 +156,21 @@ impl Vote {
             .finish()
     }
 
-    fn check_signature(&self, committee: &Committee, checker: &mut dyn SignatureCheck) -> Result<(), Rejection> {
-        let key = committee.key(self.replica).ok_or(Rejection::UnknownReplica)?;
+    fn check_signature(
+        &self,
+        committee: &Committee,
+        checker: &mut dyn SignatureCheck,
+    ) -> Result<(), Rejection> {
+        let key = committee
+            .key(self.replica)
+            .ok_or(Rejection::UnknownReplica)?;
         checker
-            .check(key, self.phase.domain(), &self.signing_digest(), &self.signature)
+            .check(
+                key,
+                self.phase.domain(),
+                &self.signing_digest(),
+                &self.signature,
+            )
             .then_some(())
             .ok_or(Rejection::BadSignature)
     }
@@ -206,10 +224,21 @@ impl Checkpoint {
             .finish()
     }
 
-    fn check_signature(&self, committee: &Committee, checker: &mut dyn SignatureCheck) -> Result<(), Rejection> {
-        let key = committee.key(self.replica).ok_or(Rejection::UnknownReplica)?;
+    fn check_signature(
+        &self,
+        committee: &Committee,
+        checker: &mut dyn SignatureCheck,
+    ) -> Result<(), Rejection> {
+        let key = committee
+            .key(self.replica)
+            .ok_or(Rejection::UnknownReplica)?;
         checker
-            .check(key, Domain::Checkpoint, &self.signing_digest(), &self.signature)
+            .check(
+                key,
+                Domain::Checkpoint,
+                &self.signing_digest(),
+                &self.signature,
+            )
             .then_some(())
             .ok_or(Rejection::BadSignature)
     }
@@ -244,13 +273,21 @@ impl PreparedCert {
         builder
     }
 
-    fn verify(&self, committee: &Committee, checker: &mut dyn SignatureCheck) -> Result<(), Rejection> {
+    fn verify(
+        &self,
+        committee: &Committee,
+        checker: &mut dyn SignatureCheck,
+    ) -> Result<(), Rejection> {
         let pp = &self.pre_prepare;
         if pp.phase != Phase::PrePrepare || pp.replica != committee.primary(pp.view) {
-            return Err(Rejection::InvalidCertificate("pre-prepare not from that view's primary"));
+            return Err(Rejection::InvalidCertificate(
+                "pre-prepare not from that view's primary",
+            ));
         }
         if self.prepares.len() != 2 * committee.f() {
-            return Err(Rejection::InvalidCertificate("a prepared certificate holds exactly 2f prepares"));
+            return Err(Rejection::InvalidCertificate(
+                "a prepared certificate holds exactly 2f prepares",
+            ));
         }
         let mut seen = Vec::with_capacity(self.prepares.len());
         for prepare in &self.prepares {
@@ -259,10 +296,14 @@ impl PreparedCert {
                 || prepare.seq != pp.seq
                 || prepare.digest != pp.digest
             {
-                return Err(Rejection::InvalidCertificate("prepare does not match its pre-prepare"));
+                return Err(Rejection::InvalidCertificate(
+                    "prepare does not match its pre-prepare",
+                ));
             }
             if prepare.replica == pp.replica || seen.contains(&prepare.replica) {
-                return Err(Rejection::InvalidCertificate("prepares must come from distinct backups"));
+                return Err(Rejection::InvalidCertificate(
+                    "prepares must come from distinct backups",
+                ));
             }
             seen.push(prepare.replica);
         }
@@ -275,7 +316,9 @@ impl PreparedCert {
 }
 
 fn hash_vote(builder: DigestBuilder, vote: &Vote) -> DigestBuilder {
-    builder.digest(&vote.signing_digest()).bytes(&vote.signature.0)
+    builder
+        .digest(&vote.signing_digest())
+        .bytes(&vote.signature.0)
 }
 
 fn hash_checkpoint(builder: DigestBuilder, checkpoint: &Checkpoint) -> DigestBuilder {
@@ -323,7 +366,12 @@ impl ViewChange {
         self.checkpoint_proof.first().map(|c| c.state_digest)
     }
 
-    fn verify(&self, committee: &Committee, limits: &Limits, checker: &mut dyn SignatureCheck) -> Result<(), Rejection> {
+    fn verify(
+        &self,
+        committee: &Committee,
+        limits: &Limits,
+        checker: &mut dyn SignatureCheck,
+    ) -> Result<(), Rejection> {
         if self.new_view == 0 {
             return Err(Rejection::InvalidCertificate("no view change into view 0"));
         }
@@ -334,16 +382,29 @@ impl ViewChange {
         let mut last_seq = self.stable_seq;
         for cert in &self.prepared {
             // Sorted, distinct, inside (h, h + L], and from earlier views.
-            if cert.seq() <= last_seq || cert.seq() > self.stable_seq + limits.log_window {
-                return Err(Rejection::InvalidCertificate("prepared sequence numbers out of order or outside the window"));
+            if cert.seq() <= last_seq
+                || cert.seq() > self.stable_seq.saturating_add(limits.log_window)
+            {
+                return Err(Rejection::InvalidCertificate(
+                    "prepared sequence numbers out of order or outside the window",
+                ));
             }
             if cert.view() >= self.new_view {
-                return Err(Rejection::InvalidCertificate("prepared certificate not from an earlier view"));
+                return Err(Rejection::InvalidCertificate(
+                    "prepared certificate not from an earlier view",
+                ));
             }
             last_seq = cert.seq();
         }
-        let key = committee.key(self.replica).ok_or(Rejection::UnknownReplica)?;
-        if !checker.check(key, Domain::ViewChange, &self.signing_digest(), &self.signature) {
+        let key = committee
+            .key(self.replica)
+            .ok_or(Rejection::UnknownReplica)?;
+        if !checker.check(
+            key,
+            Domain::ViewChange,
+            &self.signing_digest(),
+            &self.signature,
+        ) {
             return Err(Rejection::BadSignature);
         }
         for cert in &self.prepared {
@@ -365,16 +426,22 @@ pub fn verify_checkpoint_proof(
         return Ok(());
     }
     if proof.len() != committee.quorum() {
-        return Err(Rejection::InvalidCertificate("a checkpoint proof holds exactly 2f+1 checkpoints"));
+        return Err(Rejection::InvalidCertificate(
+            "a checkpoint proof holds exactly 2f+1 checkpoints",
+        ));
     }
     let digest = proof[0].state_digest;
     let mut seen = Vec::with_capacity(proof.len());
     for checkpoint in proof {
         if checkpoint.seq != seq || checkpoint.state_digest != digest {
-            return Err(Rejection::InvalidCertificate("checkpoints in a proof must match"));
+            return Err(Rejection::InvalidCertificate(
+                "checkpoints in a proof must match",
+            ));
         }
         if seen.contains(&checkpoint.replica) {
-            return Err(Rejection::InvalidCertificate("checkpoint proof repeats a replica"));
+            return Err(Rejection::InvalidCertificate(
+                "checkpoint proof repeats a replica",
+            ));
         }
         seen.push(checkpoint.replica);
     }
@@ -392,7 +459,9 @@ pub fn verify_commit_certificate(
     checker: &mut dyn SignatureCheck,
 ) -> Result<(), Rejection> {
     if commits.len() != committee.quorum() {
-        return Err(Rejection::InvalidCertificate("a commit certificate holds exactly 2f+1 commits"));
+        return Err(Rejection::InvalidCertificate(
+            "a commit certificate holds exactly 2f+1 commits",
+        ));
     }
     let first = &commits[0];
     let mut seen = Vec::with_capacity(commits.len());
@@ -402,10 +471,14 @@ pub fn verify_commit_certificate(
             || commit.seq != first.seq
             || commit.digest != first.digest
         {
-            return Err(Rejection::InvalidCertificate("commits in a certificate must match"));
+            return Err(Rejection::InvalidCertificate(
+                "commits in a certificate must match",
+            ));
         }
         if seen.contains(&commit.replica) {
-            return Err(Rejection::InvalidCertificate("commit certificate repeats a replica"));
+            return Err(Rejection::InvalidCertificate(
+                "commit certificate repeats a replica",
+            ));
         }
         seen.push(commit.replica);
     }
@@ -453,11 +526,17 @@ impl NewView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Request(RequestEnvelope),
-    PrePrepare { header: Vote, batch: Batch },
+    PrePrepare {
+        header: Vote,
+        batch: Batch,
+    },
     /// A backup's PREPARE, carrying the primary's signed PRE-PREPARE header it answers: a peer
     /// that accepted another header for the same view and number holds proof that the primary
     /// equivocated, and a peer that missed the PRE-PREPARE learns what to fetch.
-    Prepare { vote: Vote, pre_prepare: Vote },
+    Prepare {
+        vote: Vote,
+        pre_prepare: Vote,
+    },
     Commit(Vote),
     Reply(Reply),
     Checkpoint(Checkpoint),
@@ -471,7 +550,10 @@ pub enum Message {
         replica: ReplicaId,
     },
     /// A batch body; the receiver checks it against the digest it is waiting for.
-    BatchData { seq: Seq, batch: Batch },
+    BatchData {
+        seq: Seq,
+        batch: Batch,
+    },
     /// A replica's position, sent periodically so that peers ahead of it can help it catch up.
     /// Unsigned: the authenticated channel names the sender.
     Status {
@@ -481,9 +563,15 @@ pub enum Message {
     },
     /// A batch with 2f+1 matching COMMITs for it: proof that it is committed at `seq`, for a
     /// replica that missed the ordering messages.
-    Committed { batch: Batch, commits: Vec<Vote> },
+    Committed {
+        batch: Batch,
+        commits: Vec<Vote>,
+    },
     /// Asks for the application state at the stable checkpoint `seq`.
-    FetchState { seq: Seq, replica: ReplicaId },
+    FetchState {
+        seq: Seq,
+        replica: ReplicaId,
+    },
     /// The state at checkpoint `seq`, with the proof that it is stable. The receiver checks the
     /// snapshot's digest against the proof before installing it.
     StateData {
@@ -600,7 +688,13 @@ impl Rejection {
 /// Decides whether one signature is valid. Implementations must give the same answer as
 /// [`PublicKey::verify`]; they may remember answers so each signature is checked once.
 pub trait SignatureCheck {
-    fn check(&mut self, key: &PublicKey, domain: Domain, digest: &Digest, signature: &Signature) -> bool;
+    fn check(
+        &mut self,
+        key: &PublicKey,
+        domain: Domain,
+        digest: &Digest,
+        signature: &Signature,
+    ) -> bool;
 }
 
 /// Checks every signature, remembering nothing.
@@ -608,12 +702,19 @@ pub trait SignatureCheck {
 pub struct StrictCheck;
 
 impl SignatureCheck for StrictCheck {
-    fn check(&mut self, key: &PublicKey, domain: Domain, digest: &Digest, signature: &Signature) -> bool {
+    fn check(
+        &mut self,
+        key: &PublicKey,
+        domain: Domain,
+        digest: &Digest,
+        signature: &Signature,
+    ) -> bool {
         key.verify(domain, digest, signature).is_ok()
     }
 }
 
 /// Who a message arrived from, as the authenticated channel says.
+#[allow(clippy::large_enum_variant)] // built once per received message, never stored in bulk
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Sender {
     Replica(ReplicaId),
@@ -653,7 +754,12 @@ pub fn verify_envelope(
     checker: &mut dyn SignatureCheck,
 ) -> Result<Verified<RequestEnvelope>, Rejection> {
     check_envelope_shape(&envelope, limits)?;
-    if !checker.check(&envelope.client, Domain::Request, &envelope.signing_digest(), &envelope.signature) {
+    if !checker.check(
+        &envelope.client,
+        Domain::Request,
+        &envelope.signing_digest(),
+        &envelope.signature,
+    ) {
         return Err(Rejection::BadSignature);
     }
     Ok(Verified(envelope))
@@ -672,7 +778,9 @@ fn check_envelope_shape(envelope: &RequestEnvelope, limits: &Limits) -> Result<(
             return Err(Rejection::TooLarge("operation"));
         }
         if request.timestamp <= last {
-            return Err(Rejection::Malformed("timestamps in an envelope must be positive and increasing"));
+            return Err(Rejection::Malformed(
+                "timestamps in an envelope must be positive and increasing",
+            ));
         }
         last = request.timestamp;
     }
@@ -680,17 +788,30 @@ fn check_envelope_shape(envelope: &RequestEnvelope, limits: &Limits) -> Result<(
 }
 
 /// Checks a batch's shape and every client signature in it.
-fn verify_batch(batch: &Batch, limits: &Limits, checker: &mut dyn SignatureCheck) -> Result<(), Rejection> {
+fn verify_batch(
+    batch: &Batch,
+    limits: &Limits,
+    checker: &mut dyn SignatureCheck,
+) -> Result<(), Rejection> {
     if batch.envelopes.len() > limits.max_batch_envelopes {
         return Err(Rejection::TooLarge("envelopes in a batch"));
     }
-    let bytes: usize = batch.envelopes.iter().map(RequestEnvelope::payload_bytes).sum();
+    let bytes: usize = batch
+        .envelopes
+        .iter()
+        .map(RequestEnvelope::payload_bytes)
+        .sum();
     if bytes > limits.max_batch_bytes {
         return Err(Rejection::TooLarge("batch bytes"));
     }
     for envelope in &batch.envelopes {
         check_envelope_shape(envelope, limits)?;
-        if !checker.check(&envelope.client, Domain::Request, &envelope.signing_digest(), &envelope.signature) {
+        if !checker.check(
+            &envelope.client,
+            Domain::Request,
+            &envelope.signing_digest(),
+            &envelope.signature,
+        ) {
             return Err(Rejection::BadSignature);
         }
     }
@@ -727,7 +848,12 @@ pub fn verify(
                 }
             }
             check_envelope_shape(envelope, limits)?;
-            if !checker.check(&envelope.client, Domain::Request, &envelope.signing_digest(), &envelope.signature) {
+            if !checker.check(
+                &envelope.client,
+                Domain::Request,
+                &envelope.signing_digest(),
+                &envelope.signature,
+            ) {
                 return Err(Rejection::BadSignature);
             }
         }
@@ -758,7 +884,9 @@ pub fn verify(
                 || pre_prepare.seq != vote.seq
                 || pre_prepare.digest != vote.digest
             {
-                return Err(Rejection::Malformed("prepare does not match the pre-prepare it carries"));
+                return Err(Rejection::Malformed(
+                    "prepare does not match the pre-prepare it carries",
+                ));
             }
             vote.check_signature(committee, checker)?;
             pre_prepare.check_signature(committee, checker)?;
@@ -783,8 +911,12 @@ pub fn verify(
             if new_view.replica != committee.primary(new_view.view) {
                 return Err(Rejection::NotFromPrimary);
             }
-            if new_view.view_changes.len() < committee.quorum() || new_view.view_changes.len() > committee.n() {
-                return Err(Rejection::InvalidCertificate("a new view carries 2f+1 view changes"));
+            if new_view.view_changes.len() < committee.quorum()
+                || new_view.view_changes.len() > committee.n()
+            {
+                return Err(Rejection::InvalidCertificate(
+                    "a new view carries 2f+1 view changes",
+                ));
             }
             if new_view.pre_prepares.len() as u64 > limits.log_window {
                 return Err(Rejection::TooLarge("pre-prepares in a new view"));
@@ -792,7 +924,9 @@ pub fn verify(
             let mut senders = Vec::new();
             for view_change in &new_view.view_changes {
                 if view_change.new_view != new_view.view || senders.contains(&view_change.replica) {
-                    return Err(Rejection::InvalidCertificate("view changes must be for this view, from distinct replicas"));
+                    return Err(Rejection::InvalidCertificate(
+                        "view changes must be for this view, from distinct replicas",
+                    ));
                 }
                 senders.push(view_change.replica);
             }
@@ -801,11 +935,20 @@ pub fn verify(
                     || pre_prepare.view != new_view.view
                     || pre_prepare.replica != new_view.replica
                 {
-                    return Err(Rejection::InvalidCertificate("new-view pre-prepares belong to the new view's primary"));
+                    return Err(Rejection::InvalidCertificate(
+                        "new-view pre-prepares belong to the new view's primary",
+                    ));
                 }
             }
-            let key = committee.key(new_view.replica).ok_or(Rejection::UnknownReplica)?;
-            if !checker.check(key, Domain::NewView, &new_view.signing_digest(), &new_view.signature) {
+            let key = committee
+                .key(new_view.replica)
+                .ok_or(Rejection::UnknownReplica)?;
+            if !checker.check(
+                key,
+                Domain::NewView,
+                &new_view.signing_digest(),
+                &new_view.signature,
+            ) {
                 return Err(Rejection::BadSignature);
             }
             for view_change in &new_view.view_changes {
@@ -821,9 +964,7 @@ pub fn verify(
             if batch.digest() != commits[0].digest {
                 return Err(Rejection::DigestMismatch);
             }
-            if batch.envelopes.len() > limits.max_batch_envelopes {
-                return Err(Rejection::TooLarge("envelopes in a batch"));
-            }
+            verify_batch(batch, limits, checker)?;
         }
         Message::FetchBatch { replica, .. }
         | Message::FetchState { replica, .. }
@@ -839,7 +980,9 @@ pub fn verify(
         Message::StateData { seq, proof, .. } => {
             verify_checkpoint_proof(*seq, proof, committee, checker)?;
             if *seq == 0 {
-                return Err(Rejection::Malformed("the initial state is never transferred"));
+                return Err(Rejection::Malformed(
+                    "the initial state is never transferred",
+                ));
             }
         }
     }

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use testnet::sim::{SimConfig, Simulation};
 
 fn main() {
-    let f: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let f: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
     let mut config = SimConfig::new(1, f);
     config.clients = 8;
     config.requests_per_client = 2_000;
@@ -16,7 +19,8 @@ fn main() {
     let requests = config.clients * config.requests_per_client;
     let mut sim = Simulation::new(config);
     let started = Instant::now();
-    sim.run_until_clients_done(Duration::from_secs(3600)).expect("run completes");
+    sim.run_until_clients_done(Duration::from_secs(3600))
+        .expect("run completes");
     let wall = started.elapsed();
     println!(
         "n = {}: {requests} requests in {:.2} s wall ({:.0} requests/s), {:.1} s simulated, {} events",

@@ -34,7 +34,8 @@ fn run_seed(seed: u64) -> Result<(), Violation> {
         let id = choose.random_range(0..n) as u32;
         if !faulty.contains(&id) {
             faulty.push(id);
-            let kind = BehaviorKind::ALL[choose.random_range(0..BehaviorKind::ALL.len() as u64) as usize];
+            let kind =
+                BehaviorKind::ALL[choose.random_range(0..BehaviorKind::ALL.len() as u64) as usize];
             sim.set_behavior(id, kind);
         }
     }
@@ -61,7 +62,10 @@ fn run_seed(seed: u64) -> Result<(), Violation> {
             _ => {
                 let from = choose.random_range(0..n) as u32;
                 let to = choose.random_range(0..n) as u32;
-                sim.network.cut(testnet::sim::Node::Replica(from), testnet::sim::Node::Replica(to));
+                sim.network.cut(
+                    testnet::sim::Node::Replica(from),
+                    testnet::sim::Node::Replica(to),
+                );
             }
         }
         sim.run_for(Duration::from_millis(choose.random_range(100..3000)))?;
@@ -90,13 +94,30 @@ fn randomized_faults_over_many_seeds() {
         }
         return;
     }
-    let seeds: u64 = std::env::var("PBFT_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let seeds: u64 = std::env::var("PBFT_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     let mut failures = Vec::new();
-    for seed in 0..seeds {
+    let first: u64 = std::env::var("PBFT_SIM_FIRST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    for seed in first..first + seeds {
+        if std::env::var_os("PBFT_SIM_VERBOSE").is_some() {
+            eprintln!("seed {seed}");
+        }
         if let Err(violation) = run_seed(seed) {
-            eprintln!("seed {seed} failed (replay with PBFT_SIM_SEED={seed}): {}", violation.0);
+            eprintln!(
+                "seed {seed} failed (replay with PBFT_SIM_SEED={seed}): {}",
+                violation.0
+            );
             failures.push(seed);
         }
     }
-    assert!(failures.is_empty(), "{} of {seeds} seeds failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed: {failures:?}",
+        failures.len()
+    );
 }

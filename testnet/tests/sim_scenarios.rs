@@ -22,8 +22,16 @@ fn finish(sim: &mut Simulation) {
 
 fn assert_correct_replicas_executed_everything(sim: &Simulation) {
     assert!(sim.clients_done());
-    assert!(sim.clients.iter().all(|c| c.accepted.len() >= sim.config.requests_per_client));
-    let top = sim.correct_ids().iter().map(|id| sim.replica(*id).last_executed()).max().unwrap();
+    assert!(sim
+        .clients
+        .iter()
+        .all(|c| c.accepted.len() >= sim.config.requests_per_client));
+    let top = sim
+        .correct_ids()
+        .iter()
+        .map(|id| sim.replica(*id).last_executed())
+        .max()
+        .unwrap();
     assert!(top > 0);
 }
 
@@ -37,10 +45,23 @@ fn many_requests_commit_for_f_1_2_3() {
         finish(&mut sim);
         assert_correct_replicas_executed_everything(&sim);
         // All replicas are correct and connected: they all end at the same state.
-        let digests: Vec<_> = (0..sim.n() as u32).map(|id| (sim.replica(id).last_executed(), sim.replica(id).state_digest())).collect();
-        assert!(digests.windows(2).all(|w| w[0] == w[1]), "f={f}: {digests:?}");
+        let digests: Vec<_> = (0..sim.n() as u32)
+            .map(|id| {
+                (
+                    sim.replica(id).last_executed(),
+                    sim.replica(id).state_digest(),
+                )
+            })
+            .collect();
+        assert!(
+            digests.windows(2).all(|w| w[0] == w[1]),
+            "f={f}: {digests:?}"
+        );
         assert_eq!(sim.replica(0).view(), 0, "no view change was needed");
-        assert!(sim.replica(0).stable_checkpoint() > 0, "checkpoints became stable");
+        assert!(
+            sim.replica(0).stable_checkpoint() > 0,
+            "checkpoints became stable"
+        );
     }
 }
 
@@ -62,13 +83,25 @@ fn equivocating_primary_splitting_backups_is_replaced_and_caught() {
     finish(&mut sim);
     assert_correct_replicas_executed_everything(&sim);
     let correct = sim.correct_ids();
-    assert!(correct.iter().all(|id| sim.replica(*id).view() >= 1), "{}", sim.describe());
     assert!(
-        correct.iter().any(|id| sim.replica(*id).evidence().contains_key(&0)),
+        correct.iter().all(|id| sim.replica(*id).view() >= 1),
+        "{}",
+        sim.describe()
+    );
+    assert!(
+        correct
+            .iter()
+            .any(|id| sim.replica(*id).evidence().contains_key(&0)),
         "no correct replica holds proof against the equivocating primary"
     );
     for id in correct {
-        assert!(sim.replica(id).evidence().keys().all(|culprit| *culprit == 0), "a correct replica was accused");
+        assert!(
+            sim.replica(id)
+                .evidence()
+                .keys()
+                .all(|culprit| *culprit == 0),
+            "a correct replica was accused"
+        );
     }
 }
 
@@ -79,9 +112,18 @@ fn equivocating_primary_leaving_a_minority_behind_is_caught_up() {
     finish(&mut sim);
     assert_correct_replicas_executed_everything(&sim);
     let correct = sim.correct_ids();
-    let top = correct.iter().map(|id| sim.replica(*id).last_executed()).max().unwrap();
+    let top = correct
+        .iter()
+        .map(|id| sim.replica(*id).last_executed())
+        .max()
+        .unwrap();
     for id in &correct {
-        assert_eq!(sim.replica(*id).last_executed(), top, "replica {id} did not catch up: {}", sim.describe());
+        assert_eq!(
+            sim.replica(*id).last_executed(),
+            top,
+            "replica {id} did not catch up: {}",
+            sim.describe()
+        );
     }
 }
 
@@ -93,7 +135,10 @@ fn silent_then_equivocating_primaries_with_f_2() {
     finish(&mut sim);
     assert_correct_replicas_executed_everything(&sim);
     for id in sim.correct_ids() {
-        assert!(sim.replica(id).view() >= 2, "replica {id} did not pass both faulty primaries");
+        assert!(
+            sim.replica(id).view() >= 2,
+            "replica {id} did not pass both faulty primaries"
+        );
     }
 }
 
@@ -102,8 +147,14 @@ fn f_faulty_backups_do_not_stop_progress() {
     for (seed, kinds) in [
         (31, vec![BehaviorKind::Silent]),
         (32, vec![BehaviorKind::EquivocateBackup]),
-        (33, vec![BehaviorKind::Silent, BehaviorKind::EquivocateBackup]),
-        (34, vec![BehaviorKind::ForgeSignatures, BehaviorKind::Replay]),
+        (
+            33,
+            vec![BehaviorKind::Silent, BehaviorKind::EquivocateBackup],
+        ),
+        (
+            34,
+            vec![BehaviorKind::ForgeSignatures, BehaviorKind::Replay],
+        ),
         (35, vec![BehaviorKind::StaleView, BehaviorKind::Corrupt]),
     ] {
         let f = kinds.len();
@@ -114,7 +165,11 @@ fn f_faulty_backups_do_not_stop_progress() {
         }
         finish(&mut sim);
         assert_correct_replicas_executed_everything(&sim);
-        assert_eq!(sim.replica(0).view(), 0, "seed {seed}: faulty backups caused a view change");
+        assert_eq!(
+            sim.replica(0).view(),
+            0,
+            "seed {seed}: faulty backups caused a view change"
+        );
     }
 }
 
@@ -131,8 +186,14 @@ fn f_plus_one_silent_replicas_stop_progress_until_they_return() {
     let stalled = sim.checker.accepted_count;
     // A few requests already in flight may finish; then nothing can.
     sim.run_for(secs(60)).unwrap();
-    assert_eq!(sim.checker.accepted_count, stalled, "progress without a quorum");
-    assert!(!sim.clients_done(), "the workload finished without a quorum (before: {before})");
+    assert_eq!(
+        sim.checker.accepted_count, stalled,
+        "progress without a quorum"
+    );
+    assert!(
+        !sim.clients_done(),
+        "the workload finished without a quorum (before: {before})"
+    );
     sim.clear_behavior(2);
     sim.clear_behavior(3);
     finish(&mut sim);
@@ -147,12 +208,21 @@ fn isolated_primary_is_replaced_and_rejoins_after_healing() {
     sim.run_for(Duration::from_millis(300)).unwrap();
     sim.isolate(0);
     sim.run_for(secs(20)).unwrap();
-    assert!((1..4).all(|id| sim.replica(id).view() >= 1), "no view change: {}", sim.describe());
+    assert!(
+        (1..4).all(|id| sim.replica(id).view() >= 1),
+        "no view change: {}",
+        sim.describe()
+    );
     sim.heal();
     finish(&mut sim);
     assert_correct_replicas_executed_everything(&sim);
     let top = sim.replica(1).last_executed();
-    assert_eq!(sim.replica(0).last_executed(), top, "old primary did not catch up: {}", sim.describe());
+    assert_eq!(
+        sim.replica(0).last_executed(),
+        top,
+        "old primary did not catch up: {}",
+        sim.describe()
+    );
 }
 
 #[test]
@@ -182,7 +252,11 @@ fn repeated_faulty_primaries_end_in_a_correct_view() {
     for f in 1..=3usize {
         let mut sim = Simulation::new(SimConfig::new(60 + f as u64, f));
         // The primaries of views 0..f are faulty in turn.
-        let kinds = [BehaviorKind::Silent, BehaviorKind::EquivocatePrimarySplit, BehaviorKind::Silent];
+        let kinds = [
+            BehaviorKind::Silent,
+            BehaviorKind::EquivocatePrimarySplit,
+            BehaviorKind::Silent,
+        ];
         for id in 0..f {
             sim.set_behavior(id as u32, kinds[id % kinds.len()]);
         }
@@ -190,7 +264,10 @@ fn repeated_faulty_primaries_end_in_a_correct_view() {
         assert_correct_replicas_executed_everything(&sim);
         for id in sim.correct_ids() {
             let view = sim.replica(id).view();
-            assert!(sim.is_correct((view % sim.n() as u64) as u32), "f={f}: replica {id} ended in view {view} with a faulty primary");
+            assert!(
+                sim.is_correct((view % sim.n() as u64) as u32),
+                "f={f}: replica {id} ended in view {view} with a faulty primary"
+            );
         }
     }
 }
@@ -215,5 +292,10 @@ fn a_crashed_backup_recovers_and_catches_up() {
     sim.run_for(secs(10)).unwrap();
     sim.recover(2).unwrap();
     finish(&mut sim);
-    assert_eq!(sim.replica(2).last_executed(), sim.replica(0).last_executed(), "{}", sim.describe());
+    assert_eq!(
+        sim.replica(2).last_executed(),
+        sim.replica(0).last_executed(),
+        "{}",
+        sim.describe()
+    );
 }

@@ -11,9 +11,16 @@ use crate::codec;
 /// An operation on the key-value store, as clients encode it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvOp {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Get { key: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Get {
+        key: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     /// Sets `key` to `new` if its current value is `expected` (`None`: the key is absent).
     Cas {
         key: Vec<u8>,
@@ -123,8 +130,8 @@ impl StateMachine for KvStore {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        self.entries =
-            codec::decode(snapshot, MAX_SNAPSHOT_BYTES).map_err(|e| SnapshotError(e.to_string()))?;
+        self.entries = codec::decode(snapshot, MAX_SNAPSHOT_BYTES)
+            .map_err(|e| SnapshotError(e.to_string()))?;
         Ok(())
     }
 }
@@ -141,20 +148,59 @@ mod tests {
     fn put_get_delete_cas() {
         let mut store = KvStore::new();
         let key = b"k".to_vec();
-        assert_eq!(run(&mut store, KvOp::Get { key: key.clone() }), KvResult::Value(None));
-        assert_eq!(run(&mut store, KvOp::Put { key: key.clone(), value: b"1".to_vec() }), KvResult::Done);
         assert_eq!(
-            run(&mut store, KvOp::Cas { key: key.clone(), expected: Some(b"0".to_vec()), new: b"2".to_vec() }),
+            run(&mut store, KvOp::Get { key: key.clone() }),
+            KvResult::Value(None)
+        );
+        assert_eq!(
+            run(
+                &mut store,
+                KvOp::Put {
+                    key: key.clone(),
+                    value: b"1".to_vec()
+                }
+            ),
+            KvResult::Done
+        );
+        assert_eq!(
+            run(
+                &mut store,
+                KvOp::Cas {
+                    key: key.clone(),
+                    expected: Some(b"0".to_vec()),
+                    new: b"2".to_vec()
+                }
+            ),
             KvResult::CasFailed(Some(b"1".to_vec()))
         );
         assert_eq!(
-            run(&mut store, KvOp::Cas { key: key.clone(), expected: Some(b"1".to_vec()), new: b"2".to_vec() }),
+            run(
+                &mut store,
+                KvOp::Cas {
+                    key: key.clone(),
+                    expected: Some(b"1".to_vec()),
+                    new: b"2".to_vec()
+                }
+            ),
             KvResult::Done
         );
-        assert_eq!(run(&mut store, KvOp::Get { key: key.clone() }), KvResult::Value(Some(b"2".to_vec())));
-        assert_eq!(run(&mut store, KvOp::Delete { key: key.clone() }), KvResult::Value(Some(b"2".to_vec())));
         assert_eq!(
-            run(&mut store, KvOp::Cas { key: key.clone(), expected: None, new: b"3".to_vec() }),
+            run(&mut store, KvOp::Get { key: key.clone() }),
+            KvResult::Value(Some(b"2".to_vec()))
+        );
+        assert_eq!(
+            run(&mut store, KvOp::Delete { key: key.clone() }),
+            KvResult::Value(Some(b"2".to_vec()))
+        );
+        assert_eq!(
+            run(
+                &mut store,
+                KvOp::Cas {
+                    key: key.clone(),
+                    expected: None,
+                    new: b"3".to_vec()
+                }
+            ),
             KvResult::Done
         );
         assert_eq!(store.get(&key), Some(&b"3".to_vec()));
@@ -163,7 +209,10 @@ mod tests {
     #[test]
     fn garbage_operations_are_invalid_not_fatal() {
         let mut store = KvStore::new();
-        assert_eq!(KvResult::decode(&store.execute(&[0xff; 9])).unwrap(), KvResult::Invalid);
+        assert_eq!(
+            KvResult::decode(&store.execute(&[0xff; 9])).unwrap(),
+            KvResult::Invalid
+        );
         assert!(store.is_empty());
     }
 
@@ -171,19 +220,37 @@ mod tests {
     fn equal_states_have_equal_digests_whatever_the_order() {
         let mut a = KvStore::new();
         let mut b = KvStore::new();
-        a.apply(KvOp::Put { key: b"x".to_vec(), value: b"1".to_vec() });
-        a.apply(KvOp::Put { key: b"y".to_vec(), value: b"2".to_vec() });
-        b.apply(KvOp::Put { key: b"y".to_vec(), value: b"2".to_vec() });
-        b.apply(KvOp::Put { key: b"x".to_vec(), value: b"1".to_vec() });
+        a.apply(KvOp::Put {
+            key: b"x".to_vec(),
+            value: b"1".to_vec(),
+        });
+        a.apply(KvOp::Put {
+            key: b"y".to_vec(),
+            value: b"2".to_vec(),
+        });
+        b.apply(KvOp::Put {
+            key: b"y".to_vec(),
+            value: b"2".to_vec(),
+        });
+        b.apply(KvOp::Put {
+            key: b"x".to_vec(),
+            value: b"1".to_vec(),
+        });
         assert_eq!(a.digest(), b.digest());
-        b.apply(KvOp::Put { key: b"x".to_vec(), value: b"3".to_vec() });
+        b.apply(KvOp::Put {
+            key: b"x".to_vec(),
+            value: b"3".to_vec(),
+        });
         assert_ne!(a.digest(), b.digest());
     }
 
     #[test]
     fn snapshot_restores_the_same_state() {
         let mut a = KvStore::new();
-        a.apply(KvOp::Put { key: b"x".to_vec(), value: b"1".to_vec() });
+        a.apply(KvOp::Put {
+            key: b"x".to_vec(),
+            value: b"1".to_vec(),
+        });
         let mut b = KvStore::new();
         b.restore(&a.snapshot()).unwrap();
         assert_eq!(a, b);

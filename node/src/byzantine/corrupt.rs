@@ -34,7 +34,14 @@ fn with_wrong_digest(message: &Message, ctx: &mut Context<'_>) -> Option<Message
     match message {
         Message::PrePrepare { header, batch } => {
             let digest = ctx.random_digest();
-            let header = Vote::new(ctx.key, Phase::PrePrepare, header.view, header.seq, digest, header.replica);
+            let header = Vote::new(
+                ctx.key,
+                Phase::PrePrepare,
+                header.view,
+                header.seq,
+                digest,
+                header.replica,
+            );
             Some(Message::PrePrepare {
                 header,
                 batch: batch.clone(),
@@ -42,7 +49,14 @@ fn with_wrong_digest(message: &Message, ctx: &mut Context<'_>) -> Option<Message
         }
         Message::Prepare { vote, pre_prepare } => {
             let digest = ctx.random_digest();
-            let vote = Vote::new(ctx.key, Phase::Prepare, vote.view, vote.seq, digest, vote.replica);
+            let vote = Vote::new(
+                ctx.key,
+                Phase::Prepare,
+                vote.view,
+                vote.seq,
+                digest,
+                vote.replica,
+            );
             Some(Message::Prepare {
                 vote,
                 pre_prepare: pre_prepare.clone(),

@@ -51,10 +51,14 @@ impl Behavior for EquivocatingBackup {
             let peers = ctx.peers();
             let (real, conflicting) = peers.split_at(peers.len().div_ceil(2));
             for &to in real {
-                out.sends.push(FaultySend::message(Destination::Replica(to), outgoing.message.clone()));
+                out.sends.push(FaultySend::message(
+                    Destination::Replica(to),
+                    outgoing.message.clone(),
+                ));
             }
             for &to in conflicting {
-                out.sends.push(FaultySend::message(Destination::Replica(to), other.clone()));
+                out.sends
+                    .push(FaultySend::message(Destination::Replica(to), other.clone()));
             }
         }
         out

@@ -42,6 +42,7 @@ pub struct EquivocatingPrimary {
 }
 
 impl EquivocatingPrimary {
+    /// An equivocating primary that picks its victims as `mode` says.
     pub fn new(mode: EquivocationMode) -> EquivocatingPrimary {
         EquivocatingPrimary {
             mode,

@@ -1,6 +1,7 @@
 //! A replica that forges: every signed message it sends (its own votes, checkpoints, view
-//! changes, new views, and the client requests it forwards) carries a signature with one bit
-//! flipped. Fetches and state transfer, which carry no signature of the sender, pass unchanged.
+//! changes and new views, the client requests it forwards, and the commit certificates it passes
+//! on) carries a signature with one bit flipped. Fetches, status and state transfer, which carry
+//! no signature of the sender, pass unchanged.
 //!
 //! A correct replica rejects each of these at the boundary with a bad signature before it
 //! touches any state, so the forger counts as a silent replica for the protocol.

@@ -45,7 +45,7 @@ pub use silent::Silent;
 pub use stale_view::StaleView;
 
 use crate::committee::Committee;
-use crate::messages::{Message, Reply, ReplicaId};
+use crate::messages::{Message, ReplicaId, Reply};
 use crate::protocol::{Destination, Durable, Outgoing, Ready, TimerCommand};
 
 /// A message or raw bytes to send.

@@ -33,7 +33,9 @@ fn in_view(vote: &Vote, view: View, ctx: &Context<'_>) -> Vote {
 impl StaleView {
     fn stale_copies(&mut self, message: &Message, ctx: &Context<'_>) -> Vec<Message> {
         match message {
-            Message::PrePrepare { header, batch } if header.replica == ctx.id && header.view > 0 => {
+            Message::PrePrepare { header, batch }
+                if header.replica == ctx.id && header.view > 0 =>
+            {
                 vec![Message::PrePrepare {
                     header: in_view(header, header.view - 1, ctx),
                     batch: batch.clone(),
@@ -64,7 +66,11 @@ impl StaleView {
                     .filter(|c| c.seq < checkpoint.seq)
                     .map(|c| Message::Checkpoint(c.clone()))
                     .collect();
-                if self.checkpoints.back().is_none_or(|c| c.seq < checkpoint.seq) {
+                if self
+                    .checkpoints
+                    .back()
+                    .is_none_or(|c| c.seq < checkpoint.seq)
+                {
                     if self.checkpoints.len() == OLD_CHECKPOINTS {
                         self.checkpoints.pop_front();
                     }

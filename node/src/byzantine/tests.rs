@@ -60,7 +60,14 @@ impl Cluster {
     }
 
     fn vote(&self, phase: Phase, view: View, seq: Seq, digest: Digest, replica: ReplicaId) -> Vote {
-        Vote::new(&self.keys[replica as usize], phase, view, seq, digest, replica)
+        Vote::new(
+            &self.keys[replica as usize],
+            phase,
+            view,
+            seq,
+            digest,
+            replica,
+        )
     }
 
     fn header(&self, view: View, seq: Seq, digest: Digest) -> Vote {
@@ -178,7 +185,11 @@ fn seeded(seed: u64) -> ChaCha8Rng {
 }
 
 /// Every (recipient, payload) pair, with broadcasts expanded to each peer of `from`.
-fn deliveries(out: &FaultyOutput, from: ReplicaId, committee: &Committee) -> Vec<(ReplicaId, Payload)> {
+fn deliveries(
+    out: &FaultyOutput,
+    from: ReplicaId,
+    committee: &Committee,
+) -> Vec<(ReplicaId, Payload)> {
     let mut result = Vec::new();
     for send in &out.sends {
         let recipients: Vec<ReplicaId> = match send.to {
@@ -210,11 +221,20 @@ fn pre_prepares_by_digest(
         let message = message_of(&payload);
         if let Message::PrePrepare { header, batch } = message {
             let key = cluster.committee.key(primary).unwrap();
-            key.verify(Domain::PrePrepare, &header.signing_digest(), &header.signature)
-                .expect("both pre-prepares are validly signed by the primary");
+            key.verify(
+                Domain::PrePrepare,
+                &header.signing_digest(),
+                &header.signature,
+            )
+            .expect("both pre-prepares are validly signed by the primary");
             assert_eq!(batch.digest(), header.digest, "batch matches its header");
-            cluster.verify(primary, message).expect("a correct replica accepts either");
-            assert!(groups.values().all(|g| !g.contains(&to)), "replica {to} got two pre-prepares");
+            cluster
+                .verify(primary, message)
+                .expect("a correct replica accepts either");
+            assert!(
+                groups.values().all(|g| !g.contains(&to)),
+                "replica {to} got two pre-prepares"
+            );
             groups.entry(header.digest).or_default().insert(to);
         }
     }
@@ -226,9 +246,17 @@ fn honest_passes_everything_through_in_order() {
     let cluster = Cluster::new(1);
     let mut input = ready(vec![
         broadcast(cluster.commit(0, 1, batch(1).digest(), 2)),
-        (Destination::Replica(0), Message::FetchState { seq: 128, replica: 2 }),
+        (
+            Destination::Replica(0),
+            Message::FetchState {
+                seq: 128,
+                replica: 2,
+            },
+        ),
     ]);
-    input.persist.push(Durable::Checkpoint(cluster.checkpoint(128, 2)));
+    input
+        .persist
+        .push(Durable::Checkpoint(cluster.checkpoint(128, 2)));
     input.timers.push(TimerCommand::Cancel(Timer::Retransmit));
     let expected: Vec<Arc<Message>> = input.messages.iter().map(|o| o.message.clone()).collect();
     let out = honest(input);
@@ -260,15 +288,27 @@ fn silent_sends_and_replies_nothing_but_keeps_persisting() {
         view: 0,
         replica: 0,
         client: client(0).public(),
-        results: vec![RequestResult { timestamp: 1, result: b"ok".to_vec() }],
+        results: vec![RequestResult {
+            timestamp: 1,
+            result: b"ok".to_vec(),
+        }],
     });
     let at = Duration::from_secs(3);
-    input.timers.push(TimerCommand::Set { timer: Timer::ViewChange, at });
+    input.timers.push(TimerCommand::Set {
+        timer: Timer::ViewChange,
+        at,
+    });
     let out = cluster.run(&mut Silent, 0, input, &mut seeded(1));
     assert!(out.sends.is_empty());
     assert!(out.replies.is_empty());
     assert_eq!(out.persist, vec![Durable::Vote(header)]);
-    assert_eq!(out.timers, vec![TimerCommand::Set { timer: Timer::ViewChange, at }]);
+    assert_eq!(
+        out.timers,
+        vec![TimerCommand::Set {
+            timer: Timer::ViewChange,
+            at
+        }]
+    );
 }
 
 fn check_primary_equivocation(f: usize, mode: EquivocationMode) {
@@ -281,10 +321,20 @@ fn check_primary_equivocation(f: usize, mode: EquivocationMode) {
     let real = batch(3);
     let seq = 7;
     let mut behavior = EquivocatingPrimary::new(mode);
-    let mut input = ready(vec![broadcast(cluster.pre_prepare(view, seq, real.clone()))]);
-    input.persist.push(Durable::Vote(cluster.header(view, seq, real.digest())));
+    let mut input = ready(vec![broadcast(cluster.pre_prepare(
+        view,
+        seq,
+        real.clone(),
+    ))]);
+    input
+        .persist
+        .push(Durable::Vote(cluster.header(view, seq, real.digest())));
     let out = cluster.run(&mut behavior, primary, input, &mut seeded(2));
-    assert_eq!(out.persist.len(), 1, "its own pre-prepare is still persisted");
+    assert_eq!(
+        out.persist.len(),
+        1,
+        "its own pre-prepare is still persisted"
+    );
 
     let groups = pre_prepares_by_digest(&cluster, &out, primary);
     assert_eq!(groups.len(), 2, "two conflicting digests");
@@ -292,15 +342,27 @@ fn check_primary_equivocation(f: usize, mode: EquivocationMode) {
     let (&other_digest, conflicting) = groups.iter().find(|(d, _)| **d != real.digest()).unwrap();
     let backups: BTreeSet<ReplicaId> = (0..n).filter(|&i| i != primary).collect();
     assert!(original.is_disjoint(conflicting));
-    assert_eq!(&original | conflicting, backups, "every backup gets exactly one");
+    assert_eq!(
+        &original | conflicting,
+        backups,
+        "every backup gets exactly one"
+    );
     let expected_conflicting = match mode {
         EquivocationMode::Split => (3 * f).div_ceil(2),
         EquivocationMode::Minority => f,
     };
     assert_eq!(conflicting.len(), expected_conflicting);
     assert_eq!(original.len(), 3 * f - expected_conflicting);
-    let highest: BTreeSet<ReplicaId> = backups.iter().rev().take(expected_conflicting).copied().collect();
-    assert_eq!(conflicting, &highest, "the conflicting group is the highest ids");
+    let highest: BTreeSet<ReplicaId> = backups
+        .iter()
+        .rev()
+        .take(expected_conflicting)
+        .copied()
+        .collect();
+    assert_eq!(
+        conflicting, &highest,
+        "the conflicting group is the highest ids"
+    );
     let reversed = Batch {
         envelopes: real.envelopes.iter().rev().cloned().collect(),
     };
@@ -412,7 +474,10 @@ fn equivocating_backup_sends_conflicting_votes_to_two_halves() {
                 if vote.digest == digest {
                     verdict.expect("the real vote is valid");
                 } else if phase == Phase::Prepare {
-                    assert!(matches!(verdict, Err(Rejection::Malformed(_))), "{verdict:?}");
+                    assert!(
+                        matches!(verdict, Err(Rejection::Malformed(_))),
+                        "{verdict:?}"
+                    );
                 } else {
                     verdict.expect("a conflicting commit is validly signed");
                 }
@@ -436,7 +501,13 @@ fn equivocating_backup_sends_conflicting_votes_to_two_halves() {
 fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
     let id = 1;
     let digest = batch(2).digest();
-    let envelope = RequestEnvelope::new(&client(9), vec![ClientRequest { timestamp: 5, op: b"op".to_vec() }]);
+    let envelope = RequestEnvelope::new(
+        &client(9),
+        vec![ClientRequest {
+            timestamp: 5,
+            op: b"op".to_vec(),
+        }],
+    );
     vec![
         (Destination::Replica(3), Message::Request(envelope)),
         broadcast(cluster.pre_prepare(1, 3, batch(2))),
@@ -445,20 +516,46 @@ fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
         broadcast(Message::Checkpoint(cluster.checkpoint(128, id))),
         broadcast(Message::ViewChange(cluster.view_change(1, id))),
         broadcast(Message::NewView(cluster.new_view(1))),
-        broadcast(Message::FetchBatch { seq: 2, digest, replica: id }),
-        (Destination::Replica(3), Message::FetchState { seq: 128, replica: id }),
-        (Destination::Replica(3), Message::BatchData { seq: 2, batch: batch(2) }),
-        broadcast(Message::Status { replica: id, view: 1, last_executed: 2 }),
+        broadcast(Message::FetchBatch {
+            seq: 2,
+            digest,
+            replica: id,
+        }),
         (
             Destination::Replica(3),
-            Message::Committed {
-                batch: batch(2),
-                commits: (0..3).map(|i| cluster.vote(Phase::Commit, 0, 2, digest, i)).collect(),
+            Message::FetchState {
+                seq: 128,
+                replica: id,
             },
         ),
         (
             Destination::Replica(3),
-            Message::StateData { seq: 128, proof: cluster.proof(128), snapshot: vec![1, 2, 3] },
+            Message::BatchData {
+                seq: 2,
+                batch: batch(2),
+            },
+        ),
+        broadcast(Message::Status {
+            replica: id,
+            view: 1,
+            last_executed: 2,
+        }),
+        (
+            Destination::Replica(3),
+            Message::Committed {
+                batch: batch(2),
+                commits: (0..3)
+                    .map(|i| cluster.vote(Phase::Commit, 0, 2, digest, i))
+                    .collect(),
+            },
+        ),
+        (
+            Destination::Replica(3),
+            Message::StateData {
+                seq: 128,
+                proof: cluster.proof(128),
+                snapshot: vec![1, 2, 3],
+            },
         ),
     ]
 }
@@ -480,16 +577,28 @@ fn forged_signatures_are_rejected_at_the_boundary() {
     let id = 1;
     let messages = every_kind(&cluster);
     for (_, message) in &messages {
-        cluster.verify(id, message).unwrap_or_else(|e| panic!("{} invalid: {e}", message.kind()));
+        cluster
+            .verify(id, message)
+            .unwrap_or_else(|e| panic!("{} invalid: {e}", message.kind()));
     }
     for seed in 0..16 {
-        let out = cluster.run(&mut ForgedSignatures, id, ready(messages.clone()), &mut seeded(seed));
+        let out = cluster.run(
+            &mut ForgedSignatures,
+            id,
+            ready(messages.clone()),
+            &mut seeded(seed),
+        );
         assert_eq!(out.sends.len(), messages.len());
         for (send, (to, original)) in out.sends.iter().zip(&messages) {
             assert_eq!(send.to, *to);
             let sent = message_of(&send.payload);
             if is_signed(original) {
-                assert_eq!(cluster.verify(id, sent).unwrap_err(), Rejection::BadSignature, "{}", sent.kind());
+                assert_eq!(
+                    cluster.verify(id, sent).unwrap_err(),
+                    Rejection::BadSignature,
+                    "{}",
+                    sent.kind()
+                );
             } else {
                 assert_eq!(sent, original, "{} passes unchanged", sent.kind());
             }
@@ -511,21 +620,36 @@ fn replay_resends_recent_old_messages_to_peers() {
             let out = cluster.run(&mut behavior, id, input, &mut rng);
             assert!(behavior.remembered() <= replay::REPLAY_WINDOW);
             assert_eq!(out.sends[0].to, Destination::AllReplicas);
-            assert!(matches!(message_of(&out.sends[0].payload), Message::Commit(v) if v.seq == step));
+            assert!(
+                matches!(message_of(&out.sends[0].payload), Message::Commit(v) if v.seq == step)
+            );
             for send in &out.sends[1..] {
-                let Destination::Replica(to) = send.to else { panic!("replays go to one replica") };
+                let Destination::Replica(to) = send.to else {
+                    panic!("replays go to one replica")
+                };
                 assert!(to != id && (to as usize) < cluster.committee.n());
-                let Message::Commit(vote) = message_of(&send.payload) else { panic!("not a sent message") };
+                let Message::Commit(vote) = message_of(&send.payload) else {
+                    panic!("not a sent message")
+                };
                 assert!(vote.seq < step, "a replay is of an earlier step");
-                assert!(step - vote.seq <= replay::REPLAY_WINDOW as u64, "a replay is recent");
-                cluster.verify(id, message_of(&send.payload)).expect("a replay is a valid old message");
+                assert!(
+                    step - vote.seq <= replay::REPLAY_WINDOW as u64,
+                    "a replay is recent"
+                );
+                cluster
+                    .verify(id, message_of(&send.payload))
+                    .expect("a replay is a valid old message");
                 replayed.push((step, to, vote.seq));
             }
         }
         replayed
     };
     let first = run(8);
-    assert!(first.len() > 300, "about 1.5 replays per step, got {}", first.len());
+    assert!(
+        first.len() > 300,
+        "about 1.5 replays per step, got {}",
+        first.len()
+    );
     assert_eq!(first, run(8), "replays are a function of the seed");
     assert_ne!(first, run(9));
 }
@@ -538,12 +662,22 @@ fn stale_view_adds_votes_for_the_previous_view() {
     let digest = batch(2).digest();
     let mut behavior = StaleView::default();
 
-    let out = cluster.run(&mut behavior, primary, ready(vec![broadcast(cluster.pre_prepare(view, 1, batch(2)))]), &mut seeded(1));
+    let out = cluster.run(
+        &mut behavior,
+        primary,
+        ready(vec![broadcast(cluster.pre_prepare(view, 1, batch(2)))]),
+        &mut seeded(1),
+    );
     assert_eq!(out.sends.len(), 2);
-    cluster.verify(primary, message_of(&out.sends[0].payload)).unwrap();
+    cluster
+        .verify(primary, message_of(&out.sends[0].payload))
+        .unwrap();
     let stale = message_of(&out.sends[1].payload);
     assert!(matches!(stale, Message::PrePrepare { header, .. } if header.view == view - 1));
-    assert_eq!(cluster.verify(primary, stale).unwrap_err(), Rejection::NotFromPrimary);
+    assert_eq!(
+        cluster.verify(primary, stale).unwrap_err(),
+        Rejection::NotFromPrimary
+    );
 
     let backup = 2;
     let input = ready(vec![
@@ -554,12 +688,22 @@ fn stale_view_adds_votes_for_the_previous_view() {
     assert_eq!(out.sends.len(), 4);
     let stale_prepare = message_of(&out.sends[1].payload);
     assert!(matches!(stale_prepare, Message::Prepare { vote, .. } if vote.view == view - 1));
-    assert_eq!(cluster.verify(backup, stale_prepare).unwrap_err(), Rejection::BadSignature);
+    assert_eq!(
+        cluster.verify(backup, stale_prepare).unwrap_err(),
+        Rejection::BadSignature
+    );
     let stale_commit = message_of(&out.sends[3].payload);
     assert_eq!(stale_commit, &cluster.commit(view - 1, 1, digest, backup));
-    cluster.verify(backup, stale_commit).expect("a stale commit is validly signed");
+    cluster
+        .verify(backup, stale_commit)
+        .expect("a stale commit is validly signed");
 
-    let out = cluster.run(&mut behavior, backup, ready(vec![broadcast(cluster.commit(0, 1, digest, backup))]), &mut seeded(3));
+    let out = cluster.run(
+        &mut behavior,
+        backup,
+        ready(vec![broadcast(cluster.commit(0, 1, digest, backup))]),
+        &mut seeded(3),
+    );
     assert_eq!(out.sends.len(), 1, "nothing older than view 0");
 }
 
@@ -570,7 +714,9 @@ fn stale_view_resends_its_older_checkpoints() {
     let mut behavior = StaleView::default();
     let mut rng = seeded(4);
     let mut sent_checkpoints = |seq: Seq| -> Vec<Seq> {
-        let input = ready(vec![broadcast(Message::Checkpoint(cluster.checkpoint(seq, id)))]);
+        let input = ready(vec![broadcast(Message::Checkpoint(
+            cluster.checkpoint(seq, id),
+        ))]);
         let out = cluster.run(&mut behavior, id, input, &mut rng);
         out.sends
             .iter()
@@ -587,11 +733,19 @@ fn stale_view_resends_its_older_checkpoints() {
     };
     assert_eq!(sent_checkpoints(128), vec![128]);
     assert_eq!(sent_checkpoints(256), vec![256, 128]);
-    assert_eq!(sent_checkpoints(256), vec![256, 128], "a retransmission is not recorded twice");
+    assert_eq!(
+        sent_checkpoints(256),
+        vec![256, 128],
+        "a retransmission is not recorded twice"
+    );
     for k in 3..=8 {
         sent_checkpoints(128 * k);
     }
-    assert_eq!(sent_checkpoints(128 * 9), vec![1152, 640, 768, 896, 1024], "a bounded history");
+    assert_eq!(
+        sent_checkpoints(128 * 9),
+        vec![1152, 640, 768, 896, 1024],
+        "a bounded history"
+    );
 }
 
 #[test]
@@ -607,11 +761,18 @@ fn corrupt_sends_only_what_a_correct_replica_rejects() {
             view: 1,
             replica: id,
             client: client(0).public(),
-            results: vec![RequestResult { timestamp: 1, result: b"the real result".to_vec() }],
+            results: vec![RequestResult {
+                timestamp: 1,
+                result: b"the real result".to_vec(),
+            }],
         });
         let expected = input.messages.len();
         let out = cluster.run(&mut Corrupt, id, input, &mut rng);
-        assert_eq!(out.sends.len(), expected, "one broken message for each real one");
+        assert_eq!(
+            out.sends.len(),
+            expected,
+            "one broken message for each real one"
+        );
         assert_ne!(out.replies[0].results[0].result, b"the real result");
         for send in &out.sends {
             match &send.payload {
@@ -631,7 +792,10 @@ fn corrupt_sends_only_what_a_correct_replica_rejects() {
     }
     assert!(garbage > 0);
     for label in ["bad_signature", "digest_mismatch", "malformed"] {
-        assert!(labels.get(label).copied().unwrap_or(0) > 0, "no {label} in {labels:?}");
+        assert!(
+            labels.get(label).copied().unwrap_or(0) > 0,
+            "no {label} in {labels:?}"
+        );
     }
 }
 
@@ -653,9 +817,16 @@ fn every_behavior_keeps_persistence_and_timers_and_sends_only_to_peers() {
                         input.timers.push(TimerCommand::Cancel(Timer::ViewChange));
                         let out = cluster.run(behavior.as_mut(), id, input, &mut rng);
                         assert_eq!(out.persist, vec![Durable::Vote(header)], "{kind}");
-                        assert_eq!(out.timers, vec![TimerCommand::Cancel(Timer::ViewChange)], "{kind}");
+                        assert_eq!(
+                            out.timers,
+                            vec![TimerCommand::Cancel(Timer::ViewChange)],
+                            "{kind}"
+                        );
                         for (to, payload) in deliveries(&out, id, &cluster.committee) {
-                            assert!(to != id && (to as usize) < cluster.committee.n(), "{kind} sent to {to}");
+                            assert!(
+                                to != id && (to as usize) < cluster.committee.n(),
+                                "{kind} sent to {to}"
+                            );
                             log.push(format!("{to} {payload:?}"));
                         }
                     }

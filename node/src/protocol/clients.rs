@@ -54,7 +54,7 @@ impl ClientTable {
         if let Some(result) = record.recent.get(&timestamp) {
             return RequestStatus::Executed(result);
         }
-        if timestamp + self.window <= record.max_timestamp {
+        if timestamp.saturating_add(self.window) <= record.max_timestamp {
             RequestStatus::TooOld
         } else {
             RequestStatus::New
@@ -169,7 +169,9 @@ impl PendingRequests {
 
     /// The queued envelopes, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &(Verified<RequestEnvelope>, Digest)> {
-        self.queue.iter().filter(|(_, digest)| self.queued.contains(digest))
+        self.queue
+            .iter()
+            .filter(|(_, digest)| self.queued.contains(digest))
     }
 
     pub fn pop_front(&mut self) -> Option<(Verified<RequestEnvelope>, Digest)> {

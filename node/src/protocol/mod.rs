@@ -30,7 +30,7 @@ pub use view_change::{plan_new_view, NewViewPlan};
 use pbft_crypto::{Digest, PublicKey};
 
 use crate::messages::{
-    Checkpoint, Limits, Message, NewView, Reply, ReplicaId, Seq, Timestamp, View, ViewChange, Vote,
+    Checkpoint, Limits, Message, NewView, ReplicaId, Reply, Seq, Timestamp, View, ViewChange, Vote,
 };
 
 /// Tunable parameters. Replicas of one cluster must agree on `checkpoint_interval`,
@@ -90,7 +90,9 @@ impl ProtocolConfig {
             return Err("checkpoint_interval must be positive".into());
         }
         if self.log_window < 2 * k || self.log_window % k != 0 {
-            return Err("log_window must be a multiple of checkpoint_interval and at least twice it".into());
+            return Err(
+                "log_window must be a multiple of checkpoint_interval and at least twice it".into(),
+            );
         }
         if self.limits.log_window != self.log_window {
             return Err("limits.log_window must equal log_window".into());

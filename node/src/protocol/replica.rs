@@ -19,7 +19,7 @@ use crate::app::StateMachine;
 use crate::codec;
 use crate::committee::Committee;
 use crate::messages::{
-    Batch, Checkpoint, Message, NewView, Phase, PreparedCert, Reply, ReplicaId, RequestEnvelope,
+    Batch, Checkpoint, Message, NewView, Phase, PreparedCert, ReplicaId, Reply, RequestEnvelope,
     RequestResult, Seq, Verified, View, ViewChange, Vote,
 };
 
@@ -97,6 +97,26 @@ struct OwnCheckpoint {
     message: Option<Checkpoint>,
 }
 
+/// Help a replica gives a peer on request (catch-up, new views, batches, state). Answers cost
+/// far more than the asking, so each peer gets a bounded amount per retransmission interval and
+/// a faulty peer cannot turn this replica into an amplifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Help {
+    CatchUp,
+    NewView,
+    Batch,
+    State,
+}
+
+impl Help {
+    fn per_interval(self) -> u32 {
+        match self {
+            Help::CatchUp | Help::NewView | Help::State => 1,
+            Help::Batch => 64,
+        }
+    }
+}
+
 /// A state transfer in progress.
 #[derive(Debug)]
 struct StateFetch {
@@ -131,6 +151,9 @@ pub struct Replica {
     /// The envelope whose wait the view-change timer is measuring (§4.5.2).
     watched: Option<Digest>,
     view_change_timeout: Duration,
+    /// In a view change, whether the timer for giving up on `view` runs. It starts only once
+    /// 2f+1 replicas want the view (§4.5.2), so a replica alone cannot race through views.
+    new_view_timer_armed: bool,
 
     /// The latest VIEW-CHANGE from each replica (own included).
     view_changes: BTreeMap<ReplicaId, ViewChange>,
@@ -138,6 +161,8 @@ pub struct Replica {
     last_new_view: Option<Arc<NewView>>,
 
     evidence: BTreeMap<ReplicaId, Conflict>,
+    /// Per peer and kind of help: the interval it was last given in, and how often then.
+    help_given: BTreeMap<(ReplicaId, Help), (u64, u32)>,
     ignored: BTreeMap<&'static str, u64>,
     now: Duration,
     ready: Ready,
@@ -155,13 +180,19 @@ impl Replica {
     ) -> Result<Replica, String> {
         config.validate()?;
         if committee.key(id) != Some(&key.public()) {
-            return Err(format!("the key given is not replica {id}'s key in the cluster"));
+            return Err(format!(
+                "the key given is not replica {id}'s key in the cluster"
+            ));
         }
         let mut replica = Replica {
             id,
             clients: ClientTable::new(config.client_window),
-            pending: PendingRequests::new(config.max_pending_envelopes, config.max_pending_per_client),
+            pending: PendingRequests::new(
+                config.max_pending_envelopes,
+                config.max_pending_per_client,
+            ),
             view_change_timeout: config.view_change_timeout,
+            new_view_timer_armed: false,
             committee,
             config,
             key,
@@ -178,13 +209,21 @@ impl Replica {
             view_changes: BTreeMap::new(),
             last_new_view: None,
             evidence: BTreeMap::new(),
+            help_given: BTreeMap::new(),
             ignored: BTreeMap::new(),
             now: Duration::ZERO,
             ready: Ready::default(),
         };
         let (digest, snapshot) = replica.take_snapshot();
         replica.checkpoints.stable_digest = digest;
-        replica.checkpoints.own.insert(0, OwnCheckpoint { digest, snapshot, message: None });
+        replica.checkpoints.own.insert(
+            0,
+            OwnCheckpoint {
+                digest,
+                snapshot,
+                message: None,
+            },
+        );
         Ok(replica)
     }
 
@@ -258,7 +297,8 @@ impl Replica {
         self.now = now;
         self.set_timer(Timer::Retransmit, now + self.config.retransmit_interval);
         if !self.view_active {
-            self.set_timer(Timer::ViewChange, now + self.view_change_timeout);
+            self.new_view_timer_armed = false;
+            self.maybe_arm_new_view_timer();
         } else if !self.is_primary() {
             let next = self.pending.iter().next().map(|(_, d)| *d);
             self.watch(next);
@@ -270,18 +310,32 @@ impl Replica {
         self.now = now;
         match message.into_inner() {
             Message::Request(envelope) => self.on_request(Verified::own(envelope)),
-            Message::PrePrepare { header, batch } => self.on_pre_prepare(header, Some(Arc::new(batch))),
+            Message::PrePrepare { header, batch } => {
+                self.on_pre_prepare(header, Some(Arc::new(batch)))
+            }
             Message::Prepare { vote, pre_prepare } => self.on_prepare(vote, pre_prepare),
             Message::Commit(vote) => self.on_commit(vote),
             Message::Checkpoint(checkpoint) => self.on_checkpoint(checkpoint),
             Message::ViewChange(view_change) => self.on_view_change(view_change),
             Message::NewView(new_view) => self.on_new_view(Arc::new(new_view)),
-            Message::FetchBatch { seq, digest, replica } => self.on_fetch_batch(seq, digest, replica),
+            Message::FetchBatch {
+                seq,
+                digest,
+                replica,
+            } => self.on_fetch_batch(seq, digest, replica),
             Message::BatchData { seq, batch } => self.on_batch_data(seq, batch),
             Message::FetchState { seq, replica } => self.on_fetch_state(seq, replica),
-            Message::Status { replica, view, last_executed } => self.on_status(replica, view, last_executed),
+            Message::Status {
+                replica,
+                view,
+                last_executed,
+            } => self.on_status(replica, view, last_executed),
             Message::Committed { batch, commits } => self.on_committed(batch, commits),
-            Message::StateData { seq, proof, snapshot } => self.on_state_data(seq, proof, snapshot),
+            Message::StateData {
+                seq,
+                proof,
+                snapshot,
+            } => self.on_state_data(seq, proof, snapshot),
             Message::Reply(_) => self.ignore("reply"),
         }
         self.after_input();
@@ -332,14 +386,36 @@ impl Replica {
 
     /// Asks every peer for the batch of slot `seq`, once per view; retransmission repeats it.
     fn fetch_batch(&mut self, seq: Seq) {
-        let Some(entry) = self.log.get_mut(&seq) else { return };
+        let Some(entry) = self.log.get_mut(&seq) else {
+            return;
+        };
         let Some(digest) = entry.digest else { return };
         if entry.batch.is_some() || entry.fetch_sent {
             return;
         }
         entry.fetch_sent = true;
         let replica = self.id;
-        self.broadcast(Message::FetchBatch { seq, digest, replica });
+        self.broadcast(Message::FetchBatch {
+            seq,
+            digest,
+            replica,
+        });
+    }
+
+    /// Whether `peer` may get another answer of kind `help` in this interval; counts it if so.
+    fn may_help(&mut self, peer: ReplicaId, help: Help) -> bool {
+        let interval =
+            (self.now.as_micros() / self.config.retransmit_interval.as_micros().max(1)) as u64;
+        let given = self.help_given.entry((peer, help)).or_insert((interval, 0));
+        if given.0 != interval {
+            *given = (interval, 0);
+        }
+        if given.1 >= help.per_interval() {
+            self.ignore("help rate-limited");
+            return false;
+        }
+        given.1 += 1;
+        true
     }
 
     fn ignore(&mut self, reason: &'static str) {
@@ -388,25 +464,23 @@ impl Replica {
             return;
         }
         let digest = envelope.signing_digest();
-        if self.in_log.contains(&digest) || self.pending.contains(&digest) {
-            // Already being ordered; a retransmission to a backup means the client is waiting.
-            if !self.is_primary() && self.view_active && !self.in_log.contains(&digest) {
-                let primary = self.primary();
-                self.send(Destination::Replica(primary), Message::Request(envelope.into_inner()));
-            }
+        let ordered = self.in_log.contains(&digest);
+        if self.is_primary() && (ordered || self.pending.contains(&digest)) {
             return;
         }
+        // A backup waits for the request even if it is already ordered: it is not executed yet.
         let forward = envelope.get().clone();
-        if !self.pending.push(envelope, digest) {
+        if !self.pending.contains(&digest) && !self.pending.push(envelope, digest) {
             self.ignore("pending requests full");
             return;
         }
-        if !self.is_primary() {
-            if self.view_active {
+        if !self.is_primary() && self.view_active {
+            if !ordered {
+                // The client may have sent it only to us, or the primary may have missed it.
                 let primary = self.primary();
                 self.send(Destination::Replica(primary), Message::Request(forward));
             }
-            if self.watched.is_none() && self.view_active {
+            if self.watched.is_none() {
                 self.watch(Some(digest));
             }
         }
@@ -434,12 +508,19 @@ impl Replica {
                 return;
             }
             let seq = self.next_seq;
-            if !self.in_window(seq) || seq - 1 - self.last_executed.min(seq - 1) >= self.config.max_outstanding {
+            if !self.in_window(seq)
+                || seq - 1 - self.last_executed.min(seq - 1) >= self.config.max_outstanding
+            {
                 return;
             }
             // After a view change, wait for the bodies of re-proposed batches so that no request
             // is ordered twice.
-            if self.log.range(self.last_executed + 1..).take_while(|(s, _)| **s < seq).any(|(_, e)| e.batch.is_none()) {
+            if self
+                .log
+                .range(self.last_executed + 1..)
+                .take_while(|(s, _)| **s < seq)
+                .any(|(_, e)| e.batch.is_none())
+            {
                 return;
             }
             let mut batch = Batch::default();
@@ -492,7 +573,11 @@ impl Replica {
     /// Checks the view and watermarks of a vote and returns its slot, reset for the current view.
     fn slot_for(&mut self, view: View, seq: Seq) -> Option<&mut Entry> {
         if view != self.view {
-            self.ignore(if view < self.view { "stale view" } else { "future view" });
+            self.ignore(if view < self.view {
+                "stale view"
+            } else {
+                "future view"
+            });
             return None;
         }
         if !self.in_window(seq) {
@@ -554,14 +639,18 @@ impl Replica {
             return;
         }
         let view = self.view;
-        let Some(entry) = self.log.get(&seq) else { return };
+        let Some(entry) = self.log.get(&seq) else {
+            return;
+        };
         if entry.view != view || entry.sent_prepare || !entry.has_batch_for_digest() {
             if entry.view == view && !entry.sent_prepare && entry.pre_prepare.is_some() {
                 self.fetch_batch(seq);
             }
             return;
         }
-        let Some(pre_prepare) = entry.pre_prepare.clone() else { return };
+        let Some(pre_prepare) = entry.pre_prepare.clone() else {
+            return;
+        };
         let vote = self.sign_vote(Phase::Prepare, view, seq, pre_prepare.digest);
         let now = self.now;
         let entry = self.log.get_mut(&seq).expect("checked above");
@@ -619,11 +708,15 @@ impl Replica {
     fn check_prepared(&mut self, seq: Seq) {
         let needed = 2 * self.committee.f();
         let view = self.view;
-        let Some(entry) = self.log.get_mut(&seq) else { return };
+        let Some(entry) = self.log.get_mut(&seq) else {
+            return;
+        };
         if entry.view != view || entry.sent_commit {
             return;
         }
-        let Some(pre_prepare) = entry.pre_prepare.clone() else { return };
+        let Some(pre_prepare) = entry.pre_prepare.clone() else {
+            return;
+        };
         let prepares: Vec<Vote> = entry
             .prepares
             .values()
@@ -634,7 +727,10 @@ impl Replica {
         if prepares.len() < needed {
             return;
         }
-        entry.prepared_cert = Some(PreparedCert { pre_prepare: pre_prepare.clone(), prepares });
+        entry.prepared_cert = Some(PreparedCert {
+            pre_prepare: pre_prepare.clone(),
+            prepares,
+        });
         let vote = self.sign_vote(Phase::Commit, view, seq, pre_prepare.digest);
         let now = self.now;
         let entry = self.log.get_mut(&seq).expect("exists");
@@ -670,7 +766,9 @@ impl Replica {
     /// replica that missed the PRE-PREPARE may still execute once it fetches the batch.
     fn check_committed(&mut self, seq: Seq) {
         let quorum = self.committee.quorum();
-        let Some(entry) = self.log.get_mut(&seq) else { return };
+        let Some(entry) = self.log.get_mut(&seq) else {
+            return;
+        };
         if entry.committed {
             return;
         }
@@ -681,7 +779,13 @@ impl Replica {
         let Some((digest, _)) = counts.into_iter().find(|(_, count)| *count >= quorum) else {
             return;
         };
-        let cert: Vec<Vote> = entry.commits.values().filter(|c| c.digest == digest).take(quorum).cloned().collect();
+        let cert: Vec<Vote> = entry
+            .commits
+            .values()
+            .filter(|c| c.digest == digest)
+            .take(quorum)
+            .cloned()
+            .collect();
         entry.commit_cert = Some(cert);
         if entry.digest.is_some_and(|d| d != digest) {
             entry.pre_prepare = None;
@@ -706,11 +810,15 @@ impl Replica {
         }
         loop {
             let seq = self.last_executed + 1;
-            let Some(entry) = self.log.get(&seq) else { return };
+            let Some(entry) = self.log.get(&seq) else {
+                return;
+            };
             if !entry.committed {
                 return;
             }
-            let Some(batch) = entry.batch.clone() else { return };
+            let Some(batch) = entry.batch.clone() else {
+                return;
+            };
             let digest = entry.digest.expect("committed slots have a digest");
             self.execute_batch(seq, digest, &batch);
         }
@@ -726,12 +834,16 @@ impl Replica {
                     continue;
                 }
                 let result = self.app.execute(&request.op);
-                self.clients.record(envelope.client, request.timestamp, result.clone());
+                self.clients
+                    .record(envelope.client, request.timestamp, result.clone());
                 executed_requests.push((envelope.client, request.timestamp));
-                replies.entry(envelope.client).or_default().push(RequestResult {
-                    timestamp: request.timestamp,
-                    result,
-                });
+                replies
+                    .entry(envelope.client)
+                    .or_default()
+                    .push(RequestResult {
+                        timestamp: request.timestamp,
+                        result,
+                    });
             }
             let envelope_digest = envelope.signing_digest();
             self.in_log.remove(&envelope_digest);
@@ -787,9 +899,15 @@ impl Replica {
     fn take_checkpoint(&mut self, seq: Seq) {
         let (digest, snapshot) = self.take_snapshot();
         let checkpoint = Checkpoint::new(&self.key, seq, digest, self.id);
-        let own = OwnCheckpoint { digest, snapshot, message: Some(checkpoint.clone()) };
+        let own = OwnCheckpoint {
+            digest,
+            snapshot,
+            message: Some(checkpoint.clone()),
+        };
         self.checkpoints.own.insert(seq, own);
-        self.ready.persist.push(Durable::Checkpoint(checkpoint.clone()));
+        self.ready
+            .persist
+            .push(Durable::Checkpoint(checkpoint.clone()));
         self.broadcast(Message::Checkpoint(checkpoint.clone()));
         self.on_checkpoint(checkpoint);
     }
@@ -812,7 +930,12 @@ impl Replica {
             .filter(|(_, by)| by.contains_key(&from))
             .map(|(s, _)| *s)
             .collect();
-        if let Some(existing) = self.checkpoints.votes.get(&seq).and_then(|by| by.get(&from)) {
+        if let Some(existing) = self
+            .checkpoints
+            .votes
+            .get(&seq)
+            .and_then(|by| by.get(&from))
+        {
             if existing.state_digest != checkpoint.state_digest {
                 let conflict = Conflict::Checkpoints(existing.clone(), checkpoint);
                 self.record_evidence(conflict);
@@ -847,7 +970,11 @@ impl Replica {
             return;
         }
         tracing::debug!(replica = self.id, seq, "checkpoint stable");
-        let sources: Vec<ReplicaId> = proof.iter().map(|c| c.replica).filter(|r| *r != self.id).collect();
+        let sources: Vec<ReplicaId> = proof
+            .iter()
+            .map(|c| c.replica)
+            .filter(|r| *r != self.id)
+            .collect();
         let c = &mut self.checkpoints;
         c.stable_seq = seq;
         c.stable_digest = digest;
@@ -856,11 +983,19 @@ impl Replica {
         c.own = c.own.split_off(&seq);
         self.log = self.log.split_off(&(seq + 1));
         self.next_seq = self.next_seq.max(seq + 1);
-        let own_matches = self.checkpoints.own.get(&seq).map(|own| own.digest == digest);
+        let own_matches = self
+            .checkpoints
+            .own
+            .get(&seq)
+            .map(|own| own.digest == digest);
         match own_matches {
             Some(true) => {}
             Some(false) => {
-                tracing::error!(replica = self.id, seq, "own state differs from the stable checkpoint; fetching it");
+                tracing::error!(
+                    replica = self.id,
+                    seq,
+                    "own state differs from the stable checkpoint; fetching it"
+                );
                 self.checkpoints.own.remove(&seq);
                 self.start_state_fetch(seq, sources);
             }
@@ -885,16 +1020,28 @@ impl Replica {
             sources,
         });
         let replica = self.id;
-        self.send(Destination::Replica(first), Message::FetchState { seq, replica });
+        self.send(
+            Destination::Replica(first),
+            Message::FetchState { seq, replica },
+        );
     }
 
     fn on_fetch_state(&mut self, seq: Seq, requester: ReplicaId) {
         // Only the stable checkpoint is served: it is the one with a proof to send along.
         let stable = self.checkpoints.stable_seq;
-        let Some(own) = self.checkpoints.own.get(&stable).filter(|_| stable > 0 && seq <= stable) else {
+        let Some(own) = self
+            .checkpoints
+            .own
+            .get(&stable)
+            .filter(|_| stable > 0 && seq <= stable)
+        else {
             self.ignore("state not held");
             return;
         };
+        if !self.may_help(requester, Help::State) {
+            return;
+        }
+        let own = self.checkpoints.own.get(&stable).expect("checked above");
         let message = Message::StateData {
             seq: stable,
             proof: self.checkpoints.stable_proof.clone(),
@@ -915,7 +1062,9 @@ impl Replica {
             self.ignore("state does not match its proof");
             return;
         }
-        let Ok(state) = codec::decode::<ReplicatedState>(&snapshot, self.config.limits.max_message_bytes) else {
+        let Ok(state) =
+            codec::decode::<ReplicatedState>(&snapshot, self.config.limits.max_message_bytes)
+        else {
             self.ignore("state undecodable");
             return;
         };
@@ -929,7 +1078,11 @@ impl Replica {
         self.clients = state.clients;
         self.last_executed = seq;
         self.state_fetch = None;
-        let own = OwnCheckpoint { digest: expected, snapshot: Arc::new(snapshot), message: None };
+        let own = OwnCheckpoint {
+            digest: expected,
+            snapshot: Arc::new(snapshot),
+            message: None,
+        };
         self.checkpoints.own.insert(seq, own);
         if seq > self.checkpoints.stable_seq {
             self.make_stable(seq, expected, proof);
@@ -937,22 +1090,33 @@ impl Replica {
         self.log = self.log.split_off(&(seq + 1));
         self.next_seq = self.next_seq.max(seq + 1);
         let clients = &self.clients;
-        self.pending.retain(|envelope, _| !clients.is_settled(envelope));
+        self.pending
+            .retain(|envelope, _| !clients.is_settled(envelope));
         self.rebuild_in_log();
     }
 
     fn on_fetch_batch(&mut self, seq: Seq, digest: Digest, requester: ReplicaId) {
-        let Some(entry) = self.log.get(&seq) else { return };
+        let Some(entry) = self.log.get(&seq) else {
+            return;
+        };
         let Some(batch) = &entry.batch else { return };
         if entry.digest != Some(digest) && batch.digest() != digest {
             return;
         }
-        let batch = (**batch).clone();
-        self.send(Destination::Replica(requester), Message::BatchData { seq, batch });
+        let batch = batch.clone();
+        if self.may_help(requester, Help::Batch) {
+            let batch = (*batch).clone();
+            self.send(
+                Destination::Replica(requester),
+                Message::BatchData { seq, batch },
+            );
+        }
     }
 
     fn on_batch_data(&mut self, seq: Seq, batch: Batch) {
-        let Some(entry) = self.log.get_mut(&seq) else { return };
+        let Some(entry) = self.log.get_mut(&seq) else {
+            return;
+        };
         if entry.batch.is_some() {
             return;
         }
@@ -974,19 +1138,26 @@ impl Replica {
             return;
         }
         if view < self.view && self.view_active {
-            if let Some(new_view) = self.last_new_view.clone() {
-                self.send(Destination::Replica(from), Message::NewView((*new_view).clone()));
-            }
+            self.send_new_view_to(from);
+        }
+        if last_executed >= self.last_executed || !self.may_help(from, Help::CatchUp) {
+            return;
         }
         const MAX_CATCH_UP_BATCHES: usize = 16;
         let mut sent = 0;
-        for (_, entry) in self.log.range(last_executed + 1..) {
+        for (_, entry) in self.log.range(last_executed.saturating_add(1)..) {
             if sent >= MAX_CATCH_UP_BATCHES || !entry.committed {
                 break;
             }
             if let (Some(batch), Some(commits)) = (&entry.batch, &entry.commit_cert) {
-                let message = Message::Committed { batch: (**batch).clone(), commits: commits.clone() };
-                self.ready.messages.push(Outgoing { to: Destination::Replica(from), message: Arc::new(message) });
+                let message = Message::Committed {
+                    batch: (**batch).clone(),
+                    commits: commits.clone(),
+                };
+                self.ready.messages.push(Outgoing {
+                    to: Destination::Replica(from),
+                    message: Arc::new(message),
+                });
                 sent += 1;
             }
         }
@@ -1025,9 +1196,14 @@ impl Replica {
         }
         let Some(watched) = self.watched else { return };
         let clients = &self.clients;
-        self.pending.retain(|envelope, _| !clients.is_settled(envelope));
+        self.pending
+            .retain(|envelope, _| !clients.is_settled(envelope));
         if self.pending.contains(&watched) || self.in_log.contains(&watched) {
-            tracing::info!(replica = self.id, view = self.view, "request timed out; suspecting the primary");
+            tracing::info!(
+                replica = self.id,
+                view = self.view,
+                "request timed out; suspecting the primary"
+            );
             let next = self.view + 1;
             self.start_view_change(next);
         } else {
@@ -1040,7 +1216,12 @@ impl Replica {
         if new_view <= self.view {
             return;
         }
-        tracing::info!(replica = self.id, from = self.view, to = new_view, "starting view change");
+        tracing::info!(
+            replica = self.id,
+            from = self.view,
+            to = new_view,
+            "starting view change"
+        );
         self.view = new_view;
         self.view_active = false;
         self.watched = None;
@@ -1058,13 +1239,36 @@ impl Replica {
             signature: pbft_crypto::Signature::EMPTY,
         };
         view_change.sign(&self.key);
-        self.ready.persist.push(Durable::ViewChange(view_change.clone()));
+        self.ready
+            .persist
+            .push(Durable::ViewChange(view_change.clone()));
         self.broadcast(Message::ViewChange(view_change.clone()));
+        self.new_view_timer_armed = false;
+        self.cancel_timer(Timer::ViewChange);
+        self.store_view_change(view_change);
+        self.maybe_arm_new_view_timer();
+        self.maybe_send_new_view();
+    }
+
+    /// With 2f+1 VIEW-CHANGEs for the view this replica is moving to, wait a while for its
+    /// NEW-VIEW; each wait is twice the last until a request executes again.
+    fn maybe_arm_new_view_timer(&mut self) {
+        if self.view_active || self.new_view_timer_armed {
+            return;
+        }
+        let wanting = self
+            .view_changes
+            .values()
+            .filter(|vc| vc.new_view == self.view)
+            .count();
+        if wanting < self.committee.quorum() {
+            return;
+        }
+        self.new_view_timer_armed = true;
         let at = self.now + self.view_change_timeout;
         self.set_timer(Timer::ViewChange, at);
-        self.view_change_timeout = (self.view_change_timeout * 2).min(self.config.max_view_change_timeout);
-        self.store_view_change(view_change);
-        self.maybe_send_new_view();
+        self.view_change_timeout =
+            (self.view_change_timeout * 2).min(self.config.max_view_change_timeout);
     }
 
     fn store_view_change(&mut self, view_change: ViewChange) {
@@ -1082,9 +1286,7 @@ impl Replica {
         let target = view_change.new_view;
         if target < self.view || (target == self.view && self.view_active) {
             // The sender is behind: show it how the current view began.
-            if let Some(new_view) = self.last_new_view.clone() {
-                self.send(Destination::Replica(from), Message::NewView((*new_view).clone()));
-            }
+            self.send_new_view_to(from);
             self.ignore("stale view change");
             return;
         }
@@ -1103,7 +1305,19 @@ impl Replica {
             self.start_view_change(join);
             return;
         }
+        self.maybe_arm_new_view_timer();
         self.maybe_send_new_view();
+    }
+
+    fn send_new_view_to(&mut self, peer: ReplicaId) {
+        if let Some(new_view) = self.last_new_view.clone() {
+            if self.may_help(peer, Help::NewView) {
+                self.send(
+                    Destination::Replica(peer),
+                    Message::NewView((*new_view).clone()),
+                );
+            }
+        }
     }
 
     /// The new primary sends NEW-VIEW once it holds 2f+1 VIEW-CHANGEs for its view.
@@ -1113,7 +1327,11 @@ impl Replica {
         }
         let view = self.view;
         let mut chosen: Vec<ViewChange> = Vec::new();
-        if let Some(own) = self.view_changes.get(&self.id).filter(|vc| vc.new_view == view) {
+        if let Some(own) = self
+            .view_changes
+            .get(&self.id)
+            .filter(|vc| vc.new_view == view)
+        {
             chosen.push(own.clone());
         }
         for (id, vc) in &self.view_changes {
@@ -1128,7 +1346,9 @@ impl Replica {
         let pre_prepares: Vec<Vote> = plan
             .orders
             .iter()
-            .map(|(seq, digest)| Vote::new(&self.key, Phase::PrePrepare, view, *seq, *digest, self.id))
+            .map(|(seq, digest)| {
+                Vote::new(&self.key, Phase::PrePrepare, view, *seq, *digest, self.id)
+            })
             .collect();
         let mut new_view = NewView {
             view,
@@ -1139,7 +1359,12 @@ impl Replica {
         };
         new_view.sign(&self.key);
         let new_view = Arc::new(new_view);
-        tracing::info!(replica = self.id, view, orders = plan.orders.len(), "sending new view");
+        tracing::info!(
+            replica = self.id,
+            view,
+            orders = plan.orders.len(),
+            "sending new view"
+        );
         self.ready.persist.push(Durable::NewView(new_view.clone()));
         self.broadcast(Message::NewView((*new_view).clone()));
         self.enter_view(new_view, plan);
@@ -1159,7 +1384,12 @@ impl Replica {
                 .zip(&new_view.pre_prepares)
                 .all(|((seq, digest), pp)| pp.seq == *seq && pp.digest == *digest);
         if !matches {
-            tracing::warn!(replica = self.id, view = new_view.view, from = new_view.replica, "new view with a wrong O rejected");
+            tracing::warn!(
+                replica = self.id,
+                view = new_view.view,
+                from = new_view.replica,
+                "new view with a wrong O rejected"
+            );
             self.ignore("new view with wrong O");
             return;
         }
@@ -1185,7 +1415,12 @@ impl Replica {
         // Slots above max-s were not committed anywhere (else they would be prepared in V).
         let low = self.low();
         let max_s = plan.max_s.max(low);
-        let above: Vec<Seq> = self.log.range(max_s + 1..).filter(|(_, e)| !e.committed).map(|(s, _)| *s).collect();
+        let above: Vec<Seq> = self
+            .log
+            .range(max_s + 1..)
+            .filter(|(_, e)| !e.committed)
+            .map(|(s, _)| *s)
+            .collect();
         for seq in above {
             self.log.remove(&seq);
         }
@@ -1205,19 +1440,32 @@ impl Replica {
             entry.view = view;
             entry.touched = now;
             if entry.committed && entry.digest != Some(pre_prepare.digest) {
-                tracing::error!(replica = self.id, seq, "new view re-orders a committed slot differently");
+                tracing::error!(
+                    replica = self.id,
+                    seq,
+                    "new view re-orders a committed slot differently"
+                );
             }
             entry.pre_prepare = Some(pre_prepare.clone());
             entry.digest = Some(pre_prepare.digest);
             if pre_prepare.digest == null_digest {
                 entry.batch = Some(Arc::new(null.clone()));
-            } else if entry.batch.as_ref().is_some_and(|b| b.digest() != pre_prepare.digest) {
+            } else if entry
+                .batch
+                .as_ref()
+                .is_some_and(|b| b.digest() != pre_prepare.digest)
+            {
                 entry.batch = None;
             }
         }
         self.next_seq = max_s.max(self.last_executed) + 1;
         self.rebuild_in_log();
-        let seqs: Vec<Seq> = self.log.range(low + 1..).map(|(s, _)| *s).take_while(|s| *s <= max_s).collect();
+        let seqs: Vec<Seq> = self
+            .log
+            .range(low + 1..)
+            .map(|(s, _)| *s)
+            .take_while(|s| *s <= max_s)
+            .collect();
         for seq in seqs {
             self.maybe_send_prepare(seq);
             if self.is_primary() {
@@ -1227,10 +1475,12 @@ impl Replica {
         }
         // Hand waiting requests to the new primary and watch them again.
         let clients = &self.clients;
-        self.pending.retain(|envelope, _| !clients.is_settled(envelope));
+        self.pending
+            .retain(|envelope, _| !clients.is_settled(envelope));
         if !self.is_primary() {
             let primary = self.primary();
-            let forward: Vec<RequestEnvelope> = self.pending.iter().map(|(e, _)| e.get().clone()).collect();
+            let forward: Vec<RequestEnvelope> =
+                self.pending.iter().map(|(e, _)| e.get().clone()).collect();
             for envelope in forward {
                 self.send(Destination::Replica(primary), Message::Request(envelope));
             }
@@ -1256,7 +1506,12 @@ impl Replica {
         let interval = self.config.retransmit_interval;
         self.set_timer(Timer::Retransmit, self.now + interval);
         if !self.view_active {
-            if let Some(own) = self.view_changes.get(&self.id).filter(|vc| vc.new_view == self.view).cloned() {
+            if let Some(own) = self
+                .view_changes
+                .get(&self.id)
+                .filter(|vc| vc.new_view == self.view)
+                .cloned()
+            {
                 self.broadcast(Message::ViewChange(own));
             }
         } else {
@@ -1269,14 +1524,32 @@ impl Replica {
                 if entry.committed {
                     if entry.batch.is_none() {
                         let digest = entry.digest.expect("committed");
-                        resend.push(Message::FetchBatch { seq: *seq, digest, replica: self.id });
+                        resend.push(Message::FetchBatch {
+                            seq: *seq,
+                            digest,
+                            replica: self.id,
+                        });
                     }
-                } else if let (true, Some(pp), Some(batch)) = (self.is_primary(), &entry.pre_prepare, &entry.batch) {
-                    resend.push(Message::PrePrepare { header: pp.clone(), batch: (**batch).clone() });
-                } else if let (Some(pp), Some(prepare)) = (&entry.pre_prepare, entry.prepares.get(&self.id)) {
-                    resend.push(Message::Prepare { vote: prepare.clone(), pre_prepare: pp.clone() });
+                } else if let (true, Some(pp), Some(batch)) =
+                    (self.is_primary(), &entry.pre_prepare, &entry.batch)
+                {
+                    resend.push(Message::PrePrepare {
+                        header: pp.clone(),
+                        batch: (**batch).clone(),
+                    });
+                } else if let (Some(pp), Some(prepare)) =
+                    (&entry.pre_prepare, entry.prepares.get(&self.id))
+                {
+                    resend.push(Message::Prepare {
+                        vote: prepare.clone(),
+                        pre_prepare: pp.clone(),
+                    });
                 } else if let (Some(digest), None) = (entry.digest, &entry.batch) {
-                    resend.push(Message::FetchBatch { seq: *seq, digest, replica: self.id });
+                    resend.push(Message::FetchBatch {
+                        seq: *seq,
+                        digest,
+                        replica: self.id,
+                    });
                 }
                 if let Some(commit) = entry.commits.get(&self.id) {
                     resend.push(Message::Commit(commit.clone()));
@@ -1286,10 +1559,19 @@ impl Replica {
                 self.broadcast(message);
             }
         }
-        let status = Message::Status { replica: self.id, view: self.view, last_executed: self.last_executed };
+        let status = Message::Status {
+            replica: self.id,
+            view: self.view,
+            last_executed: self.last_executed,
+        };
         self.broadcast(status);
         // The newest own checkpoint tells lagging replicas where the others are.
-        let newest = self.checkpoints.own.values().rev().find_map(|own| own.message.clone());
+        let newest = self
+            .checkpoints
+            .own
+            .values()
+            .rev()
+            .find_map(|own| own.message.clone());
         if let Some(checkpoint) = newest {
             self.broadcast(Message::Checkpoint(checkpoint));
         }
@@ -1298,7 +1580,10 @@ impl Replica {
             fetch.next_source += 1;
             let seq = fetch.seq;
             let replica = self.id;
-            self.send(Destination::Replica(source), Message::FetchState { seq, replica });
+            self.send(
+                Destination::Replica(source),
+                Message::FetchState { seq, replica },
+            );
         }
     }
 
@@ -1322,5 +1607,8 @@ fn snapshot_digest(bytes: &[u8]) -> Digest {
 
 fn has_duplicate_envelopes(batch: &Batch) -> bool {
     let mut seen = BTreeSet::new();
-    batch.envelopes.iter().any(|e| !seen.insert(e.signing_digest()))
+    batch
+        .envelopes
+        .iter()
+        .any(|e| !seen.insert(e.signing_digest()))
 }

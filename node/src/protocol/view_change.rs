@@ -42,13 +42,19 @@ pub fn plan_new_view(view_changes: &[ViewChange]) -> NewViewPlan {
         chosen
             .entry(cert.seq())
             .and_modify(|current| {
-                if candidate.0 > current.0 || (candidate.0 == current.0 && candidate.1 < current.1) {
+                if candidate.0 > current.0 || (candidate.0 == current.0 && candidate.1 < current.1)
+                {
                     *current = candidate;
                 }
             })
             .or_insert(candidate);
     }
-    let max_s = chosen.keys().next_back().copied().unwrap_or(min_s).max(min_s);
+    let max_s = chosen
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(min_s)
+        .max(min_s);
     let null = Batch::null().digest();
     let orders = (min_s + 1..=max_s)
         .map(|seq| (seq, chosen.get(&seq).map_or(null, |(_, digest)| *digest)))

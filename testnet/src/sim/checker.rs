@@ -27,7 +27,11 @@ pub struct Checker {
 impl Checker {
     /// Agreement: no two correct replicas execute different batches at one sequence number;
     /// and no correct replica executes a request twice.
-    pub fn on_executed(&mut self, replica: ReplicaId, executed: &Executed) -> Result<(), Violation> {
+    pub fn on_executed(
+        &mut self,
+        replica: ReplicaId,
+        executed: &Executed,
+    ) -> Result<(), Violation> {
         match self.batches.get(&executed.seq) {
             Some((digest, first)) if *digest != executed.digest => {
                 return Err(Violation(format!(
@@ -37,7 +41,8 @@ impl Checker {
             }
             Some(_) => {}
             None => {
-                self.batches.insert(executed.seq, (executed.digest, replica));
+                self.batches
+                    .insert(executed.seq, (executed.digest, replica));
             }
         }
         let done = self.executions.entry(replica).or_default();
@@ -53,7 +58,12 @@ impl Checker {
     }
 
     /// Equal state: correct replicas at the same sequence number have the same state digest.
-    pub fn on_state(&mut self, replica: ReplicaId, seq: Seq, digest: Digest) -> Result<(), Violation> {
+    pub fn on_state(
+        &mut self,
+        replica: ReplicaId,
+        seq: Seq,
+        digest: Digest,
+    ) -> Result<(), Violation> {
         match self.states.get(&seq) {
             Some((expected, first)) if *expected != digest => Err(Violation(format!(
                 "equal state: replica {replica} has state {digest:?} after seq {seq} but replica {first} has {expected:?}"
@@ -67,7 +77,12 @@ impl Checker {
     }
 
     /// Records a result a correct replica computed (or answered from its cache).
-    pub fn on_correct_result(&mut self, client: PublicKey, timestamp: Timestamp, result: &[u8]) -> Result<(), Violation> {
+    pub fn on_correct_result(
+        &mut self,
+        client: PublicKey,
+        timestamp: Timestamp,
+        result: &[u8],
+    ) -> Result<(), Violation> {
         match self.results.get(&(client, timestamp)) {
             Some(expected) if expected != result => Err(Violation(format!(
                 "correct replicas disagree on the result of timestamp {timestamp} of client {client:?}"
@@ -81,7 +96,12 @@ impl Checker {
     }
 
     /// Client validity: an accepted result is what the correct replicas computed.
-    pub fn on_accepted(&mut self, client: PublicKey, timestamp: Timestamp, result: &[u8]) -> Result<(), Violation> {
+    pub fn on_accepted(
+        &mut self,
+        client: PublicKey,
+        timestamp: Timestamp,
+        result: &[u8],
+    ) -> Result<(), Violation> {
         self.accepted_count += 1;
         match self.results.get(&(client, timestamp)) {
             Some(expected) if expected == result => Ok(()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pbft_crypto::KeyPair;
 use pbft_node::app::KvOp;
-use pbft_node::messages::{ClientRequest, Reply, ReplicaId, RequestEnvelope, Timestamp, View};
+use pbft_node::messages::{ClientRequest, ReplicaId, Reply, RequestEnvelope, Timestamp, View};
 
 /// One request the client is waiting for.
 #[derive(Debug)]
@@ -46,7 +46,14 @@ pub struct SimClient {
 }
 
 impl SimClient {
-    pub fn new(index: usize, key: KeyPair, f: usize, requests: usize, window: usize, retransmit_after: Duration) -> SimClient {
+    pub fn new(
+        index: usize,
+        key: KeyPair,
+        f: usize,
+        requests: usize,
+        window: usize,
+        retransmit_after: Duration,
+    ) -> SimClient {
         SimClient {
             index,
             key,
@@ -85,7 +92,10 @@ impl SimClient {
     /// Issues new requests up to the window, and retransmits old ones.
     pub fn tick(&mut self, now: Duration) -> Vec<ClientAction> {
         let mut actions = Vec::new();
-        let room = self.window.saturating_sub(self.outstanding.len()).min(self.remaining);
+        let room = self
+            .window
+            .saturating_sub(self.outstanding.len())
+            .min(self.remaining);
         if room > 0 {
             let requests: Vec<ClientRequest> = (0..room)
                 .map(|_| {
@@ -147,11 +157,16 @@ impl SimClient {
                 continue;
             };
             outstanding.answers.insert(from, result.result.clone());
-            let matching = outstanding.answers.values().filter(|r| **r == result.result).count();
+            let matching = outstanding
+                .answers
+                .values()
+                .filter(|r| **r == result.result)
+                .count();
             if matching > self.f {
                 self.outstanding.remove(&result.timestamp);
                 let op = self.ops.remove(&result.timestamp).expect("issued");
-                self.accepted.insert(result.timestamp, (op, result.result.clone()));
+                self.accepted
+                    .insert(result.timestamp, (op, result.result.clone()));
                 newly_accepted.push((result.timestamp, result.result.clone()));
             }
         }

@@ -33,6 +33,9 @@ pub use network::{Network, NetworkConfig, Node};
 
 use client::ClientAction;
 
+/// More events than this in flight means messages multiply without bound.
+const MAX_QUEUED_EVENTS: usize = 200_000;
+
 /// Everything a simulation run is made from.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -84,9 +87,19 @@ impl SimConfig {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { from: Node, to: Node, payload: Payload },
-    Timer { replica: ReplicaId, timer: Timer, at: Duration },
-    ClientTick { client: usize },
+    Deliver {
+        from: Node,
+        to: Node,
+        payload: Payload,
+    },
+    Timer {
+        replica: ReplicaId,
+        timer: Timer,
+        at: Duration,
+    },
+    ClientTick {
+        client: usize,
+    },
 }
 
 struct Queued {
@@ -120,7 +133,13 @@ pub struct CachingCheck {
 }
 
 impl SignatureCheck for CachingCheck {
-    fn check(&mut self, key: &PublicKey, domain: Domain, digest: &Digest, signature: &Signature) -> bool {
+    fn check(
+        &mut self,
+        key: &PublicKey,
+        domain: Domain,
+        digest: &Digest,
+        signature: &Signature,
+    ) -> bool {
         if self.known.len() > 1_000_000 {
             self.known.clear();
         }
@@ -172,7 +191,8 @@ impl Simulation {
         let keys: Vec<KeyPair> = (0..n)
             .map(|i| key_from(config.seed, b'r', i as u64))
             .collect();
-        let committee = Committee::new(keys.iter().map(KeyPair::public).collect(), config.f).expect("n = 3f+1");
+        let committee =
+            Committee::new(keys.iter().map(KeyPair::public).collect(), config.f).expect("n = 3f+1");
         let replicas = keys
             .into_iter()
             .enumerate()
@@ -222,7 +242,8 @@ impl Simulation {
         for id in 0..n {
             let now = sim.now;
             sim.replicas[id].replica.start(now);
-            sim.flush(id as ReplicaId).expect("starting executes nothing");
+            sim.flush(id as ReplicaId)
+                .expect("starting executes nothing");
         }
         for client in 0..sim.clients.len() {
             let at = Duration::from_micros(client as u64 * 137);
@@ -318,7 +339,9 @@ impl Simulation {
     }
 
     pub fn correct_ids(&self) -> Vec<ReplicaId> {
-        (0..self.n() as ReplicaId).filter(|id| self.is_correct(*id)).collect()
+        (0..self.n() as ReplicaId)
+            .filter(|id| self.is_correct(*id))
+            .collect()
     }
 
     /// Every client accepted every request of its workload.
@@ -334,13 +357,17 @@ impl Simulation {
             .map(|r| {
                 let s = r.replica.status();
                 format!(
-                    "r{}[v{}{} exec {} stable {}{}{}]",
+                    "r{}[v{}{} exec {} stable {} pending {}{}{}]",
                     s.id,
                     s.view,
                     if s.view_active { "" } else { "*" },
                     s.last_executed,
                     s.stable_checkpoint,
-                    r.behavior.as_ref().map(|b| format!(" {}", b.name())).unwrap_or_default(),
+                    s.pending_requests,
+                    r.behavior
+                        .as_ref()
+                        .map(|b| format!(" {}", b.name()))
+                        .unwrap_or_default(),
                     if r.crashed { " crashed" } else { "" }
                 )
             })
@@ -380,7 +407,10 @@ impl Simulation {
         let deadline = self.now + limit;
         while !self.clients_done() {
             if self.now >= deadline || self.queue.is_empty() {
-                return Err(Violation(format!("liveness: clients not done within {limit:?}: {}", self.describe())));
+                return Err(Violation(format!(
+                    "liveness: clients not done within {limit:?}: {}",
+                    self.describe()
+                )));
             }
             self.step()?;
         }
@@ -396,7 +426,8 @@ impl Simulation {
             }
             let replica = self.replica(id);
             let entries: BTreeMap<Vec<u8>, Vec<u8>> =
-                pbft_node::codec::decode(&replica.app().snapshot(), u64::MAX).expect("own snapshot decodes");
+                pbft_node::codec::decode(&replica.app().snapshot(), u64::MAX)
+                    .expect("own snapshot decodes");
             for client in &self.clients {
                 for (timestamp, (op, _)) in &client.accepted {
                     if let pbft_node::app::KvOp::Put { key, value } = op {
@@ -430,6 +461,14 @@ impl Simulation {
     }
 
     fn step(&mut self) -> Result<(), Violation> {
+        if self.queue.len() > MAX_QUEUED_EVENTS {
+            return Err(Violation(format!(
+                "bounded memory: {} messages and timers in flight ({:?}): {}",
+                self.queue.len(),
+                self.in_flight_kinds(),
+                self.describe()
+            )));
+        }
         let Some(Reverse(queued)) = self.queue.pop() else {
             return Ok(());
         };
@@ -452,12 +491,20 @@ impl Simulation {
                     match action {
                         ClientAction::ToPrimary(envelope) => {
                             let primary = self.committee.primary(view);
-                            self.transmit(Node::Client(client), Node::Replica(primary), Payload::Message(Arc::new(Message::Request((*envelope).clone()))));
+                            self.transmit(
+                                Node::Client(client),
+                                Node::Replica(primary),
+                                Payload::Message(Arc::new(Message::Request((*envelope).clone()))),
+                            );
                         }
                         ClientAction::ToAll(envelope) => {
                             let message = Arc::new(Message::Request((*envelope).clone()));
                             for id in 0..self.n() as u32 {
-                                self.transmit(Node::Client(client), Node::Replica(id), Payload::Message(message.clone()));
+                                self.transmit(
+                                    Node::Client(client),
+                                    Node::Replica(id),
+                                    Payload::Message(message.clone()),
+                                );
                             }
                         }
                     }
@@ -474,14 +521,22 @@ impl Simulation {
     fn deliver(&mut self, from: Node, to: Node, payload: Payload) -> Result<(), Violation> {
         match to {
             Node::Client(index) => {
-                let Node::Replica(replica) = from else { return Ok(()) };
-                let Payload::Message(message) = payload else { return Ok(()) };
-                let Message::Reply(reply) = &*message else { return Ok(()) };
+                let Node::Replica(replica) = from else {
+                    return Ok(());
+                };
+                let Payload::Message(message) = payload else {
+                    return Ok(());
+                };
+                let Message::Reply(reply) = &*message else {
+                    return Ok(());
+                };
                 let client = &mut self.clients[index];
                 let accepted = client.on_reply(replica, reply);
                 let key = client.key.public();
                 for (timestamp, result) in accepted {
-                    self.checker.on_accepted(key, timestamp, &result).map_err(|v| self.annotate(v))?;
+                    self.checker
+                        .on_accepted(key, timestamp, &result)
+                        .map_err(|v| self.annotate(v))?;
                 }
                 if self.clients[index].outstanding() > 0 || !self.clients[index].is_done() {
                     // A client that was done may have more work added later; ticks resume then.
@@ -506,10 +561,18 @@ impl Simulation {
                         }
                     },
                 };
-                match messages::verify(message, sender, &self.committee, &self.limits, &mut self.checks) {
+                match messages::verify(
+                    message,
+                    sender,
+                    &self.committee,
+                    &self.limits,
+                    &mut self.checks,
+                ) {
                     Ok(verified) => {
                         let now = self.now;
-                        self.replicas[id as usize].replica.handle_message(now, verified);
+                        self.replicas[id as usize]
+                            .replica
+                            .handle_message(now, verified);
                         self.flush(id)
                     }
                     Err(rejection) => {
@@ -545,7 +608,14 @@ impl Simulation {
             match command {
                 TimerCommand::Set { timer, at } => {
                     self.replicas[id as usize].timers.insert(timer, at);
-                    self.schedule(at, Event::Timer { replica: id, timer, at });
+                    self.schedule(
+                        at,
+                        Event::Timer {
+                            replica: id,
+                            timer,
+                            at,
+                        },
+                    );
                 }
                 TimerCommand::Cancel(timer) => {
                     self.replicas[id as usize].timers.remove(&timer);
@@ -554,7 +624,9 @@ impl Simulation {
         }
         if correct {
             for executed in &executed {
-                self.checker.on_executed(id, executed).map_err(|v| self.annotate(v))?;
+                self.checker
+                    .on_executed(id, executed)
+                    .map_err(|v| self.annotate(v))?;
             }
             for reply in &output.replies {
                 for result in &reply.results {
@@ -582,8 +654,16 @@ impl Simulation {
             }
         }
         for reply in output.replies {
-            if let Some(index) = self.clients.iter().position(|c| c.key.public() == reply.client) {
-                self.transmit(Node::Replica(id), Node::Client(index), Payload::Message(Arc::new(Message::Reply(reply))));
+            if let Some(index) = self
+                .clients
+                .iter()
+                .position(|c| c.key.public() == reply.client)
+            {
+                self.transmit(
+                    Node::Replica(id),
+                    Node::Client(index),
+                    Payload::Message(Arc::new(Message::Reply(reply))),
+                );
             }
         }
         Ok(())
@@ -593,7 +673,14 @@ impl Simulation {
         self.stats.messages_sent += 1;
         for delay in self.network.deliveries(from, to, &mut self.rng) {
             let at = self.now + delay;
-            self.schedule(at, Event::Deliver { from, to, payload: payload.clone() });
+            self.schedule(
+                at,
+                Event::Deliver {
+                    from,
+                    to,
+                    payload: payload.clone(),
+                },
+            );
         }
     }
 
@@ -610,9 +697,29 @@ impl Simulation {
                 continue;
             }
             let digest = r.replica.state_digest();
-            self.checker.on_state(id as ReplicaId, seq, digest).map_err(|v| self.annotate(v))?;
+            self.checker
+                .on_state(id as ReplicaId, seq, digest)
+                .map_err(|v| self.annotate(v))?;
         }
         Ok(())
+    }
+
+    /// Counts in-flight messages by kind, for diagnosing a storm.
+    fn in_flight_kinds(&self) -> BTreeMap<&'static str, usize> {
+        let mut kinds = BTreeMap::new();
+        for Reverse(queued) in self.queue.iter() {
+            let kind = match &queued.event {
+                Event::Deliver {
+                    payload: Payload::Message(m),
+                    ..
+                } => m.kind(),
+                Event::Deliver { .. } => "garbage",
+                Event::Timer { .. } => "timer",
+                Event::ClientTick { .. } => "client tick",
+            };
+            *kinds.entry(kind).or_default() += 1;
+        }
+        kinds
     }
 
     fn annotate(&self, violation: Violation) -> Violation {

@@ -1,0 +1,134 @@
+//! Length-delimited frames on a QUIC stream, the hello exchange, and bounded send queues.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::sync::mpsc;
+
+use crate::stats::{bump, Counters};
+
+/// Written by the dialer on its stream right after the handshake.
+pub(crate) const HELLO: [u8; 8] = *b"pbft1-hi";
+/// Written back by the acceptor once it has authenticated the dialer.
+pub(crate) const ACK: [u8; 8] = *b"pbft1-ok";
+
+/// Application close codes.
+pub(crate) const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
+pub(crate) const CLOSE_PROTOCOL: VarInt = VarInt::from_u32(1);
+pub(crate) const CLOSE_FRAME_TOO_LARGE: VarInt = VarInt::from_u32(2);
+pub(crate) const CLOSE_REPLACED: VarInt = VarInt::from_u32(3);
+
+/// The most bytes read from a stream beyond the frame being assembled.
+const READ_CHUNK: usize = 64 << 10;
+/// Frames up to this size are copied into one buffer with their headers; larger ones are
+/// written as their own chunk without copying.
+const COALESCE: usize = 4 << 10;
+/// The most queued frames written in one go.
+pub(crate) const WRITE_BATCH: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    Oversized { len: usize, max: usize },
+    #[error("stream ended inside a frame")]
+    Truncated,
+    #[error(transparent)]
+    Read(#[from] quinn::ReadError),
+}
+
+/// Reads frames from a stream, holding at most one frame plus [`READ_CHUNK`] bytes.
+pub(crate) struct FrameReader {
+    stream: RecvStream,
+    buf: BytesMut,
+    max_frame: usize,
+}
+
+impl FrameReader {
+    pub(crate) fn new(stream: RecvStream, max_frame: usize) -> Self {
+        FrameReader {
+            stream,
+            buf: BytesMut::new(),
+            max_frame,
+        }
+    }
+
+    /// The next frame, or `None` when the peer finished the stream between frames.
+    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            let mut want = 4;
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                let len = len as usize;
+                if len > self.max_frame {
+                    return Err(FrameError::Oversized {
+                        len,
+                        max: self.max_frame,
+                    });
+                }
+                if self.buf.len() >= 4 + len {
+                    self.buf.advance(4);
+                    return Ok(Some(self.buf.split_to(len).freeze()));
+                }
+                want = 4 + len;
+            }
+            let missing = want - self.buf.len();
+            match self
+                .stream
+                .read_chunk(missing.max(READ_CHUNK), true)
+                .await?
+            {
+                // The buffer grows with the data that arrived, never to a claimed length.
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(FrameError::Truncated),
+            }
+        }
+    }
+}
+
+/// Writes `frames` with their length prefixes. Every frame must fit in a `u32` length.
+pub(crate) async fn write_frames(
+    stream: &mut SendStream,
+    frames: &[Bytes],
+) -> Result<(), quinn::WriteError> {
+    let mut chunks = Vec::with_capacity(frames.len() + 1);
+    let mut small = BytesMut::new();
+    for frame in frames {
+        let len = u32::try_from(frame.len()).expect("frame sizes are checked when queued");
+        small.put_u32(len);
+        if frame.len() <= COALESCE {
+            small.put_slice(frame);
+        } else {
+            chunks.push(small.split().freeze());
+            chunks.push(frame.clone());
+        }
+    }
+    if !small.is_empty() {
+        chunks.push(small.freeze());
+    }
+    stream.write_all_chunks(&mut chunks).await
+}
+
+/// Queues `frame` without waiting: oversized frames and frames for a full queue are dropped and
+/// counted. Returns whether the frame was queued.
+pub(crate) fn enqueue(
+    queue: &mpsc::Sender<Bytes>,
+    frame: Bytes,
+    max_frame: usize,
+    counters: &Counters,
+) -> bool {
+    if frame.len() > max_frame {
+        bump(&counters.rejected_oversized_out, 1);
+        return false;
+    }
+    match queue.try_send(frame) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            bump(&counters.dropped_queue_full, 1);
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            bump(&counters.dropped_not_connected, 1);
+            false
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Tests that need raw connections: impostors that copy a public certificate without holding
+//! its key, and malformed frames.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pbft_crypto::KeyPair;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint};
+use rustls::client::ResolvesClientCert;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::SignatureScheme;
+
+use crate::frame::{ACK, CLOSE_FRAME_TOO_LARGE, HELLO};
+use crate::tls::{self, provider, AnyEd25519Client, Identity, PinnedServerKey, SERVER_NAME};
+use crate::{PeerInfo, ReplicaTransport, TransportConfig};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn key(seed: u8) -> KeyPair {
+    KeyPair::from_seed(&[seed; 32]).unwrap()
+}
+
+/// Presents one certificate but signs handshakes with another identity's key.
+#[derive(Debug)]
+struct Mismatched(Arc<CertifiedKey>);
+
+impl Mismatched {
+    fn new(shown: &Identity, signer: &Identity) -> Self {
+        let signing = provider()
+            .key_provider
+            .load_private_key(signer.private_key())
+            .unwrap();
+        Mismatched(Arc::new(CertifiedKey::new(shown.chain(), signing)))
+    }
+}
+
+impl ResolvesServerCert for Mismatched {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl ResolvesClientCert for Mismatched {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn client_endpoint() -> Endpoint {
+    Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+fn quic_client(crypto: rustls::ClientConfig) -> quinn::ClientConfig {
+    quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(crypto).unwrap()))
+}
+
+async fn replica(seed: u8, cfg: TransportConfig) -> (ReplicaTransport, KeyPair, SocketAddr) {
+    let pair = key(seed);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    drop(socket);
+    let cluster = vec![PeerInfo {
+        id: 0,
+        addr,
+        public_key: pair.public(),
+    }];
+    let (transport, _rx) = ReplicaTransport::bind(0, &pair, addr, cluster, cfg)
+        .await
+        .unwrap();
+    (transport, pair, addr)
+}
+
+/// Dials, sends the hello and waits for the acknowledgement, as a correct dialer does.
+async fn hello(conn: &Connection) -> Result<quinn::SendStream, Box<dyn std::error::Error>> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&HELLO).await?;
+    let mut ack = [0u8; ACK.len()];
+    recv.read_exact(&mut ack).await?;
+    assert_eq!(ack, ACK);
+    Ok(send)
+}
+
+#[tokio::test]
+async fn a_server_showing_a_copied_certificate_is_refused() {
+    let victim = Identity::new(&key(1)).unwrap();
+    let impostor = Identity::new(&key(2)).unwrap();
+    let crypto = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(Arc::new(AnyEd25519Client::new()))
+        .with_cert_resolver(Arc::new(Mismatched::new(&victim, &impostor)));
+    let mut crypto = crypto;
+    crypto.alpn_protocols = vec![tls::ALPN.to_vec()];
+    let server_config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(crypto).unwrap()));
+    let server = Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let _ = incoming.await;
+        }
+    });
+
+    let me = Identity::new(&key(3)).unwrap();
+    let config = quic_client(tls::client_config(&me, key(1).public()).unwrap());
+    let connecting = client_endpoint()
+        .connect_with(config, addr, SERVER_NAME)
+        .unwrap();
+    let result = tokio::time::timeout(PATIENCE, connecting).await.unwrap();
+    assert!(result.is_err(), "the handshake signature must be checked");
+}
+
+#[tokio::test]
+async fn a_client_showing_a_copied_certificate_is_refused() {
+    let (transport, replica_key, addr) = replica(1, TransportConfig::default()).await;
+    let victim = Identity::new(&key(5)).unwrap();
+    let impostor = Identity::new(&key(6)).unwrap();
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedServerKey::new(replica_key.public())))
+        .with_client_cert_resolver(Arc::new(Mismatched::new(&victim, &impostor)));
+    crypto.alpn_protocols = vec![tls::ALPN.to_vec()];
+    let endpoint = client_endpoint();
+    let attempt = async {
+        let conn = endpoint
+            .connect_with(quic_client(crypto), addr, SERVER_NAME)?
+            .await?;
+        hello(&conn).await
+    };
+    let result = tokio::time::timeout(PATIENCE, attempt).await.unwrap();
+    assert!(
+        result.is_err(),
+        "the replica must not acknowledge an impostor"
+    );
+    assert_eq!(transport.stats().handshake_failures, 1);
+    assert!(transport.connected_clients().is_empty());
+}
+
+#[tokio::test]
+async fn a_huge_length_prefix_closes_the_connection_without_allocating() {
+    let (transport, replica_key, addr) = replica(1, TransportConfig::default()).await;
+    let me = Identity::new(&key(7)).unwrap();
+    let config = quic_client(tls::client_config(&me, replica_key.public()).unwrap());
+    let conn = client_endpoint()
+        .connect_with(config, addr, SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let mut send = hello(&conn).await.unwrap();
+    send.write_all(&[0xff; 4]).await.unwrap();
+    let reason = tokio::time::timeout(PATIENCE, conn.closed()).await.unwrap();
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, CLOSE_FRAME_TOO_LARGE)
+        }
+        other => panic!("unexpected close: {other}"),
+    }
+    assert_eq!(transport.stats().rejected_oversized_in, 1);
+}

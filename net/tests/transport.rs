@@ -1,0 +1,536 @@
+//! End-to-end tests over real QUIC on 127.0.0.1. Timeouts only guard against hangs; nothing
+//! asserts on timing.
+
+use std::future::Future;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pbft_crypto::KeyPair;
+use pbft_net::{
+    ClientTransport, Inbox, Incoming, NetError, Peer, PeerInfo, ReplicaTransport, TransportConfig,
+};
+use tokio::sync::mpsc;
+
+/// How long any single expectation may take before the test fails as hung.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn key(seed: u8) -> KeyPair {
+    KeyPair::from_seed(&[seed; 32]).unwrap()
+}
+
+/// `n` distinct free UDP ports on 127.0.0.1 (held together so they differ, then released).
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let sockets: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
+}
+
+fn cluster(keys: &[KeyPair], addrs: &[SocketAddr]) -> Vec<PeerInfo> {
+    (keys.iter().zip(addrs).enumerate())
+        .map(|(id, (key, addr))| PeerInfo {
+            id: id as u32,
+            addr: *addr,
+            public_key: key.public(),
+        })
+        .collect()
+}
+
+fn config() -> TransportConfig {
+    TransportConfig {
+        handshake_timeout: Duration::from_secs(2),
+        backoff_max: Duration::from_millis(500),
+        ..TransportConfig::default()
+    }
+}
+
+async fn bind(
+    id: u32,
+    keys: &[KeyPair],
+    addrs: &[SocketAddr],
+    cfg: TransportConfig,
+) -> (ReplicaTransport, Inbox) {
+    let cluster = cluster(keys, addrs);
+    ReplicaTransport::bind(id, &keys[id as usize], addrs[id as usize], cluster, cfg)
+        .await
+        .unwrap()
+}
+
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Where received frames come from: a replica's inbox or a client's channel.
+trait Frames {
+    type Item;
+    fn next(&mut self) -> impl Future<Output = Option<Self::Item>>;
+}
+
+impl Frames for Inbox {
+    type Item = Incoming;
+    fn next(&mut self) -> impl Future<Output = Option<Incoming>> {
+        self.recv()
+    }
+}
+
+impl<T> Frames for mpsc::Receiver<T> {
+    type Item = T;
+    fn next(&mut self) -> impl Future<Output = Option<T>> {
+        self.recv()
+    }
+}
+
+async fn recv<F: Frames>(rx: &mut F) -> F::Item {
+    within("a frame", rx.next()).await.expect("channel open")
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    within(what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Sends with `send` every 100 ms until `rx` yields a frame accepted by `wanted`: links may
+/// lose frames while they come up, like the protocol above expects.
+async fn resend_until<F: Frames>(
+    what: &str,
+    rx: &mut F,
+    mut send: impl FnMut(),
+    mut wanted: impl FnMut(&F::Item) -> bool,
+) -> F::Item {
+    within(what, async {
+        loop {
+            send();
+            let deadline = tokio::time::sleep(Duration::from_millis(100));
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    item = rx.next() => {
+                        let item = item.expect("channel open");
+                        if wanted(&item) {
+                            return item;
+                        }
+                    }
+                    () = &mut deadline => break,
+                }
+            }
+        }
+    })
+    .await
+}
+
+fn frame(text: String) -> Bytes {
+    Bytes::from(text.into_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replicas_exchange_frames_in_order() {
+    let keys: Vec<KeyPair> = (1..=4).map(key).collect();
+    let addrs = free_addrs(4);
+    let mut nodes = Vec::new();
+    for id in 0..4 {
+        nodes.push(bind(id, &keys, &addrs, config()).await);
+    }
+    const PER_LINK: usize = 300;
+    for (from, (node, _)) in nodes.iter().enumerate() {
+        for to in 0..4u32 {
+            if to as usize != from {
+                for seq in 0..PER_LINK {
+                    node.send_to_replica(to, frame(format!("{from}->{to} #{seq}")));
+                }
+            }
+        }
+    }
+    for (to, (node, rx)) in nodes.iter_mut().enumerate() {
+        let mut next = [0usize; 4];
+        for _ in 0..3 * PER_LINK {
+            let Incoming { from, frame } = recv(rx).await;
+            let Peer::Replica(from) = from else {
+                panic!("replica {to} got a frame from {from:?}")
+            };
+            let expected = format!("{from}->{to} #{}", next[from as usize]);
+            assert_eq!(frame, expected.as_bytes(), "frames arrive once, in order");
+            next[from as usize] += 1;
+        }
+        assert!(next
+            .iter()
+            .enumerate()
+            .all(|(i, n)| *n == if i == to { 0 } else { PER_LINK }));
+        wait_until("all links up", || node.connected_replicas().len() == 3).await;
+        let stats = node.stats();
+        assert_eq!(stats.frames_in, 3 * PER_LINK as u64);
+        assert_eq!(stats.dropped_queue_full, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_another_key_is_refused() {
+    let keys: Vec<KeyPair> = (1..=2).map(key).collect();
+    let addrs = free_addrs(2);
+    let (honest, _honest_rx) = bind(0, &keys, &addrs, config()).await;
+    // Replica 1's address is served by a node with another key.
+    let impostor_keys = vec![keys[0].clone(), key(99)];
+    let (impostor, mut impostor_rx) = bind(1, &impostor_keys, &addrs, config()).await;
+
+    honest.send_to_replica(1, Bytes::from_static(b"secret"));
+    wait_until("failed dials", || honest.stats().dial_failures >= 3).await;
+    wait_until("refused handshakes", || {
+        impostor.stats().handshake_failures >= 3
+    })
+    .await;
+    assert!(honest.connected_replicas().is_empty());
+    assert!(
+        impostor_rx.try_recv().is_none(),
+        "nothing reaches the impostor"
+    );
+    assert_eq!(impostor.stats().frames_in, 0);
+
+    // A client pinning replica 1's listed key refuses the impostor too.
+    let (client, _client_rx) = ClientTransport::connect(&key(50), cluster(&keys, &addrs), config())
+        .await
+        .unwrap();
+    client.send(1, Bytes::from_static(b"request"));
+    wait_until("client dial failures", || client.stats().dial_failures >= 2).await;
+    assert!(!client.connected_replicas().contains(&1));
+    assert!(impostor_rx.try_recv().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_key_is_a_client_never_a_replica() {
+    let keys: Vec<KeyPair> = (1..=4).map(key).collect();
+    let addrs = free_addrs(4);
+    let (honest, mut honest_rx) = bind(0, &keys, &addrs, config()).await;
+    // A node claiming to be replica 3 with a key the cluster does not list for it.
+    let rogue_key = key(66);
+    let mut rogue_keys = keys.clone();
+    rogue_keys[3] = rogue_key.clone();
+    let (rogue, _rogue_rx) = bind(3, &rogue_keys, &addrs, config()).await;
+
+    rogue.send_to_replica(0, Bytes::from_static(b"i am replica 3"));
+    let Incoming { from, frame } = recv(&mut honest_rx).await;
+    assert_eq!(from, Peer::Client(rogue_key.public()));
+    assert_eq!(frame, &b"i am replica 3"[..]);
+    assert!(honest.connected_clients().contains(&rogue_key.public()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_closes_only_its_connection() {
+    let keys = vec![key(1)];
+    let addrs = free_addrs(1);
+    let cfg = TransportConfig {
+        max_frame: 1024,
+        ..config()
+    };
+    let (replica, mut rx) = bind(0, &keys, &addrs, cfg).await;
+    let cluster = cluster(&keys, &addrs);
+
+    let big_sender = key(10);
+    let (client, _client_rx) = ClientTransport::connect(&big_sender, cluster.clone(), config())
+        .await
+        .unwrap();
+    client.send(0, Bytes::from(vec![7u8; 4096]));
+    wait_until("the oversized frame", || {
+        replica.stats().rejected_oversized_in == 1
+    })
+    .await;
+
+    // The listener keeps serving other clients, and the offender once it behaves.
+    let (other, _other_rx) = ClientTransport::connect(&key(11), cluster, config())
+        .await
+        .unwrap();
+    other.send(0, Bytes::from_static(b"small"));
+    let incoming = recv(&mut rx).await;
+    assert_eq!(incoming.from, Peer::Client(key(11).public()));
+    assert_eq!(incoming.frame, &b"small"[..]);
+    let incoming = resend_until(
+        "the offender's next frame",
+        &mut rx,
+        || client.send(0, Bytes::from_static(b"sorry")),
+        |incoming| incoming.from == Peer::Client(big_sender.public()),
+    )
+    .await;
+    assert_eq!(incoming.frame, &b"sorry"[..]);
+
+    // Frames above the limit are not sent at all.
+    replica.send_to_client(&key(11).public(), Bytes::from(vec![0u8; 2048]));
+    assert_eq!(replica.stats().rejected_oversized_out, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_udp_datagrams_do_not_hurt() {
+    let keys: Vec<KeyPair> = (1..=2).map(key).collect();
+    let addrs = free_addrs(2);
+    let (replica, _rx0) = bind(0, &keys, &addrs, config()).await;
+    let noise = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..2000 {
+        let len = [1, 7, 40, 1200, 1350, 1500][round % 6];
+        let datagram: Vec<u8> = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let mut datagram = datagram;
+        if round % 2 == 0 {
+            // Make it look like a QUIC long-header Initial packet.
+            datagram[0] = 0xc0 | (datagram[0] & 0x0f);
+        }
+        noise.send_to(&datagram, addrs[0]).unwrap();
+    }
+    let (other, mut rx1) = bind(1, &keys, &addrs, config()).await;
+    replica.send_to_replica(1, Bytes::from_static(b"still alive"));
+    let incoming = recv(&mut rx1).await;
+    assert_eq!(incoming.from, Peer::Replica(0));
+    assert_eq!(incoming.frame, &b"still alive"[..]);
+    drop(other);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_is_reconnected() {
+    let keys: Vec<KeyPair> = (1..=2).map(key).collect();
+    let addrs = free_addrs(2);
+    let (zero, mut rx0) = bind(0, &keys, &addrs, config()).await;
+    let (one, mut rx1) = bind(1, &keys, &addrs, config()).await;
+    zero.send_to_replica(1, Bytes::from_static(b"before"));
+    assert_eq!(recv(&mut rx1).await.frame, &b"before"[..]);
+    one.send_to_replica(0, Bytes::from_static(b"before"));
+    assert_eq!(recv(&mut rx0).await.frame, &b"before"[..]);
+
+    one.shutdown().await;
+    drop(rx1);
+    let cluster = cluster(&keys, &addrs);
+    let (one, mut rx1) = within("rebinding", async {
+        loop {
+            match ReplicaTransport::bind(1, &keys[1], addrs[1], cluster.clone(), config()).await {
+                Ok(bound) => return bound,
+                Err(NetError::AddressInUse(_)) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+
+    let incoming = resend_until(
+        "a frame to the restarted replica",
+        &mut rx1,
+        || zero.send_to_replica(1, Bytes::from_static(b"after")),
+        |_| true,
+    )
+    .await;
+    assert_eq!(incoming.from, Peer::Replica(0));
+    assert_eq!(incoming.frame, &b"after"[..]);
+    one.send_to_replica(0, Bytes::from_static(b"back"));
+    let incoming = recv(&mut rx0).await;
+    assert_eq!(
+        (incoming.from, &incoming.frame[..]),
+        (Peer::Replica(1), &b"back"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_exchanges_frames_with_every_replica() {
+    let keys: Vec<KeyPair> = (1..=4).map(key).collect();
+    let addrs = free_addrs(4);
+    let mut nodes = Vec::new();
+    for id in 0..4 {
+        nodes.push(bind(id, &keys, &addrs, config()).await);
+    }
+    let client_key = key(42);
+    let (client, mut replies) =
+        ClientTransport::connect(&client_key, cluster(&keys, &addrs), config())
+            .await
+            .unwrap();
+    client.broadcast(Bytes::from_static(b"request"));
+    for (id, (node, rx)) in nodes.iter_mut().enumerate() {
+        let incoming = recv(rx).await;
+        assert_eq!(incoming.from, Peer::Client(client_key.public()));
+        assert_eq!(incoming.frame, &b"request"[..]);
+        node.send_to_client(&client_key.public(), frame(format!("reply from {id}")));
+    }
+    let mut seen = [false; 4];
+    for _ in 0..4 {
+        let (replica, reply) = recv(&mut replies).await;
+        assert_eq!(reply, format!("reply from {replica}").as_bytes());
+        assert!(!seen[replica as usize], "one reply per replica");
+        seen[replica as usize] = true;
+    }
+    assert_eq!(client.connected_replicas(), vec![0, 1, 2, 3]);
+    assert_eq!(client.stats().frames_in, 4);
+
+    // A client that is not connected gets nothing, and that is counted.
+    nodes[0]
+        .0
+        .send_to_client(&key(43).public(), Bytes::from_static(b"nobody"));
+    assert_eq!(nodes[0].0.stats().dropped_not_connected, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_the_newest_frames() {
+    let keys: Vec<KeyPair> = (1..=2).map(key).collect();
+    let addrs = free_addrs(2);
+    let cfg = TransportConfig {
+        queue_capacity: 4,
+        ..config()
+    };
+    // Replica 1 is not running yet, so nothing drains the queue.
+    let (zero, _rx0) = bind(0, &keys, &addrs, cfg).await;
+    for seq in 0..10 {
+        zero.send_to_replica(1, frame(format!("#{seq}")));
+    }
+    assert_eq!(zero.stats().dropped_queue_full, 6);
+    let (_one, mut rx1) = bind(1, &keys, &addrs, config()).await;
+    for seq in 0..4 {
+        assert_eq!(recv(&mut rx1).await.frame, format!("#{seq}").as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_address_is_a_clear_error() {
+    let keys = vec![key(1)];
+    let addrs = free_addrs(1);
+    let (_first, _rx) = bind(0, &keys, &addrs, config()).await;
+    let second =
+        ReplicaTransport::bind(0, &keys[0], addrs[0], cluster(&keys, &addrs), config()).await;
+    let error = second.err().expect("the port is taken");
+    assert!(matches!(error, NetError::AddressInUse(addr) if addr == addrs[0]));
+    assert!(error.to_string().contains("already in use"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configurations_are_refused() {
+    let keys: Vec<KeyPair> = (1..=2).map(key).collect();
+    let addrs = free_addrs(2);
+    let cluster = cluster(&keys, &addrs);
+    let wrong_key = ReplicaTransport::bind(0, &keys[1], addrs[0], cluster.clone(), config()).await;
+    assert!(matches!(wrong_key.err(), Some(NetError::Config(_))));
+    let unknown_id = ReplicaTransport::bind(7, &keys[0], addrs[0], cluster.clone(), config()).await;
+    assert!(matches!(unknown_id.err(), Some(NetError::Config(_))));
+    let zero_queue = TransportConfig {
+        queue_capacity: 0,
+        ..config()
+    };
+    let bad = ReplicaTransport::bind(0, &keys[0], addrs[0], cluster, zero_queue).await;
+    assert!(matches!(bad.err(), Some(NetError::Config(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_replica_is_reconnected_after_restart() {
+    let keys: Vec<KeyPair> = (1..=2).map(key).collect();
+    let addrs = free_addrs(2);
+    let (zero, mut rx0) = bind(0, &keys, &addrs, config()).await;
+    // Replica 1 runs on its own runtime, so that it can stop without saying goodbye.
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (keys1, addrs1) = (keys.clone(), addrs.clone());
+    let (one, mut rx1) = doomed
+        .spawn(async move { bind(1, &keys1, &addrs1, config()).await })
+        .await
+        .unwrap();
+    zero.send_to_replica(1, Bytes::from_static(b"before"));
+    assert_eq!(recv(&mut rx1).await.frame, &b"before"[..]);
+    one.send_to_replica(0, Bytes::from_static(b"before"));
+    assert_eq!(recv(&mut rx0).await.frame, &b"before"[..]);
+
+    doomed.shutdown_background();
+    drop((one, rx1));
+    let (one, mut rx1) = within("rebinding", async {
+        loop {
+            let cluster = cluster(&keys, &addrs);
+            match ReplicaTransport::bind(1, &keys[1], addrs[1], cluster, config()).await {
+                Ok(bound) => return bound,
+                Err(NetError::AddressInUse(_)) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    let incoming = resend_until(
+        "a frame to the restarted replica",
+        &mut rx1,
+        || zero.send_to_replica(1, Bytes::from_static(b"after")),
+        |_| true,
+    )
+    .await;
+    assert_eq!(incoming.from, Peer::Replica(0));
+    let incoming = resend_until(
+        "a frame from the restarted replica",
+        &mut rx0,
+        || one.send_to_replica(0, Bytes::from_static(b"back")),
+        |incoming| incoming.from == Peer::Replica(1),
+    )
+    .await;
+    assert_eq!(incoming.frame, &b"back"[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused() {
+    let keys = vec![key(1)];
+    let addrs = free_addrs(1);
+    let cfg = TransportConfig {
+        max_connections: 1,
+        ..config()
+    };
+    let (replica, mut rx) = bind(0, &keys, &addrs, cfg).await;
+    let cluster = cluster(&keys, &addrs);
+    let (first, _first_rx) = ClientTransport::connect(&key(20), cluster.clone(), config())
+        .await
+        .unwrap();
+    first.send(0, Bytes::from_static(b"first"));
+    assert_eq!(recv(&mut rx).await.frame, &b"first"[..]);
+
+    let (second, _second_rx) = ClientTransport::connect(&key(21), cluster, config())
+        .await
+        .unwrap();
+    second.send(0, Bytes::from_static(b"second"));
+    wait_until("a refusal", || replica.stats().connections_refused >= 1).await;
+    wait_until("a failed dial", || second.stats().dial_failures >= 1).await;
+    assert!(second.connected_replicas().is_empty());
+
+    first.send(0, Bytes::from_static(b"still served"));
+    assert_eq!(recv(&mut rx).await.frame, &b"still served"[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_clients_do_not_hold_back_replicas() {
+    let keys: Vec<KeyPair> = (1..=2).map(key).collect();
+    let addrs = free_addrs(2);
+    let cfg = TransportConfig {
+        incoming_capacity: 4,
+        ..config()
+    };
+    let (zero, mut inbox) = bind(0, &keys, &addrs, cfg).await;
+    let (client, _replies) = ClientTransport::connect(&key(30), cluster(&keys, &addrs), config())
+        .await
+        .unwrap();
+    for seq in 0..100 {
+        client.send(0, frame(format!("request #{seq}")));
+    }
+    // Four requests buffered and one more read and waiting for room.
+    wait_until("the client buffer to fill", || zero.stats().frames_in >= 5).await;
+    let (one, _inbox1) = bind(1, &keys, &addrs, config()).await;
+    one.send_to_replica(0, Bytes::from_static(b"prepare"));
+    wait_until("the replica frame", || zero.stats().frames_in >= 6).await;
+    let first_two = [recv(&mut inbox).await, recv(&mut inbox).await];
+    assert!(
+        first_two
+            .iter()
+            .any(|incoming| incoming.from == Peer::Replica(1)),
+        "{first_two:?}"
+    );
+}
