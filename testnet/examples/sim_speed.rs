@@ -16,6 +16,9 @@ fn main() {
     config.requests_per_client = 2_000;
     config.client_window = 16;
     config.protocol.max_batch_requests = 64;
+    config.protocol.checkpoint_interval = 64;
+    config.protocol.log_window = 128;
+    config.protocol.limits.log_window = 128;
     let requests = config.clients * config.requests_per_client;
     let mut sim = Simulation::new(config);
     let started = Instant::now();

@@ -163,6 +163,7 @@ pub struct Replica {
     evidence: BTreeMap<ReplicaId, Conflict>,
     /// Per peer and kind of help: the interval it was last given in, and how often then.
     help_given: BTreeMap<(ReplicaId, Help), (u64, u32)>,
+    state_transfers: u64,
     ignored: BTreeMap<&'static str, u64>,
     now: Duration,
     ready: Ready,
@@ -210,6 +211,7 @@ impl Replica {
             last_new_view: None,
             evidence: BTreeMap::new(),
             help_given: BTreeMap::new(),
+            state_transfers: 0,
             ignored: BTreeMap::new(),
             now: Duration::ZERO,
             ready: Ready::default(),
@@ -260,6 +262,11 @@ impl Replica {
     /// Proof of equivocation this replica holds, by culprit.
     pub fn evidence(&self) -> &BTreeMap<ReplicaId, Conflict> {
         &self.evidence
+    }
+
+    /// How many snapshots this replica installed from peers.
+    pub fn state_transfers(&self) -> u64 {
+        self.state_transfers
     }
 
     /// Counts of messages dropped by the core, by reason.
@@ -1029,15 +1036,10 @@ impl Replica {
     fn on_fetch_state(&mut self, seq: Seq, requester: ReplicaId) {
         // Only the stable checkpoint is served: it is the one with a proof to send along.
         let stable = self.checkpoints.stable_seq;
-        let Some(own) = self
-            .checkpoints
-            .own
-            .get(&stable)
-            .filter(|_| stable > 0 && seq <= stable)
-        else {
+        if stable == 0 || seq > stable || !self.checkpoints.own.contains_key(&stable) {
             self.ignore("state not held");
             return;
-        };
+        }
         if !self.may_help(requester, Help::State) {
             return;
         }
@@ -1077,6 +1079,7 @@ impl Replica {
         tracing::info!(replica = self.id, seq, "installed state from a peer");
         self.clients = state.clients;
         self.last_executed = seq;
+        self.state_transfers += 1;
         self.state_fetch = None;
         let own = OwnCheckpoint {
             digest: expected,
