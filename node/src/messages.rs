@@ -522,6 +522,31 @@ impl NewView {
     }
 }
 
+/// What a replica reports about itself to a status query.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Echo of the query's nonce.
+    pub nonce: u64,
+    pub replica: ReplicaId,
+    pub view: View,
+    /// False while a view change is in progress.
+    pub view_active: bool,
+    pub primary: ReplicaId,
+    pub last_executed: Seq,
+    pub stable_checkpoint: Seq,
+    pub state_digest: Digest,
+    /// Replicas this one currently has a working link to.
+    pub connected_peers: Vec<ReplicaId>,
+    /// Messages refused, by reason label, at the boundary and in the core.
+    pub rejected: Vec<(String, u64)>,
+    /// Replicas this one holds signed proof of equivocation against.
+    pub evidence_against: Vec<ReplicaId>,
+    /// The named faulty behaviour this node runs, if any.
+    pub behavior: Option<String>,
+    pub pending_requests: u64,
+    pub committed_requests: u64,
+}
+
 /// Every message replicas and clients exchange.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -567,6 +592,11 @@ pub enum Message {
         batch: Batch,
         commits: Vec<Vote>,
     },
+    /// A client (or operator tool) asks a replica for its [`NodeStatus`]; answered by the
+    /// node's runtime, never by the protocol core.
+    StatusQuery { nonce: u64 },
+    /// A replica's answer to a [`Message::StatusQuery`]. Unsigned, like replies.
+    StatusReport(NodeStatus),
     /// Asks for the application state at the stable checkpoint `seq`.
     FetchState {
         seq: Seq,
@@ -597,6 +627,8 @@ impl Message {
             Message::BatchData { .. } => "batch-data",
             Message::FetchState { .. } => "fetch-state",
             Message::Status { .. } => "status",
+            Message::StatusQuery { .. } => "status-query",
+            Message::StatusReport(_) => "status-report",
             Message::Committed { .. } => "committed",
             Message::StateData { .. } => "state-data",
         }
@@ -829,7 +861,7 @@ pub fn verify(
     checker: &mut dyn SignatureCheck,
 ) -> Result<Verified<Message>, Rejection> {
     let from = match (&message, sender) {
-        (Message::Request(_), _) => None,
+        (Message::Request(_) | Message::StatusQuery { .. }, _) => None,
         (_, Sender::Replica(id)) if committee.key(id).is_some() => Some(id),
         (_, Sender::Replica(_)) => return Err(Rejection::UnknownReplica),
         (_, Sender::Client(_)) => return Err(Rejection::NotFromReplica),
@@ -958,7 +990,10 @@ pub fn verify(
                 pre_prepare.check_signature(committee, checker)?;
             }
         }
-        Message::Reply(_) => return Err(Rejection::Malformed("replicas do not accept replies")),
+        Message::Reply(_) | Message::StatusReport(_) => {
+            return Err(Rejection::Malformed("replicas do not accept replies"))
+        }
+        Message::StatusQuery { .. } => {}
         Message::Committed { batch, commits } => {
             verify_commit_certificate(commits, committee, checker)?;
             if batch.digest() != commits[0].digest {

@@ -202,10 +202,12 @@ fn variant(message: &Message) -> usize {
         Message::StateData { .. } => 11,
         Message::Status { .. } => 12,
         Message::Committed { .. } => 13,
+        Message::StatusQuery { .. } => 14,
+        Message::StatusReport(_) => 15,
     }
 }
 
-const VARIANTS: usize = 14;
+const VARIANTS: usize = 16;
 
 /// The f = 1 cluster the samples are signed in.
 fn cluster() -> &'static Cluster {
@@ -301,6 +303,23 @@ fn samples() -> &'static [(Sender, Message)] {
                     batch: batch(2),
                     commits,
                 },
+            ),
+            (
+                Sender::Client(client(7).public()),
+                Message::StatusQuery { nonce: 5 },
+            ),
+            (
+                Sender::Replica(3),
+                Message::StatusReport(pbft_node::messages::NodeStatus {
+                    nonce: 5,
+                    replica: 3,
+                    view: 2,
+                    view_active: true,
+                    connected_peers: vec![0, 1, 2],
+                    rejected: vec![("bad_signature".into(), 4)],
+                    behavior: Some("silent".into()),
+                    ..Default::default()
+                }),
             ),
         ]
     })

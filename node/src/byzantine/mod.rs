@@ -267,6 +267,8 @@ fn with_forged_signature(message: &Message, rng: &mut dyn RngCore) -> Option<Mes
         Message::Reply(_)
         | Message::Committed { .. }
         | Message::Status { .. }
+        | Message::StatusQuery { .. }
+        | Message::StatusReport(_)
         | Message::FetchBatch { .. }
         | Message::BatchData { .. }
         | Message::FetchState { .. }

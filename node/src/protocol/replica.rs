@@ -343,7 +343,9 @@ impl Replica {
                 proof,
                 snapshot,
             } => self.on_state_data(seq, proof, snapshot),
-            Message::Reply(_) => self.ignore("reply"),
+            Message::Reply(_) | Message::StatusQuery { .. } | Message::StatusReport(_) => {
+                self.ignore("not a protocol message")
+            }
         }
         self.after_input();
     }
