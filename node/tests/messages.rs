@@ -369,6 +369,10 @@ fn valid_samples_pass_verification() {
                     Err(Rejection::UnknownReplica)
                 );
             }
+            Message::StatusReport(_) => assert_eq!(
+                c.check(*sender, message.clone()),
+                Err(Rejection::Malformed("replicas do not accept replies"))
+            ),
             _ => c
                 .check(*sender, message.clone())
                 .unwrap_or_else(|e| panic!("valid {} refused: {e}", message.kind())),
