@@ -11,5 +11,6 @@ pub mod codec;
 pub mod committee;
 pub mod messages;
 pub mod protocol;
+pub mod runtime;
 
 pub use committee::Committee;
