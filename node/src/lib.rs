@@ -9,7 +9,10 @@ pub mod app;
 pub mod byzantine;
 pub mod codec;
 pub mod committee;
+pub mod config;
+pub mod local;
 pub mod messages;
+pub mod metrics;
 pub mod protocol;
 pub mod runtime;
 

@@ -1,1 +1,258 @@
-fn main() {}
+//! `pbft-node`: runs a PBFT replica, and makes and inspects its keys.
+//!
+//! Exit codes: 0 success, 1 a failure while running (or writing a key), 2 bad usage or a bad
+//! configuration or key file.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+
+use clap::{Parser, Subcommand};
+use pbft_crypto::{CryptoError, KeyPair};
+use pbft_net::NetError;
+use pbft_node::config::load_node_config;
+use pbft_node::messages::ReplicaId;
+use tracing::{error, info, warn, Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "pbft-node", version, about = "A PBFT replica")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a replica until Ctrl-C or SIGTERM. Log verbosity follows RUST_LOG (default `info`).
+    Run {
+        /// The replica's TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Generate a new identity key, write it to a new file (never overwriting one), and print
+    /// its public key in hex on stdout.
+    Keygen {
+        /// Where to write the secret key; the file must not exist yet.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the public key of a key file in hex, as `[[replicas]]` entries list it.
+    Pubkey {
+        /// A key file written by `keygen`.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Keygen { out } => keygen(&out),
+        Command::Pubkey { key } => pubkey(&key),
+    }
+}
+
+fn keygen(out: &Path) -> ExitCode {
+    // `save` refuses to overwrite too; checking first gives the clearer message.
+    if out.symlink_metadata().is_ok() {
+        eprintln!(
+            "error: {} already exists; refusing to overwrite a key (choose another --out)",
+            out.display()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let key = KeyPair::generate();
+    if let Err(e) = key.save(out) {
+        let reason = match e {
+            CryptoError::KeyFile { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        eprintln!("error: cannot write key file {}: {reason}", out.display());
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    println!("{}", key.public().to_hex());
+    ExitCode::SUCCESS
+}
+
+fn pubkey(path: &Path) -> ExitCode {
+    match KeyPair::load(path) {
+        Ok(key) => {
+            println!("{}", key.public().to_hex());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn run(config_path: &Path) -> ExitCode {
+    init_tracing();
+    let setup = match load_node_config(config_path) {
+        Ok(setup) => setup,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let _ = REPLICA_ID.set(setup.id);
+    let listen = setup.listen;
+    let metrics = setup.metrics;
+    info!(
+        config = %config_path.display(),
+        %listen,
+        n = setup.committee.n(),
+        f = setup.committee.f(),
+        data_dir = %setup.data_dir.display(),
+        "starting replica"
+    );
+    if let Some(behavior) = setup.behavior {
+        warn!("this replica is Byzantine: {behavior}; for test clusters only");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(pbft_node::runtime::run(setup, shutdown_signal()));
+    match result {
+        Ok(()) => {
+            info!("replica stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("replica failed: {e:#}");
+            eprintln!(
+                "error: {}",
+                describe_failure(&e, config_path, listen, metrics)
+            );
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Names the configuration field behind a failure to bind, the common operator mistake.
+fn describe_failure(
+    error: &anyhow::Error,
+    config_path: &Path,
+    listen: SocketAddr,
+    metrics: Option<SocketAddr>,
+) -> String {
+    let config = config_path.display();
+    for cause in error.chain() {
+        if let Some(NetError::AddressInUse(addr)) = cause.downcast_ref::<NetError>() {
+            return format!(
+                "{config}: listen = \"{addr}\": address already in use (is another replica \
+                 running on this port?)"
+            );
+        }
+        if let Some(NetError::Bind { addr, source }) = cause.downcast_ref::<NetError>() {
+            return format!("{config}: listen = \"{addr}\": cannot bind: {source}");
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::AddrInUse {
+                let field = match metrics {
+                    Some(addr) => format!("metrics = \"{addr}\""),
+                    None => format!("listen = \"{listen}\""),
+                };
+                return format!("{config}: {field}: address already in use");
+            }
+        }
+    }
+    format!("{error:#}")
+}
+
+/// Completes on Ctrl-C or SIGTERM. A signal that cannot be watched is logged and ignored rather
+/// than taken as a request to stop.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => info!("interrupted; shutting down"),
+            Err(error) => {
+                warn!(%error, "cannot watch for Ctrl-C");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+                info!("SIGTERM received; shutting down");
+            }
+            Err(error) => {
+                warn!(%error, "cannot watch for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// The replica id shown on every log line, once the configuration is loaded.
+static REPLICA_ID: OnceLock<ReplicaId> = OnceLock::new();
+
+/// Logs to stderr, filtered by RUST_LOG (default `info`).
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .event_format(WithReplicaId(
+            tracing_subscriber::fmt::format()
+                .with_ansi(ansi)
+                .without_time(),
+        ))
+        .init();
+}
+
+/// Puts `replica{id=N}` after the timestamp of every line. A span would not do: tasks the
+/// runtime spawns do not inherit it, and their lines would lose the id.
+struct WithReplicaId<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithReplicaId<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        SystemTime.format_time(&mut writer)?;
+        match REPLICA_ID.get() {
+            Some(id) => write!(writer, " replica{{id={id}}} ")?,
+            None => writer.write_char(' ')?,
+        }
+        self.0.format_event(ctx, writer, event)
+    }
+}

@@ -1,15 +1,37 @@
 //! The tokio driver around the pure replica core.
+//!
+//! ```text
+//!  QUIC inbox ──► verifier workers (decode, signatures; one per core) ──► protocol task ──► QUIC
+//!                                                timers, status queries ──┘   (Replica)
+//! ```
+//! The protocol task owns the [`Replica`] and is the only place its state changes. Decoding and
+//! signature checks happen before it, in parallel, and a signature already checked is answered
+//! from a cache, so each request's signature is verified once per replica however often it is
+//! forwarded or retransmitted.
 
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use pbft_crypto::KeyPair;
-use pbft_net::{PeerInfo, TransportConfig};
+use anyhow::Context as _;
+use bytes::Bytes;
+use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
+use pbft_net::{Inbox, Peer, PeerInfo, ReplicaTransport, TransportConfig};
+use rand::SeedableRng;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
-use crate::byzantine::BehaviorKind;
+use crate::app::KvStore;
+use crate::byzantine::{self, Behavior, BehaviorKind, Context, Payload};
 use crate::committee::Committee;
-use crate::messages::ReplicaId;
-use crate::protocol::ProtocolConfig;
+use crate::messages::{
+    self, Limits, Message, NodeStatus, ReplicaId, Sender, SignatureCheck, Timestamp, Verified,
+};
+use crate::metrics::Metrics;
+use crate::protocol::{Destination, ProtocolConfig, Replica, Timer, TimerCommand};
 
 /// Everything a node needs to run, already validated (see [`crate::config`]).
 #[derive(Clone, Debug)]
@@ -29,4 +51,439 @@ pub struct NodeSetup {
     pub metrics: Option<SocketAddr>,
     /// A named faulty behaviour, for test clusters only.
     pub behavior: Option<BehaviorKind>,
+}
+
+/// Runs a replica until `shutdown` completes or the replica fails.
+pub async fn run(
+    setup: NodeSetup,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut node = RunningNode::start(setup).await?;
+    let stop = node.stop.take();
+    tokio::select! {
+        _ = shutdown => {
+            if let Some(stop) = stop {
+                let _ = stop.send(());
+            }
+            joined(&mut node.task).await
+        }
+        result = joined(&mut node.task) => result,
+    }
+}
+
+async fn joined(task: &mut tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    match task.await {
+        Ok(result) => result,
+        Err(join) => Err(anyhow::anyhow!("replica task failed: {join}")),
+    }
+}
+
+/// Signature checks remembered across messages: two generations, so the cache stays bounded
+/// while recent signatures stay known.
+#[derive(Default)]
+struct SignatureCache {
+    current: HashMap<(PublicKey, Domain, Digest, Signature), bool>,
+    previous: HashMap<(PublicKey, Domain, Digest, Signature), bool>,
+}
+
+const SIGNATURE_CACHE_GENERATION: usize = 1 << 17;
+
+/// A [`SignatureCheck`] backed by the shared cache. Checks run outside the lock.
+struct CachedCheck<'a>(&'a Mutex<SignatureCache>);
+
+impl SignatureCheck for CachedCheck<'_> {
+    fn check(&mut self, key: &PublicKey, domain: Domain, digest: &Digest, signature: &Signature) -> bool {
+        let entry = (*key, domain, *digest, *signature);
+        {
+            let cache = self.0.lock().expect("signature cache poisoned");
+            if let Some(known) = cache.current.get(&entry).or_else(|| cache.previous.get(&entry)) {
+                return *known;
+            }
+        }
+        let valid = key.verify(domain, digest, signature).is_ok();
+        let mut cache = self.0.lock().expect("signature cache poisoned");
+        if cache.current.len() >= SIGNATURE_CACHE_GENERATION {
+            cache.previous = std::mem::take(&mut cache.current);
+        }
+        cache.current.insert(entry, valid);
+        valid
+    }
+}
+
+/// What reaches the protocol task.
+enum Input {
+    /// A message that passed the boundary checks, and where it came from.
+    Message(Verified<Message>, Peer),
+    StatusQuery { from: Peer, nonce: u64 },
+    /// A local status request (tests, tools).
+    Status(oneshot::Sender<NodeStatus>),
+}
+
+/// Counters of refused messages by reason, shared by the verifiers and the protocol task.
+type Rejections = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// A replica running on the tokio runtime.
+pub struct RunningNode {
+    local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    inputs: mpsc::Sender<Input>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningNode {
+    /// Binds the transport and metrics endpoint and starts the replica.
+    pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
+        let replica = Replica::new(
+            setup.id,
+            setup.committee.clone(),
+            setup.protocol.clone(),
+            setup.key.clone(),
+            Box::new(KvStore::new()),
+        )
+        .map_err(|e| anyhow::anyhow!("invalid replica setup: {e}"))?;
+        let (transport, inbox) = ReplicaTransport::bind(
+            setup.id,
+            &setup.key,
+            setup.listen,
+            setup.peers.clone(),
+            setup.transport.clone(),
+        )
+        .await
+        .with_context(|| format!("listen address {}", setup.listen))?;
+        let local_addr = transport.local_addr();
+        let metrics = Metrics::new();
+        let metrics_addr = match setup.metrics {
+            Some(addr) => {
+                let (bound, _server) = crate::metrics::serve(metrics.clone(), addr)
+                    .await
+                    .with_context(|| format!("metrics address {addr}"))?;
+                Some(bound)
+            }
+            None => None,
+        };
+        if let Some(kind) = setup.behavior {
+            tracing::warn!(replica = setup.id, behavior = %kind, "this replica is Byzantine: {kind}; for test clusters only");
+        }
+        let (inputs, input_rx) = mpsc::channel(4096);
+        let rejections: Rejections = Arc::default();
+        let cache = Arc::new(Mutex::new(SignatureCache::default()));
+        spawn_verifiers(inbox, inputs.clone(), &setup, cache, rejections.clone(), metrics.clone());
+        let (stop, stop_rx) = oneshot::channel();
+        let driver = Driver {
+            id: setup.id,
+            behavior: setup.behavior.map(BehaviorKind::build),
+            behavior_name: setup.behavior.map(|k| k.to_string()),
+            key: setup.key,
+            committee: setup.committee,
+            replica,
+            transport: Arc::new(transport),
+            metrics,
+            rejections,
+            origin: Instant::now(),
+            timers: BTreeMap::new(),
+            rng: rand::rngs::StdRng::from_os_rng(),
+            arrivals: HashMap::new(),
+            committed_requests: 0,
+            last_view: 0,
+        };
+        let task = tokio::spawn(driver.run(input_rx, stop_rx));
+        Ok(RunningNode {
+            local_addr,
+            metrics_addr,
+            inputs,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// The address the replica's QUIC endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The address metrics are served on, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The replica's current status.
+    pub async fn status(&self) -> Option<NodeStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.inputs.send(Input::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Stops the replica and closes its connections.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the replica stops by itself (it only does so on a fatal error).
+    pub async fn finished(mut self) -> anyhow::Result<()> {
+        joined(&mut self.task).await
+    }
+}
+
+/// Decodes and verifies incoming frames on one task per core.
+fn spawn_verifiers(
+    inbox: Inbox,
+    inputs: mpsc::Sender<Input>,
+    setup: &NodeSetup,
+    cache: Arc<Mutex<SignatureCache>>,
+    rejections: Rejections,
+    metrics: Arc<Metrics>,
+) {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
+    let limits = setup.protocol.limits.clone();
+    for _ in 0..workers {
+        let inbox = inbox.clone();
+        let inputs = inputs.clone();
+        let committee = setup.committee.clone();
+        let limits = limits.clone();
+        let cache = cache.clone();
+        let rejections = rejections.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                let incoming = { inbox.lock().await.recv().await };
+                let Some(incoming) = incoming else { return };
+                let input = check_frame(incoming.from, &incoming.frame, &committee, &limits, &cache);
+                match input {
+                    Ok(input) => {
+                        if inputs.send(input).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(reason) => {
+                        metrics.rejected(reason);
+                        *rejections.lock().expect("poisoned").entry(reason.to_string()).or_default() += 1;
+                        tracing::debug!(?incoming.from, reason, "message refused");
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn check_frame(
+    from: Peer,
+    frame: &Bytes,
+    committee: &Committee,
+    limits: &Limits,
+    cache: &Mutex<SignatureCache>,
+) -> Result<Input, &'static str> {
+    let message = Message::decode(frame, limits).map_err(|_| "undecodable")?;
+    if let Message::StatusQuery { nonce } = message {
+        return Ok(Input::StatusQuery { from, nonce });
+    }
+    let sender = match from {
+        Peer::Replica(id) => Sender::Replica(id),
+        Peer::Client(key) => Sender::Client(key),
+    };
+    let verified = messages::verify(message, sender, committee, limits, &mut CachedCheck(cache))
+        .map_err(|rejection| rejection.label())?;
+    Ok(Input::Message(verified, from))
+}
+
+/// The protocol task's state.
+struct Driver {
+    id: ReplicaId,
+    behavior: Option<Box<dyn Behavior>>,
+    behavior_name: Option<String>,
+    key: KeyPair,
+    committee: Committee,
+    replica: Replica,
+    transport: Arc<ReplicaTransport>,
+    metrics: Arc<Metrics>,
+    rejections: Rejections,
+    /// The replica's clock starts here; it only ever sees durations since.
+    origin: Instant,
+    timers: BTreeMap<Timer, Instant>,
+    rng: rand::rngs::StdRng,
+    /// When each client envelope (client, first timestamp) arrived, for the latency histogram.
+    arrivals: HashMap<(PublicKey, Timestamp), Instant>,
+    committed_requests: u64,
+    last_view: u64,
+}
+
+const MAX_TRACKED_ARRIVALS: usize = 100_000;
+
+impl Driver {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>, mut stop: oneshot::Receiver<()>) -> anyhow::Result<()> {
+        let now = self.now();
+        self.replica.start(now);
+        self.flush();
+        let mut gauges = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let next_timer = self.timers.iter().min_by_key(|(_, at)| **at).map(|(t, at)| (*t, *at));
+            let sleep = async {
+                match next_timer {
+                    Some((_, at)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => break,
+                input = inputs.recv() => {
+                    let Some(input) = input else { break };
+                    self.handle(input);
+                    // Take whatever else is queued before flushing, so outputs go out together.
+                    for _ in 0..256 {
+                        match inputs.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep => {
+                    if let Some((timer, _)) = next_timer {
+                        self.timers.remove(&timer);
+                        let now = self.now();
+                        self.replica.handle_timer(now, timer);
+                        self.flush();
+                    }
+                }
+                _ = gauges.tick() => self.update_gauges(inputs.len()),
+            }
+        }
+        match Arc::try_unwrap(self.transport) {
+            Ok(transport) => transport.shutdown().await,
+            Err(_) => tracing::debug!("transport still shared at shutdown"),
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.origin)
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Message(message, from) => {
+                if let (Message::Request(envelope), Peer::Client(_)) = (message.get(), from) {
+                    if self.arrivals.len() < MAX_TRACKED_ARRIVALS {
+                        self.arrivals
+                            .entry((envelope.client, envelope.first_timestamp()))
+                            .or_insert_with(Instant::now);
+                    }
+                }
+                let now = self.now();
+                self.replica.handle_message(now, message);
+                self.flush();
+            }
+            Input::StatusQuery { from, nonce } => {
+                let status = self.status(nonce);
+                let frame = Bytes::from(Message::StatusReport(status).encode());
+                match from {
+                    Peer::Client(key) => self.transport.send_to_client(&key, frame),
+                    Peer::Replica(id) => self.transport.send_to_replica(id, frame),
+                }
+            }
+            Input::Status(reply) => {
+                let _ = reply.send(self.status(0));
+            }
+        }
+    }
+
+    fn status(&self, nonce: u64) -> NodeStatus {
+        let core = self.replica.status();
+        let mut rejected: BTreeMap<String, u64> = self.rejections.lock().expect("poisoned").clone();
+        for (reason, count) in self.replica.ignored() {
+            *rejected.entry(reason.to_string()).or_default() += count;
+        }
+        NodeStatus {
+            nonce,
+            replica: self.id,
+            view: core.view,
+            view_active: core.view_active,
+            primary: core.primary,
+            last_executed: core.last_executed,
+            stable_checkpoint: core.stable_checkpoint,
+            state_digest: core.state_digest,
+            connected_peers: self.transport.connected_replicas(),
+            rejected: rejected.into_iter().collect(),
+            evidence_against: core.evidence_against,
+            behavior: self.behavior_name.clone(),
+            pending_requests: core.pending_requests as u64,
+            committed_requests: self.committed_requests,
+        }
+    }
+
+    fn update_gauges(&mut self, input_queue: usize) {
+        self.metrics.set_view(self.replica.view());
+        self.metrics.set_last_executed(self.replica.last_executed());
+        self.metrics.set_stable_checkpoint(self.replica.stable_checkpoint());
+        self.metrics.set_queue_depth("verified_inputs", input_queue as u64);
+        let stats = self.transport.stats();
+        self.metrics.set_queue_depth("dropped_queue_full_total", stats.dropped_queue_full);
+        // Forget arrivals whose replies never came (the client gave up or went elsewhere).
+        if self.arrivals.len() >= MAX_TRACKED_ARRIVALS {
+            self.arrivals.clear();
+        }
+    }
+
+    /// Carries out the replica's outputs: persist, send, reply, timers.
+    fn flush(&mut self) {
+        let ready = self.replica.poll_ready();
+        for executed in &ready.executed {
+            self.metrics.add_batch();
+            self.metrics.add_committed(executed.requests.len() as u64);
+            self.committed_requests += executed.requests.len() as u64;
+        }
+        let view = self.replica.view();
+        if view > self.last_view {
+            self.last_view = view;
+            self.metrics.add_view_change();
+            self.metrics.set_view(view);
+        }
+        let output = match &mut self.behavior {
+            None => byzantine::honest(ready),
+            Some(behavior) => {
+                let mut ctx = Context {
+                    id: self.id,
+                    key: &self.key,
+                    committee: &self.committee,
+                    now: Instant::now().saturating_duration_since(self.origin),
+                    rng: &mut self.rng,
+                };
+                behavior.transform(ready, &mut ctx)
+            }
+        };
+        // Durable state comes with crash recovery; until then `persist` has nowhere to go.
+        drop(output.persist);
+        for send in output.sends {
+            let frame = match send.payload {
+                Payload::Message(message) => Bytes::from(message.encode()),
+                Payload::Garbage(bytes) => Bytes::from(bytes),
+            };
+            match send.to {
+                Destination::Replica(id) => self.transport.send_to_replica(id, frame),
+                Destination::AllReplicas => self.transport.broadcast(frame),
+            }
+        }
+        for reply in output.replies {
+            for result in &reply.results {
+                if let Some(arrived) = self.arrivals.remove(&(reply.client, result.timestamp)) {
+                    self.metrics.observe_latency(arrived.elapsed());
+                }
+            }
+            let frame = Bytes::from(Message::Reply(reply.clone()).encode());
+            self.transport.send_to_client(&reply.client, frame);
+        }
+        for command in output.timers {
+            match command {
+                TimerCommand::Set { timer, at } => {
+                    self.timers.insert(timer, self.origin + at);
+                }
+                TimerCommand::Cancel(timer) => {
+                    self.timers.remove(&timer);
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,436 @@
+//! `pbft-client`: key-value operations, cluster status and benchmarks against a PBFT cluster.
+//!
+//! Exit codes: 0 success, 1 the operation failed (missing key, compare-and-swap mismatch,
+//! timeout, rejection), 2 usage or configuration error. Errors go to stderr as `error: ...`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pbft_client::bench::{self, BenchOptions, BenchProgress, BenchStop};
+use pbft_client::{load_client_config, CasOutcome, Client, ClientError, ClientSetup};
+use pbft_node::messages::NodeStatus;
+
+/// A client for the PBFT replicated key-value store.
+#[derive(Parser, Debug)]
+#[command(name = "pbft-client", version)]
+struct Cli {
+    /// The client configuration file: key_file, f and [[replicas]].
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    /// Seconds to wait for f+1 matching replies (or for status reports).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    timeout: f64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Set KEY to VALUE; prints `ok`.
+    Put { key: String, value: String },
+    /// Print KEY's value; exits 1 if the key is absent.
+    Get { key: String },
+    /// Remove KEY; prints the value it had.
+    Delete { key: String },
+    /// Set KEY to NEW if it holds EXPECTED; exits 1 on a mismatch.
+    Cas(CasArgs),
+    /// Show every replica's status.
+    Status {
+        /// Print one JSON array with every field, for machines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure throughput and latency with many clients putting values to distinct keys.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct CasArgs {
+    key: String,
+    /// The value KEY must hold (omit with --absent).
+    #[arg(required_unless_present = "absent")]
+    expected: Option<String>,
+    /// The value to set.
+    #[arg(required = true)]
+    new: Option<String>,
+    /// Swap only if KEY is absent.
+    #[arg(long, conflicts_with = "expected")]
+    absent: bool,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Client identities, each with its own fresh key and connections.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Requests outstanding per client (at most 512).
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Total requests to issue.
+    #[arg(long, conflicts_with = "duration")]
+    requests: Option<u64>,
+    /// Seconds to run instead of a request count.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Bytes in each value.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Print one JSON object instead of text, without a progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How a command failed, which decides the exit code.
+enum Failure {
+    /// The operation ran but did not succeed (exit 1).
+    Operation(String),
+    /// The command could not be run as given (exit 2).
+    Usage(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Failure {
+        match error {
+            ClientError::Config(_) | ClientError::Transport(_) => Failure::Usage(error.to_string()),
+            ClientError::Timeout | ClientError::Rejected(_) => {
+                Failure::Operation(error.to_string())
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Operation(message)) => {
+            eprintln!("{message}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
+        return Err(Failure::Usage(
+            "--timeout must be a positive number of seconds".into(),
+        ));
+    }
+    let timeout = Duration::from_secs_f64(cli.timeout);
+    let mut setup = load_client_config(&cli.config)?;
+    setup.request_timeout = timeout;
+    if let Command::Bench(args) = &cli.command {
+        return run_bench(setup, args).await;
+    }
+    let client = Client::connect(setup).await?;
+    let result = run_command(&client, cli.command, timeout).await;
+    client.close().await;
+    result
+}
+
+async fn run_command(client: &Client, command: Command, timeout: Duration) -> Result<(), Failure> {
+    let op_error = |e: ClientError| match e {
+        ClientError::Timeout | ClientError::Rejected(_) => {
+            Failure::Operation(format!("error: {e}"))
+        }
+        other => Failure::from(other),
+    };
+    match command {
+        Command::Put { key, value } => {
+            client.put(key, value).await.map_err(op_error)?;
+            println!("ok");
+        }
+        Command::Get { key } => match client.get(key.clone()).await.map_err(op_error)? {
+            Some(value) => print_value(&value),
+            None => return Err(Failure::Operation(format!("key not found: {key}"))),
+        },
+        Command::Delete { key } => match client.delete(key.clone()).await.map_err(op_error)? {
+            Some(value) => print_value(&value),
+            None => println!("key was absent: {key}"),
+        },
+        Command::Cas(args) => {
+            let expected = if args.absent {
+                None
+            } else {
+                args.expected.map(String::into_bytes)
+            };
+            let new = args.new.unwrap_or_default();
+            match client
+                .cas(args.key, expected, new)
+                .await
+                .map_err(op_error)?
+            {
+                CasOutcome::Swapped => println!("ok"),
+                CasOutcome::Mismatch(Some(current)) => {
+                    return Err(Failure::Operation(format!(
+                        "mismatch: current value is {}",
+                        String::from_utf8_lossy(&current)
+                    )))
+                }
+                CasOutcome::Mismatch(None) => {
+                    return Err(Failure::Operation(
+                        "mismatch: the key is absent".to_string(),
+                    ))
+                }
+            }
+        }
+        Command::Status { json } => {
+            let statuses = client.status_all(timeout.min(Duration::from_secs(5))).await;
+            if json {
+                println!("{}", status_json(client, &statuses));
+            } else {
+                print!("{}", status_table(client, &statuses));
+            }
+            if statuses.iter().all(|(_, s)| s.is_err()) {
+                return Err(Failure::Operation("error: no replica answered".into()));
+            }
+        }
+        Command::Bench(_) => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}
+
+/// Writes the value's bytes as they are, then a newline.
+fn print_value(value: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(value);
+    let _ = out.write_all(b"\n");
+}
+
+fn address_of(client: &Client, id: u32) -> String {
+    (client.replicas().iter())
+        .find(|r| r.id == id)
+        .map_or_else(String::new, |r| r.addr.to_string())
+}
+
+fn ids(list: &[u32]) -> String {
+    if list.is_empty() {
+        return "-".into();
+    }
+    list.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn status_table(client: &Client, statuses: &[(u32, Result<NodeStatus, String>)]) -> String {
+    let header = [
+        "ID",
+        "ADDRESS",
+        "REACHABLE",
+        "VIEW",
+        "PRIMARY",
+        "EXECUTED",
+        "CHECKPOINT",
+        "DIGEST",
+        "PEERS",
+        "REJECTED",
+        "EVIDENCE",
+        "BEHAVIOR",
+    ];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    let mut notes = Vec::new();
+    for (id, status) in statuses {
+        let mut row = vec![id.to_string(), address_of(client, *id)];
+        match status {
+            Ok(s) => {
+                let view = if s.view_active {
+                    s.view.to_string()
+                } else {
+                    format!("{} (changing)", s.view)
+                };
+                row.extend([
+                    "yes".to_string(),
+                    view,
+                    s.primary.to_string(),
+                    s.last_executed.to_string(),
+                    s.stable_checkpoint.to_string(),
+                    s.state_digest.short(),
+                    ids(&s.connected_peers),
+                    s.rejected.iter().map(|(_, n)| n).sum::<u64>().to_string(),
+                    ids(&s.evidence_against),
+                    s.behavior.clone().unwrap_or_else(|| "correct".into()),
+                ]);
+            }
+            Err(e) => {
+                row.push("no".to_string());
+                row.extend(std::iter::repeat_n("-".to_string(), 9));
+                notes.push(format!("replica {id}: {e}"));
+            }
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = (row.iter().zip(&widths))
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    for note in notes {
+        out.push_str(&note);
+        out.push('\n');
+    }
+    out
+}
+
+fn status_json(client: &Client, statuses: &[(u32, Result<NodeStatus, String>)]) -> String {
+    let entries: Vec<serde_json::Value> = statuses
+        .iter()
+        .map(|(id, status)| {
+            let address = address_of(client, *id);
+            match status {
+                Ok(s) => serde_json::json!({
+                    "id": id,
+                    "address": address,
+                    "reachable": true,
+                    "view": s.view,
+                    "view_active": s.view_active,
+                    "primary": s.primary,
+                    "last_executed": s.last_executed,
+                    "stable_checkpoint": s.stable_checkpoint,
+                    "state_digest": s.state_digest.to_hex(),
+                    "connected_peers": s.connected_peers,
+                    "rejected": rejected_map(&s.rejected),
+                    "rejected_total": s.rejected.iter().map(|(_, n)| n).sum::<u64>(),
+                    "evidence_against": s.evidence_against,
+                    "behavior": s.behavior,
+                    "pending_requests": s.pending_requests,
+                    "committed_requests": s.committed_requests,
+                }),
+                Err(e) => serde_json::json!({
+                    "id": id,
+                    "address": address,
+                    "reachable": false,
+                    "error": e,
+                }),
+            }
+        })
+        .collect();
+    serde_json::Value::Array(entries).to_string()
+}
+
+fn rejected_map(rejected: &[(String, u64)]) -> serde_json::Map<String, serde_json::Value> {
+    (rejected.iter())
+        .map(|(label, count)| (label.clone(), serde_json::Value::from(*count)))
+        .collect()
+}
+
+async fn run_bench(setup: ClientSetup, args: &BenchArgs) -> Result<(), Failure> {
+    if args.clients == 0 || args.window == 0 || args.window > 512 {
+        return Err(Failure::Usage(
+            "--clients must be positive and --window between 1 and 512".into(),
+        ));
+    }
+    let stop = match (args.requests, args.duration) {
+        (_, Some(secs)) if secs.is_finite() && secs > 0.0 => {
+            BenchStop::Duration(Duration::from_secs_f64(secs))
+        }
+        (_, Some(_)) => return Err(Failure::Usage("--duration must be positive".into())),
+        (Some(n), None) => BenchStop::Requests(n),
+        (None, None) => BenchStop::Requests(10_000),
+    };
+    let options = BenchOptions {
+        clients: args.clients,
+        window: args.window,
+        stop,
+        payload: args.payload,
+    };
+    let clients = bench::connect_clients(&setup, &options).await?;
+    let progress = Arc::new(BenchProgress::default());
+    let bar = progress_bar(&options, args.json);
+    let ticker = {
+        let bar = bar.clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                let done = progress.completed.load(Ordering::Relaxed);
+                let failed = progress.failed.load(Ordering::Relaxed);
+                if matches!(options.stop, BenchStop::Requests(_)) {
+                    bar.set_position(done + failed);
+                } else {
+                    bar.set_position(bar.elapsed().as_secs());
+                }
+                bar.set_message(format!("{done} ok, {failed} failed"));
+            }
+        })
+    };
+    let report = bench::run(&clients, &options, progress).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    for client in clients {
+        client.close().await;
+    }
+    if args.json {
+        let json = serde_json::to_string(&report).expect("a report serializes");
+        println!("{json}");
+    } else {
+        println!(
+            "{} requests in {:.2} s: {:.0} requests/s ({} clients x {} outstanding, {} B values)",
+            report.requests,
+            report.seconds,
+            report.throughput,
+            report.clients,
+            report.window,
+            report.payload
+        );
+        println!(
+            "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}  mean {:.2}",
+            report.p50_ms, report.p90_ms, report.p99_ms, report.max_ms, report.mean_ms
+        );
+        if report.errors > 0 {
+            println!(
+                "errors: {} (first: {})",
+                report.errors,
+                report.first_error.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    if report.requests == 0 && report.errors > 0 {
+        return Err(Failure::Operation("error: every request failed".into()));
+    }
+    Ok(())
+}
+
+fn progress_bar(options: &BenchOptions, json: bool) -> ProgressBar {
+    let (length, template) = match options.stop {
+        BenchStop::Requests(n) => (
+            n,
+            "{bar:40} {pos}/{len} requests, {per_sec} ({msg}) {elapsed}",
+        ),
+        BenchStop::Duration(d) => (d.as_secs().max(1), "{bar:40} {pos}/{len} s ({msg})"),
+    };
+    let bar = ProgressBar::new(length);
+    if json || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    } else if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}

@@ -1,0 +1,845 @@
+//! A replica's TOML configuration, loaded into a validated [`NodeSetup`].
+//!
+//! ```toml
+//! id = 0
+//! key_file = "keys/replica-0.key"   # relative paths are relative to this file's directory
+//! listen = "127.0.0.1:7000"         # UDP; its port must be this replica's listed port
+//! data_dir = "data/replica-0"
+//! metrics = "127.0.0.1:9000"        # optional: serve Prometheus metrics here
+//! behavior = "silent"               # optional: a Byzantine behaviour, test clusters only
+//! f = 1
+//!
+//! [protocol]                        # optional; every field defaults to ProtocolConfig::default()
+//! checkpoint_interval = 128
+//! log_window = 256
+//!
+//! [protocol.limits]                 # optional: what this replica accepts from others
+//! max_message_bytes = 67108864
+//!
+//! [transport]                       # optional; defaults to TransportConfig::default()
+//! queue_capacity = 1024
+//!
+//! [[replicas]]                      # one per replica, ids 0..n-1, n = 3f+1
+//! id = 0
+//! address = "127.0.0.1:7000"
+//! public_key = "<64 hex digits>"    # `pbft-node pubkey --key FILE` prints it
+//! ```
+//!
+//! Every field is described on [`NodeConfigFile`], [`ProtocolSection`], [`LimitsSection`] and
+//! [`TransportSection`]; unknown fields are refused, so a misspelt optional field is an error
+//! rather than silently ignored. Each [`ConfigError`] names the file and the field at fault.
+//! The cluster part (`f` and `[[replicas]]`) is [`ClusterConfig`], which clients validate the
+//! same way.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use pbft_crypto::{CryptoError, KeyPair, PublicKey};
+use pbft_net::{PeerInfo, TransportConfig};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::byzantine::BehaviorKind;
+use crate::committee::Committee;
+use crate::messages::ReplicaId;
+use crate::protocol::ProtocolConfig;
+use crate::runtime::NodeSetup;
+
+/// Why a configuration cannot be used. The message names the file (where known) and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file does not exist.
+    #[error("config file {} does not exist", .path.display())]
+    NotFound {
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// The configuration file exists but cannot be read.
+    #[error("cannot read config file {}: {source}", .path.display())]
+    Unreadable {
+        /// The path as given.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or does not have the expected fields and types (a missing
+    /// field, an unknown field, a string where a number belongs, an unparsable address).
+    #[error("{}: {message}", .path.display())]
+    Parse {
+        /// The path as given.
+        path: PathBuf,
+        /// The 1-based line the parser pointed at, if it pointed at one.
+        line: Option<usize>,
+        /// The parser's message, prefixed with the line and column where known.
+        message: String,
+    },
+    /// A field has a value that cannot be used, or values disagree with each other.
+    #[error("{}{field}: {reason}", file_prefix(.file.as_deref()))]
+    Invalid {
+        /// The file, once known: [`ClusterConfig::validate`] does not know it, and
+        /// [`ConfigError::in_file`] adds it.
+        file: Option<PathBuf>,
+        /// The field at fault, as written in the file: `listen`, `replicas[2].public_key`,
+        /// `protocol.log_window`.
+        field: String,
+        /// What is wrong, and where it helps, what to do.
+        reason: String,
+    },
+}
+
+fn file_prefix(file: Option<&Path>) -> String {
+    match file {
+        Some(path) => format!("{}: ", path.display()),
+        None => String::new(),
+    }
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: None,
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Attributes an [`ConfigError::Invalid`] error to `path`, unless it already names a file.
+    /// For callers that validate a [`ClusterConfig`] read from their own file.
+    pub fn in_file(self, path: &Path) -> ConfigError {
+        match self {
+            ConfigError::Invalid {
+                file: None,
+                field,
+                reason,
+            } => ConfigError::Invalid {
+                file: Some(path.to_path_buf()),
+                field,
+                reason,
+            },
+            other => other,
+        }
+    }
+
+    /// The field at fault, for [`ConfigError::Invalid`].
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// The cluster's membership: `f` and every replica. Shared by replica and client configuration
+/// files, as the top-level `f` field and the `[[replicas]]` array of tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The number of Byzantine replicas tolerated; the cluster must list exactly 3f+1.
+    pub f: usize,
+    /// The replicas, in any order; their ids must be exactly `0..n`.
+    pub replicas: Vec<ReplicaEntry>,
+}
+
+/// One replica as listed in `[[replicas]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaEntry {
+    /// The replica's id, `0..n`; the primary of view `v` is replica `v mod n`.
+    pub id: ReplicaId,
+    /// The UDP address other nodes dial, an IP address and port (host names are not resolved).
+    pub address: SocketAddr,
+    /// The replica's ed25519 public key, 64 hex digits.
+    pub public_key: String,
+}
+
+impl ClusterConfig {
+    /// Checks the membership and returns the committee and the transport's peer list, both in
+    /// id order. Refuses: `f = 0`; a public key that is not 64 hex digits, not a curve point, or
+    /// weak (small order); a repeated id, key or address; an address no one can dial; a count
+    /// other than 3f+1; ids other than exactly `0..n`. Errors carry no file name: add it with
+    /// [`ConfigError::in_file`].
+    pub fn validate(&self) -> Result<(Committee, Vec<PeerInfo>), ConfigError> {
+        if self.f == 0 {
+            return Err(ConfigError::invalid(
+                "f",
+                "must be at least 1 (n = 3f+1 replicas tolerate f Byzantine ones)",
+            ));
+        }
+        let mut peers: Vec<PeerInfo> = Vec::with_capacity(self.replicas.len());
+        for (i, entry) in self.replicas.iter().enumerate() {
+            let field = |name: &str| format!("replicas[{i}].{name}");
+            let public_key = PublicKey::from_hex(&entry.public_key)
+                .map_err(|e| ConfigError::invalid(field("public_key"), key_problem(&e)))?;
+            if let Some(j) = peers.iter().position(|p| p.id == entry.id) {
+                return Err(ConfigError::invalid(
+                    field("id"),
+                    format!(
+                        "replica id {} is listed twice (also replicas[{j}])",
+                        entry.id
+                    ),
+                ));
+            }
+            if let Some(j) = peers.iter().position(|p| p.public_key == public_key) {
+                return Err(ConfigError::invalid(
+                    field("public_key"),
+                    format!(
+                        "the same key as replicas[{j}] (replica {}); every replica needs its own key",
+                        peers[j].id
+                    ),
+                ));
+            }
+            if let Some(j) = peers.iter().position(|p| p.addr == entry.address) {
+                return Err(ConfigError::invalid(
+                    field("address"),
+                    format!(
+                        "{} is also the address of replicas[{j}] (replica {})",
+                        entry.address, peers[j].id
+                    ),
+                ));
+            }
+            if entry.address.ip().is_unspecified() || entry.address.port() == 0 {
+                return Err(ConfigError::invalid(
+                    field("address"),
+                    format!(
+                        "{} cannot be dialed: list the replica's reachable IP address and port",
+                        entry.address
+                    ),
+                ));
+            }
+            peers.push(PeerInfo {
+                id: entry.id,
+                addr: entry.address,
+                public_key,
+            });
+        }
+        let n = peers.len();
+        if n != 3 * self.f + 1 {
+            return Err(ConfigError::invalid(
+                "replicas",
+                format!(
+                    "the cluster lists {n} replicas but f = {} needs 3f+1 = {}",
+                    self.f,
+                    3 * self.f + 1
+                ),
+            ));
+        }
+        if let Some(i) = peers.iter().position(|p| p.id as usize >= n) {
+            return Err(ConfigError::invalid(
+                format!("replicas[{i}].id"),
+                format!(
+                    "replica id {} is out of range: with {n} replicas the ids are 0 to {}",
+                    peers[i].id,
+                    n - 1
+                ),
+            ));
+        }
+        peers.sort_by_key(|p| p.id);
+        let committee = Committee::new(peers.iter().map(|p| p.public_key).collect(), self.f)
+            .map_err(|e| ConfigError::invalid("replicas", e.to_string()))?;
+        Ok((committee, peers))
+    }
+}
+
+fn key_problem(error: &CryptoError) -> String {
+    match error {
+        CryptoError::WeakPublicKey => {
+            "a weak (small-order) ed25519 key, refused: anyone can forge signatures for it"
+                .to_string()
+        }
+        CryptoError::InvalidPublicKey => "not a valid ed25519 public key".to_string(),
+        CryptoError::Hex(reason) => format!("not a public key in hex: {reason}"),
+        other => other.to_string(),
+    }
+}
+
+/// A replica's configuration file as written. Load it with [`load_node_config`]; tools that
+/// write configuration files (such as a test-cluster launcher) serialize this struct with
+/// `toml::to_string`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfigFile {
+    /// This replica's id; it must be listed in `replicas`.
+    pub id: ReplicaId,
+    /// The secret key file written by `pbft-node keygen`; its public key must be the one listed
+    /// for `id`. Relative to the configuration file's directory.
+    pub key_file: PathBuf,
+    /// The UDP address to listen on. Its port must be the port of this replica's listed
+    /// address; its IP may differ (`0.0.0.0` to listen on every interface, or a local address
+    /// behind a NAT), which is logged as a warning unless it is unspecified.
+    pub listen: SocketAddr,
+    /// The directory for durable state. Relative to the configuration file's directory.
+    pub data_dir: PathBuf,
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); none if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
+    /// A Byzantine behaviour by name (see [`BehaviorKind`]), for test clusters only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<String>,
+    /// The number of Byzantine replicas tolerated, as in [`ClusterConfig::f`].
+    pub f: usize,
+    /// Protocol parameters; absent fields take their defaults.
+    #[serde(default, skip_serializing_if = "ProtocolSection::is_default")]
+    pub protocol: ProtocolSection,
+    /// Transport parameters; absent fields take their defaults.
+    #[serde(default, skip_serializing_if = "TransportSection::is_default")]
+    pub transport: TransportSection,
+    /// Every replica of the cluster, this one included, as in [`ClusterConfig::replicas`].
+    pub replicas: Vec<ReplicaEntry>,
+}
+
+impl NodeConfigFile {
+    /// The cluster part of the file.
+    pub fn cluster(&self) -> ClusterConfig {
+        ClusterConfig {
+            f: self.f,
+            replicas: self.replicas.clone(),
+        }
+    }
+
+    /// Validates the configuration, reads the key file, and builds the [`NodeSetup`].
+    /// `config_path` is the file this came from: relative paths are resolved against its
+    /// directory. Errors do not name the file; [`load_node_config`] adds it.
+    pub fn to_setup(&self, config_path: &Path) -> Result<NodeSetup, ConfigError> {
+        let (committee, peers) = self.cluster().validate()?;
+        let Some(listed) = peers.iter().find(|p| p.id == self.id) else {
+            return Err(ConfigError::invalid(
+                "id",
+                format!(
+                    "replica {} is not in the cluster, whose ids are 0 to {}",
+                    self.id,
+                    peers.len() - 1
+                ),
+            ));
+        };
+        let index = self
+            .replicas
+            .iter()
+            .position(|r| r.id == self.id)
+            .expect("validated ids are listed");
+        if self.listen.port() != listed.addr.port() {
+            return Err(ConfigError::invalid(
+                "listen",
+                format!(
+                    "port {} differs from replicas[{index}].address {}, where the other replicas \
+                     will dial replica {}",
+                    self.listen.port(),
+                    listed.addr,
+                    self.id
+                ),
+            ));
+        }
+        if self.listen.ip() != listed.addr.ip() && !self.listen.ip().is_unspecified() {
+            tracing::warn!(
+                listen = %self.listen,
+                listed = %listed.addr,
+                "listening on an address other than the listed one; the other replicas dial the \
+                 listed one, so it must reach this one"
+            );
+        }
+        let protocol = self.protocol.to_config()?;
+        let transport = self.transport.to_config(&protocol)?;
+        let behavior = self
+            .behavior
+            .as_deref()
+            .map(BehaviorKind::from_str)
+            .transpose()
+            .map_err(|e| ConfigError::invalid("behavior", e.to_string()))?;
+
+        let key = load_key_file(config_path, &self.key_file)?;
+        if key.public() != listed.public_key {
+            return Err(ConfigError::invalid(
+                "key_file",
+                format!(
+                    "{} holds public key {}, but replicas[{index}].public_key lists {} for \
+                     replica {}: is this replica {}'s key file?",
+                    resolve(config_path, &self.key_file).display(),
+                    key.public().to_hex(),
+                    listed.public_key.to_hex(),
+                    self.id,
+                    self.id
+                ),
+            ));
+        }
+        Ok(NodeSetup {
+            id: self.id,
+            key,
+            listen: self.listen,
+            committee,
+            peers,
+            protocol,
+            transport,
+            data_dir: resolve(config_path, &self.data_dir),
+            metrics: self.metrics,
+            behavior,
+        })
+    }
+}
+
+/// Protocol parameters, the `[protocol]` table; each absent field takes its value from
+/// [`ProtocolConfig::default`]. Replicas of one cluster must agree on `checkpoint_interval`,
+/// `log_window` and `client_window`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProtocolSection {
+    /// K: a checkpoint every K sequence numbers. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_interval: Option<u64>,
+    /// L: how far sequence numbers may run ahead of the stable checkpoint. A multiple of
+    /// `checkpoint_interval`, at least twice it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_window: Option<u64>,
+    /// Most requests the primary puts in one batch. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_requests: Option<usize>,
+    /// Most payload bytes the primary puts in one batch. Positive, at most
+    /// `limits.max_batch_bytes` (or backups would refuse the primary's batches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_bytes: Option<usize>,
+    /// Most sequence numbers the primary has assigned but not yet executed. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_outstanding: Option<u64>,
+    /// How long a backup waits for a request to execute before it starts a view change, in
+    /// milliseconds. Positive; doubles on each view change that does not complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view_change_timeout_ms: Option<u64>,
+    /// The view-change timeout stops doubling here, in milliseconds. At least
+    /// `view_change_timeout_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_view_change_timeout_ms: Option<u64>,
+    /// How often unanswered protocol messages are sent again, in milliseconds. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmit_interval_ms: Option<u64>,
+    /// Most client requests waiting to be ordered or executed. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending_envelopes: Option<usize>,
+    /// Most of those from one client. Positive, at most `max_pending_envelopes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending_per_client: Option<usize>,
+    /// How many timestamps below its highest executed one a client's request may carry.
+    /// Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_window: Option<u64>,
+    /// Size limits on what this replica accepts, the `[protocol.limits]` table.
+    #[serde(skip_serializing_if = "LimitsSection::is_default")]
+    pub limits: LimitsSection,
+}
+
+/// Size limits every received message is checked against, the `[protocol.limits]` table; each
+/// absent field takes its value from [`crate::messages::Limits::default`]. All positive.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest encoded message accepted, state transfer included; at most `u32::MAX`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<u64>,
+    /// Most requests in one client envelope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_envelope_requests: Option<usize>,
+    /// Most bytes of one operation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_op_bytes: Option<usize>,
+    /// Most envelopes in one batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_envelopes: Option<usize>,
+    /// Most payload bytes in one batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_bytes: Option<usize>,
+}
+
+impl LimitsSection {
+    fn is_default(&self) -> bool {
+        *self == LimitsSection::default()
+    }
+}
+
+/// Fails with `field` named unless `value` is positive.
+fn positive(field: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(field, "must be positive, not 0"));
+    }
+    Ok(())
+}
+
+impl ProtocolSection {
+    fn is_default(&self) -> bool {
+        *self == ProtocolSection::default()
+    }
+
+    /// The [`ProtocolConfig`] these values give, checked field by field.
+    pub fn to_config(&self) -> Result<ProtocolConfig, ConfigError> {
+        let mut config = ProtocolConfig::default();
+        let ms = Duration::from_millis;
+        if let Some(v) = self.checkpoint_interval {
+            config.checkpoint_interval = v;
+        }
+        if let Some(v) = self.log_window {
+            config.log_window = v;
+        }
+        if let Some(v) = self.max_batch_requests {
+            config.max_batch_requests = v;
+        }
+        if let Some(v) = self.max_batch_bytes {
+            config.max_batch_bytes = v;
+        }
+        if let Some(v) = self.max_outstanding {
+            config.max_outstanding = v;
+        }
+        if let Some(v) = self.view_change_timeout_ms {
+            config.view_change_timeout = ms(v);
+        }
+        if let Some(v) = self.max_view_change_timeout_ms {
+            config.max_view_change_timeout = ms(v);
+        }
+        if let Some(v) = self.retransmit_interval_ms {
+            config.retransmit_interval = ms(v);
+        }
+        if let Some(v) = self.max_pending_envelopes {
+            config.max_pending_envelopes = v;
+        }
+        if let Some(v) = self.max_pending_per_client {
+            config.max_pending_per_client = v;
+        }
+        if let Some(v) = self.client_window {
+            config.client_window = v;
+        }
+        let limits = &self.limits;
+        if let Some(v) = limits.max_message_bytes {
+            config.limits.max_message_bytes = v;
+        }
+        if let Some(v) = limits.max_envelope_requests {
+            config.limits.max_envelope_requests = v;
+        }
+        if let Some(v) = limits.max_op_bytes {
+            config.limits.max_op_bytes = v;
+        }
+        if let Some(v) = limits.max_batch_envelopes {
+            config.limits.max_batch_envelopes = v;
+        }
+        if let Some(v) = limits.max_batch_bytes {
+            config.limits.max_batch_bytes = v;
+        }
+        // Not a separate setting: the window checked at the boundary is the protocol's.
+        config.limits.log_window = config.log_window;
+
+        let k = config.checkpoint_interval;
+        positive("protocol.checkpoint_interval", k)?;
+        let l = config.log_window;
+        if l < 2 * k || l % k != 0 {
+            return Err(ConfigError::invalid(
+                "protocol.log_window",
+                format!(
+                    "{l} must be a multiple of protocol.checkpoint_interval ({k}) and at least \
+                     twice it"
+                ),
+            ));
+        }
+        let counts: [(&str, u64); 11] = [
+            (
+                "protocol.max_batch_requests",
+                config.max_batch_requests as u64,
+            ),
+            ("protocol.max_batch_bytes", config.max_batch_bytes as u64),
+            ("protocol.max_outstanding", config.max_outstanding),
+            (
+                "protocol.max_pending_envelopes",
+                config.max_pending_envelopes as u64,
+            ),
+            (
+                "protocol.max_pending_per_client",
+                config.max_pending_per_client as u64,
+            ),
+            ("protocol.client_window", config.client_window),
+            (
+                "protocol.limits.max_message_bytes",
+                config.limits.max_message_bytes,
+            ),
+            (
+                "protocol.limits.max_envelope_requests",
+                config.limits.max_envelope_requests as u64,
+            ),
+            (
+                "protocol.limits.max_op_bytes",
+                config.limits.max_op_bytes as u64,
+            ),
+            (
+                "protocol.limits.max_batch_envelopes",
+                config.limits.max_batch_envelopes as u64,
+            ),
+            (
+                "protocol.limits.max_batch_bytes",
+                config.limits.max_batch_bytes as u64,
+            ),
+        ];
+        for (field, value) in counts {
+            positive(field, value)?;
+        }
+        positive(
+            "protocol.view_change_timeout_ms",
+            config.view_change_timeout.as_millis() as u64,
+        )?;
+        positive(
+            "protocol.retransmit_interval_ms",
+            config.retransmit_interval.as_millis() as u64,
+        )?;
+        if config.max_view_change_timeout < config.view_change_timeout {
+            return Err(ConfigError::invalid(
+                "protocol.max_view_change_timeout_ms",
+                format!(
+                    "{} is below protocol.view_change_timeout_ms ({})",
+                    config.max_view_change_timeout.as_millis(),
+                    config.view_change_timeout.as_millis()
+                ),
+            ));
+        }
+        if config.max_pending_per_client > config.max_pending_envelopes {
+            return Err(ConfigError::invalid(
+                "protocol.max_pending_per_client",
+                format!(
+                    "{} exceeds protocol.max_pending_envelopes ({})",
+                    config.max_pending_per_client, config.max_pending_envelopes
+                ),
+            ));
+        }
+        if config.max_batch_bytes > config.limits.max_batch_bytes {
+            return Err(ConfigError::invalid(
+                "protocol.max_batch_bytes",
+                format!(
+                    "{} exceeds protocol.limits.max_batch_bytes ({}): backups would refuse this \
+                     replica's batches when it is primary",
+                    config.max_batch_bytes, config.limits.max_batch_bytes
+                ),
+            ));
+        }
+        if config.limits.max_message_bytes > u64::from(u32::MAX) {
+            return Err(ConfigError::invalid(
+                "protocol.limits.max_message_bytes",
+                format!(
+                    "{} exceeds {}, the largest frame the transport carries",
+                    config.limits.max_message_bytes,
+                    u32::MAX
+                ),
+            ));
+        }
+        config
+            .validate()
+            .map_err(|reason| ConfigError::invalid("protocol", reason))?;
+        Ok(config)
+    }
+}
+
+/// Transport parameters, the `[transport]` table; each absent field takes its value from
+/// [`TransportConfig::default`], except `max_frame`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportSection {
+    /// The largest frame sent or accepted, in bytes. Defaults to
+    /// `protocol.limits.max_message_bytes`, and may not be smaller: a message the protocol
+    /// accepts must fit in a frame. At most `u32::MAX`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frame: Option<usize>,
+    /// Frames waiting per destination before new ones are dropped. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_capacity: Option<usize>,
+    /// Received frames waiting per kind of sender before reading pauses. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incoming_capacity: Option<usize>,
+    /// How often an idle connection sends a keep-alive, in milliseconds. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_alive_ms: Option<u64>,
+    /// Silence after which a connection is dead, in milliseconds. Above `keep_alive_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// The limit for a connection's handshake, in milliseconds. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// The first delay before redialing a failed link, in milliseconds. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_min_ms: Option<u64>,
+    /// The longest delay between dial attempts, in milliseconds. At least `backoff_min_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_max_ms: Option<u64>,
+    /// Accepted connections beyond which new ones are refused. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+}
+
+impl TransportSection {
+    fn is_default(&self) -> bool {
+        *self == TransportSection::default()
+    }
+
+    /// The [`TransportConfig`] these values give for a replica running `protocol`, checked field
+    /// by field.
+    pub fn to_config(&self, protocol: &ProtocolConfig) -> Result<TransportConfig, ConfigError> {
+        let mut config = TransportConfig::default();
+        let ms = Duration::from_millis;
+        let max_message = protocol.limits.max_message_bytes;
+        config.max_frame = self
+            .max_frame
+            .unwrap_or_else(|| usize::try_from(max_message).unwrap_or(usize::MAX));
+        if let Some(v) = self.queue_capacity {
+            config.queue_capacity = v;
+        }
+        if let Some(v) = self.incoming_capacity {
+            config.incoming_capacity = v;
+        }
+        if let Some(v) = self.keep_alive_ms {
+            config.keep_alive = ms(v);
+        }
+        if let Some(v) = self.idle_timeout_ms {
+            config.idle_timeout = ms(v);
+        }
+        if let Some(v) = self.handshake_timeout_ms {
+            config.handshake_timeout = ms(v);
+        }
+        if let Some(v) = self.backoff_min_ms {
+            config.backoff_min = ms(v);
+        }
+        if let Some(v) = self.backoff_max_ms {
+            config.backoff_max = ms(v);
+        }
+        if let Some(v) = self.max_connections {
+            config.max_connections = v;
+        }
+
+        if u32::try_from(config.max_frame).is_err() {
+            return Err(ConfigError::invalid(
+                "transport.max_frame",
+                format!("{} exceeds {}", config.max_frame, u32::MAX),
+            ));
+        }
+        if (config.max_frame as u64) < max_message {
+            return Err(ConfigError::invalid(
+                "transport.max_frame",
+                format!(
+                    "{} is smaller than protocol.limits.max_message_bytes ({max_message}): \
+                     messages the protocol accepts could not be sent",
+                    config.max_frame
+                ),
+            ));
+        }
+        let counts: [(&str, usize); 3] = [
+            ("transport.queue_capacity", config.queue_capacity),
+            ("transport.incoming_capacity", config.incoming_capacity),
+            ("transport.max_connections", config.max_connections),
+        ];
+        for (field, value) in counts {
+            positive(field, value as u64)?;
+        }
+        let millis = |d: Duration| d.as_millis() as u64;
+        positive("transport.keep_alive_ms", millis(config.keep_alive))?;
+        positive(
+            "transport.handshake_timeout_ms",
+            millis(config.handshake_timeout),
+        )?;
+        positive("transport.backoff_min_ms", millis(config.backoff_min))?;
+        if config.idle_timeout <= config.keep_alive {
+            return Err(ConfigError::invalid(
+                "transport.idle_timeout_ms",
+                format!(
+                    "{} must exceed transport.keep_alive_ms ({}), or quiet links would be \
+                     declared dead",
+                    millis(config.idle_timeout),
+                    millis(config.keep_alive)
+                ),
+            ));
+        }
+        if config.backoff_max < config.backoff_min {
+            return Err(ConfigError::invalid(
+                "transport.backoff_max_ms",
+                format!(
+                    "{} is below transport.backoff_min_ms ({})",
+                    millis(config.backoff_max),
+                    millis(config.backoff_min)
+                ),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// `path` as given if absolute, else relative to the directory holding `config_path`.
+pub fn resolve(config_path: &Path, path: &Path) -> PathBuf {
+    match config_path.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Reads and parses a TOML file into `T`, reporting a missing file, an unreadable one, or a
+/// syntax or type error with its line.
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ConfigError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            ConfigError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    toml::from_str(&text).map_err(|error| {
+        let message = error.message().trim_end().to_string();
+        // A missing top-level field comes with an empty span at the start: no line to point at.
+        let line = error
+            .span()
+            .filter(|span| !(span.start == 0 && (span.end == 0 || span.end >= text.len())))
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                (line, column)
+            });
+        match line {
+            Some((line, column)) => ConfigError::Parse {
+                path: path.to_path_buf(),
+                line: Some(line),
+                message: format!("line {line}, column {column}: {message}"),
+            },
+            None => ConfigError::Parse {
+                path: path.to_path_buf(),
+                line: None,
+                message,
+            },
+        }
+    })
+}
+
+/// Loads the key file `key_file` named in the configuration file `config_path` (relative to its
+/// directory). Errors name the `key_file` field, and not the file: add it with
+/// [`ConfigError::in_file`].
+pub fn load_key_file(config_path: &Path, key_file: &Path) -> Result<KeyPair, ConfigError> {
+    let path = resolve(config_path, key_file);
+    if !path.exists() {
+        return Err(ConfigError::invalid(
+            "key_file",
+            format!(
+                "{} does not exist (create one with `pbft-node keygen --out {}`)",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    KeyPair::load(&path).map_err(|e| {
+        let reason = match e {
+            CryptoError::KeyFile { path, reason } => format!("cannot use {path}: {reason}"),
+            other => format!("cannot use {}: {other}", path.display()),
+        };
+        ConfigError::invalid("key_file", reason)
+    })
+}
+
+/// Reads, validates and resolves a replica's configuration file (see the module docs for the
+/// format): the cluster, the key file and its match with the listed key, the listen port, the
+/// protocol and transport parameters and the behaviour. Binding the listen address happens
+/// later, when the node starts.
+pub fn load_node_config(path: &Path) -> Result<NodeSetup, ConfigError> {
+    let file: NodeConfigFile = read_toml(path)?;
+    file.to_setup(path).map_err(|e| e.in_file(path))
+}
