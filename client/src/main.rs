@@ -53,14 +53,11 @@ enum Command {
 #[derive(Args, Debug)]
 struct CasArgs {
     key: String,
-    /// The value KEY must hold (omit with --absent).
-    #[arg(required_unless_present = "absent")]
-    expected: Option<String>,
-    /// The value to set.
-    #[arg(required = true)]
-    new: Option<String>,
-    /// Swap only if KEY is absent.
-    #[arg(long, conflicts_with = "expected")]
+    /// EXPECTED NEW, or only NEW with --absent.
+    #[arg(required = true, num_args = 1..=2, value_names = ["EXPECTED", "NEW"])]
+    values: Vec<String>,
+    /// Swap only if KEY is absent (then give only NEW).
+    #[arg(long)]
     absent: bool,
 }
 
@@ -169,12 +166,20 @@ async fn run_command(client: &Client, command: Command, timeout: Duration) -> Re
             None => println!("key was absent: {key}"),
         },
         Command::Cas(args) => {
-            let expected = if args.absent {
-                None
-            } else {
-                args.expected.map(String::into_bytes)
+            let (expected, new) = match (args.absent, args.values.as_slice()) {
+                (true, [new]) => (None, new.clone()),
+                (false, [expected, new]) => (Some(expected.clone().into_bytes()), new.clone()),
+                (true, _) => {
+                    return Err(Failure::Usage(
+                        "cas --absent takes KEY NEW (no expected value)".into(),
+                    ))
+                }
+                (false, _) => {
+                    return Err(Failure::Usage(
+                        "cas takes KEY EXPECTED NEW, or --absent KEY NEW".into(),
+                    ))
+                }
             };
-            let new = args.new.unwrap_or_default();
             match client
                 .cas(args.key, expected, new)
                 .await
@@ -433,4 +438,77 @@ fn progress_bar(options: &BenchOptions, json: bool) -> ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cas_takes_expected_and_new_or_absent_and_new() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(
+                ["pbft-client", "--config", "c.toml", "cas"]
+                    .iter()
+                    .chain(args),
+            )
+            .unwrap();
+            match cli.command {
+                Command::Cas(cas) => (cas.key, cas.values, cas.absent),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            parse(&["k", "old", "new"]),
+            ("k".into(), vec!["old".into(), "new".into()], false)
+        );
+        assert_eq!(
+            parse(&["--absent", "k", "new"]),
+            ("k".into(), vec!["new".into()], true)
+        );
+        assert!(Cli::try_parse_from(["pbft-client", "--config", "c", "cas", "k"]).is_err());
+    }
+
+    #[test]
+    fn bench_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "pbft-client",
+            "--config",
+            "c",
+            "bench",
+            "--clients",
+            "4",
+            "--window",
+            "32",
+            "--duration",
+            "5",
+            "--payload",
+            "100",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("not bench");
+        };
+        assert_eq!((args.clients, args.window, args.payload), (4, 32, 100));
+        assert_eq!(args.duration, Some(5.0));
+        assert!(args.json);
+        assert!(Cli::try_parse_from([
+            "pbft-client",
+            "--config",
+            "c",
+            "bench",
+            "--requests",
+            "5",
+            "--duration",
+            "5",
+        ])
+        .is_err());
+    }
 }

@@ -106,7 +106,7 @@ impl ConfigError {
         }
     }
 
-    /// Attributes an [`ConfigError::Invalid`] error to `path`, unless it already names a file.
+    /// Attributes a [`ConfigError::Invalid`] error to `path`, unless it already names a file.
     /// For callers that validate a [`ClusterConfig`] read from their own file.
     pub fn in_file(self, path: &Path) -> ConfigError {
         match self {

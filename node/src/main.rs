@@ -118,9 +118,7 @@ fn run(config_path: &Path) -> ExitCode {
         data_dir = %setup.data_dir.display(),
         "starting replica"
     );
-    if let Some(behavior) = setup.behavior {
-        warn!("this replica is Byzantine: {behavior}; for test clusters only");
-    }
+    // The runtime itself warns loudly when `behavior` is set, for in-process nodes too.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -83,11 +83,24 @@ impl Batch {
 
     /// `d` in ⟨PRE-PREPARE, v, n, d⟩: covers every envelope's signed content.
     pub fn digest(&self) -> Digest {
+        Batch::digest_of(&self.envelope_digests())
+    }
+
+    /// The signing digest of every envelope, in order.
+    pub fn envelope_digests(&self) -> Vec<Digest> {
+        self.envelopes
+            .iter()
+            .map(RequestEnvelope::signing_digest)
+            .collect()
+    }
+
+    /// The batch digest from the envelopes' signing digests (hashing each envelope only once).
+    pub fn digest_of(envelope_digests: &[Digest]) -> Digest {
         let mut builder = DigestBuilder::new(Domain::Content)
             .u8(b'B')
-            .u64(self.envelopes.len() as u64);
-        for envelope in &self.envelopes {
-            builder = builder.digest(&envelope.signing_digest());
+            .u64(envelope_digests.len() as u64);
+        for digest in envelope_digests {
+            builder = builder.digest(digest);
         }
         builder.finish()
     }
@@ -819,9 +832,21 @@ fn check_envelope_shape(envelope: &RequestEnvelope, limits: &Limits) -> Result<(
     Ok(())
 }
 
-/// Checks a batch's shape and every client signature in it.
+/// Checks a batch's shape and every client signature in it; returns the batch digest.
 fn verify_batch(
     batch: &Batch,
+    limits: &Limits,
+    checker: &mut dyn SignatureCheck,
+) -> Result<Digest, Rejection> {
+    let digests = batch.envelope_digests();
+    check_batch(batch, &digests, limits, checker)?;
+    Ok(Batch::digest_of(&digests))
+}
+
+/// Checks a batch's shape and every client signature, given its envelopes' signing digests.
+fn check_batch(
+    batch: &Batch,
+    digests: &[Digest],
     limits: &Limits,
     checker: &mut dyn SignatureCheck,
 ) -> Result<(), Rejection> {
@@ -836,14 +861,9 @@ fn verify_batch(
     if bytes > limits.max_batch_bytes {
         return Err(Rejection::TooLarge("batch bytes"));
     }
-    for envelope in &batch.envelopes {
+    for (envelope, digest) in batch.envelopes.iter().zip(digests) {
         check_envelope_shape(envelope, limits)?;
-        if !checker.check(
-            &envelope.client,
-            Domain::Request,
-            &envelope.signing_digest(),
-            &envelope.signature,
-        ) {
+        if !checker.check(&envelope.client, Domain::Request, digest, &envelope.signature) {
             return Err(Rejection::BadSignature);
         }
     }
@@ -897,11 +917,12 @@ pub fn verify(
             if header.replica != committee.primary(header.view) {
                 return Err(Rejection::NotFromPrimary);
             }
-            if batch.digest() != header.digest {
+            let digests = batch.envelope_digests();
+            if Batch::digest_of(&digests) != header.digest {
                 return Err(Rejection::DigestMismatch);
             }
             header.check_signature(committee, checker)?;
-            verify_batch(batch, limits, checker)?;
+            check_batch(batch, &digests, limits, checker)?;
         }
         Message::Prepare { vote, pre_prepare } => {
             signed_by(vote.replica)?;
@@ -996,10 +1017,9 @@ pub fn verify(
         Message::StatusQuery { .. } => {}
         Message::Committed { batch, commits } => {
             verify_commit_certificate(commits, committee, checker)?;
-            if batch.digest() != commits[0].digest {
+            if verify_batch(batch, limits, checker)? != commits[0].digest {
                 return Err(Rejection::DigestMismatch);
             }
-            verify_batch(batch, limits, checker)?;
         }
         Message::FetchBatch { replica, .. }
         | Message::FetchState { replica, .. }

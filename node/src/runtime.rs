@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::app::KvStore;
-use crate::byzantine::{self, Behavior, BehaviorKind, Context, Payload};
+use crate::byzantine::{self, Behavior, BehaviorKind, Context, FaultySend, Payload};
 use crate::committee::Committee;
 use crate::messages::{
     self, Limits, Message, NodeStatus, ReplicaId, Sender, SignatureCheck, Timestamp, Verified,
@@ -92,11 +92,21 @@ const SIGNATURE_CACHE_GENERATION: usize = 1 << 17;
 struct CachedCheck<'a>(&'a Mutex<SignatureCache>);
 
 impl SignatureCheck for CachedCheck<'_> {
-    fn check(&mut self, key: &PublicKey, domain: Domain, digest: &Digest, signature: &Signature) -> bool {
+    fn check(
+        &mut self,
+        key: &PublicKey,
+        domain: Domain,
+        digest: &Digest,
+        signature: &Signature,
+    ) -> bool {
         let entry = (*key, domain, *digest, *signature);
         {
             let cache = self.0.lock().expect("signature cache poisoned");
-            if let Some(known) = cache.current.get(&entry).or_else(|| cache.previous.get(&entry)) {
+            if let Some(known) = cache
+                .current
+                .get(&entry)
+                .or_else(|| cache.previous.get(&entry))
+            {
                 return *known;
             }
         }
@@ -111,10 +121,14 @@ impl SignatureCheck for CachedCheck<'_> {
 }
 
 /// What reaches the protocol task.
+#[allow(clippy::large_enum_variant)] // messages dominate; boxing would allocate per message
 enum Input {
     /// A message that passed the boundary checks, and where it came from.
     Message(Verified<Message>, Peer),
-    StatusQuery { from: Peer, nonce: u64 },
+    StatusQuery {
+        from: Peer,
+        nonce: u64,
+    },
     /// A local status request (tests, tools).
     Status(oneshot::Sender<NodeStatus>),
 }
@@ -168,11 +182,18 @@ impl RunningNode {
         let (inputs, input_rx) = mpsc::channel(4096);
         let rejections: Rejections = Arc::default();
         let cache = Arc::new(Mutex::new(SignatureCache::default()));
-        spawn_verifiers(inbox, inputs.clone(), &setup, cache, rejections.clone(), metrics.clone());
+        spawn_verifiers(
+            inbox,
+            inputs.clone(),
+            &setup,
+            cache,
+            rejections.clone(),
+            metrics.clone(),
+        );
         let (stop, stop_rx) = oneshot::channel();
         let driver = Driver {
             id: setup.id,
-            behavior: setup.behavior.map(BehaviorKind::build),
+            behavior: setup.behavior.map(|kind| kind.build_with(&setup.protocol)),
             behavior_name: setup.behavior.map(|k| k.to_string()),
             key: setup.key,
             committee: setup.committee,
@@ -252,7 +273,8 @@ fn spawn_verifiers(
             loop {
                 let incoming = { inbox.lock().await.recv().await };
                 let Some(incoming) = incoming else { return };
-                let input = check_frame(incoming.from, &incoming.frame, &committee, &limits, &cache);
+                let input =
+                    check_frame(incoming.from, &incoming.frame, &committee, &limits, &cache);
                 match input {
                     Ok(input) => {
                         if inputs.send(input).await.is_err() {
@@ -261,7 +283,11 @@ fn spawn_verifiers(
                     }
                     Err(reason) => {
                         metrics.rejected(reason);
-                        *rejections.lock().expect("poisoned").entry(reason.to_string()).or_default() += 1;
+                        *rejections
+                            .lock()
+                            .expect("poisoned")
+                            .entry(reason.to_string())
+                            .or_default() += 1;
                         tracing::debug!(?incoming.from, reason, "message refused");
                     }
                 }
@@ -314,16 +340,34 @@ struct Driver {
 const MAX_TRACKED_ARRIVALS: usize = 100_000;
 
 impl Driver {
-    async fn run(mut self, mut inputs: mpsc::Receiver<Input>, mut stop: oneshot::Receiver<()>) -> anyhow::Result<()> {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut stop: oneshot::Receiver<()>,
+    ) -> anyhow::Result<()> {
         let now = self.now();
         self.replica.start(now);
         self.flush();
         let mut gauges = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let next_timer = self.timers.iter().min_by_key(|(_, at)| **at).map(|(t, at)| (*t, *at));
+            let next_timer = self
+                .timers
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(t, at)| (*t, *at));
+            // A behaviour that holds messages back must be woken when they are due.
+            let wakeup = self
+                .behavior
+                .as_ref()
+                .and_then(|b| b.next_wakeup())
+                .map(|at| self.origin + at);
+            let next_wake = match (next_timer.map(|(_, at)| at), wakeup) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async {
-                match next_timer {
-                    Some((_, at)) => tokio::time::sleep_until(at).await,
+                match next_wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -341,12 +385,15 @@ impl Driver {
                     }
                 }
                 _ = sleep => {
-                    if let Some((timer, _)) = next_timer {
-                        self.timers.remove(&timer);
-                        let now = self.now();
-                        self.replica.handle_timer(now, timer);
-                        self.flush();
+                    if let Some((timer, at)) = next_timer {
+                        if at <= Instant::now() {
+                            self.timers.remove(&timer);
+                            let now = self.now();
+                            self.replica.handle_timer(now, timer);
+                            self.flush();
+                        }
                     }
+                    self.release_delayed();
                 }
                 _ = gauges.tick() => self.update_gauges(inputs.len()),
             }
@@ -417,13 +464,38 @@ impl Driver {
     fn update_gauges(&mut self, input_queue: usize) {
         self.metrics.set_view(self.replica.view());
         self.metrics.set_last_executed(self.replica.last_executed());
-        self.metrics.set_stable_checkpoint(self.replica.stable_checkpoint());
-        self.metrics.set_queue_depth("verified_inputs", input_queue as u64);
+        self.metrics
+            .set_stable_checkpoint(self.replica.stable_checkpoint());
+        self.metrics
+            .set_queue_depth("verified_inputs", input_queue as u64);
         let stats = self.transport.stats();
-        self.metrics.set_queue_depth("dropped_queue_full_total", stats.dropped_queue_full);
+        self.metrics
+            .set_queue_depth("dropped_queue_full_total", stats.dropped_queue_full);
         // Forget arrivals whose replies never came (the client gave up or went elsewhere).
         if self.arrivals.len() >= MAX_TRACKED_ARRIVALS {
             self.arrivals.clear();
+        }
+    }
+
+    /// Sends what the behaviour held back and is now due.
+    fn release_delayed(&mut self) {
+        let now = self.now();
+        if let Some(behavior) = &mut self.behavior {
+            let sends = behavior.poll_delayed(now);
+            self.send_all(sends);
+        }
+    }
+
+    fn send_all(&self, sends: Vec<FaultySend>) {
+        for send in sends {
+            let frame = match send.payload {
+                Payload::Message(message) => Bytes::from(message.encode()),
+                Payload::Garbage(bytes) => Bytes::from(bytes),
+            };
+            match send.to {
+                Destination::Replica(id) => self.transport.send_to_replica(id, frame),
+                Destination::AllReplicas => self.transport.broadcast(frame),
+            }
         }
     }
 
@@ -456,16 +528,7 @@ impl Driver {
         };
         // Durable state comes with crash recovery; until then `persist` has nowhere to go.
         drop(output.persist);
-        for send in output.sends {
-            let frame = match send.payload {
-                Payload::Message(message) => Bytes::from(message.encode()),
-                Payload::Garbage(bytes) => Bytes::from(bytes),
-            };
-            match send.to {
-                Destination::Replica(id) => self.transport.send_to_replica(id, frame),
-                Destination::AllReplicas => self.transport.broadcast(frame),
-            }
-        }
+        self.send_all(output.sends);
         for reply in output.replies {
             for result in &reply.results {
                 if let Some(arrived) = self.arrivals.remove(&(reply.client, result.timestamp)) {

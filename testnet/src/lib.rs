@@ -1,3 +1,5 @@
-//! Local PBFT clusters: the deterministic simulator ([`sim`]).
+//! Local PBFT clusters: the deterministic simulator ([`sim`]) and the process launcher behind
+//! the `testnet` binary ([`launcher`]).
 
+pub mod launcher;
 pub mod sim;

@@ -50,6 +50,11 @@ impl EquivocatingPrimary {
         }
     }
 
+    /// Who gets the conflicting batch.
+    pub fn mode(&self) -> EquivocationMode {
+        self.mode
+    }
+
     /// The backups that get the conflicting batch: the highest ids, so the choice is stable.
     fn conflicting_group(&self, ctx: &Context<'_>) -> Vec<ReplicaId> {
         let mut backups = ctx.peers();
@@ -83,8 +88,8 @@ fn conflicting_batch(batch: &Batch) -> Option<Batch> {
 impl Behavior for EquivocatingPrimary {
     fn name(&self) -> &'static str {
         match self.mode {
-            EquivocationMode::Split => "equivocate-split",
-            EquivocationMode::Minority => "equivocate-minority",
+            EquivocationMode::Split => "equivocate-primary-split",
+            EquivocationMode::Minority => "equivocate-primary-minority",
         }
     }
 

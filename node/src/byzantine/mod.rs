@@ -9,7 +9,9 @@
 //! 1. after each input, take the replica's `Ready` (and its `executed` list first, if wanted:
 //!    a behaviour ignores it);
 //! 2. call [`Behavior::transform`] with a [`Context`] holding the replica's key and a seeded RNG;
-//! 3. carry out the [`FaultyOutput`] like a `Ready`: persist, then send, reply and set timers.
+//! 3. carry out the [`FaultyOutput`] like a `Ready`: persist, then send, reply and set timers;
+//! 4. wake up at [`Behavior::next_wakeup`] even without input, and send what
+//!    [`Behavior::poll_delayed`] releases (behaviours that delay messages hold them until then).
 //!
 //! Behaviours draw randomness only from [`Context::rng`] and read no clock, so a simulation with a
 //! faulty replica still replays from its seed.
@@ -20,9 +22,11 @@
 pub mod corrupt;
 pub mod equivocating_backup;
 pub mod equivocating_primary;
+pub mod equivocator;
 pub mod forged_signatures;
 pub mod replay;
 pub mod silent;
+pub mod slow;
 pub mod stale_view;
 
 #[cfg(test)]
@@ -39,14 +43,16 @@ use rand::{Rng, RngCore};
 pub use corrupt::Corrupt;
 pub use equivocating_backup::EquivocatingBackup;
 pub use equivocating_primary::{EquivocatingPrimary, EquivocationMode};
+pub use equivocator::Equivocator;
 pub use forged_signatures::ForgedSignatures;
 pub use replay::Replay;
 pub use silent::Silent;
+pub use slow::Slow;
 pub use stale_view::StaleView;
 
 use crate::committee::Committee;
 use crate::messages::{Message, ReplicaId, Reply};
-use crate::protocol::{Destination, Durable, Outgoing, Ready, TimerCommand};
+use crate::protocol::{Destination, Durable, Outgoing, ProtocolConfig, Ready, TimerCommand};
 
 /// A message or raw bytes to send.
 #[derive(Clone, Debug)]
@@ -132,6 +138,20 @@ pub trait Behavior: Send {
     /// Decides what the replica does with `ready` instead of carrying it out faithfully.
     /// `ready.executed` is ignored; take it before the call if the caller needs it.
     fn transform(&mut self, ready: Ready, ctx: &mut Context<'_>) -> FaultyOutput;
+
+    /// Returns the sends this behaviour held back whose time has come by `now`, to be sent like
+    /// those of [`Behavior::transform`]. Drivers call it once [`Behavior::next_wakeup`] has
+    /// passed; calling it earlier returns nothing that is not due.
+    fn poll_delayed(&mut self, _now: Duration) -> Vec<FaultySend> {
+        Vec::new()
+    }
+
+    /// When [`Behavior::poll_delayed`] next has something to release, on the clock of
+    /// [`Context::now`]; `None` while nothing is held. Drivers must wake up then even if no input
+    /// arrives.
+    fn next_wakeup(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Carries out `ready` faithfully: what a correct replica does.
@@ -161,9 +181,9 @@ fn unsent(ready: Ready) -> (FaultyOutput, Vec<Outgoing>) {
 pub enum BehaviorKind {
     /// [`Silent`].
     Silent,
-    /// [`EquivocatingPrimary`] in [`EquivocationMode::Split`].
+    /// [`EquivocatingPrimary`] in [`EquivocationMode::Split`], honest as a backup.
     EquivocatePrimarySplit,
-    /// [`EquivocatingPrimary`] in [`EquivocationMode::Minority`].
+    /// [`EquivocatingPrimary`] in [`EquivocationMode::Minority`], honest as a backup.
     EquivocatePrimaryMinority,
     /// [`EquivocatingBackup`].
     EquivocateBackup,
@@ -175,11 +195,17 @@ pub enum BehaviorKind {
     StaleView,
     /// [`Corrupt`].
     Corrupt,
+    /// [`Equivocator`] in [`EquivocationMode::Split`]: equivocates as primary and as backup.
+    Equivocate,
+    /// [`Equivocator`] in [`EquivocationMode::Minority`].
+    EquivocateMinority,
+    /// [`Slow`].
+    Slow,
 }
 
 impl BehaviorKind {
     /// Every behaviour, in declaration order.
-    pub const ALL: [BehaviorKind; 8] = [
+    pub const ALL: [BehaviorKind; 11] = [
         BehaviorKind::Silent,
         BehaviorKind::EquivocatePrimarySplit,
         BehaviorKind::EquivocatePrimaryMinority,
@@ -188,24 +214,36 @@ impl BehaviorKind {
         BehaviorKind::Replay,
         BehaviorKind::StaleView,
         BehaviorKind::Corrupt,
+        BehaviorKind::Equivocate,
+        BehaviorKind::EquivocateMinority,
+        BehaviorKind::Slow,
     ];
 
     /// The kebab-case name, which [`FromStr`] parses back.
     pub fn name(self) -> &'static str {
         match self {
             BehaviorKind::Silent => "silent",
-            BehaviorKind::EquivocatePrimarySplit => "equivocate-split",
-            BehaviorKind::EquivocatePrimaryMinority => "equivocate-minority",
+            BehaviorKind::EquivocatePrimarySplit => "equivocate-primary-split",
+            BehaviorKind::EquivocatePrimaryMinority => "equivocate-primary-minority",
             BehaviorKind::EquivocateBackup => "equivocate-backup",
             BehaviorKind::ForgeSignatures => "forge",
             BehaviorKind::Replay => "replay",
             BehaviorKind::StaleView => "stale-view",
             BehaviorKind::Corrupt => "corrupt",
+            BehaviorKind::Equivocate => "equivocate",
+            BehaviorKind::EquivocateMinority => "equivocate-minority",
+            BehaviorKind::Slow => "slow",
         }
     }
 
-    /// A fresh instance of the behaviour.
+    /// A fresh instance of the behaviour for a replica with the default [`ProtocolConfig`].
     pub fn build(self) -> Box<dyn Behavior> {
+        self.build_with(&ProtocolConfig::default())
+    }
+
+    /// A fresh instance of the behaviour for a replica running `protocol`; behaviours that play
+    /// with time (such as [`Slow`]) take their delays from it.
+    pub fn build_with(self, protocol: &ProtocolConfig) -> Box<dyn Behavior> {
         match self {
             BehaviorKind::Silent => Box::new(Silent),
             BehaviorKind::EquivocatePrimarySplit => {
@@ -219,6 +257,11 @@ impl BehaviorKind {
             BehaviorKind::Replay => Box::new(Replay::default()),
             BehaviorKind::StaleView => Box::new(StaleView::default()),
             BehaviorKind::Corrupt => Box::new(Corrupt),
+            BehaviorKind::Equivocate => Box::new(Equivocator::new(EquivocationMode::Split)),
+            BehaviorKind::EquivocateMinority => {
+                Box::new(Equivocator::new(EquivocationMode::Minority))
+            }
+            BehaviorKind::Slow => Box::new(Slow::new(protocol.view_change_timeout)),
         }
     }
 }
@@ -230,14 +273,30 @@ impl fmt::Display for BehaviorKind {
 }
 
 /// A behaviour name that [`BehaviorKind`] does not know.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown behaviour {0:?}; known: silent, equivocate-split, equivocate-minority, equivocate-backup, forge, replay, stale-view, corrupt")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnknownBehavior(pub String);
+
+impl fmt::Display for UnknownBehavior {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown behaviour {:?}; known:", self.0)?;
+        for (i, kind) in BehaviorKind::ALL.iter().enumerate() {
+            write!(f, "{}{kind}", if i == 0 { " " } else { ", " })?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for UnknownBehavior {}
 
 impl FromStr for BehaviorKind {
     type Err = UnknownBehavior;
 
+    /// Parses a name of [`BehaviorKind::name`]; `equivocate-split` is also accepted for
+    /// `equivocate`, whose primary mode it names.
     fn from_str(text: &str) -> Result<BehaviorKind, UnknownBehavior> {
+        if text == "equivocate-split" {
+            return Ok(BehaviorKind::Equivocate);
+        }
         BehaviorKind::ALL
             .into_iter()
             .find(|kind| kind.name() == text)

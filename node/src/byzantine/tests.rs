@@ -136,6 +136,10 @@ impl Cluster {
         new_view
     }
 
+    fn checkpoint_message(&self, seq: Seq) -> Message {
+        Message::Checkpoint(self.checkpoint(seq, 0))
+    }
+
     /// A stable checkpoint proof for `seq`.
     fn proof(&self, seq: Seq) -> Vec<Checkpoint> {
         (0..self.committee.quorum() as ReplicaId)
@@ -847,7 +851,120 @@ fn behavior_names_parse_back() {
         assert!(names.insert(kind.name()), "duplicate name {kind}");
     }
     assert_eq!(
-        "equivocate".parse::<BehaviorKind>(),
-        Err(UnknownBehavior("equivocate".to_string()))
+        "equivocate-split".parse::<BehaviorKind>(),
+        Ok(BehaviorKind::Equivocate)
     );
+    let unknown = "equivocating".parse::<BehaviorKind>().unwrap_err();
+    assert_eq!(unknown, UnknownBehavior("equivocating".to_string()));
+    assert!(unknown.to_string().contains("slow"), "{unknown}");
+}
+
+#[test]
+fn equivocator_equivocates_as_primary_and_as_backup() {
+    for mode in [EquivocationMode::Split, EquivocationMode::Minority] {
+        let cluster = Cluster::new(1);
+        let mut behavior = Equivocator::new(mode);
+        // As the primary of view 0: conflicting pre-prepares.
+        let input = ready(vec![broadcast(cluster.pre_prepare(0, 1, batch(2)))]);
+        let out = cluster.run(&mut behavior, 0, input, &mut seeded(8));
+        let groups = pre_prepares_by_digest(&cluster, &out, 0);
+        assert_eq!(groups.len(), 2, "{mode:?}");
+        // Its own commit in the view it leads: withheld when splitting, honest in minority
+        // mode, so that the majority can commit.
+        let input = ready(vec![broadcast(cluster.commit(0, 1, batch(2).digest(), 0))]);
+        let out = cluster.run(&mut behavior, 0, input, &mut seeded(9));
+        let commits = deliveries(&out, 0, &cluster.committee);
+        match mode {
+            EquivocationMode::Split => assert!(commits.is_empty()),
+            EquivocationMode::Minority => {
+                assert_eq!(commits.len(), 3);
+                let digests: BTreeSet<Digest> = commits
+                    .iter()
+                    .map(|(_, p)| match message_of(p) {
+                        Message::Commit(vote) => vote.digest,
+                        other => panic!("unexpected {}", other.kind()),
+                    })
+                    .collect();
+                assert_eq!(digests.len(), 1, "one digest to everyone");
+            }
+        }
+        // As a backup of view 1: conflicting prepares and commits.
+        let digest = batch(2).digest();
+        let input = ready(vec![
+            broadcast(cluster.prepare(1, 1, digest, 0)),
+            broadcast(cluster.commit(1, 1, digest, 0)),
+        ]);
+        let out = cluster.run(&mut behavior, 0, input, &mut seeded(10));
+        let digests: BTreeSet<Digest> = deliveries(&out, 0, &cluster.committee)
+            .iter()
+            .filter_map(|(_, p)| match message_of(p) {
+                Message::Commit(vote) => Some(vote.digest),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            digests.len(),
+            2,
+            "{mode:?}: conflicting commits as a backup"
+        );
+    }
+}
+
+#[test]
+fn slow_primary_holds_pre_prepares_until_due_then_stalls_past_the_timeout() {
+    let cluster = Cluster::new(1);
+    let timeout = Duration::from_secs(1);
+    let mut behavior = BehaviorKind::Slow.build_with(&crate::protocol::ProtocolConfig {
+        view_change_timeout: timeout,
+        ..crate::protocol::ProtocolConfig::default()
+    });
+    let mut rng = seeded(11);
+    let mut run = |behavior: &mut Box<dyn Behavior>, now: Duration, ready: Ready| {
+        let mut ctx = Context {
+            id: 0,
+            key: &cluster.keys[0],
+            committee: &cluster.committee,
+            now,
+            rng: &mut rng,
+        };
+        behavior.transform(ready, &mut ctx)
+    };
+    let start = Duration::from_secs(10);
+    let gentle = timeout * 4 / 5;
+    assert_eq!(behavior.next_wakeup(), None);
+    for seq in 1..=slow::GENTLE_BATCHES {
+        let input = ready(vec![
+            broadcast(cluster.pre_prepare(0, seq, batch(1))),
+            broadcast(cluster.checkpoint_message(seq)),
+        ]);
+        let out = run(&mut behavior, start, input);
+        assert_eq!(out.sends.len(), 1, "only the checkpoint leaves at once");
+    }
+    // A retransmission is held until the same moment, not added.
+    let again = ready(vec![broadcast(cluster.pre_prepare(0, 1, batch(1)))]);
+    assert!(run(&mut behavior, start + gentle / 2, again)
+        .sends
+        .is_empty());
+    assert_eq!(behavior.next_wakeup(), Some(start + gentle));
+    assert!(behavior.poll_delayed(start + gentle / 2).is_empty());
+    let released = behavior.poll_delayed(start + gentle);
+    assert_eq!(released.len() as u64, slow::GENTLE_BATCHES);
+    assert_eq!(behavior.next_wakeup(), None);
+
+    // Past the gentle batches, the delay exceeds the timeout.
+    let seq = slow::GENTLE_BATCHES + 1;
+    let input = ready(vec![broadcast(cluster.pre_prepare(0, seq, batch(1)))]);
+    assert!(run(&mut behavior, start, input).sends.is_empty());
+    let due = behavior.next_wakeup().unwrap();
+    assert_eq!(due, start + timeout * slow::STALL_FACTOR);
+    assert!(due > start + timeout);
+    assert_eq!(behavior.poll_delayed(due).len(), 1);
+
+    // Pre-prepares of a view it does not lead, and its votes, pass at once.
+    let input = ready(vec![
+        (Destination::Replica(2), cluster.pre_prepare(1, 1, batch(1))),
+        broadcast(cluster.prepare(1, 1, batch(1).digest(), 0)),
+    ]);
+    assert_eq!(run(&mut behavior, start, input).sends.len(), 2);
+    assert_eq!(behavior.next_wakeup(), None);
 }

@@ -32,6 +32,34 @@ struct ReplicatedState {
     clients: ClientTable,
 }
 
+/// A batch with its digests, computed once when the batch arrives.
+#[derive(Debug)]
+struct BatchBody {
+    batch: Batch,
+    digest: Digest,
+    envelope_digests: Vec<Digest>,
+}
+
+impl BatchBody {
+    fn new(batch: Batch) -> Arc<BatchBody> {
+        let envelope_digests = batch.envelope_digests();
+        BatchBody::with_digests(batch, envelope_digests)
+    }
+
+    fn with_digests(batch: Batch, envelope_digests: Vec<Digest>) -> Arc<BatchBody> {
+        Arc::new(BatchBody {
+            digest: Batch::digest_of(&envelope_digests),
+            batch,
+            envelope_digests,
+        })
+    }
+
+    fn has_duplicate_envelopes(&self) -> bool {
+        let mut seen = BTreeSet::new();
+        self.envelope_digests.iter().any(|d| !seen.insert(*d))
+    }
+}
+
 /// One sequence number's slot in the log.
 #[derive(Debug, Default)]
 struct Entry {
@@ -41,7 +69,7 @@ struct Entry {
     pre_prepare: Option<Vote>,
     /// The batch digest this slot is bound to (from the PRE-PREPARE or a commit certificate).
     digest: Option<Digest>,
-    batch: Option<Arc<Batch>>,
+    batch: Option<Arc<BatchBody>>,
     prepares: BTreeMap<ReplicaId, Vote>,
     commits: BTreeMap<ReplicaId, Vote>,
     /// 2f+1 matching COMMITs, once committed (to help replicas that missed them).
@@ -318,7 +346,7 @@ impl Replica {
         match message.into_inner() {
             Message::Request(envelope) => self.on_request(Verified::own(envelope)),
             Message::PrePrepare { header, batch } => {
-                self.on_pre_prepare(header, Some(Arc::new(batch)))
+                self.on_pre_prepare(header, Some(BatchBody::new(batch)))
             }
             Message::Prepare { vote, pre_prepare } => self.on_prepare(vote, pre_prepare),
             Message::Commit(vote) => self.on_commit(vote),
@@ -533,6 +561,7 @@ impl Replica {
                 return;
             }
             let mut batch = Batch::default();
+            let mut envelope_digests = Vec::new();
             let mut requests = 0;
             let mut bytes = 0;
             while let Some((envelope, _)) = self.pending.front() {
@@ -553,13 +582,14 @@ impl Replica {
                 bytes += size;
                 self.in_log.insert(digest);
                 batch.envelopes.push(envelope.into_inner());
+                envelope_digests.push(digest);
             }
             if batch.envelopes.is_empty() {
                 continue;
             }
-            let digest = batch.digest();
+            let body = BatchBody::with_digests(batch, envelope_digests);
+            let digest = body.digest;
             let header = self.sign_vote(Phase::PrePrepare, self.view, seq, digest);
-            let batch = Arc::new(batch);
             self.next_seq += 1;
             let view = self.view;
             let now = self.now;
@@ -567,12 +597,10 @@ impl Replica {
             entry.reset_for_view(view);
             entry.pre_prepare = Some(header.clone());
             entry.digest = Some(digest);
-            entry.batch = Some(batch.clone());
             entry.touched = now;
-            self.broadcast(Message::PrePrepare {
-                header,
-                batch: (*batch).clone(),
-            });
+            let batch = body.batch.clone();
+            entry.batch = Some(body);
+            self.broadcast(Message::PrePrepare { header, batch });
             self.check_prepared(seq);
         }
     }
@@ -602,7 +630,7 @@ impl Replica {
         Some(entry)
     }
 
-    fn on_pre_prepare(&mut self, header: Vote, batch: Option<Arc<Batch>>) {
+    fn on_pre_prepare(&mut self, header: Vote, batch: Option<Arc<BatchBody>>) {
         if !self.view_active {
             self.ignore("pre-prepare during view change");
             return;
@@ -627,14 +655,14 @@ impl Replica {
                 return;
             }
             if let Some(batch) = &batch {
-                if has_duplicate_envelopes(batch) {
+                if batch.has_duplicate_envelopes() {
                     self.ignore("batch repeats an envelope");
                     return;
                 }
             }
             entry.pre_prepare = Some(header.clone());
             entry.digest = Some(header.digest);
-            if entry.batch.as_ref().map(|b| b.digest()) != Some(header.digest) {
+            if entry.batch.as_ref().map(|b| b.digest) != Some(header.digest) {
                 entry.batch = batch;
             }
         }
@@ -667,9 +695,7 @@ impl Replica {
         entry.touched = now;
         entry.prepares.insert(self.id, vote.clone());
         if let Some(batch) = &entry.batch {
-            for envelope in &batch.envelopes {
-                self.in_log.insert(envelope.signing_digest());
-            }
+            self.in_log.extend(batch.envelope_digests.iter().copied());
         }
         self.broadcast(Message::Prepare { vote, pre_prepare });
     }
@@ -691,7 +717,7 @@ impl Replica {
                 // Learn the PRE-PREPARE from the header the backup carries; fetch the batch.
                 entry.pre_prepare = Some(pre_prepare.clone());
                 entry.digest = Some(pre_prepare.digest);
-                if entry.batch.as_ref().map(|b| b.digest()) != Some(pre_prepare.digest) {
+                if entry.batch.as_ref().map(|b| b.digest) != Some(pre_prepare.digest) {
                     entry.batch = None;
                 }
             }
@@ -803,7 +829,7 @@ impl Replica {
         entry.digest = Some(digest);
         entry.committed = true;
         entry.touched = self.now;
-        if entry.batch.as_ref().is_some_and(|b| b.digest() != digest) {
+        if entry.batch.as_ref().is_some_and(|b| b.digest != digest) {
             entry.batch = None;
         }
         if entry.batch.is_none() {
@@ -833,11 +859,12 @@ impl Replica {
         }
     }
 
-    fn execute_batch(&mut self, seq: Seq, digest: Digest, batch: &Batch) {
+    fn execute_batch(&mut self, seq: Seq, digest: Digest, body: &BatchBody) {
         let mut replies: BTreeMap<pbft_crypto::PublicKey, Vec<RequestResult>> = BTreeMap::new();
         let mut executed_requests = Vec::new();
         let mut settled_watch = false;
-        for envelope in &batch.envelopes {
+        for (envelope, envelope_digest) in body.batch.envelopes.iter().zip(&body.envelope_digests) {
+            let envelope_digest = *envelope_digest;
             for request in &envelope.requests {
                 if self.clients.status(&envelope.client, request.timestamp) != RequestStatus::New {
                     continue;
@@ -854,7 +881,6 @@ impl Replica {
                         result,
                     });
             }
-            let envelope_digest = envelope.signing_digest();
             self.in_log.remove(&envelope_digest);
             self.pending.remove(&envelope.client, &envelope_digest);
             if self.watched == Some(envelope_digest) {
@@ -1105,12 +1131,12 @@ impl Replica {
             return;
         };
         let Some(batch) = &entry.batch else { return };
-        if entry.digest != Some(digest) && batch.digest() != digest {
+        if entry.digest != Some(digest) && batch.digest != digest {
             return;
         }
         let batch = batch.clone();
         if self.may_help(requester, Help::Batch) {
-            let batch = (*batch).clone();
+            let batch = batch.batch.clone();
             self.send(
                 Destination::Replica(requester),
                 Message::BatchData { seq, batch },
@@ -1126,11 +1152,12 @@ impl Replica {
             return;
         }
         let Some(digest) = entry.digest else { return };
-        if batch.digest() != digest {
+        let body = BatchBody::new(batch);
+        if body.digest != digest {
             self.ignore("batch does not match");
             return;
         }
-        entry.batch = Some(Arc::new(batch));
+        entry.batch = Some(body);
         self.maybe_send_prepare(seq);
         self.check_prepared(seq);
     }
@@ -1156,7 +1183,7 @@ impl Replica {
             }
             if let (Some(batch), Some(commits)) = (&entry.batch, &entry.commit_cert) {
                 let message = Message::Committed {
-                    batch: (**batch).clone(),
+                    batch: batch.batch.clone(),
                     commits: commits.clone(),
                 };
                 self.ready.messages.push(Outgoing {
@@ -1184,7 +1211,7 @@ impl Replica {
             entry.pre_prepare = None;
         }
         entry.digest = Some(digest);
-        entry.batch = Some(Arc::new(batch));
+        entry.batch = Some(BatchBody::new(batch));
         entry.committed = true;
         entry.commit_cert = Some(commits);
         entry.touched = now;
@@ -1434,8 +1461,8 @@ impl Replica {
             entry.reset_for_view(view);
             entry.touched = now;
         }
-        let null = Batch::null();
-        let null_digest = null.digest();
+        let null = BatchBody::new(Batch::null());
+        let null_digest = null.digest;
         for pre_prepare in &new_view.pre_prepares {
             let seq = pre_prepare.seq;
             if seq <= low {
@@ -1454,11 +1481,11 @@ impl Replica {
             entry.pre_prepare = Some(pre_prepare.clone());
             entry.digest = Some(pre_prepare.digest);
             if pre_prepare.digest == null_digest {
-                entry.batch = Some(Arc::new(null.clone()));
+                entry.batch = Some(null.clone());
             } else if entry
                 .batch
                 .as_ref()
-                .is_some_and(|b| b.digest() != pre_prepare.digest)
+                .is_some_and(|b| b.digest != pre_prepare.digest)
             {
                 entry.batch = None;
             }
@@ -1498,9 +1525,7 @@ impl Replica {
         self.in_log.clear();
         for entry in self.log.range(self.last_executed + 1..).map(|(_, e)| e) {
             if let Some(batch) = &entry.batch {
-                for envelope in &batch.envelopes {
-                    self.in_log.insert(envelope.signing_digest());
-                }
+                self.in_log.extend(batch.envelope_digests.iter().copied());
             }
         }
     }
@@ -1540,7 +1565,7 @@ impl Replica {
                 {
                     resend.push(Message::PrePrepare {
                         header: pp.clone(),
-                        batch: (**batch).clone(),
+                        batch: batch.batch.clone(),
                     });
                 } else if let (Some(pp), Some(prepare)) =
                     (&entry.pre_prepare, entry.prepares.get(&self.id))
@@ -1608,12 +1633,4 @@ impl Replica {
 
 fn snapshot_digest(bytes: &[u8]) -> Digest {
     pbft_crypto::Digest::of(Domain::Content, bytes)
-}
-
-fn has_duplicate_envelopes(batch: &Batch) -> bool {
-    let mut seen = BTreeSet::new();
-    batch
-        .envelopes
-        .iter()
-        .any(|e| !seen.insert(e.signing_digest()))
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
 use pbft_node::app::KvStore;
-use pbft_node::byzantine::{self, Behavior, BehaviorKind, Context, Payload};
+use pbft_node::byzantine::{self, Behavior, BehaviorKind, Context, FaultySend, Payload};
 use pbft_node::messages::{self, Limits, Message, ReplicaId, Sender, SignatureCheck};
 use pbft_node::protocol::{Destination, ProtocolConfig, Replica, Timer, TimerCommand};
 use pbft_node::Committee;
@@ -100,6 +100,10 @@ enum Event {
     ClientTick {
         client: usize,
     },
+    /// A Byzantine replica's behaviour has held-back sends due.
+    Wake {
+        replica: ReplicaId,
+    },
 }
 
 struct Queued {
@@ -157,6 +161,8 @@ struct SimReplica {
     crashed: bool,
     /// The deadline each timer is set to; a firing that does not match was cancelled or moved.
     timers: BTreeMap<Timer, Duration>,
+    /// The earliest wake-up scheduled for the behaviour, if any.
+    wake_at: Option<Duration>,
 }
 
 /// Counters of a run.
@@ -210,6 +216,7 @@ impl Simulation {
                 behavior: None,
                 crashed: false,
                 timers: BTreeMap::new(),
+                wake_at: None,
             })
             .collect();
         let clients = (0..config.clients)
@@ -257,12 +264,16 @@ impl Simulation {
 
     /// Makes replica `id` Byzantine with `kind` from now on.
     pub fn set_behavior(&mut self, id: ReplicaId, kind: BehaviorKind) {
-        self.replicas[id as usize].behavior = Some(kind.build());
+        let replica = &mut self.replicas[id as usize];
+        replica.behavior = Some(kind.build_with(&self.config.protocol));
+        replica.wake_at = None;
     }
 
     /// Makes replica `id` correct again.
     pub fn clear_behavior(&mut self, id: ReplicaId) {
-        self.replicas[id as usize].behavior = None;
+        let replica = &mut self.replicas[id as usize];
+        replica.behavior = None;
+        replica.wake_at = None;
     }
 
     pub fn is_correct(&self, id: ReplicaId) -> bool {
@@ -424,7 +435,9 @@ impl Simulation {
         for id in self.correct_ids() {
             let replica = self.replica(id);
             let (seq, digest) = (replica.last_executed(), replica.state_digest());
-            self.checker.on_state(id, seq, digest).map_err(|v| self.annotate(v))?;
+            self.checker
+                .on_state(id, seq, digest)
+                .map_err(|v| self.annotate(v))?;
         }
         for id in self.correct_ids() {
             if self.is_crashed(id) {
@@ -488,6 +501,22 @@ impl Simulation {
                     r.timers.remove(&timer);
                     r.replica.handle_timer(self.now, timer);
                     self.flush(replica)?;
+                }
+            }
+            Event::Wake { replica } => {
+                let r = &mut self.replicas[replica as usize];
+                if r.wake_at.is_some_and(|at| at <= self.now) {
+                    r.wake_at = None;
+                }
+                // A crashed replica sends nothing; what it holds waits for its recovery, whose
+                // flush schedules the next wake-up.
+                if !r.crashed {
+                    let sends = match &mut r.behavior {
+                        Some(behavior) => behavior.poll_delayed(self.now),
+                        None => Vec::new(),
+                    };
+                    self.send_all(replica, sends);
+                    self.schedule_wake(replica);
                 }
             }
             Event::ClientTick { client } => {
@@ -642,8 +671,27 @@ impl Simulation {
                 }
             }
         }
-        for send in output.sends {
-            let from = Node::Replica(id);
+        self.send_all(id, output.sends);
+        self.schedule_wake(id);
+        for reply in output.replies {
+            if let Some(index) = self
+                .clients
+                .iter()
+                .position(|c| c.key.public() == reply.client)
+            {
+                self.transmit(
+                    Node::Replica(id),
+                    Node::Client(index),
+                    Payload::Message(Arc::new(Message::Reply(reply))),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn send_all(&mut self, id: ReplicaId, sends: Vec<FaultySend>) {
+        let from = Node::Replica(id);
+        for send in sends {
             match send.to {
                 Destination::Replica(to) => {
                     if to != id {
@@ -659,20 +707,21 @@ impl Simulation {
                 }
             }
         }
-        for reply in output.replies {
-            if let Some(index) = self
-                .clients
-                .iter()
-                .position(|c| c.key.public() == reply.client)
-            {
-                self.transmit(
-                    Node::Replica(id),
-                    Node::Client(index),
-                    Payload::Message(Arc::new(Message::Reply(reply))),
-                );
-            }
+    }
+
+    /// Schedules a wake-up for the behaviour of replica `id` if it holds sends due earlier than
+    /// any wake-up already scheduled.
+    fn schedule_wake(&mut self, id: ReplicaId) {
+        let r = &mut self.replicas[id as usize];
+        let Some(at) = r.behavior.as_ref().and_then(|b| b.next_wakeup()) else {
+            return;
+        };
+        if r.wake_at.is_some_and(|scheduled| scheduled <= at) {
+            return;
         }
-        Ok(())
+        r.wake_at = Some(at);
+        let at = at.max(self.now);
+        self.schedule(at, Event::Wake { replica: id });
     }
 
     fn transmit(&mut self, from: Node, to: Node, payload: Payload) {
@@ -727,6 +776,7 @@ impl Simulation {
                 Event::Deliver { .. } => "garbage",
                 Event::Timer { .. } => "timer",
                 Event::ClientTick { .. } => "client tick",
+                Event::Wake { .. } => "wake-up",
             };
             *kinds.entry(kind).or_default() += 1;
         }

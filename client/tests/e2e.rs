@@ -1,0 +1,210 @@
+//! The client against four real replicas in this process, over QUIC on 127.0.0.1.
+
+use std::time::Duration;
+
+use pbft_client::{CasOutcome, Client, ClientError, ClientSetup};
+use pbft_crypto::KeyPair;
+use pbft_net::{PeerInfo, TransportConfig};
+use pbft_node::byzantine::BehaviorKind;
+use pbft_node::protocol::ProtocolConfig;
+use pbft_node::runtime::{NodeSetup, RunningNode};
+use pbft_node::Committee;
+
+const F: usize = 1;
+const N: usize = 3 * F + 1;
+
+struct Cluster {
+    nodes: Vec<Option<RunningNode>>,
+    peers: Vec<PeerInfo>,
+    _dirs: tempfile::TempDir,
+}
+
+/// A port that was free a moment ago: the cluster list needs every address before any replica
+/// starts.
+fn free_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().port()
+}
+
+impl Cluster {
+    async fn start(behaviors: &[(u32, BehaviorKind)]) -> Cluster {
+        let keys: Vec<KeyPair> = (0..N).map(|_| KeyPair::generate()).collect();
+        let peers: Vec<PeerInfo> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| PeerInfo {
+                id: i as u32,
+                addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+                public_key: key.public(),
+            })
+            .collect();
+        let committee = Committee::new(keys.iter().map(KeyPair::public).collect(), F).unwrap();
+        let dirs = tempfile::tempdir().unwrap();
+        let protocol = ProtocolConfig {
+            view_change_timeout: Duration::from_millis(1000),
+            ..ProtocolConfig::default()
+        };
+        let mut nodes = Vec::new();
+        for (i, key) in keys.into_iter().enumerate() {
+            let id = i as u32;
+            let setup = NodeSetup {
+                id,
+                key,
+                listen: peers[i].addr,
+                committee: committee.clone(),
+                peers: peers.clone(),
+                protocol: protocol.clone(),
+                transport: TransportConfig::default(),
+                data_dir: dirs.path().join(format!("replica-{i}")),
+                metrics: None,
+                behavior: behaviors.iter().find(|(b, _)| *b == id).map(|(_, k)| *k),
+            };
+            nodes.push(Some(RunningNode::start(setup).await.unwrap()));
+        }
+        Cluster {
+            nodes,
+            peers,
+            _dirs: dirs,
+        }
+    }
+
+    fn client_setup(&self) -> ClientSetup {
+        let mut setup = ClientSetup::new(KeyPair::generate(), F, self.peers.clone());
+        setup.request_timeout = Duration::from_secs(30);
+        setup.retransmit_interval = Duration::from_millis(300);
+        setup
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(self.client_setup()).await.unwrap()
+    }
+
+    async fn stop(&mut self, id: usize) {
+        if let Some(node) = self.nodes[id].take() {
+            node.stop().await;
+        }
+    }
+
+    async fn shutdown(mut self) {
+        for id in 0..N {
+            self.stop(id).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_value_operations_and_status() {
+    let cluster = Cluster::start(&[]).await;
+    let client = cluster.client().await;
+
+    assert_eq!(client.get("k").await.unwrap(), None);
+    client.put("k", "1").await.unwrap();
+    assert_eq!(client.get("k").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(
+        client.cas("k", Some(b"0".to_vec()), "2").await.unwrap(),
+        CasOutcome::Mismatch(Some(b"1".to_vec()))
+    );
+    assert_eq!(
+        client.cas("k", Some(b"1".to_vec()), "2").await.unwrap(),
+        CasOutcome::Swapped
+    );
+    assert_eq!(client.delete("k").await.unwrap(), Some(b"2".to_vec()));
+    assert_eq!(client.delete("k").await.unwrap(), None);
+    assert_eq!(
+        client.cas("k", None, "3").await.unwrap(),
+        CasOutcome::Swapped
+    );
+    assert_eq!(client.get("k").await.unwrap(), Some(b"3".to_vec()));
+    // Bytes that are no operation still get an agreed (invalid) result.
+    assert!(client.submit(vec![0xff; 3]).await.is_ok());
+
+    let statuses = client.status_all(Duration::from_secs(5)).await;
+    assert_eq!(statuses.len(), N);
+    for (id, status) in &statuses {
+        let status = status.as_ref().unwrap();
+        assert_eq!(status.replica, *id);
+        assert_eq!(status.view, 0);
+        assert_eq!(status.primary, 0);
+    }
+    // Requests are committed on a quorum; every replica that answered executed some.
+    let executed = statuses
+        .iter()
+        .filter(|(_, s)| s.as_ref().unwrap().last_executed > 0)
+        .count();
+    assert!(executed >= 2 * F + 1, "{statuses:?}");
+
+    client.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests_from_one_client() {
+    let cluster = Cluster::start(&[]).await;
+    let client = cluster.client().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    // More than the client keeps outstanding at once, so some wait for room.
+    for i in 0..700u32 {
+        let client = client.clone();
+        tasks.spawn(async move { client.put(format!("key-{i}"), i.to_string()).await });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap().unwrap();
+    }
+    for i in [0u32, 349, 699] {
+        assert_eq!(
+            client.get(format!("key-{i}")).await.unwrap(),
+            Some(i.to_string().into_bytes())
+        );
+    }
+    client.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_sending_junk_replies_cannot_fool_the_client() {
+    let cluster = Cluster::start(&[(3, BehaviorKind::Corrupt)]).await;
+    let client = cluster.client().await;
+    for i in 0..20u32 {
+        client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    for i in 0..20u32 {
+        assert_eq!(
+            client.get(format!("k{i}")).await.unwrap(),
+            Some(format!("v{i}").into_bytes())
+        );
+    }
+    client.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_complete_after_the_primary_crashes() {
+    let mut cluster = Cluster::start(&[]).await;
+    let client = cluster.client().await;
+    client.put("before", "1").await.unwrap();
+    cluster.stop(0).await;
+    // Retransmission to every replica makes the backups suspect the primary and change view.
+    client.put("after", "2").await.unwrap();
+    assert_eq!(client.get("before").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(client.get("after").await.unwrap(), Some(b"2".to_vec()));
+    let statuses = client.status_all(Duration::from_secs(5)).await;
+    assert!(statuses[0].1.is_err());
+    for (_, status) in &statuses[1..] {
+        assert!(status.as_ref().unwrap().view >= 1);
+    }
+    client.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_out_without_a_quorum() {
+    let mut cluster = Cluster::start(&[]).await;
+    cluster.stop(1).await;
+    cluster.stop(2).await;
+    let mut setup = cluster.client_setup();
+    setup.request_timeout = Duration::from_secs(2);
+    let client = Client::connect(setup).await.unwrap();
+    assert_eq!(client.put("k", "v").await, Err(ClientError::Timeout));
+    client.close().await;
+    cluster.shutdown().await;
+}

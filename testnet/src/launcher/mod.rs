@@ -1,0 +1,214 @@
+//! The process launcher behind the `testnet` binary: a real cluster of replica processes on
+//! 127.0.0.1, some of them Byzantine, in one command.
+//!
+//! - [`up`] writes keys and configurations for 3f+1 replicas and a client into a directory
+//!   (see [`layout`]), starts one process per replica, waits until they are all connected,
+//!   and then returns (`--detach`) or shows a live view until Ctrl-C, optionally with a client
+//!   workload ([`Load`]).
+//! - [`status`] asks every replica for its status and judges whether the correct ones agree
+//!   ([`report::AGREE_RULE`]).
+//! - [`kill`], [`restart`] and [`down`] crash, restart and stop replicas of a running testnet,
+//!   found through the state file that `up` wrote.
+//!
+//! A Byzantine replica is an ordinary node whose configuration names a behaviour of
+//! `pbft_node::byzantine`, the same strategies the simulator drives.
+
+#![deny(missing_docs)]
+
+pub mod layout;
+pub mod process;
+pub mod report;
+pub mod setup;
+mod up;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use pbft_node::messages::ReplicaId;
+
+pub use layout::{Layout, NodeRecord, State, DEFAULT_DIR};
+pub use process::NodeProgram;
+pub use report::{status, ClusterReport};
+pub use setup::{BehaviorChoice, ProtocolOverrides};
+pub use up::{up, wait_until_up, Load, LoadStats, UpOptions};
+
+/// Why a command failed. Usage errors (exit code 2) are the caller's to fix: a bad flag, a
+/// directory in the way, a port in use, a missing binary. Failures (exit code 1) happened
+/// while running: replicas that did not come up, a disagreement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LaunchError {
+    /// The command cannot run as given.
+    Usage(String),
+    /// The command ran and failed.
+    Failure(String),
+}
+
+impl LaunchError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LaunchError::Usage(_) => 2,
+            LaunchError::Failure(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LaunchError::Usage(message) | LaunchError::Failure(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for LaunchError {}
+
+/// Completes on Ctrl-C or SIGTERM. A signal that cannot be watched never completes, rather
+/// than being taken as a request to stop.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// Crashes replica `id` of the testnet in `dir` with SIGKILL. A replica that is not running is
+/// left as it is.
+pub fn kill(dir: &Path, id: ReplicaId) -> Result<(), LaunchError> {
+    let layout = Layout::new(dir)?;
+    let state = State::load(&layout)?;
+    let node = state.node(id)?;
+    if !process::node_alive(&layout, node) {
+        println!("replica {id} is not running");
+        return Ok(());
+    }
+    let pid = node.pid.expect("a live node has a pid");
+    process::send_signal(pid, Signal::SIGKILL)?;
+    process::wait_dead(&layout, std::slice::from_ref(node), Duration::from_secs(5));
+    println!(
+        "replica {id} (pid {pid}) killed; `testnet restart {id} --dir {}` starts it again",
+        layout.shown.display()
+    );
+    Ok(())
+}
+
+/// Starts replica `id` of the testnet in `dir` again, with the same configuration, appending to
+/// the same log, and waits up to `timeout` until it is connected to the others. Without durable
+/// storage it starts from an empty state and catches up from the other replicas.
+pub async fn restart(dir: &Path, id: ReplicaId, timeout: Duration) -> Result<(), LaunchError> {
+    let layout = Layout::new(dir)?;
+    let mut state = State::load(&layout)?;
+    let node = state.node(id)?.clone();
+    if process::node_alive(&layout, &node) {
+        return Err(LaunchError::Usage(format!(
+            "replica {id} is running (pid {}): crash it first with `testnet kill {id} --dir {}`",
+            node.pid.unwrap_or(0),
+            layout.shown.display()
+        )));
+    }
+    let child = process::spawn(&layout, &state.program, &node)?;
+    let pid = child.id();
+    // The child is not waited for: it belongs to the testnet, not to this command.
+    drop(child);
+    for record in &mut state.nodes {
+        if record.id == id {
+            record.pid = Some(pid);
+        }
+    }
+    state.save(&layout)?;
+    let client = report::connect(&layout, &state, Duration::from_secs(1)).await?;
+    let start = std::time::Instant::now();
+    let result = loop {
+        let report = report::query(&client, &layout, &state, Duration::from_millis(500)).await;
+        let node = &report.nodes[id as usize];
+        if !node.alive {
+            break Err(format!("replica {id} exited after starting"));
+        }
+        if let Ok(status) = &node.status {
+            if status.connected_peers.len() + 1 >= state.n() {
+                break Ok(());
+            }
+        }
+        if start.elapsed() >= timeout {
+            break Err(format!(
+                "replica {id} was not connected to every other replica within {timeout:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    client.close().await;
+    let log = layout.show(&node.log);
+    match result {
+        Ok(()) => {
+            println!("replica {id} restarted (pid {pid}); its log continues in {log}");
+            Ok(())
+        }
+        Err(message) => {
+            let tail = process::log_tail(&layout.path(&node.log), 3).join("\n    ");
+            Err(LaunchError::Failure(format!(
+                "{message}; see {log}:\n    {tail}"
+            )))
+        }
+    }
+}
+
+/// Stops every replica of the testnet in `dir` (SIGTERM, then SIGKILL after a grace period),
+/// keeping its directory: logs, keys and configurations.
+pub fn down(dir: &Path) -> Result<(), LaunchError> {
+    let layout = Layout::new(dir)?;
+    let state = State::load(&layout)?;
+    let outcomes = process::stop(&layout, &state.nodes, process::STOP_GRACE);
+    let mut stopped = 0;
+    for (id, outcome) in outcomes {
+        match outcome {
+            process::Stopped::Terminated => println!("replica {id} stopped"),
+            process::Stopped::Killed => println!("replica {id} killed (it ignored SIGTERM)"),
+            process::Stopped::NotRunning => continue,
+        }
+        stopped += 1;
+    }
+    if stopped == 0 {
+        println!("no replica of {} was running", layout.shown.display());
+    }
+    println!(
+        "logs kept in {}; `testnet up --force --dir {}` starts afresh",
+        layout.show(Path::new("logs")),
+        layout.shown.display()
+    );
+    Ok(())
+}
+
+/// Runs one replica from its configuration file until Ctrl-C or SIGTERM, as `pbft-node run`
+/// does: the `testnet node` subcommand, so that a testnet needs no other binary.
+pub async fn run_node(config: &Path) -> Result<(), LaunchError> {
+    let setup = pbft_node::config::load_node_config(config)
+        .map_err(|e| LaunchError::Usage(e.to_string()))?;
+    tracing::info!(
+        config = %config.display(),
+        listen = %setup.listen,
+        n = setup.committee.n(),
+        f = setup.committee.f(),
+        "starting replica"
+    );
+    pbft_node::runtime::run(setup, shutdown_signal())
+        .await
+        .map_err(|e| LaunchError::Failure(format!("replica failed: {e:#}")))?;
+    tracing::info!("replica stopped");
+    Ok(())
+}

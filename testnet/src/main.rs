@@ -1,0 +1,258 @@
+//! `testnet`: a local PBFT cluster of real replica processes, some of them Byzantine.
+//!
+//! Exit codes: 0 success, 1 a failure while running (replicas that did not come up, correct
+//! replicas that disagree), 2 bad usage (flags, a directory in the way, a port in use, a
+//! missing binary).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use pbft_node::messages::ReplicaId;
+use testnet::launcher::report::AGREE_RULE;
+use testnet::launcher::setup::BEHAVIOR_NAMES;
+use testnet::launcher::{self, BehaviorChoice, LaunchError, ProtocolOverrides, UpOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "testnet",
+    version,
+    about = "Run a local PBFT cluster of real replica processes, some of them Byzantine",
+    long_about = "Run a local PBFT cluster of real replica processes on 127.0.0.1, some of them \
+                  Byzantine, and watch the service keep working.\n\n\
+                  `testnet up --f 1 --byzantine 1 --load 200` starts 4 replicas, the view-0 \
+                  primary equivocating, with a client workload and a live view; Ctrl-C stops \
+                  it. With --detach it keeps running; then use `status`, `kill`, `restart` and \
+                  `down`, and `pbft-client --config DIR/client.toml`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone, Debug)]
+struct DirArg {
+    /// The testnet directory: keys, configurations, logs and the state file.
+    #[arg(long, value_name = "DIR", default_value = launcher::DEFAULT_DIR)]
+    dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate keys and configurations for 3f+1 replicas and a client, start the replicas,
+    /// wait until they are connected, and show them working.
+    Up(UpArgs),
+    /// Show every replica's status, and whether the correct replicas agree.
+    #[command(long_about = status_help())]
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Print one JSON object: {"f", "nodes": [{"id", "address", "pid", "alive",
+        /// "behavior", "view", "last_executed", "stable_checkpoint", "state_digest",
+        /// "evidence_against", ...}], "agree", "compared_pairs"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Crash a replica (SIGKILL).
+    Kill {
+        /// The replica id.
+        id: ReplicaId,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Start a crashed replica again, with the same configuration, appending to its log. It
+    /// starts from an empty state and catches up from the others.
+    Restart {
+        /// The replica id.
+        id: ReplicaId,
+        #[command(flatten)]
+        dir: DirArg,
+        /// Seconds to wait until it is connected to the other replicas.
+        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// Stop every replica the testnet started (SIGTERM, then SIGKILL after 5 s); keep its
+    /// directory and logs.
+    Down {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Run one replica from its configuration file (what `pbft-node run` does); `up` starts
+    /// replicas this way when no fresh pbft-node binary is next to this one.
+    #[command(hide = true)]
+    Node {
+        /// The replica's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn status_help() -> String {
+    format!(
+        "Show, for every replica of the testnet: its id, pid, whether its process is alive, its \
+         behaviour, role, view, last executed sequence number, stable checkpoint, state digest, \
+         and the replicas it holds signed proof of equivocation against; then the verdict \
+         `agree`.\n\n{AGREE_RULE}\n\nExit status: 0 when the correct replicas agree, 1 when \
+         they do not, 2 when DIR holds no testnet."
+    )
+}
+
+#[derive(Args, Debug)]
+struct UpArgs {
+    /// Byzantine replicas tolerated: the cluster has n = 3f+1 replicas.
+    #[arg(long = "f", value_name = "F", default_value_t = 1)]
+    f: usize,
+    /// How many replicas are Byzantine; more than f is refused without --allow-unsafe.
+    #[arg(long, value_name = "B")]
+    byzantine: Option<usize>,
+    /// What the Byzantine replicas do (default: equivocate for one, mixed for more).
+    #[arg(long, value_name = "KIND", long_help = behavior_help())]
+    behavior: Option<BehaviorChoice>,
+    /// Which replicas are Byzantine, such as 0,3 (default: the first ids, so the view-0
+    /// primary is one of them).
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    byzantine_ids: Option<Vec<ReplicaId>>,
+    /// Allow more than f Byzantine replicas; safety is then no longer guaranteed.
+    #[arg(long)]
+    allow_unsafe: bool,
+    #[command(flatten)]
+    dir: DirArg,
+    /// Wipe a testnet left in DIR by an earlier run (only if its replicas are stopped).
+    #[arg(long)]
+    force: bool,
+    /// Use UDP ports P, P+1, ... for the replicas and TCP ports P+100, ... for their metrics,
+    /// instead of free ports.
+    #[arg(long, value_name = "P")]
+    base_port: Option<u16>,
+    /// Run a client workload of RATE requests per second (puts to distinct keys), shown in the
+    /// live view.
+    #[arg(long, value_name = "RATE", conflicts_with = "detach")]
+    load: Option<f64>,
+    /// Return once the replicas are connected, and leave them running.
+    #[arg(long)]
+    detach: bool,
+    /// The pbft-node binary to run the replicas with (default: a pbft-node next to this
+    /// binary if at least as new, else this binary itself).
+    #[arg(long, value_name = "PATH")]
+    node_bin: Option<PathBuf>,
+    /// The replicas' view-change timeout in milliseconds (default: the replica's, 2000).
+    #[arg(long, value_name = "MS", help_heading = "Advanced")]
+    view_change_timeout_ms: Option<u64>,
+    /// The replicas' checkpoint interval K; the log window is 2K (default: the replica's, 128).
+    #[arg(long, value_name = "K", help_heading = "Advanced")]
+    checkpoint_interval: Option<u64>,
+    /// Seconds to wait until every replica is connected to all others.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60.0,
+        help_heading = "Advanced"
+    )]
+    up_timeout: f64,
+}
+
+fn behavior_help() -> String {
+    format!(
+        "What the Byzantine replicas do: {BEHAVIOR_NAMES}.\n\
+         equivocate: as primary, PRE-PREPAREs for different batches to two halves of the \
+         backups, so that nothing commits and the view changes; as backup, PREPAREs and COMMITs \
+         with conflicting digests to different peers.\n\
+         equivocate-minority: as equivocate, but as primary only f backups get the conflicting \
+         batch, so the others commit and those f must catch up.\n\
+         silent: runs and receives, sends nothing.\n\
+         corrupt: sends messages with invalid signatures, wrong digests, and random bytes.\n\
+         slow: as primary, delays every PRE-PREPARE just under the view-change timeout, then \
+         (after 20 batches) past it.\n\
+         mixed: cycles through equivocate, silent, corrupt and slow over the Byzantine \
+         replicas.\n\
+         Default: equivocate for one Byzantine replica, mixed for more."
+    )
+}
+
+fn seconds(value: f64, flag: &str) -> Result<Duration, LaunchError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(LaunchError::Usage(format!(
+            "{flag} must be a positive number of seconds"
+        )))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Node { .. } = cli.command {
+        init_node_tracing();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    // Client tasks may still be winding down; they must not hold the process.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<ExitCode, LaunchError> {
+    match command {
+        Command::Up(args) => {
+            let options = UpOptions {
+                f: args.f,
+                byzantine: args.byzantine,
+                behavior: args.behavior,
+                byzantine_ids: args.byzantine_ids,
+                allow_unsafe: args.allow_unsafe,
+                dir: args.dir.dir,
+                force: args.force,
+                base_port: args.base_port,
+                node_bin: args.node_bin,
+                protocol: ProtocolOverrides {
+                    view_change_timeout_ms: args.view_change_timeout_ms,
+                    checkpoint_interval: args.checkpoint_interval,
+                },
+                up_timeout: seconds(args.up_timeout, "--up-timeout")?,
+                detach: args.detach,
+                load: args.load,
+            };
+            launcher::up(options).await?;
+        }
+        Command::Status { dir, json } => {
+            let layout = launcher::Layout::new(&dir.dir)?;
+            if !launcher::status(&layout, json).await? {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Kill { id, dir } => launcher::kill(&dir.dir, id)?,
+        Command::Restart { id, dir, timeout } => {
+            launcher::restart(&dir.dir, id, seconds(timeout, "--timeout")?).await?
+        }
+        Command::Down { dir } => launcher::down(&dir.dir)?,
+        Command::Node { config } => launcher::run_node(&config).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replica logs go to stderr (the launcher points it at the log file), filtered by RUST_LOG.
+fn init_node_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
