@@ -20,6 +20,8 @@ use crate::session::{Session, Target};
 #[derive(Clone, Debug)]
 pub struct ClientSetup {
     /// The client's identity: it signs requests and authenticates the client's connections.
+    /// Use a key in one process at a time: replicas refuse timestamps far below the highest
+    /// they executed for a key, so two processes interleaving one key starve each other.
     pub key: KeyPair,
     /// The number of faulty replicas tolerated; the cluster has 3f+1 replicas.
     pub f: usize,
@@ -314,6 +316,8 @@ impl Driver {
                 control = self.control.recv() => match control {
                     Some(Control::Close(done)) => {
                         self.fail_all();
+                        // Release the transport first, so the closer can shut it down.
+                        drop(self);
                         let _ = done.send(());
                         return;
                     }

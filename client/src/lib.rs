@@ -12,7 +12,9 @@
 //!   every replica after 1 s, then 2, 4 and 8 s.
 //! - Timestamps start at the wall clock in microseconds and grow by one per request, so a new
 //!   process with the same key continues above earlier runs; replicas execute each timestamp at
-//!   most once.
+//!   most once. A key must not be used by two processes at the same time: replicas refuse
+//!   timestamps more than their client window below the highest they executed, so one
+//!   process's requests would be refused (and time out) once the other's ran ahead.
 //! - [`Client::put`], [`Client::get`], [`Client::delete`] and [`Client::cas`] are the key-value
 //!   operations; [`Client::status_all`] asks every replica for its [`NodeStatus`].
 //!

@@ -14,6 +14,7 @@ const F: usize = 1;
 const N: usize = 3 * F + 1;
 
 struct Cluster {
+    f: usize,
     nodes: Vec<Option<RunningNode>>,
     peers: Vec<PeerInfo>,
     _dirs: tempfile::TempDir,
@@ -28,7 +29,11 @@ fn free_port() -> u16 {
 
 impl Cluster {
     async fn start(behaviors: &[(u32, BehaviorKind)]) -> Cluster {
-        let keys: Vec<KeyPair> = (0..N).map(|_| KeyPair::generate()).collect();
+        Cluster::start_with(F, behaviors).await
+    }
+
+    async fn start_with(f: usize, behaviors: &[(u32, BehaviorKind)]) -> Cluster {
+        let keys: Vec<KeyPair> = (0..3 * f + 1).map(|_| KeyPair::generate()).collect();
         let peers: Vec<PeerInfo> = keys
             .iter()
             .enumerate()
@@ -38,7 +43,7 @@ impl Cluster {
                 public_key: key.public(),
             })
             .collect();
-        let committee = Committee::new(keys.iter().map(KeyPair::public).collect(), F).unwrap();
+        let committee = Committee::new(keys.iter().map(KeyPair::public).collect(), f).unwrap();
         let dirs = tempfile::tempdir().unwrap();
         let protocol = ProtocolConfig {
             view_change_timeout: Duration::from_millis(1000),
@@ -62,6 +67,7 @@ impl Cluster {
             nodes.push(Some(RunningNode::start(setup).await.unwrap()));
         }
         Cluster {
+            f,
             nodes,
             peers,
             _dirs: dirs,
@@ -69,7 +75,7 @@ impl Cluster {
     }
 
     fn client_setup(&self) -> ClientSetup {
-        let mut setup = ClientSetup::new(KeyPair::generate(), F, self.peers.clone());
+        let mut setup = ClientSetup::new(KeyPair::generate(), self.f, self.peers.clone());
         setup.request_timeout = Duration::from_secs(30);
         setup.retransmit_interval = Duration::from_millis(300);
         setup
@@ -85,10 +91,33 @@ impl Cluster {
         }
     }
 
-    async fn shutdown(mut self) {
-        for id in 0..N {
-            self.stop(id).await;
+    /// Waits until every running replica reports the same last executed sequence number and
+    /// state digest.
+    async fn await_agreement(&self) {
+        tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                let mut positions = Vec::new();
+                for node in self.nodes.iter().flatten() {
+                    let status = node.status().await.unwrap();
+                    positions.push((status.last_executed, status.state_digest));
+                }
+                if positions.windows(2).all(|w| w[0] == w[1]) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .expect("replicas agree on their state");
+    }
+
+    /// Stops every replica at once.
+    async fn shutdown(self) {
+        let mut stopping = tokio::task::JoinSet::new();
+        for node in self.nodes.into_iter().flatten() {
+            stopping.spawn(node.stop());
         }
+        while stopping.join_next().await.is_some() {}
     }
 }
 
@@ -126,12 +155,12 @@ async fn key_value_operations_and_status() {
         assert_eq!(status.view, 0);
         assert_eq!(status.primary, 0);
     }
-    // Requests are committed on a quorum; every replica that answered executed some.
+    // At least the f+1 replicas whose replies were accepted have executed requests.
     let executed = statuses
         .iter()
         .filter(|(_, s)| s.as_ref().unwrap().last_executed > 0)
         .count();
-    assert!(executed >= 2 * F + 1, "{statuses:?}");
+    assert!(executed > F, "{statuses:?}");
 
     client.close().await;
     cluster.shutdown().await;
@@ -187,7 +216,7 @@ async fn requests_complete_after_the_primary_crashes() {
     client.put("after", "2").await.unwrap();
     assert_eq!(client.get("before").await.unwrap(), Some(b"1".to_vec()));
     assert_eq!(client.get("after").await.unwrap(), Some(b"2".to_vec()));
-    let statuses = client.status_all(Duration::from_secs(5)).await;
+    let statuses = client.status_all(Duration::from_secs(2)).await;
     assert!(statuses[0].1.is_err());
     for (_, status) in &statuses[1..] {
         assert!(status.as_ref().unwrap().view >= 1);
@@ -205,6 +234,74 @@ async fn times_out_without_a_quorum() {
     setup.request_timeout = Duration::from_secs(2);
     let client = Client::connect(setup).await.unwrap();
     assert_eq!(client.put("k", "v").await, Err(ClientError::Timeout));
+    client.close().await;
+    cluster.shutdown().await;
+}
+
+/// Several clients, each with many requests outstanding, against `f`.
+async fn concurrent_clients_commit(f: usize) {
+    let cluster = Cluster::start_with(f, &[]).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..4u32 {
+        let client = cluster.client().await;
+        tasks.spawn(async move {
+            let mut puts = tokio::task::JoinSet::new();
+            for i in 0..250u32 {
+                let client = client.clone();
+                puts.spawn(async move { client.put(format!("c{c}/{i}"), format!("v{i}")).await });
+            }
+            while let Some(result) = puts.join_next().await {
+                result.unwrap().unwrap();
+            }
+            for i in [0u32, 124, 249] {
+                let value = client.get(format!("c{c}/{i}")).await.unwrap();
+                assert_eq!(value, Some(format!("v{i}").into_bytes()));
+            }
+            client.close().await;
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+    cluster.await_agreement().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_from_several_clients_with_four_replicas() {
+    concurrent_clients_commit(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_from_several_clients_with_seven_replicas() {
+    concurrent_clients_commit(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_stopped_mid_load_changes_the_view_and_every_request_completes() {
+    let mut cluster = Cluster::start(&[]).await;
+    let client = cluster.client().await;
+    let mut puts = tokio::task::JoinSet::new();
+    for i in 0..300u32 {
+        let client = client.clone();
+        puts.spawn(async move { client.put(format!("k{i}"), format!("v{i}")).await });
+        if i == 100 {
+            cluster.stop(0).await;
+        }
+    }
+    while let Some(result) = puts.join_next().await {
+        result.unwrap().unwrap();
+    }
+    for i in (0..300u32).step_by(37) {
+        assert_eq!(
+            client.get(format!("k{i}")).await.unwrap(),
+            Some(format!("v{i}").into_bytes())
+        );
+    }
+    cluster.await_agreement().await;
+    for node in cluster.nodes.iter().flatten() {
+        assert!(node.status().await.unwrap().view >= 1);
+    }
     client.close().await;
     cluster.shutdown().await;
 }

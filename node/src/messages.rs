@@ -607,7 +607,9 @@ pub enum Message {
     },
     /// A client (or operator tool) asks a replica for its [`NodeStatus`]; answered by the
     /// node's runtime, never by the protocol core.
-    StatusQuery { nonce: u64 },
+    StatusQuery {
+        nonce: u64,
+    },
     /// A replica's answer to a [`Message::StatusQuery`]. Unsigned, like replies.
     StatusReport(NodeStatus),
     /// Asks for the application state at the stable checkpoint `seq`.
@@ -863,7 +865,12 @@ fn check_batch(
     }
     for (envelope, digest) in batch.envelopes.iter().zip(digests) {
         check_envelope_shape(envelope, limits)?;
-        if !checker.check(&envelope.client, Domain::Request, digest, &envelope.signature) {
+        if !checker.check(
+            &envelope.client,
+            Domain::Request,
+            digest,
+            &envelope.signature,
+        ) {
             return Err(Rejection::BadSignature);
         }
     }

@@ -29,15 +29,28 @@ async fn start_cluster(f: usize) -> Cluster {
     for setup in setups {
         nodes.push(RunningNode::start(setup).await.unwrap());
     }
-    Cluster { nodes, peers, _dir: dir }
+    Cluster {
+        nodes,
+        peers,
+        _dir: dir,
+    }
 }
 
-async fn connect(cluster: &Cluster, key: &KeyPair) -> (ClientTransport, mpsc::Receiver<(u32, Bytes)>) {
-    ClientTransport::connect(key, cluster.peers.clone(), TransportConfig::default()).await.unwrap()
+async fn connect(
+    cluster: &Cluster,
+    key: &KeyPair,
+) -> (ClientTransport, mpsc::Receiver<(u32, Bytes)>) {
+    ClientTransport::connect(key, cluster.peers.clone(), TransportConfig::default())
+        .await
+        .unwrap()
 }
 
 fn put(key: &str, value: &str) -> Vec<u8> {
-    KvOp::Put { key: key.into(), value: value.into() }.encode()
+    KvOp::Put {
+        key: key.into(),
+        value: value.into(),
+    }
+    .encode()
 }
 
 /// Waits until f+1 replicas answered every timestamp of `envelope` alike; returns the results.
@@ -52,7 +65,9 @@ async fn await_results(
     tokio::time::timeout(PATIENCE, async {
         while accepted.len() < wanted {
             let (from, frame) = replies.recv().await.expect("transport open");
-            let Ok(Message::Reply(reply)) = Message::decode(&frame, &Limits::default()) else { continue };
+            let Ok(Message::Reply(reply)) = Message::decode(&frame, &Limits::default()) else {
+                continue;
+            };
             assert_eq!(reply.replica, from);
             for result in reply.results {
                 let by = answers.entry(result.timestamp).or_default();
@@ -76,16 +91,29 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
 
     let envelope = RequestEnvelope::new(
         &client,
-        (1..=20).map(|t| ClientRequest { timestamp: t, op: put(&format!("k{t}"), "v") }).collect(),
+        (1..=20)
+            .map(|t| ClientRequest {
+                timestamp: t,
+                op: put(&format!("k{t}"), "v"),
+            })
+            .collect(),
     );
     let frame = Bytes::from(Message::Request(envelope.clone()).encode());
     transport.broadcast(frame);
     let results = await_results(&mut replies, &envelope, 1).await;
     assert_eq!(results.len(), 20);
-    assert!(results.values().all(|r| KvResult::decode(r).unwrap() == KvResult::Done));
+    assert!(results
+        .values()
+        .all(|r| KvResult::decode(r).unwrap() == KvResult::Done));
 
     // A request with a broken signature is refused and counted.
-    let mut forged = RequestEnvelope::new(&client, vec![ClientRequest { timestamp: 50, op: put("x", "y") }]);
+    let mut forged = RequestEnvelope::new(
+        &client,
+        vec![ClientRequest {
+            timestamp: 50,
+            op: put("x", "y"),
+        }],
+    );
     forged.signature.0[0] ^= 1;
     transport.send(0, Bytes::from(Message::Request(forged).encode()));
     // Random bytes and a frame as large as allowed but undecodable.
@@ -93,13 +121,23 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
     transport.send(0, Bytes::from(vec![0xAB; 1 << 20]));
 
     // The node keeps serving: a new request still commits.
-    let next = RequestEnvelope::new(&client, vec![ClientRequest { timestamp: 60, op: put("after", "garbage") }]);
+    let next = RequestEnvelope::new(
+        &client,
+        vec![ClientRequest {
+            timestamp: 60,
+            op: put("after", "garbage"),
+        }],
+    );
     transport.broadcast(Bytes::from(Message::Request(next.clone()).encode()));
     await_results(&mut replies, &next, 1).await;
 
     // Refusals are counted by the verifiers, which may still be busy with them.
     let count = |status: &pbft_node::messages::NodeStatus, label: &str| {
-        status.rejected.iter().find(|(l, _)| l == label).map_or(0, |(_, c)| *c)
+        status
+            .rejected
+            .iter()
+            .find(|(l, _)| l == label)
+            .map_or(0, |(_, c)| *c)
     };
     let status = tokio::time::timeout(PATIENCE, async {
         loop {
@@ -122,7 +160,10 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
                 statuses.push(node.status().await.unwrap());
             }
             let first = (&statuses[0].last_executed, &statuses[0].state_digest);
-            if statuses.iter().all(|s| (&s.last_executed, &s.state_digest) == first) {
+            if statuses
+                .iter()
+                .all(|s| (&s.last_executed, &s.state_digest) == first)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

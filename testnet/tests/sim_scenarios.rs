@@ -245,7 +245,10 @@ fn partitioned_replica_catches_up_by_state_transfer() {
     let top = sim.replica(0).last_executed();
     assert_eq!(sim.replica(3).last_executed(), top, "{}", sim.describe());
     assert_eq!(sim.replica(3).state_digest(), sim.replica(0).state_digest());
-    assert!(sim.replica(3).state_transfers() > 0, "caught up without a state transfer");
+    assert!(
+        sim.replica(3).state_transfers() > 0,
+        "caught up without a state transfer"
+    );
 }
 
 #[test]
