@@ -163,7 +163,7 @@ fn behavior_help() -> String {
          silent: runs and receives, sends nothing.\n\
          corrupt: sends messages with invalid signatures, wrong digests, and random bytes.\n\
          slow: as primary, delays every PRE-PREPARE just under the view-change timeout, then \
-         (after 20 batches) past it.\n\
+         (after 20 batches) well past it, so that the backups suspect it.\n\
          mixed: cycles through equivocate, silent, corrupt and slow over the Byzantine \
          replicas.\n\
          Default: equivocate for one Byzantine replica, mixed for more."

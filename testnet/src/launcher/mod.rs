@@ -65,26 +65,28 @@ impl fmt::Display for LaunchError {
 
 impl std::error::Error for LaunchError {}
 
-/// Completes on Ctrl-C or SIGTERM. A signal that cannot be watched never completes, rather
+/// Completes on Ctrl-C, SIGTERM or SIGHUP (a closed terminal: the nodes, in process groups of
+/// their own, would not hear of it). A signal that cannot be watched never completes, rather
 /// than being taken as a request to stop.
 pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
     };
-    let terminate = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
+    let other = |kind: SignalKind| async move {
+        match signal(kind) {
+            Ok(mut stream) => {
+                stream.recv().await;
             }
             Err(_) => std::future::pending::<()>().await,
         }
     };
     tokio::select! {
         () = ctrl_c => {}
-        () = terminate => {}
+        () = other(SignalKind::terminate()) => {}
+        () = other(SignalKind::hangup()) => {}
     }
 }
 

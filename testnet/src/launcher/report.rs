@@ -145,7 +145,6 @@ pub fn report(
 struct NodeJson<'a> {
     id: ReplicaId,
     address: String,
-    pid: Option<u32>,
     alive: bool,
     behavior: Option<&'a str>,
     view: Option<u64>,
@@ -153,6 +152,7 @@ struct NodeJson<'a> {
     stable_checkpoint: Option<u64>,
     state_digest: Option<String>,
     evidence_against: Option<Vec<ReplicaId>>,
+    pid: Option<u32>,
     role: Option<&'static str>,
     view_active: Option<bool>,
     primary: Option<ReplicaId>,
@@ -173,8 +173,9 @@ struct ClusterJson<'a> {
 }
 
 impl ClusterReport {
-    /// The object `testnet status --json` prints.
-    pub fn to_json(&self, layout: &Layout) -> serde_json::Value {
+    /// The object `testnet status --json` prints, on one line: `f`, `nodes`, `agree`, then
+    /// further fields.
+    pub fn to_json(&self, layout: &Layout) -> String {
         let nodes = self
             .nodes
             .iter()
@@ -183,7 +184,6 @@ impl ClusterReport {
                 NodeJson {
                     id: node.record.id,
                     address: node.record.address.to_string(),
-                    pid: node.record.pid,
                     alive: node.alive,
                     behavior: node.record.behavior.as_deref(),
                     view: status.map(|s| s.view),
@@ -191,6 +191,7 @@ impl ClusterReport {
                     stable_checkpoint: status.map(|s| s.stable_checkpoint),
                     state_digest: status.map(|s| s.state_digest.to_hex()),
                     evidence_against: status.map(|s| s.evidence_against.clone()),
+                    pid: node.record.pid,
                     role: status.map(|s| role(s, node.record.id)),
                     view_active: status.map(|s| s.view_active),
                     primary: status.map(|s| s.primary),
@@ -202,7 +203,7 @@ impl ClusterReport {
                 }
             })
             .collect();
-        serde_json::to_value(ClusterJson {
+        serde_json::to_string(&ClusterJson {
             f: self.f,
             nodes,
             agree: self.agree,

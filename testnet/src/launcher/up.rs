@@ -126,19 +126,32 @@ pub async fn up(options: UpOptions) -> Result<(), LaunchError> {
         state.program.describe()
     );
 
-    let setup = report::fresh_client_setup(&layout, &state)?;
-    let client = Client::connect(setup)
-        .await
-        .map_err(|e| LaunchError::Failure(format!("cannot connect to the testnet: {e}")))?;
-    let first = match wait_until_up(&client, &layout, &state, options.up_timeout).await {
-        Ok(report) => report,
+    let connected = match report::fresh_client_setup(&layout, &state) {
+        Ok(setup) => Client::connect(setup)
+            .await
+            .map_err(|e| format!("cannot connect to the testnet: {e}")),
+        Err(e) => Err(e.to_string()),
+    };
+    let up = match connected {
+        Ok(client) => match wait_until_up(&client, &layout, &state, options.up_timeout).await {
+            Ok(report) => Ok((client, report)),
+            Err(message) => {
+                client.close().await;
+                Err(message)
+            }
+        },
+        Err(message) => Err(message),
+    };
+    let (client, first) = match up {
+        Ok(up) => up,
         Err(message) => {
-            client.close().await;
             process::stop(&layout, &state.nodes, STOP_GRACE);
             reap(children);
             return Err(LaunchError::Failure(format!(
-                "{message}\nstopped the nodes; their logs are in {}",
-                layout.show(Path::new("logs"))
+                "{message}\nstopped the replicas; their logs are in {} (`testnet up --force --dir \
+                 {}` starts afresh)",
+                layout.show(Path::new("logs")),
+                layout.shown.display()
             )));
         }
     };
@@ -346,22 +359,25 @@ async fn foreground(
             }
         }
     }
+    // Stop the nodes before printing anything: after SIGHUP the terminal may be gone.
+    let current = State::load(layout).unwrap_or(state);
+    let outcomes = process::stop(layout, &current.nodes, STOP_GRACE);
+    reap(children);
     if let Some(load) = load {
         load.stop().await;
     }
     client.close().await;
-    let current = State::load(layout).unwrap_or(state);
-    println!("\nstopping the replicas...");
-    let outcomes = process::stop(layout, &current.nodes, STOP_GRACE);
-    reap(children);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out);
     for (id, outcome) in outcomes {
-        match outcome {
-            Stopped::Terminated => println!("replica {id} stopped"),
-            Stopped::Killed => println!("replica {id} killed (it ignored SIGTERM)"),
-            Stopped::NotRunning => println!("replica {id} was not running"),
-        }
+        let _ = match outcome {
+            Stopped::Terminated => writeln!(out, "replica {id} stopped"),
+            Stopped::Killed => writeln!(out, "replica {id} killed (it ignored SIGTERM)"),
+            Stopped::NotRunning => writeln!(out, "replica {id} was not running"),
+        };
     }
-    println!(
+    let _ = writeln!(
+        out,
         "logs kept in {}; `testnet up --force --dir {}` starts afresh",
         layout.show(Path::new("logs")),
         layout.shown.display()

@@ -801,3 +801,30 @@ fn key_from(seed: u64, tag: u8, index: u64) -> KeyPair {
     bytes[9..17].copy_from_slice(&index.to_le_bytes());
     KeyPair::from_seed(&bytes).expect("ed25519 seeds always give valid keys")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The behaviour hook that releases held messages: a slow primary is tolerated while its
+    /// delays stay under the view-change timeout, and replaced once they exceed it.
+    #[test]
+    fn a_slow_primary_is_tolerated_then_replaced() {
+        let mut config = SimConfig::new(7, 1);
+        config.requests_per_client = 80;
+        let mut sim = Simulation::new(config);
+        sim.set_behavior(0, BehaviorKind::Slow);
+        while sim.replica(1).last_executed() < 10 {
+            sim.run_for(Duration::from_millis(100)).unwrap();
+            assert!(sim.now() < Duration::from_secs(60), "{}", sim.describe());
+        }
+        assert_eq!(sim.replica(1).view(), 0, "{}", sim.describe());
+        sim.run_until_clients_done(Duration::from_secs(600))
+            .unwrap();
+        sim.run_for(Duration::from_secs(5)).unwrap();
+        sim.check_final_state().unwrap();
+        for id in sim.correct_ids() {
+            assert!(sim.replica(id).view() >= 1, "{}", sim.describe());
+        }
+    }
+}

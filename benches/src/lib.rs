@@ -1,0 +1,23 @@
+//! Harnesses behind the criterion benchmarks in `benches/benches/`.
+//!
+//! - [`cluster`]: 3f+1 real replicas talking QUIC on 127.0.0.1 in this process, under closed-loop
+//!   load from several clients, for the `throughput_vs_f` and `faults` groups.
+//! - [`pure_core`]: the protocol core of 4 replicas driven in one thread, messages handed over
+//!   directly, for the cost of the core per committed batch.
+//! - [`bound`]: the signatures the protocol needs per batch and the throughput they allow.
+//!
+//! `benches/README.md` has the figures and the commands that produced them.
+
+pub mod bound;
+pub mod cluster;
+pub mod pure_core;
+
+/// CPU time the calling thread has run, from `/proc/thread-self/schedstat` (Linux; zero
+/// elsewhere). Unlike wall time it does not grow while other processes hold the CPU, so costs
+/// measured with it hold on a busy machine.
+pub fn thread_cpu_time() -> std::time::Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from_nanos)
+}

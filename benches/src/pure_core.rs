@@ -1,0 +1,227 @@
+//! The protocol core of 3f+1 replicas in one thread, messages handed over directly: no network,
+//! no encoding, no signature verification.
+//!
+//! Every message still goes through [`messages::verify`] (shape, limits, digests), but with a
+//! checker that accepts every signature, so verification costs nothing. Signing still happens
+//! inside the core (every PRE-PREPARE, PREPARE, COMMIT and CHECKPOINT is signed with ed25519),
+//! so the figure includes 2n signatures per batch.
+//!
+//! The primary may have one batch in flight (`max_outstanding = 1`), and the envelopes of the
+//! next batch are handed to it while the previous one is being ordered: each
+//! [`CoreCluster::commit`] orders and executes exactly one batch made of the envelopes handed in
+//! by the call before, the way batches form under load.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
+use pbft_node::app::{KvOp, KvStore};
+use pbft_node::messages::{
+    self, ClientRequest, Limits, Message, ReplicaId, RequestEnvelope, Sender, SignatureCheck,
+    Timestamp,
+};
+use pbft_node::protocol::{Destination, ProtocolConfig, Replica};
+use pbft_node::Committee;
+
+/// Accepts every signature: the benchmark leaves verification out.
+pub struct TrustAll;
+
+impl SignatureCheck for TrustAll {
+    fn check(&mut self, _: &PublicKey, _: Domain, _: &Digest, _: &Signature) -> bool {
+        true
+    }
+}
+
+/// Distinct keys each client cycles through, so the state stays small.
+const KEYS_PER_CLIENT: u64 = 64;
+
+/// 3f+1 replicas and a set of clients, driven synchronously.
+pub struct CoreCluster {
+    replicas: Vec<Replica>,
+    committee: Committee,
+    limits: Limits,
+    clients: Vec<(PublicKey, Timestamp)>,
+    per_envelope: usize,
+    value: Vec<u8>,
+    /// (from, to, message) in delivery order.
+    queue: VecDeque<(ReplicaId, ReplicaId, Arc<Message>)>,
+    /// Batches executed by each replica.
+    executed: Vec<u64>,
+    /// Requests executed by the primary.
+    pub executed_requests: u64,
+    now: Duration,
+}
+
+impl CoreCluster {
+    /// A cluster whose batches hold `clients` envelopes of `per_envelope` puts of `payload`
+    /// bytes each. Already primed: one batch is in flight.
+    pub fn new(f: usize, clients: usize, per_envelope: usize, payload: usize) -> CoreCluster {
+        let n = 3 * f + 1;
+        let keys: Vec<KeyPair> = (0..n)
+            .map(|i| KeyPair::from_seed(&[i as u8 + 1; 32]).expect("valid seed"))
+            .collect();
+        let committee =
+            Committee::new(keys.iter().map(KeyPair::public).collect(), f).expect("committee");
+        let config = ProtocolConfig {
+            max_outstanding: 1,
+            ..ProtocolConfig::default()
+        };
+        let limits = config.limits.clone();
+        let replicas = keys
+            .into_iter()
+            .enumerate()
+            .map(|(id, key)| {
+                let mut replica = Replica::new(
+                    id as ReplicaId,
+                    committee.clone(),
+                    config.clone(),
+                    key,
+                    Box::new(KvStore::new()),
+                )
+                .expect("replica");
+                replica.start(Duration::ZERO);
+                let _ = replica.poll_ready();
+                replica
+            })
+            .collect();
+        let clients = (0..clients)
+            .map(|c| {
+                let key = KeyPair::from_seed(&[200 - c as u8; 32]).expect("valid seed");
+                (key.public(), 1)
+            })
+            .collect();
+        let mut cluster = CoreCluster {
+            replicas,
+            committee,
+            limits,
+            clients,
+            per_envelope,
+            value: vec![b'v'; payload],
+            queue: VecDeque::new(),
+            executed: vec![0; n],
+            executed_requests: 0,
+            now: Duration::ZERO,
+        };
+        // One envelope goes out at once as batch 1; later ones wait behind it.
+        let first = cluster.envelope(0);
+        cluster.hand_to_primary(vec![first]);
+        cluster
+    }
+
+    /// The next batch's envelopes: one per client, unsigned (signatures are not checked here).
+    pub fn envelopes(&mut self) -> Vec<RequestEnvelope> {
+        (0..self.clients.len()).map(|c| self.envelope(c)).collect()
+    }
+
+    fn envelope(&mut self, c: usize) -> RequestEnvelope {
+        let (client, next) = &mut self.clients[c];
+        let requests = (0..self.per_envelope)
+            .map(|_| {
+                let timestamp = *next;
+                *next += 1;
+                let key = format!("c{c}-{}", timestamp % KEYS_PER_CLIENT).into_bytes();
+                let op = KvOp::Put {
+                    key,
+                    value: self.value.clone(),
+                };
+                ClientRequest {
+                    timestamp,
+                    op: op.encode(),
+                }
+            })
+            .collect();
+        RequestEnvelope {
+            client: *client,
+            requests,
+            signature: Signature::EMPTY,
+        }
+    }
+
+    /// Hands `envelopes` to the primary, then delivers messages until every replica executed
+    /// one more batch (the one in flight). Returns the requests in that batch.
+    pub fn commit(&mut self, envelopes: Vec<RequestEnvelope>) -> u64 {
+        let executed_before = self.executed_requests;
+        self.now += Duration::from_micros(100);
+        self.hand_to_primary(envelopes);
+        let target = self.executed.iter().copied().min().unwrap_or(0) + 1;
+        while self.executed.iter().any(|e| *e < target) {
+            let (from, to, message) = self
+                .queue
+                .pop_front()
+                .expect("messages left until the batch executes everywhere");
+            let verified = messages::verify(
+                (*message).clone(),
+                Sender::Replica(from),
+                &self.committee,
+                &self.limits,
+                &mut TrustAll,
+            )
+            .expect("a correct replica's message passes the boundary");
+            self.replicas[to as usize].handle_message(self.now, verified);
+            self.collect(to);
+        }
+        self.executed_requests - executed_before
+    }
+
+    fn hand_to_primary(&mut self, envelopes: Vec<RequestEnvelope>) {
+        let primary = self.committee.primary(self.replicas[0].view());
+        for envelope in envelopes {
+            let sender = Sender::Client(envelope.client);
+            let verified = messages::verify(
+                Message::Request(envelope),
+                sender,
+                &self.committee,
+                &self.limits,
+                &mut TrustAll,
+            )
+            .expect("a well-formed envelope passes the boundary");
+            self.replicas[primary as usize].handle_message(self.now, verified);
+            self.collect(primary);
+        }
+    }
+
+    /// Takes a replica's outputs: messages are queued, replies, persistence and timers dropped.
+    fn collect(&mut self, id: ReplicaId) {
+        let ready = self.replicas[id as usize].poll_ready();
+        self.executed[id as usize] += ready.executed.len() as u64;
+        if id == self.committee.primary(self.replicas[id as usize].view()) {
+            self.executed_requests += ready
+                .executed
+                .iter()
+                .map(|e| e.requests.len() as u64)
+                .sum::<u64>();
+        }
+        for outgoing in ready.messages {
+            match outgoing.to {
+                Destination::Replica(to) => self.queue.push_back((id, to, outgoing.message)),
+                Destination::AllReplicas => {
+                    for to in self.committee.ids().filter(|to| *to != id) {
+                        self.queue.push_back((id, to, outgoing.message.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_commit_executes_one_full_batch() {
+        let mut cluster = CoreCluster::new(1, 4, 16, 64);
+        // The priming batch of one envelope.
+        let envelopes = cluster.envelopes();
+        assert_eq!(cluster.commit(envelopes), 16);
+        for _ in 0..300 {
+            let envelopes = cluster.envelopes();
+            assert_eq!(cluster.commit(envelopes), 64);
+        }
+        assert!(cluster
+            .replicas
+            .iter()
+            .all(|r| r.stable_checkpoint() >= 256));
+    }
+}

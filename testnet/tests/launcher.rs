@@ -1,0 +1,566 @@
+//! End-to-end tests of the `testnet` launcher: real replica processes on 127.0.0.1, started,
+//! inspected, crashed and stopped through the `testnet` binary, with a client workload from
+//! this process. Each cluster is stopped when its guard drops, even when the test fails.
+//! Clusters run one at a time; nothing here asserts timing.
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pbft_client::Client;
+use serde_json::Value;
+use testnet::launcher::{self, Layout, State};
+
+const BIN: &str = env!("CARGO_BIN_EXE_testnet");
+
+/// Generous: the CI machine has two cores for all the replicas.
+const CONVERGENCE: Duration = Duration::from_secs(90);
+
+/// One cluster at a time: several would starve each other of the two cores.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `test` on a runtime of its own, alone.
+fn one_at_a_time(test: impl std::future::Future<Output = ()>) {
+    let _serial = serial();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test);
+}
+
+fn testnet(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the testnet binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A testnet started with `up --detach`; dropping it stops every replica.
+struct Testnet {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Testnet {
+    /// `testnet up --detach` with small protocol timeouts, plus `extra` flags.
+    fn up(f: usize, extra: &[&str]) -> Testnet {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("net");
+        let shown = path.to_str().unwrap().to_string();
+        let f = f.to_string();
+        let mut args = vec![
+            "up",
+            "--f",
+            &f,
+            "--detach",
+            "--dir",
+            &shown,
+            "--node-bin",
+            BIN,
+            "--view-change-timeout-ms",
+            "1000",
+            "--checkpoint-interval",
+            "16",
+            "--up-timeout",
+            "120",
+        ];
+        args.extend_from_slice(extra);
+        let testnet_guard = Testnet { _dir: dir, path };
+        let output = testnet(&args);
+        assert!(output.status.success(), "up failed: {}", text(&output));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("primary"), "no table: {stdout}");
+        testnet_guard
+    }
+
+    fn dir(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    fn run(&self, command: &[&str]) -> Output {
+        let mut args = command.to_vec();
+        args.extend(["--dir", self.dir()]);
+        testnet(&args)
+    }
+
+    /// `testnet status --json`, parsed.
+    fn status(&self) -> Value {
+        let output = self.run(&["status", "--json"]);
+        assert!(
+            matches!(output.status.code(), Some(0 | 1)),
+            "status failed: {}",
+            text(&output)
+        );
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&output)))
+    }
+
+    async fn client(&self) -> Client {
+        let layout = Layout::new(&self.path).unwrap();
+        let state = State::load(&layout).unwrap();
+        let setup = launcher::report::fresh_client_setup(&layout, &state).unwrap();
+        Client::connect(setup).await.unwrap()
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        let _ = launcher::down(&self.path);
+    }
+}
+
+/// The live correct replicas of a status report.
+fn correct(status: &Value) -> Vec<&Value> {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["behavior"].is_null() && n["alive"] == true)
+        .collect()
+}
+
+/// Puts `count` distinct keys `{prefix}-{i}` with `concurrency` requests outstanding; every
+/// one must be acknowledged.
+async fn workload(client: &Client, prefix: &str, count: usize, concurrency: usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let next = next.clone();
+        let prefix = prefix.to_string();
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return;
+                }
+                let key = format!("{prefix}-{i}");
+                if let Err(e) = client.put(key.clone(), value(&key)).await {
+                    panic!("put {key} failed: {e}");
+                }
+            }
+        });
+    }
+    while let Some(joined) = workers.join_next().await {
+        joined.unwrap();
+    }
+}
+
+fn value(key: &str) -> String {
+    format!("value of {key}")
+}
+
+/// Reads back every `step`-th key of a workload.
+async fn check_values(client: &Client, prefix: &str, count: usize, step: usize) {
+    for i in (0..count).step_by(step) {
+        let key = format!("{prefix}-{i}");
+        let got = client.get(key.clone()).await.unwrap();
+        assert_eq!(got, Some(value(&key).into_bytes()), "{key}");
+    }
+}
+
+/// Waits until every live correct replica reports the same last executed sequence number and
+/// `status --json` says they agree, putting a value now and then so that laggards hear of
+/// progress. Returns that status.
+async fn converged(net: &Testnet, client: &Client) -> Value {
+    let start = Instant::now();
+    let mut nudges = 0;
+    loop {
+        let status = net.status();
+        let replicas = correct(&status);
+        let same = replicas
+            .windows(2)
+            .all(|w| w[0]["last_executed"] == w[1]["last_executed"]);
+        if same && status["agree"] == true && !replicas.is_empty() {
+            assert!(status["compared_pairs"].as_u64().unwrap() > 0);
+            return status;
+        }
+        assert!(
+            start.elapsed() < CONVERGENCE,
+            "the correct replicas did not converge: {status:#}"
+        );
+        if nudges % 4 == 0 {
+            client.put(format!("nudge-{nudges}"), "x").await.unwrap();
+        }
+        nudges += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Keeps a light workload going until every live correct replica is past view 0.
+async fn until_view_changed(net: &Testnet, client: &Client) {
+    let start = Instant::now();
+    for round in 0.. {
+        let status = net.status();
+        if correct(&status)
+            .iter()
+            .all(|n| n["view"].as_u64() >= Some(1))
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < CONVERGENCE,
+            "the view did not change: {status:#}"
+        );
+        workload(client, &format!("more-{round}"), 20, 4).await;
+    }
+}
+
+struct Expect {
+    view_change: bool,
+    /// Replicas some correct replica must hold proof of equivocation against.
+    evidence_against: &'static [u64],
+}
+
+/// f, B Byzantine replicas of `behavior`: 500 puts complete with the right results, the
+/// correct replicas end at the same sequence number and agree, and nobody correct is accused.
+async fn scenario(f: usize, byzantine: usize, behavior: &str, expect: Expect) {
+    let b = byzantine.to_string();
+    let net = Testnet::up(f, &["--byzantine", &b, "--behavior", behavior]);
+    let status = net.status();
+    assert_eq!(status["f"], f as u64);
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3 * f + 1);
+    let faulty: Vec<u64> = nodes
+        .iter()
+        .filter(|n| !n["behavior"].is_null())
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        faulty,
+        (0..byzantine as u64).collect::<Vec<_>>(),
+        "{status:#}"
+    );
+
+    let client = net.client().await;
+    workload(&client, "key", 500, 16).await;
+    if expect.view_change {
+        until_view_changed(&net, &client).await;
+    }
+    check_values(&client, "key", 500, 7).await;
+    let status = converged(&net, &client).await;
+    let replicas = correct(&status);
+    assert_eq!(replicas.len(), 3 * f + 1 - byzantine, "{status:#}");
+    assert!(replicas[0]["last_executed"].as_u64().unwrap() > 0);
+    if expect.view_change {
+        for node in &replicas {
+            assert!(node["view"].as_u64().unwrap() >= 1, "{status:#}");
+        }
+    }
+    let correct_ids: Vec<u64> = replicas.iter().map(|n| n["id"].as_u64().unwrap()).collect();
+    let mut accused = Vec::new();
+    for node in &replicas {
+        for id in node["evidence_against"].as_array().unwrap() {
+            let id = id.as_u64().unwrap();
+            assert!(
+                !correct_ids.contains(&id),
+                "correct replica {id} accused: {status:#}"
+            );
+            accused.push(id);
+        }
+    }
+    for id in expect.evidence_against {
+        assert!(accused.contains(id), "no evidence against {id}: {status:#}");
+    }
+    client.close().await;
+}
+
+#[test]
+fn an_equivocating_primary_splitting_the_backups_is_replaced() {
+    let expect = Expect {
+        view_change: true,
+        evidence_against: &[0],
+    };
+    one_at_a_time(scenario(1, 1, "equivocate", expect));
+}
+
+#[test]
+fn a_minority_misled_by_an_equivocating_primary_catches_up() {
+    let expect = Expect {
+        view_change: false,
+        evidence_against: &[0],
+    };
+    one_at_a_time(scenario(1, 1, "equivocate-minority", expect));
+}
+
+#[test]
+fn a_silent_primary_is_replaced() {
+    let expect = Expect {
+        view_change: true,
+        evidence_against: &[],
+    };
+    one_at_a_time(scenario(1, 1, "silent", expect));
+}
+
+#[test]
+fn a_corrupt_primary_is_replaced() {
+    let expect = Expect {
+        view_change: true,
+        evidence_against: &[],
+    };
+    one_at_a_time(scenario(1, 1, "corrupt", expect));
+}
+
+#[test]
+fn a_slow_primary_is_replaced_once_past_the_timeout() {
+    let expect = Expect {
+        view_change: true,
+        evidence_against: &[],
+    };
+    one_at_a_time(scenario(1, 1, "slow", expect));
+}
+
+#[test]
+fn two_mixed_byzantine_replicas_of_seven() {
+    let expect = Expect {
+        view_change: true,
+        evidence_against: &[0],
+    };
+    one_at_a_time(scenario(2, 2, "mixed", expect));
+}
+
+#[test]
+fn a_crashed_backup_restarts_and_catches_up_without_losing_writes() {
+    one_at_a_time(async {
+        let net = Testnet::up(1, &[]);
+        let client = net.client().await;
+        workload(&client, "before", 150, 16).await;
+
+        let output = net.run(&["kill", "2"]);
+        assert!(output.status.success(), "{}", text(&output));
+        let status = net.status();
+        assert_eq!(status["nodes"][2]["alive"], false, "{status:#}");
+        workload(&client, "during", 200, 16).await;
+
+        let output = net.run(&["restart", "2"]);
+        assert!(output.status.success(), "{}", text(&output));
+        workload(&client, "after", 150, 16).await;
+
+        let status = converged(&net, &client).await;
+        assert_eq!(correct(&status).len(), 4, "{status:#}");
+        for (prefix, count) in [("before", 150), ("during", 200), ("after", 150)] {
+            check_values(&client, prefix, count, 1).await;
+        }
+        let log = std::fs::read_to_string(net.path.join("logs/node-2.log")).unwrap();
+        assert_eq!(
+            log.matches("--- testnet: starting node 2").count(),
+            2,
+            "the restart appends to the same log"
+        );
+        client.close().await;
+    });
+}
+
+#[test]
+fn a_second_up_in_a_used_directory_is_refused_clearly() {
+    let _serial = serial();
+    let net = Testnet::up(1, &[]);
+    let again = ["up", "--detach", "--dir", net.dir(), "--node-bin", BIN];
+    let output = testnet(&again);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("running"), "{stderr}");
+    assert!(stderr.contains("testnet down --dir"), "{stderr}");
+
+    let output = net.run(&["down"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let status = net.status();
+    assert!(
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["alive"] == false),
+        "{status:#}"
+    );
+    assert!(net.path.join("logs/node-0.log").exists(), "logs are kept");
+
+    let output = testnet(&again);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("earlier run") && stderr.contains("--force"),
+        "{stderr}"
+    );
+
+    let mut forced = again.to_vec();
+    forced.push("--force");
+    let output = testnet(&forced);
+    assert!(output.status.success(), "{}", text(&output));
+}
+
+#[test]
+fn a_missing_node_binary_is_named_with_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("net");
+    let output = testnet(&[
+        "up",
+        "--detach",
+        "--dir",
+        net.to_str().unwrap(),
+        "--node-bin",
+        "/nonexistent/pbft-node",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/pbft-node"), "{stderr}");
+    assert!(
+        stderr.contains("cargo build --release -p pbft-node"),
+        "{stderr}"
+    );
+    assert!(!net.join("testnet.json").exists(), "nothing was written");
+}
+
+#[test]
+fn a_port_in_use_is_named() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    if port > u16::MAX - 200 {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("net");
+    let base = port.to_string();
+    let output = testnet(&[
+        "up",
+        "--detach",
+        "--dir",
+        net.to_str().unwrap(),
+        "--node-bin",
+        BIN,
+        "--base-port",
+        &base,
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("port {port}")), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(!net.join("testnet.json").exists(), "nothing was started");
+}
+
+#[test]
+fn more_byzantine_replicas_than_f_need_allow_unsafe() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("net");
+    let output = testnet(&[
+        "up",
+        "--detach",
+        "--f",
+        "1",
+        "--byzantine",
+        "2",
+        "--dir",
+        net.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--allow-unsafe"), "{stderr}");
+}
+
+#[test]
+fn status_of_a_directory_without_a_testnet_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = testnet(&["status", "--dir", dir.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("holds no testnet"));
+}
+
+/// A foreground `up` with a load shows commits, and Ctrl-C stops every replica it started.
+#[test]
+fn ctrl_c_stops_a_foreground_testnet() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("net");
+    let mut child = Command::new(BIN)
+        .args([
+            "up",
+            "--f",
+            "1",
+            "--byzantine",
+            "1",
+            "--load",
+            "100",
+            "--dir",
+            net.to_str().unwrap(),
+            "--node-bin",
+            BIN,
+            "--view-change-timeout-ms",
+            "1000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stops the replicas if anything below fails.
+    struct Guard<'a>(&'a Path);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            if self.0.join("testnet.json").exists() {
+                let _ = launcher::down(self.0);
+            }
+        }
+    }
+    let _guard = Guard(&net);
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let remaining = CONVERGENCE.saturating_sub(start.elapsed());
+        let line = received
+            .recv_timeout(remaining)
+            .unwrap_or_else(|_| panic!("no commits shown: {seen:#?}"));
+        // One line per refresh when stdout is not a terminal: "[  3s] committed 120 requests".
+        let committed = line
+            .strip_prefix('[')
+            .and_then(|rest| rest.split("committed ").nth(1))
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        seen.push(line);
+        if committed.is_some_and(|n| n > 0) {
+            break;
+        }
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let exit = child.wait().unwrap();
+    drop(received);
+    let _ = reader.join();
+    assert!(exit.success(), "{exit:?}: {seen:#?}");
+    let layout = Layout::new(&net).unwrap();
+    let state = State::load(&layout).unwrap();
+    for node in &state.nodes {
+        assert!(
+            !launcher::process::node_alive(&layout, node),
+            "replica {} still runs",
+            node.id
+        );
+    }
+}
