@@ -12,12 +12,10 @@ pub mod bound;
 pub mod cluster;
 pub mod pure_core;
 
-/// CPU time the calling thread has run, from `/proc/thread-self/schedstat` (Linux; zero
-/// elsewhere). Unlike wall time it does not grow while other processes hold the CPU, so costs
-/// measured with it hold on a busy machine.
+/// CPU time the calling thread has run (`CLOCK_THREAD_CPUTIME_ID`; zero where unavailable).
+/// Unlike wall time it does not grow while other processes hold the CPU, so costs measured with
+/// it hold on a busy machine.
 pub fn thread_cpu_time() -> std::time::Duration {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse().ok())
-        .map_or(std::time::Duration::ZERO, std::time::Duration::from_nanos)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from)
 }
