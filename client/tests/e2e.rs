@@ -61,6 +61,7 @@ impl Cluster {
                 protocol: protocol.clone(),
                 transport: TransportConfig::default(),
                 data_dir: dirs.path().join(format!("replica-{i}")),
+                storage: Default::default(),
                 metrics: None,
                 behavior: behaviors.iter().find(|(b, _)| *b == id).map(|(_, k)| *k),
             };

@@ -19,6 +19,9 @@
 //! [transport]                       # optional; defaults to TransportConfig::default()
 //! queue_capacity = 1024
 //!
+//! [storage]                         # optional: durable state in data_dir, synced before sending
+//! fsync = true
+//!
 //! [[replicas]]                      # one per replica, ids 0..n-1, n = 3f+1
 //! id = 0
 //! address = "127.0.0.1:7000"
@@ -46,6 +49,7 @@ use crate::committee::Committee;
 use crate::messages::ReplicaId;
 use crate::protocol::ProtocolConfig;
 use crate::runtime::NodeSetup;
+use crate::storage::StorageConfig;
 
 /// Why a configuration cannot be used. The message names the file (where known) and the field.
 #[derive(Debug, thiserror::Error)]
@@ -286,6 +290,9 @@ pub struct NodeConfigFile {
     /// Transport parameters; absent fields take their defaults.
     #[serde(default, skip_serializing_if = "TransportSection::is_default")]
     pub transport: TransportSection,
+    /// Durable state; absent fields take their defaults.
+    #[serde(default, skip_serializing_if = "StorageSection::is_default")]
+    pub storage: StorageSection,
     /// Every replica of the cluster, this one included, as in [`ClusterConfig::replicas`].
     pub replicas: Vec<ReplicaEntry>,
 }
@@ -372,6 +379,7 @@ impl NodeConfigFile {
             protocol,
             transport,
             data_dir: resolve(config_path, &self.data_dir),
+            storage: self.storage.to_config(),
             metrics: self.metrics,
             behavior,
         })
@@ -627,6 +635,35 @@ impl ProtocolSection {
             .validate()
             .map_err(|reason| ConfigError::invalid("protocol", reason))?;
         Ok(config)
+    }
+}
+
+/// Durable state, the `[storage]` table; each absent field takes its value from
+/// [`StorageConfig::default`] (durable, with fsync).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    /// Keep durable state in `data_dir`. `false` is for measurements on clusters that never
+    /// restart: a replica restarted without its state may contradict what it signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durable: Option<bool>,
+    /// Wait for writes to reach the disk before sending. `false` survives process crashes but
+    /// not power loss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<bool>,
+}
+
+impl StorageSection {
+    fn is_default(&self) -> bool {
+        *self == StorageSection::default()
+    }
+
+    pub fn to_config(&self) -> StorageConfig {
+        let defaults = StorageConfig::default();
+        StorageConfig {
+            durable: self.durable.unwrap_or(defaults.durable),
+            fsync: self.fsync.unwrap_or(defaults.fsync),
+        }
     }
 }
 

@@ -15,5 +15,6 @@ pub mod messages;
 pub mod metrics;
 pub mod protocol;
 pub mod runtime;
+pub mod storage;
 
 pub use committee::Committee;

@@ -46,6 +46,7 @@ pub fn loopback_cluster(
             protocol: protocol.clone(),
             transport: TransportConfig::default(),
             data_dir: data_dir.join(format!("replica-{id}")),
+            storage: Default::default(),
             metrics: None,
             behavior: None,
         })

@@ -42,8 +42,8 @@ type U64Gauge = Gauge<u64, AtomicU64>;
 /// Exposed names (counters get the `_total` suffix from the encoder):
 /// `pbft_committed_requests_total`, `pbft_committed_batches_total`, `pbft_view_changes_total`,
 /// `pbft_view`, `pbft_last_executed`, `pbft_stable_checkpoint`,
-/// `pbft_rejected_messages_total{reason}`, `pbft_queue_depth{queue}` and the histogram
-/// `pbft_request_latency_seconds`.
+/// `pbft_rejected_messages_total{reason}`, `pbft_queue_depth{queue}` and the histograms
+/// `pbft_request_latency_seconds` and `pbft_persist_seconds`.
 pub struct Metrics {
     registry: Registry,
     committed_requests: Counter,
@@ -55,6 +55,7 @@ pub struct Metrics {
     rejected: Family<ReasonLabel, Counter>,
     queue_depth: Family<QueueLabel, U64Gauge>,
     latency: Histogram,
+    persist: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,6 +77,7 @@ impl Metrics {
         let rejected = Family::<ReasonLabel, Counter>::default();
         let queue_depth = Family::<QueueLabel, U64Gauge>::default();
         let latency = Histogram::new(LATENCY_BUCKETS);
+        let persist = Histogram::new(LATENCY_BUCKETS);
         registry.register(
             "pbft_committed_requests",
             "Client requests executed by this replica",
@@ -117,6 +119,11 @@ impl Metrics {
             "Time from a request's arrival at this replica to its execution",
             latency.clone(),
         );
+        registry.register(
+            "pbft_persist_seconds",
+            "Time to write and sync one group of durable records before sending",
+            persist.clone(),
+        );
         Arc::new(Metrics {
             registry,
             committed_requests,
@@ -128,6 +135,7 @@ impl Metrics {
             rejected,
             queue_depth,
             latency,
+            persist,
         })
     }
 
@@ -183,6 +191,11 @@ impl Metrics {
     /// Records one request's latency from arrival to execution.
     pub fn observe_latency(&self, latency: Duration) {
         self.latency.observe(latency.as_secs_f64());
+    }
+
+    /// Records one durable write (and its sync).
+    pub fn observe_persist(&self, elapsed: Duration) {
+        self.persist.observe(elapsed.as_secs_f64());
     }
 
     /// The current values in the OpenMetrics text format (ending in `# EOF`), as served with

@@ -32,6 +32,7 @@ use crate::messages::{
 };
 use crate::metrics::Metrics;
 use crate::protocol::{Destination, ProtocolConfig, Replica, Timer, TimerCommand};
+use crate::storage::{ReplicaStore, StorageConfig};
 
 /// Everything a node needs to run, already validated (see [`crate::config`]).
 #[derive(Clone, Debug)]
@@ -47,6 +48,7 @@ pub struct NodeSetup {
     pub transport: TransportConfig,
     /// Where durable state lives.
     pub data_dir: PathBuf,
+    pub storage: StorageConfig,
     /// Where Prometheus metrics are served over HTTP, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// A named faulty behaviour, for test clusters only.
@@ -148,14 +150,7 @@ pub struct RunningNode {
 impl RunningNode {
     /// Binds the transport and metrics endpoint and starts the replica.
     pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
-        let replica = Replica::new(
-            setup.id,
-            setup.committee.clone(),
-            setup.protocol.clone(),
-            setup.key.clone(),
-            Box::new(KvStore::new()),
-        )
-        .map_err(|e| anyhow::anyhow!("invalid replica setup: {e}"))?;
+        let (replica, store) = open_replica(&setup)?;
         let (transport, inbox) = ReplicaTransport::bind(
             setup.id,
             &setup.key,
@@ -198,6 +193,7 @@ impl RunningNode {
             key: setup.key,
             committee: setup.committee,
             replica,
+            store,
             transport: Arc::new(transport),
             metrics,
             rejections,
@@ -246,6 +242,65 @@ impl RunningNode {
     /// Waits until the replica stops by itself (it only does so on a fatal error).
     pub async fn finished(mut self) -> anyhow::Result<()> {
         joined(&mut self.task).await
+    }
+}
+
+/// Builds the replica: from its durable state in `data_dir` if there is any, else fresh. A log
+/// that is corrupt before its last record, or a snapshot that fails to load, is an error: the
+/// node must not run on state it cannot trust.
+fn open_replica(setup: &NodeSetup) -> anyhow::Result<(Replica, Option<ReplicaStore>)> {
+    let fresh = || {
+        Replica::new(
+            setup.id,
+            setup.committee.clone(),
+            setup.protocol.clone(),
+            setup.key.clone(),
+            Box::new(KvStore::new()),
+        )
+        .map_err(|e| anyhow::anyhow!("invalid replica setup: {e}"))
+    };
+    if !setup.storage.durable {
+        tracing::warn!(
+            replica = setup.id,
+            "durable state is off: a restart forgets what this replica signed"
+        );
+        return Ok((fresh()?, None));
+    }
+    let started = std::time::Instant::now();
+    let dir = &setup.data_dir;
+    let opened = ReplicaStore::open(dir, setup.storage.fsync, setup.protocol.log_window)
+        .with_context(|| format!("durable state in {}", dir.display()))?;
+    if opened.records.is_empty() {
+        return Ok((fresh()?, Some(opened.store)));
+    }
+    let (replica, report) = Replica::recover(
+        setup.id,
+        setup.committee.clone(),
+        setup.protocol.clone(),
+        setup.key.clone(),
+        Box::new(KvStore::new()),
+        opened.records,
+    )
+    .map_err(|e| anyhow::anyhow!("durable state in {}: {e}", dir.display()))?;
+    tracing::info!(
+        replica = setup.id,
+        records = report.records,
+        snapshot = report.snapshot_seq,
+        reexecuted = report.reexecuted,
+        view = report.view,
+        last_executed = report.last_executed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered from durable state"
+    );
+    Ok((replica, Some(opened.store)))
+}
+
+/// Runs blocking disk work from the protocol task without stalling the other tasks of a
+/// multi-threaded runtime.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
@@ -324,6 +379,8 @@ struct Driver {
     key: KeyPair,
     committee: Committee,
     replica: Replica,
+    /// Durable state; `None` when turned off.
+    store: Option<ReplicaStore>,
     transport: Arc<ReplicaTransport>,
     metrics: Arc<Metrics>,
     rejections: Rejections,
@@ -347,7 +404,7 @@ impl Driver {
     ) -> anyhow::Result<()> {
         let now = self.now();
         self.replica.start(now);
-        self.flush();
+        self.flush()?;
         let mut gauges = tokio::time::interval(Duration::from_secs(1));
         loop {
             let next_timer = self
@@ -376,13 +433,15 @@ impl Driver {
                 input = inputs.recv() => {
                     let Some(input) = input else { break };
                     self.handle(input);
-                    // Take whatever else is queued before flushing, so outputs go out together.
+                    // Take whatever else is queued before flushing: the outputs of all of them
+                    // share one write and one sync, and go out together.
                     for _ in 0..256 {
                         match inputs.try_recv() {
                             Ok(input) => self.handle(input),
                             Err(_) => break,
                         }
                     }
+                    self.flush()?;
                 }
                 _ = sleep => {
                     if let Some((timer, at)) = next_timer {
@@ -390,7 +449,7 @@ impl Driver {
                             self.timers.remove(&timer);
                             let now = self.now();
                             self.replica.handle_timer(now, timer);
-                            self.flush();
+                            self.flush()?;
                         }
                     }
                     self.release_delayed();
@@ -421,7 +480,6 @@ impl Driver {
                 }
                 let now = self.now();
                 self.replica.handle_message(now, message);
-                self.flush();
             }
             Input::StatusQuery { from, nonce } => {
                 let status = self.status(nonce);
@@ -499,8 +557,9 @@ impl Driver {
         }
     }
 
-    /// Carries out the replica's outputs: persist, send, reply, timers.
-    fn flush(&mut self) {
+    /// Carries out the replica's outputs: persist, send, reply, timers. A failed write stops
+    /// the replica before anything that depends on it is sent.
+    fn flush(&mut self) -> anyhow::Result<()> {
         let ready = self.replica.poll_ready();
         for executed in &ready.executed {
             self.metrics.add_batch();
@@ -526,8 +585,16 @@ impl Driver {
                 behavior.transform(ready, &mut ctx)
             }
         };
-        // Durable state comes with crash recovery; until then `persist` has nowhere to go.
-        drop(output.persist);
+        if let Some(store) = &mut self.store {
+            let started = std::time::Instant::now();
+            blocking(|| store.persist(&output.persist)).map_err(|error| {
+                tracing::error!(replica = self.id, %error, "durable write failed; stopping");
+                anyhow::anyhow!("durable write failed, replica stopped: {error}")
+            })?;
+            if !output.persist.is_empty() {
+                self.metrics.observe_persist(started.elapsed());
+            }
+        }
         self.send_all(output.sends);
         for reply in output.replies {
             for result in &reply.results {
@@ -548,5 +615,6 @@ impl Driver {
                 }
             }
         }
+        Ok(())
     }
 }

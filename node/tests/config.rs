@@ -54,6 +54,7 @@ impl Fixture {
             f: 1,
             protocol: ProtocolSection::default(),
             transport: TransportSection::default(),
+            storage: Default::default(),
             replicas: (0..4u8)
                 .map(|i| ReplicaEntry {
                     id: i.into(),

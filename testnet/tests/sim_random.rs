@@ -56,7 +56,13 @@ fn run_seed(seed: u64) -> Result<(), Violation> {
                 let id = choose.random_range(0..n) as u32;
                 let crashed = (0..n as u32).filter(|r| sim.is_crashed(*r)).count();
                 if sim.is_correct(id) && byzantine + crashed < f {
-                    sim.crash(id);
+                    // Between two steps, or in the middle of a write that then never syncs.
+                    if choose.random_range(0..2) == 0 {
+                        sim.crash(id);
+                    } else {
+                        let kept = choose.random_range(0..5) as f64 / 4.0;
+                        sim.crash_during_next_write(id, kept);
+                    }
                 }
             }
             _ => {
@@ -82,12 +88,21 @@ fn run_seed(seed: u64) -> Result<(), Violation> {
     sim.network.config = NetworkConfig::default();
     sim.run_until_clients_done(Duration::from_secs(900))?;
     sim.run_for(Duration::from_secs(3))?;
+    if std::env::var_os("PBFT_SIM_VERBOSE").is_some() {
+        for id in 0..sim.n() as u32 {
+            eprintln!("replica {id} ignored {:?}", sim.replica(id).ignored());
+        }
+    }
     sim.check_final_state()
 }
 
 #[test]
 fn randomized_faults_over_many_seeds() {
     if let Ok(seed) = std::env::var("PBFT_SIM_SEED") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let seed: u64 = seed.parse().expect("PBFT_SIM_SEED is a number");
         if let Err(violation) = run_seed(seed) {
             panic!("seed {seed}: {}", violation.0);

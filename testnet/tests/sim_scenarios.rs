@@ -287,6 +287,32 @@ fn lossy_network_still_commits_everything() {
 }
 
 #[test]
+fn every_replica_crashing_at_once_loses_no_accepted_write() {
+    for seed in 0..8 {
+        let mut config = SimConfig::new(seed, 1);
+        config.requests_per_client = 60;
+        let mut sim = Simulation::new(config);
+        sim.run_for(Duration::from_millis(150 + 40 * seed)).unwrap();
+        // Two replicas go down between steps, two in the middle of a write.
+        sim.crash(0);
+        sim.crash(1);
+        sim.crash_during_next_write(2, 0.5);
+        sim.crash_during_next_write(3, 0.0);
+        sim.run_for(secs(1)).unwrap();
+        let accepted_before: usize = sim.clients.iter().map(|c| c.accepted.len()).sum();
+        for id in 0..4 {
+            sim.recover(id).unwrap();
+        }
+        finish(&mut sim);
+        assert_correct_replicas_executed_everything(&sim);
+        assert!(
+            accepted_before > 0,
+            "seed {seed}: nothing was acknowledged before the crash"
+        );
+    }
+}
+
+#[test]
 fn a_crashed_backup_recovers_and_catches_up() {
     let mut config = SimConfig::new(81, 1);
     config.requests_per_client = 100;

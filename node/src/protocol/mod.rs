@@ -10,8 +10,11 @@
 //!    [`crate::messages::verify`], and [`Replica::handle_timer`] when a timer it set fires.
 //! 3. After each input call [`Replica::poll_ready`] and carry out the [`Ready`] in its field order:
 //!    first make `persist` durable, then send `messages` and `replies`, then apply `timers`.
-//!    Nothing in `messages` may leave before `persist` is durable: a restarted replica that forgot
-//!    what it signed could contradict itself.
+//!    Nothing in `messages` or `replies` may leave before `persist` is durable: a restarted
+//!    replica that forgot what it signed could contradict itself, and one that forgot what it
+//!    executed could lose a write a client saw acknowledged.
+//! 4. After a crash, rebuild the replica from its records with [`Replica::recover`] and call
+//!    [`Replica::start`].
 
 // Time and randomness are inputs here: clippy refuses clocks, OS randomness and IO types.
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -29,8 +32,11 @@ pub use view_change::{plan_new_view, NewViewPlan};
 
 use pbft_crypto::{Digest, PublicKey};
 
+use serde::{Deserialize, Serialize};
+
 use crate::messages::{
-    Checkpoint, Limits, Message, NewView, ReplicaId, Reply, Seq, Timestamp, View, ViewChange, Vote,
+    Batch, Checkpoint, Limits, Message, NewView, PreparedCert, ReplicaId, Reply, Seq, Timestamp,
+    View, ViewChange, Vote,
 };
 
 /// Tunable parameters. Replicas of one cluster must agree on `checkpoint_interval`,
@@ -138,13 +144,65 @@ pub struct Outgoing {
     pub message: Arc<Message>,
 }
 
-/// Something this replica signed, which must be durable before any message leaves.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a replica must have on disk before any message of the same step leaves. Replaying
+/// these records in order ([`Replica::recover`]) rebuilds everything the replica signed in views
+/// it has not left, the log since its stable checkpoint and the state at that checkpoint, so a
+/// restarted replica neither loses committed requests nor contradicts itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Durable {
+    /// A vote this replica signed: its PRE-PREPARE as primary, its PREPARE or its COMMIT.
     Vote(Vote),
+    /// The primary's PRE-PREPARE a backup answers with its PREPARE.
+    PrePrepare(Vote),
+    /// The body of the batch bound to slot `seq`, before any vote for it leaves.
+    Batch { seq: Seq, batch: Batch },
+    /// A prepared certificate, before this replica's COMMIT leaves: view changes must carry it.
+    Prepared(PreparedCert),
+    /// 2f+1 matching COMMITs, before the batch's replies leave.
+    Committed(Vec<Vote>),
+    /// This replica's CHECKPOINT.
     Checkpoint(Checkpoint),
+    /// A stable checkpoint and the state at it; records of slots at or below `seq` are no
+    /// longer needed.
+    Stable {
+        seq: Seq,
+        proof: Vec<Checkpoint>,
+        snapshot: Arc<Vec<u8>>,
+    },
+    /// This replica's VIEW-CHANGE: it has left every view below `new_view`.
     ViewChange(ViewChange),
+    /// The NEW-VIEW that started the view this replica entered (its own, as primary, or one it
+    /// accepted).
     NewView(Arc<NewView>),
+}
+
+impl Durable {
+    /// The sequence number a record is about, if it belongs to one log slot.
+    pub fn slot(&self) -> Option<Seq> {
+        match self {
+            Durable::Vote(vote) | Durable::PrePrepare(vote) => Some(vote.seq),
+            Durable::Batch { seq, .. } => Some(*seq),
+            Durable::Prepared(cert) => Some(cert.seq()),
+            Durable::Committed(commits) => commits.first().map(|c| c.seq),
+            Durable::Checkpoint(_)
+            | Durable::Stable { .. }
+            | Durable::ViewChange(_)
+            | Durable::NewView(_) => None,
+        }
+    }
+}
+
+/// What [`Replica::recover`] rebuilt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The sequence number of the snapshot the state was loaded from.
+    pub snapshot_seq: Seq,
+    /// Records replayed.
+    pub records: usize,
+    /// Committed batches executed again on top of the snapshot.
+    pub reexecuted: u64,
+    pub view: View,
+    pub last_executed: Seq,
 }
 
 /// A batch this replica executed.

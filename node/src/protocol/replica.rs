@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::clients::{ClientTable, PendingRequests, RequestStatus};
 use super::view_change::plan_new_view;
 use super::{
-    Conflict, Destination, Durable, Executed, Outgoing, ProtocolConfig, Ready, Status, Timer,
-    TimerCommand,
+    Conflict, Destination, Durable, Executed, Outgoing, ProtocolConfig, Ready, RecoveryReport,
+    Status, Timer, TimerCommand,
 };
 use crate::app::StateMachine;
 use crate::codec;
@@ -81,6 +81,8 @@ struct Entry {
     /// A FETCH-BATCH went out in this view.
     fetch_sent: bool,
     committed: bool,
+    /// The digest of the batch body last written to durable storage for this slot.
+    durable_batch: Option<Digest>,
     /// When this slot last made progress, for retransmission.
     touched: Duration,
 }
@@ -255,6 +257,147 @@ impl Replica {
             },
         );
         Ok(replica)
+    }
+
+    /// Rebuilds a replica after a crash from the records it persisted, in the order they were
+    /// written. The state comes from the newest stable checkpoint among them, the log and the
+    /// view from the records after it, and committed batches above the snapshot execute again.
+    /// Call [`Replica::start`] next; the replica then catches up with its peers. The records are
+    /// this replica's own and trusted; a snapshot that does not match its proof is an error.
+    pub fn recover(
+        id: ReplicaId,
+        committee: Committee,
+        config: ProtocolConfig,
+        key: KeyPair,
+        app: Box<dyn StateMachine>,
+        records: Vec<Durable>,
+    ) -> Result<(Replica, RecoveryReport), String> {
+        let mut replica = Replica::new(id, committee, config, key, app)?;
+        let mut report = RecoveryReport {
+            records: records.len(),
+            ..RecoveryReport::default()
+        };
+        let newest_stable = records.iter().rev().find_map(|record| match record {
+            Durable::Stable {
+                seq,
+                proof,
+                snapshot,
+            } => Some((*seq, proof.clone(), snapshot.clone())),
+            _ => None,
+        });
+        if let Some((seq, proof, snapshot)) = newest_stable {
+            let digest = snapshot_digest(&snapshot);
+            if proof.first().map(|c| c.state_digest) != Some(digest) {
+                return Err(format!(
+                    "the stored snapshot at {seq} does not match its checkpoint proof"
+                ));
+            }
+            replica.install_state(seq, digest, snapshot)?;
+            let c = &mut replica.checkpoints;
+            c.stable_seq = seq;
+            c.stable_digest = digest;
+            c.stable_proof = proof;
+            c.own = c.own.split_off(&seq);
+            report.snapshot_seq = seq;
+        }
+        for record in records {
+            replica.replay(record);
+        }
+        for entry in replica.log.values_mut() {
+            // A body left over from an older view waits to be fetched again.
+            if entry.batch.as_ref().map(|b| b.digest) != entry.digest {
+                entry.batch = None;
+            }
+        }
+        let highest = replica.log.keys().next_back().copied().unwrap_or(0);
+        replica.next_seq = highest.max(replica.last_executed) + 1;
+        replica.rebuild_in_log();
+        let before = replica.last_executed;
+        replica.execute_committed();
+        report.reexecuted = replica.last_executed - before;
+        report.view = replica.view;
+        report.last_executed = replica.last_executed;
+        Ok((replica, report))
+    }
+
+    /// Applies one persisted record during [`Replica::recover`].
+    fn replay(&mut self, record: Durable) {
+        if record
+            .slot()
+            .is_some_and(|seq| seq <= self.checkpoints.stable_seq)
+        {
+            return;
+        }
+        match record {
+            Durable::Vote(vote) | Durable::PrePrepare(vote) => {
+                let own = vote.replica == self.id;
+                let Some(entry) = replay_slot(&mut self.log, vote.view, vote.seq) else {
+                    return;
+                };
+                match vote.phase {
+                    Phase::PrePrepare => {
+                        entry.digest = Some(vote.digest);
+                        entry.pre_prepare = Some(vote);
+                    }
+                    Phase::Prepare if own => {
+                        entry.sent_prepare = true;
+                        entry.prepares.insert(vote.replica, vote);
+                    }
+                    Phase::Commit if own => {
+                        entry.sent_commit = true;
+                        entry.commits.insert(vote.replica, vote);
+                    }
+                    Phase::Prepare | Phase::Commit => {}
+                }
+            }
+            Durable::Batch { seq, batch } => {
+                let body = BatchBody::new(batch);
+                let entry = self.log.entry(seq).or_default();
+                entry.durable_batch = Some(body.digest);
+                entry.batch = Some(body);
+            }
+            Durable::Prepared(cert) => {
+                let entry = self.log.entry(cert.seq()).or_default();
+                let newer = entry
+                    .prepared_cert
+                    .as_ref()
+                    .is_none_or(|held| held.pre_prepare.view <= cert.pre_prepare.view);
+                if newer {
+                    entry.prepared_cert = Some(cert);
+                }
+            }
+            Durable::Committed(commits) => {
+                let Some(first) = commits.first() else { return };
+                let (seq, digest) = (first.seq, first.digest);
+                let entry = self.log.entry(seq).or_default();
+                if entry.digest.is_some_and(|d| d != digest) {
+                    entry.pre_prepare = None;
+                }
+                entry.digest = Some(digest);
+                entry.committed = true;
+                entry.commit_cert = Some(commits);
+            }
+            // Executing again signs the same checkpoint; the stable one was loaded first.
+            Durable::Checkpoint(_) | Durable::Stable { .. } => {}
+            Durable::ViewChange(view_change) => {
+                if view_change.new_view > self.view {
+                    self.view = view_change.new_view;
+                    self.view_active = false;
+                }
+                self.store_view_change(view_change);
+            }
+            Durable::NewView(new_view) => {
+                // A view is entered once; later copies only carry it past released segments.
+                if new_view.view < self.view || (new_view.view == self.view && self.view_active) {
+                    return;
+                }
+                for view_change in &new_view.view_changes {
+                    self.store_view_change(view_change.clone());
+                }
+                let plan = plan_new_view(&new_view.view_changes);
+                self.enter_view(new_view, plan);
+            }
+        }
     }
 
     // ----- getters -----
@@ -465,6 +608,20 @@ impl Replica {
         vote
     }
 
+    /// Writes the body of slot `seq`'s batch to durable storage, once per digest.
+    fn persist_batch(&mut self, seq: Seq) {
+        let Some(entry) = self.log.get_mut(&seq) else {
+            return;
+        };
+        let Some(body) = &entry.batch else { return };
+        if entry.durable_batch == Some(body.digest) {
+            return;
+        }
+        entry.durable_batch = Some(body.digest);
+        let batch = body.batch.clone();
+        self.ready.persist.push(Durable::Batch { seq, batch });
+    }
+
     fn after_input(&mut self) {
         self.execute_committed();
         self.try_propose();
@@ -589,6 +746,10 @@ impl Replica {
             }
             let body = BatchBody::with_digests(batch, envelope_digests);
             let digest = body.digest;
+            self.ready.persist.push(Durable::Batch {
+                seq,
+                batch: body.batch.clone(),
+            });
             let header = self.sign_vote(Phase::PrePrepare, self.view, seq, digest);
             self.next_seq += 1;
             let view = self.view;
@@ -597,6 +758,7 @@ impl Replica {
             entry.reset_for_view(view);
             entry.pre_prepare = Some(header.clone());
             entry.digest = Some(digest);
+            entry.durable_batch = Some(digest);
             entry.touched = now;
             let batch = body.batch.clone();
             entry.batch = Some(body);
@@ -688,6 +850,10 @@ impl Replica {
         let Some(pre_prepare) = entry.pre_prepare.clone() else {
             return;
         };
+        self.persist_batch(seq);
+        self.ready
+            .persist
+            .push(Durable::PrePrepare(pre_prepare.clone()));
         let vote = self.sign_vote(Phase::Prepare, view, seq, pre_prepare.digest);
         let now = self.now;
         let entry = self.log.get_mut(&seq).expect("checked above");
@@ -762,10 +928,13 @@ impl Replica {
         if prepares.len() < needed {
             return;
         }
-        entry.prepared_cert = Some(PreparedCert {
+        let cert = PreparedCert {
             pre_prepare: pre_prepare.clone(),
             prepares,
-        });
+        };
+        entry.prepared_cert = Some(cert.clone());
+        self.persist_batch(seq);
+        self.ready.persist.push(Durable::Prepared(cert));
         let vote = self.sign_vote(Phase::Commit, view, seq, pre_prepare.digest);
         let now = self.now;
         let entry = self.log.get_mut(&seq).expect("exists");
@@ -855,6 +1024,11 @@ impl Replica {
                 return;
             };
             let digest = entry.digest.expect("committed slots have a digest");
+            let commits = entry.commit_cert.clone();
+            self.persist_batch(seq);
+            if let Some(commits) = commits {
+                self.ready.persist.push(Durable::Committed(commits));
+            }
             self.execute_batch(seq, digest, &batch);
         }
     }
@@ -1024,7 +1198,7 @@ impl Replica {
             .get(&seq)
             .map(|own| own.digest == digest);
         match own_matches {
-            Some(true) => {}
+            Some(true) => self.persist_stable(),
             Some(false) => {
                 tracing::error!(
                     replica = self.id,
@@ -1038,6 +1212,29 @@ impl Replica {
                 // Executed past it without a snapshot at it (after a state transfer): nothing to do.
             }
             None => self.start_state_fetch(seq, sources),
+        }
+    }
+
+    /// Writes the stable checkpoint and the state at it; older records are then released.
+    fn persist_stable(&mut self) {
+        let c = &self.checkpoints;
+        let Some(own) = c.own.get(&c.stable_seq) else {
+            return;
+        };
+        self.ready.persist.push(Durable::Stable {
+            seq: c.stable_seq,
+            proof: c.stable_proof.clone(),
+            snapshot: own.snapshot.clone(),
+        });
+        // The records of the current view may sit in segments released after this one; carry
+        // them forward so a restart never forgets which views this replica has left.
+        if let Some(new_view) = self.last_new_view.clone() {
+            self.ready.persist.push(Durable::NewView(new_view));
+        }
+        if !self.view_active {
+            if let Some(own) = self.view_changes.get(&self.id).cloned() {
+                self.ready.persist.push(Durable::ViewChange(own));
+            }
         }
     }
 
@@ -1092,38 +1289,59 @@ impl Replica {
             self.ignore("state does not match its proof");
             return;
         }
-        let Ok(state) =
-            codec::decode::<ReplicatedState>(&snapshot, self.config.limits.max_message_bytes)
-        else {
+        let snapshot = Arc::new(snapshot);
+        if let Err(error) = self.install_state(seq, expected, snapshot) {
+            // The digest matched 2f+1 signed checkpoints, so only a broken application gets
+            // here; keep the old state.
+            tracing::error!(replica = self.id, seq, %error, "certified snapshot failed to install");
             self.ignore("state undecodable");
-            return;
-        };
-        if let Err(error) = self.app.restore(&state.app) {
-            // The digest matched 2f+1 signed checkpoints, so this cannot be a correct snapshot
-            // of ours only if the application is broken; keep the old state.
-            tracing::error!(replica = self.id, seq, %error, "certified snapshot failed to restore");
             return;
         }
         tracing::info!(replica = self.id, seq, "installed state from a peer");
-        self.clients = state.clients;
-        self.last_executed = seq;
         self.state_transfers += 1;
         self.state_fetch = None;
-        let own = OwnCheckpoint {
-            digest: expected,
-            snapshot: Arc::new(snapshot),
-            message: None,
-        };
-        self.checkpoints.own.insert(seq, own);
         if seq > self.checkpoints.stable_seq {
             self.make_stable(seq, expected, proof);
+        } else {
+            self.persist_stable();
         }
-        self.log = self.log.split_off(&(seq + 1));
-        self.next_seq = self.next_seq.max(seq + 1);
         let clients = &self.clients;
         self.pending
             .retain(|envelope, _| !clients.is_settled(envelope));
         self.rebuild_in_log();
+    }
+
+    /// Replaces the application state and client table with `snapshot`, taken at `seq`, and
+    /// drops the log at and below it.
+    fn install_state(
+        &mut self,
+        seq: Seq,
+        digest: Digest,
+        snapshot: Arc<Vec<u8>>,
+    ) -> Result<(), String> {
+        // The limit is the snapshot's own length, so a bad length prefix cannot allocate more.
+        let state: ReplicatedState = codec::decode(&snapshot, snapshot.len() as u64)
+            .map_err(|e| format!("snapshot at {seq} undecodable: {e}"))?;
+        self.app
+            .restore(&state.app)
+            .map_err(|e| format!("snapshot at {seq} rejected by the application: {e}"))?;
+        self.clients = state.clients;
+        self.last_executed = seq;
+        // Vouch for the state now held, so that replicas further behind find a quorum for it
+        // even if some of those who signed it first have moved on.
+        let checkpoint = Checkpoint::new(&self.key, seq, digest, self.id);
+        self.ready
+            .persist
+            .push(Durable::Checkpoint(checkpoint.clone()));
+        let own = OwnCheckpoint {
+            digest,
+            snapshot,
+            message: Some(checkpoint),
+        };
+        self.checkpoints.own.insert(seq, own);
+        self.log = self.log.split_off(&(seq + 1));
+        self.next_seq = self.next_seq.max(seq + 1);
+        Ok(())
     }
 
     fn on_fetch_batch(&mut self, seq: Seq, digest: Digest, requester: ReplicaId) {
@@ -1397,7 +1615,6 @@ impl Replica {
             orders = plan.orders.len(),
             "sending new view"
         );
-        self.ready.persist.push(Durable::NewView(new_view.clone()));
         self.broadcast(Message::NewView((*new_view).clone()));
         self.enter_view(new_view, plan);
     }
@@ -1434,6 +1651,7 @@ impl Replica {
     fn enter_view(&mut self, new_view: Arc<NewView>, plan: super::NewViewPlan) {
         let view = new_view.view;
         tracing::info!(replica = self.id, view, "entering view");
+        self.ready.persist.push(Durable::NewView(new_view.clone()));
         self.view = view;
         self.view_active = true;
         self.last_new_view = Some(new_view.clone());
@@ -1629,6 +1847,19 @@ impl Replica {
             self.evidence.insert(culprit, conflict);
         }
     }
+}
+
+/// The slot a replayed vote of `view` belongs to, reset if the vote is from a newer view than
+/// what the slot holds; `None` for a vote from an older view.
+fn replay_slot(log: &mut BTreeMap<Seq, Entry>, view: View, seq: Seq) -> Option<&mut Entry> {
+    let entry = log.entry(seq).or_default();
+    if view < entry.view {
+        return None;
+    }
+    if view > entry.view {
+        entry.reset_for_view(view);
+    }
+    Some(entry)
 }
 
 fn snapshot_digest(bytes: &[u8]) -> Digest {

@@ -333,6 +333,7 @@ pub fn generate(
             f: plan.f,
             protocol: protocol.section(),
             transport: Default::default(),
+            storage: Default::default(),
             replicas: replicas.clone(),
         };
         let text = toml::to_string(&config).expect("a node configuration serializes");

@@ -1,6 +1,6 @@
 //! The invariants of DESIGN.md, checked after every simulation step.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use pbft_crypto::{Digest, PublicKey};
 use pbft_node::messages::{ReplicaId, Seq, Timestamp};
@@ -17,8 +17,9 @@ pub struct Checker {
     batches: BTreeMap<Seq, (Digest, ReplicaId)>,
     /// The state digest after each sequence number, and the first replica seen.
     states: BTreeMap<Seq, (Digest, ReplicaId)>,
-    /// Requests each correct replica executed (a repeat is a violation).
-    executions: BTreeMap<ReplicaId, BTreeSet<(PublicKey, Timestamp)>>,
+    /// Requests each correct replica executed, with the sequence number (a repeat is a
+    /// violation).
+    executions: BTreeMap<ReplicaId, BTreeMap<(PublicKey, Timestamp), Seq>>,
     /// The result correct replicas computed for each request.
     results: BTreeMap<(PublicKey, Timestamp), Vec<u8>>,
     pub accepted_count: usize,
@@ -47,7 +48,7 @@ impl Checker {
         }
         let done = self.executions.entry(replica).or_default();
         for request in &executed.requests {
-            if !done.insert(*request) {
+            if done.insert(*request, executed.seq).is_some() {
                 return Err(Violation(format!(
                     "at-most-once: replica {replica} executed timestamp {} of client {:?} twice",
                     request.1, request.0
@@ -55,6 +56,14 @@ impl Checker {
             }
         }
         Ok(())
+    }
+
+    /// A replica restarted from a snapshot at `seq`: what it executed above that it will execute
+    /// again.
+    pub fn forget_executions_after(&mut self, replica: ReplicaId, seq: Seq) {
+        if let Some(done) = self.executions.get_mut(&replica) {
+            done.retain(|_, executed_at| *executed_at <= seq);
+        }
     }
 
     /// Equal state: correct replicas at the same sequence number have the same state digest.

@@ -6,8 +6,11 @@
 //! ([`messages::verify`]) as in a real node. After every step the invariants of DESIGN.md are
 //! checked ([`Checker`]); the first violation stops the run with the seed in the message.
 //!
-//! A crashed replica receives nothing and its timers are lost; when it recovers it continues from
-//! the state it had, as a replica that persisted everything before sending would.
+//! Each replica persists its outputs' durable records to a simulated disk before they are sent,
+//! as the real node does. A crashed replica loses its memory, receives nothing and its timers
+//! are lost; when it recovers it is rebuilt from its disk by [`Replica::recover`]. A crash can
+//! also hit in the middle of a write ([`Simulation::crash_during_next_write`]): part of the
+//! step's records reach the disk and none of its messages leave.
 
 mod checker;
 mod client;
@@ -22,7 +25,8 @@ use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
 use pbft_node::app::KvStore;
 use pbft_node::byzantine::{self, Behavior, BehaviorKind, Context, FaultySend, Payload};
 use pbft_node::messages::{self, Limits, Message, ReplicaId, Sender, SignatureCheck};
-use pbft_node::protocol::{Destination, ProtocolConfig, Replica, Timer, TimerCommand};
+use pbft_node::protocol::{Destination, Durable, ProtocolConfig, Replica, Timer, TimerCommand};
+use pbft_node::storage::segment_released;
 use pbft_node::Committee;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -154,11 +158,55 @@ impl SignatureCheck for CachingCheck {
     }
 }
 
+/// A replica's durable records, kept as the real store keeps them: a new segment at each
+/// stable checkpoint, and old segments released by the same rule.
+#[derive(Default)]
+struct SimDisk {
+    segments: Vec<(u64, Vec<Durable>)>,
+}
+
+impl SimDisk {
+    fn write(&mut self, records: &[Durable], log_window: u64) {
+        let mut stable = None;
+        for record in records {
+            if let Durable::Stable { seq, .. } = record {
+                if self.segments.last().is_none_or(|(start, _)| start < seq) {
+                    self.segments.push((*seq, Vec::new()));
+                }
+                stable = Some(*seq);
+            }
+            if self.segments.is_empty() {
+                self.segments.push((0, Vec::new()));
+            }
+            if let Some((_, segment)) = self.segments.last_mut() {
+                segment.push(record.clone());
+            }
+        }
+        if let Some(stable) = stable {
+            while self.segments.len() >= 2
+                && segment_released(self.segments[1].0, stable, log_window)
+            {
+                self.segments.remove(0);
+            }
+        }
+    }
+
+    fn records(&self) -> Vec<Durable> {
+        self.segments
+            .iter()
+            .flat_map(|(_, records)| records.iter().cloned())
+            .collect()
+    }
+}
+
 struct SimReplica {
     replica: Replica,
     key: KeyPair,
     behavior: Option<Box<dyn Behavior>>,
     crashed: bool,
+    disk: SimDisk,
+    /// Crash during the next write, keeping only this fraction of its records.
+    crash_in_write: Option<f64>,
     /// The deadline each timer is set to; a firing that does not match was cancelled or moved.
     timers: BTreeMap<Timer, Duration>,
     /// The earliest wake-up scheduled for the behaviour, if any.
@@ -215,6 +263,8 @@ impl Simulation {
                 key,
                 behavior: None,
                 crashed: false,
+                disk: SimDisk::default(),
+                crash_in_write: None,
                 timers: BTreeMap::new(),
                 wake_at: None,
             })
@@ -303,22 +353,46 @@ impl Simulation {
         self.network.heal();
     }
 
-    /// Stops replica `id`: it receives nothing and its timers are lost.
+    /// Stops replica `id` between two steps: what it wrote is on its disk, the rest is lost.
     pub fn crash(&mut self, id: ReplicaId) {
         let replica = &mut self.replicas[id as usize];
         replica.crashed = true;
         replica.timers.clear();
     }
 
-    /// Restarts a crashed replica from the state it had.
+    /// Crashes replica `id` in the middle of its next write: only the first `kept` fraction
+    /// (0 to 1) of that step's records reach the disk, and none of its messages leave.
+    pub fn crash_during_next_write(&mut self, id: ReplicaId, kept: f64) {
+        self.replicas[id as usize].crash_in_write = Some(kept.clamp(0.0, 1.0));
+    }
+
+    /// Restarts a crashed replica from its disk.
     pub fn recover(&mut self, id: ReplicaId) -> Result<(), Violation> {
         let now = self.now;
-        let replica = &mut self.replicas[id as usize];
-        if !replica.crashed {
+        let r = &mut self.replicas[id as usize];
+        if !r.crashed {
+            // A crash waiting for a write that never came is called off.
+            r.crash_in_write = None;
             return Ok(());
         }
-        replica.crashed = false;
-        replica.replica.start(now);
+        let (replica, report) = Replica::recover(
+            id,
+            self.committee.clone(),
+            self.config.protocol.clone(),
+            r.key.clone(),
+            Box::new(KvStore::new()),
+            r.disk.records(),
+        )
+        .map_err(|e| Violation(format!("replica {id} cannot recover from its disk: {e}")))?;
+        r.replica = replica;
+        r.crashed = false;
+        r.crash_in_write = None;
+        tracing::debug!(replica = id, ?report, "recovered from disk");
+        r.replica.start(now);
+        // Batches above the snapshot execute again; they are not repeats.
+        self.checker
+            .forget_executions_after(id, report.snapshot_seq);
+        self.last_seen[id as usize] = (report.snapshot_seq, u64::MAX);
         self.flush(id)
     }
 
@@ -332,8 +406,10 @@ impl Simulation {
         }
     }
 
+    /// Whether replica `id` is down or will go down at its next write.
     pub fn is_crashed(&self, id: ReplicaId) -> bool {
-        self.replicas[id as usize].crashed
+        let r = &self.replicas[id as usize];
+        r.crashed || r.crash_in_write.is_some()
     }
 
     // ----- inspection -----
@@ -624,6 +700,21 @@ impl Simulation {
         let now = self.now;
         let r = &mut self.replicas[id as usize];
         let ready = r.replica.poll_ready();
+        let log_window = self.config.protocol.log_window;
+        if let Some(kept) = r.crash_in_write.take() {
+            let keep = ((ready.persist.len() as f64) * kept) as usize;
+            r.disk.write(&ready.persist[..keep], log_window);
+            tracing::debug!(
+                replica = id,
+                keep,
+                of = ready.persist.len(),
+                "crashed during a write"
+            );
+            r.crashed = true;
+            r.timers.clear();
+            return Ok(());
+        }
+        r.disk.write(&ready.persist, log_window);
         let correct = r.behavior.is_none();
         let executed = ready.executed.clone();
         let output = match &mut r.behavior {

@@ -1,0 +1,88 @@
+//! The replica's [`Durable`] records on top of the [`Wal`]: one frame per record, a new segment
+//! at every stable checkpoint, and old segments released behind it.
+
+use std::path::Path;
+
+use super::wal::{DiscardedTail, StorageError, Wal, WalOptions};
+use crate::codec;
+use crate::protocol::Durable;
+
+/// A replica's durable state. See [`crate::protocol::Durable`] for what it holds.
+pub struct ReplicaStore {
+    wal: Wal,
+}
+
+/// A store just opened, with the records it held in the order they were written.
+pub struct OpenedStore {
+    pub store: ReplicaStore,
+    pub records: Vec<Durable>,
+    pub discarded_tail: Option<DiscardedTail>,
+}
+
+impl ReplicaStore {
+    /// Opens (or creates) the store in `dir` and reads it back. `log_window` is the protocol's
+    /// L, which decides how long segments are kept.
+    pub fn open(dir: &Path, fsync: bool, log_window: u64) -> Result<OpenedStore, StorageError> {
+        let options = WalOptions {
+            fsync,
+            retain_window: log_window,
+        };
+        let opened = Wal::open(dir, options)?;
+        let mut records = Vec::with_capacity(opened.records.len());
+        for (index, bytes) in opened.records.iter().enumerate() {
+            // The checksum matched, so a record that does not decode was written by another
+            // version or is damaged in a way the checksum missed: either way, not to be trusted.
+            let record = codec::decode(bytes, bytes.len() as u64).map_err(|error| {
+                StorageError::Corrupt {
+                    path: dir.to_path_buf(),
+                    offset: index as u64,
+                    reason: format!("record {index} does not decode: {error}"),
+                }
+            })?;
+            records.push(record);
+        }
+        Ok(OpenedStore {
+            store: ReplicaStore { wal: opened.wal },
+            records,
+            discarded_tail: opened.discarded_tail,
+        })
+    }
+
+    /// Writes `records` and waits until they are on disk (when syncing is on), in one write and
+    /// one sync. Nothing produced in the same step may leave the replica before this returns
+    /// `Ok`; after an error the store refuses every later write.
+    pub fn persist(&mut self, records: &[Durable]) -> Result<(), StorageError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut stable = None;
+        for record in records {
+            if let Durable::Stable { seq, .. } = record {
+                self.wal.rotate(*seq);
+                stable = Some(*seq);
+            }
+            self.wal.append(&codec::encode(record))?;
+        }
+        self.wal.sync()?;
+        if let Some(seq) = stable {
+            self.wal.release(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes written since the store was opened.
+    pub fn bytes_written(&self) -> u64 {
+        self.wal.bytes_written()
+    }
+
+    /// Syncs done since the store was opened.
+    pub fn syncs(&self) -> u64 {
+        self.wal.syncs()
+    }
+
+    /// Makes the next write fail, as a full or failing disk would.
+    #[doc(hidden)]
+    pub fn fail_next_write(&mut self) {
+        self.wal.fail_next_write();
+    }
+}

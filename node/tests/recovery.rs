@@ -1,0 +1,242 @@
+//! A replica rebuilt from its durable records after a crash keeps the promises it made before.
+
+use std::time::Duration;
+
+use pbft_crypto::KeyPair;
+use pbft_node::app::{KvOp, KvStore};
+use pbft_node::messages::{
+    self, Batch, ClientRequest, Limits, Message, Phase, RequestEnvelope, Sender, StrictCheck, Vote,
+};
+use pbft_node::protocol::{Durable, ProtocolConfig, Ready, Replica};
+use pbft_node::Committee;
+
+fn keys() -> Vec<KeyPair> {
+    (0..4u8)
+        .map(|i| KeyPair::from_seed(&[i + 1; 32]).unwrap())
+        .collect()
+}
+
+fn committee(keys: &[KeyPair]) -> Committee {
+    Committee::new(keys.iter().map(KeyPair::public).collect(), 1).unwrap()
+}
+
+fn batch_putting(client: &KeyPair, value: &[u8]) -> Batch {
+    let op = KvOp::Put {
+        key: b"k".to_vec(),
+        value: value.to_vec(),
+    }
+    .encode();
+    let envelope = RequestEnvelope::new(client, vec![ClientRequest { timestamp: 1, op }]);
+    Batch {
+        envelopes: vec![envelope],
+    }
+}
+
+struct Harness {
+    keys: Vec<KeyPair>,
+    committee: Committee,
+    /// Every record replica 2 persisted, in order, as its disk would hold them.
+    disk: Vec<Durable>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let keys = keys();
+        Harness {
+            committee: committee(&keys),
+            keys,
+            disk: Vec::new(),
+        }
+    }
+
+    fn fresh_backup(&self) -> Replica {
+        let mut replica = Replica::new(
+            2,
+            self.committee.clone(),
+            ProtocolConfig::default(),
+            self.keys[2].clone(),
+            Box::new(KvStore::new()),
+        )
+        .unwrap();
+        replica.start(Duration::ZERO);
+        replica
+    }
+
+    fn restarted_backup(&self) -> Replica {
+        let (mut replica, report) = Replica::recover(
+            2,
+            self.committee.clone(),
+            ProtocolConfig::default(),
+            self.keys[2].clone(),
+            Box::new(KvStore::new()),
+            self.disk.clone(),
+        )
+        .unwrap();
+        assert_eq!(report.records, self.disk.len());
+        replica.start(Duration::from_secs(10));
+        replica
+    }
+
+    /// Delivers `message` from `from` and returns the outputs, keeping what had to be persisted.
+    fn deliver(&mut self, replica: &mut Replica, from: u32, message: Message) -> Ready {
+        let verified = messages::verify(
+            message,
+            Sender::Replica(from),
+            &self.committee,
+            &Limits::default(),
+            &mut StrictCheck,
+        )
+        .expect("a valid message");
+        replica.handle_message(Duration::from_secs(11), verified);
+        let ready = replica.poll_ready();
+        self.disk.extend(ready.persist.iter().cloned());
+        ready
+    }
+
+    fn pre_prepare(&self, seq: u64, batch: &Batch) -> Message {
+        let header = Vote::new(&self.keys[0], Phase::PrePrepare, 0, seq, batch.digest(), 0);
+        Message::PrePrepare {
+            header,
+            batch: batch.clone(),
+        }
+    }
+
+    fn prepare_from(&self, replica: u32, seq: u64, batch: &Batch) -> Message {
+        let digest = batch.digest();
+        Message::Prepare {
+            vote: Vote::new(
+                &self.keys[replica as usize],
+                Phase::Prepare,
+                0,
+                seq,
+                digest,
+                replica,
+            ),
+            pre_prepare: Vote::new(&self.keys[0], Phase::PrePrepare, 0, seq, digest, 0),
+        }
+    }
+}
+
+/// The PREPAREs replica 2 sent for sequence number `seq`.
+fn own_prepares(ready: &Ready, seq: u64) -> Vec<Vote> {
+    ready
+        .messages
+        .iter()
+        .filter_map(|m| match &*m.message {
+            Message::Prepare { vote, .. } if vote.replica == 2 && vote.seq == seq => {
+                Some(vote.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_backup_restarted_after_preparing_never_prepares_a_conflicting_batch() {
+    let client = KeyPair::from_seed(&[9; 32]).unwrap();
+    let first = batch_putting(&client, b"first");
+    let second = batch_putting(&client, b"second");
+    let mut h = Harness::new();
+
+    let mut backup = h.fresh_backup();
+    let ready = h.deliver(&mut backup, 0, h.pre_prepare(1, &first));
+    let sent = own_prepares(&ready, 1);
+    assert_eq!(sent.len(), 1, "the backup prepares the first batch");
+    assert_eq!(sent[0].digest, first.digest());
+    assert!(
+        h.disk
+            .iter()
+            .any(|r| matches!(r, Durable::Vote(v) if *v == sent[0])),
+        "the PREPARE is among the records to persist before sending"
+    );
+
+    // Crash, and restart from what was persisted.
+    drop(backup);
+    let mut backup = h.restarted_backup();
+    let restart = backup.poll_ready();
+    assert!(own_prepares(&restart, 1)
+        .iter()
+        .all(|v| v.digest == first.digest()));
+
+    // An equivocating primary now offers another batch for the same view and number, and the
+    // other backups (one of them colluding) vouch for it.
+    let mut sent_after = Vec::new();
+    for (from, message) in [
+        (0, h.pre_prepare(1, &second)),
+        (1, h.prepare_from(1, 1, &second)),
+        (3, h.prepare_from(3, 1, &second)),
+    ] {
+        let ready = h.deliver(&mut backup, from, message);
+        sent_after.extend(own_prepares(&ready, 1));
+        assert!(
+            !ready.messages.iter().any(|m| matches!(&*m.message,
+                Message::Commit(v) if v.replica == 2 && v.digest == second.digest())),
+            "committed to a batch conflicting with its own PREPARE"
+        );
+    }
+    assert!(
+        sent_after.iter().all(|v| v.digest == first.digest()),
+        "after a restart the backup prepared {:?} at (0, 1), having prepared {:?} before",
+        sent_after.iter().map(|v| v.digest).collect::<Vec<_>>(),
+        first.digest()
+    );
+    assert!(
+        backup.evidence().contains_key(&0),
+        "the second PRE-PREPARE is proof against the primary"
+    );
+}
+
+#[test]
+fn a_replica_restarted_after_a_commit_executes_the_batch_again() {
+    let client = KeyPair::from_seed(&[9; 32]).unwrap();
+    let batch = batch_putting(&client, b"kept");
+    let mut h = Harness::new();
+
+    let mut backup = h.fresh_backup();
+    h.deliver(&mut backup, 0, h.pre_prepare(1, &batch));
+    h.deliver(&mut backup, 1, h.prepare_from(1, 1, &batch));
+    for from in [0u32, 1] {
+        let commit = Vote::new(
+            &h.keys[from as usize],
+            Phase::Commit,
+            0,
+            1,
+            batch.digest(),
+            from,
+        );
+        h.deliver(&mut backup, from, Message::Commit(commit));
+    }
+    assert_eq!(backup.last_executed(), 1);
+    let digest_before = backup.state_digest();
+    assert!(h.disk.iter().any(|r| matches!(r, Durable::Committed(_))));
+
+    let backup = h.restarted_backup();
+    assert_eq!(
+        backup.last_executed(),
+        1,
+        "the committed batch is executed again"
+    );
+    assert_eq!(backup.state_digest(), digest_before);
+}
+
+#[test]
+fn a_restart_without_the_last_unsynced_records_stays_consistent() {
+    let client = KeyPair::from_seed(&[9; 32]).unwrap();
+    let first = batch_putting(&client, b"first");
+    let second = batch_putting(&client, b"second");
+    let mut h = Harness::new();
+
+    let mut backup = h.fresh_backup();
+    let ready = h.deliver(&mut backup, 0, h.pre_prepare(1, &first));
+    assert_eq!(own_prepares(&ready, 1).len(), 1);
+    // The write of that step never reached the disk, so its PREPARE never left either: the
+    // restarted replica is free to answer another PRE-PREPARE, and does so exactly once.
+    h.disk.clear();
+    let mut backup = h.restarted_backup();
+    let ready = h.deliver(&mut backup, 0, h.pre_prepare(1, &second));
+    let sent = own_prepares(&ready, 1);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].digest, second.digest());
+    let ready = h.deliver(&mut backup, 0, h.pre_prepare(1, &first));
+    assert!(own_prepares(&ready, 1).is_empty());
+}
