@@ -68,7 +68,7 @@ enum Command {
         id: ReplicaId,
         #[command(flatten)]
         dir: DirArg,
-        /// Seconds to wait until it is connected to the other replicas.
+        /// Seconds to wait until it is connected to the other running replicas.
         #[arg(long, value_name = "SECS", default_value_t = 30.0)]
         timeout: f64,
     },

@@ -141,28 +141,8 @@ fn correct(status: &Value) -> Vec<&Value> {
 /// Puts `count` distinct keys `{prefix}-{i}` with `concurrency` requests outstanding; every
 /// one must be acknowledged.
 async fn workload(client: &Client, prefix: &str, count: usize, concurrency: usize) {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let client = client.clone();
-        let next = next.clone();
-        let prefix = prefix.to_string();
-        workers.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    return;
-                }
-                let key = format!("{prefix}-{i}");
-                if let Err(e) = client.put(key.clone(), value(&key)).await {
-                    panic!("put {key} failed: {e}");
-                }
-            }
-        });
-    }
-    while let Some(joined) = workers.join_next().await {
-        joined.unwrap();
-    }
+    let (running, _) = background_workload(client, prefix, count, concurrency);
+    running.await.unwrap();
 }
 
 fn value(key: &str) -> String {
@@ -338,34 +318,174 @@ fn two_mixed_byzantine_replicas_of_seven() {
     one_at_a_time(scenario(2, 2, "mixed", expect));
 }
 
+/// Puts keys `{prefix}-{i}` in the background with `concurrency` requests outstanding, and
+/// counts how many have been acknowledged so far.
+fn background_workload(
+    client: &Client,
+    prefix: &str,
+    count: usize,
+    concurrency: usize,
+) -> (tokio::task::JoinHandle<()>, Arc<AtomicUsize>) {
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let done = acknowledged.clone();
+    let client = client.clone();
+    let prefix = prefix.to_string();
+    let task = tokio::spawn(async move {
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..concurrency {
+            let (client, next, done) = (client.clone(), next.clone(), done.clone());
+            let prefix = prefix.clone();
+            workers.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return;
+                    }
+                    let key = format!("{prefix}-{i}");
+                    if let Err(e) = client.put(key.clone(), value(&key)).await {
+                        panic!("put {key} failed: {e}");
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        while let Some(joined) = workers.join_next().await {
+            joined.unwrap();
+        }
+    });
+    (task, acknowledged)
+}
+
+async fn until_acknowledged(acknowledged: &AtomicUsize, count: usize) {
+    let start = Instant::now();
+    while acknowledged.load(Ordering::Relaxed) < count {
+        assert!(start.elapsed() < CONVERGENCE, "the workload is stuck");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
-fn a_crashed_backup_restarts_and_catches_up_without_losing_writes() {
+fn a_backup_killed_mid_workload_restarts_and_catches_up_without_losing_writes() {
     one_at_a_time(async {
         let net = Testnet::up(1, &[]);
         let client = net.client().await;
-        workload(&client, "before", 150, 16).await;
+        let (running, acknowledged) = background_workload(&client, "load", 600, 16);
+        until_acknowledged(&acknowledged, 150).await;
 
+        // SIGKILL in the middle of the workload: whatever it had not written is gone.
         let output = net.run(&["kill", "2"]);
         assert!(output.status.success(), "{}", text(&output));
         let status = net.status();
         assert_eq!(status["nodes"][2]["alive"], false, "{status:#}");
-        workload(&client, "during", 200, 16).await;
+        until_acknowledged(&acknowledged, 350).await;
 
         let output = net.run(&["restart", "2"]);
         assert!(output.status.success(), "{}", text(&output));
-        workload(&client, "after", 150, 16).await;
+        running.await.unwrap();
 
         let status = converged(&net, &client).await;
         assert_eq!(correct(&status).len(), 4, "{status:#}");
-        for (prefix, count) in [("before", 150), ("during", 200), ("after", 150)] {
-            check_values(&client, prefix, count, 1).await;
-        }
+        check_values(&client, "load", 600, 1).await;
         let log = std::fs::read_to_string(net.path.join("logs/node-2.log")).unwrap();
         assert_eq!(
             log.matches("--- testnet: starting node 2").count(),
             2,
             "the restart appends to the same log"
         );
+        assert!(
+            log.contains("recovered from durable state"),
+            "the restarted replica did not load its durable state: {log}"
+        );
+        client.close().await;
+    });
+}
+
+#[test]
+fn every_replica_killed_at_once_keeps_every_acknowledged_write() {
+    one_at_a_time(async {
+        let net = Testnet::up(1, &[]);
+        let client = net.client().await;
+        let (running, acknowledged) = background_workload(&client, "load", 500, 16);
+        until_acknowledged(&acknowledged, 200).await;
+
+        for id in ["0", "1", "2", "3"] {
+            let output = net.run(&["kill", id]);
+            assert!(output.status.success(), "{}", text(&output));
+        }
+        let acknowledged_before = acknowledged.load(Ordering::Relaxed);
+        let status = net.status();
+        assert!(
+            status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["alive"] == false),
+            "{status:#}"
+        );
+        for id in ["0", "1", "2", "3"] {
+            let output = net.run(&["restart", id]);
+            assert!(output.status.success(), "{}", text(&output));
+        }
+        // Requests in flight during the outage are retransmitted and complete; each key is
+        // written once, so every acknowledged value must be there.
+        running.await.unwrap();
+        assert!(acknowledged_before >= 200);
+
+        let status = converged(&net, &client).await;
+        assert_eq!(correct(&status).len(), 4, "{status:#}");
+        check_values(&client, "load", 500, 1).await;
+        for node in correct(&status) {
+            assert!(
+                node["last_executed"].as_u64().unwrap() > 0,
+                "a replica lost its log: {status:#}"
+            );
+        }
+        client.close().await;
+    });
+}
+
+#[test]
+fn a_replica_whose_disk_fills_up_stops_with_a_clear_error() {
+    one_at_a_time(async {
+        let net = Testnet::up(1, &[]);
+        let client = net.client().await;
+        workload(&client, "before", 100, 8).await;
+        let output = net.run(&["kill", "3"]);
+        assert!(output.status.success(), "{}", text(&output));
+
+        // Start replica 3 again by hand with a file size limit of 8 KiB, below what its log
+        // segments (each starting with a snapshot) need, so that its writes fail as on a full
+        // disk. SIGXFSZ is ignored so that the write returns an error instead of killing the
+        // process.
+        let blocks = 16;
+        let config = net.path.join("node-3.toml");
+        let script = format!("trap '' XFSZ; ulimit -f {blocks}; exec \"$0\" node --config \"$1\"");
+        let mut node = Command::new("sh")
+            .args(["-c", &script, BIN, config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (running, _) = background_workload(&client, "after", 400, 16);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = node.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < CONVERGENCE,
+                "replica 3 kept running on a full disk"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(node.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("durable write failed"), "{stderr}");
+        // The other three carry on.
+        running.await.unwrap();
+        check_values(&client, "after", 400, 7).await;
         client.close().await;
     });
 }
