@@ -5,7 +5,8 @@
 #   benches/scripts/latency.sh [F...]            (default: 1 2 3)
 #
 # Environment: WINDOWS (default "128 32 8 2"), CLIENTS (4), PAYLOAD (512), DURATION (8 s),
-# BIN (target/release), DIR (a temporary directory). Every run gets a fresh cluster, so the
+# STORAGE (fsync, no-fsync or off: `testnet up --storage`; default fsync), BIN (target/release),
+# DIR (a temporary directory). Every run gets a fresh cluster, so the
 # state the clients' distinct keys accumulate does not carry over from one run to the next.
 # Needs `cargo build --release -p pbft-node -p pbft-client -p testnet` first.
 set -euo pipefail
@@ -15,6 +16,7 @@ WINDOWS=${WINDOWS:-"128 32 8 2"}
 CLIENTS=${CLIENTS:-4}
 PAYLOAD=${PAYLOAD:-512}
 DURATION=${DURATION:-8}
+STORAGE=${STORAGE:-fsync}
 DIR=${DIR:-$(mktemp -d /tmp/pbft-latency.XXXXXX)}
 FS=("$@")
 [ ${#FS[@]} -eq 0 ] && FS=(1 2 3)
@@ -44,7 +46,8 @@ primary_counters() {
 for f in "${FS[@]}"; do
     for window in $WINDOWS; do
         tn="$DIR/f$f"
-        "$BIN/testnet" up --f "$f" --byzantine 0 --detach --force --dir "$tn" >/dev/null
+        "$BIN/testnet" up --f "$f" --byzantine 0 --storage "$STORAGE" --detach --force \
+            --dir "$tn" >/dev/null
         # Connections and the first batches settle before the measurement.
         "$BIN/pbft-client" --config "$tn/client.toml" bench --clients "$CLIENTS" \
             --window "$window" --duration 1 --payload "$PAYLOAD" --json >/dev/null
@@ -58,8 +61,8 @@ for f in "${FS[@]}"; do
         echo "$report" | jq -c --argjson f "$f" \
             --argjson requests "$((r1 - r0))" --argjson batches "$((b1 - b0))" \
             --argjson envelopes "$((e1 - e0))" --argjson cpu_ticks "$((cpu1 - cpu0))" \
-            --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" '{
-                f: $f, n: (3 * $f + 1), clients, window, payload,
+            --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg storage "$STORAGE" '{
+                f: $f, n: (3 * $f + 1), storage: $storage, clients, window, payload,
                 throughput: (.throughput | round), p50_ms, p99_ms, errors,
                 requests_per_batch: (if $batches > 0 then (($requests / $batches * 10 | round) / 10) else null end),
                 requests_per_envelope: (if $envelopes > 0 then (($requests / $envelopes * 10 | round) / 10) else null end),

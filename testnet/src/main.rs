@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use pbft_node::messages::ReplicaId;
 use testnet::launcher::report::AGREE_RULE;
 use testnet::launcher::setup::BEHAVIOR_NAMES;
-use testnet::launcher::{self, BehaviorChoice, LaunchError, ProtocolOverrides, UpOptions};
+use testnet::launcher::{self, BehaviorChoice, LaunchError, NodeOverrides, UpOptions};
 
 #[derive(Parser)]
 #[command(
@@ -142,6 +142,9 @@ struct UpArgs {
     /// The replicas' checkpoint interval K; the log window is 2K (default: the replica's, 128).
     #[arg(long, value_name = "K", help_heading = "Advanced")]
     checkpoint_interval: Option<u64>,
+    /// How the replicas keep their durable state in DIR/data.
+    #[arg(long, value_enum, default_value_t, help_heading = "Advanced")]
+    storage: launcher::Durability,
     /// Seconds to wait until every replica is connected to all others.
     #[arg(
         long,
@@ -220,9 +223,10 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
                 force: args.force,
                 base_port: args.base_port,
                 node_bin: args.node_bin,
-                protocol: ProtocolOverrides {
+                protocol: NodeOverrides {
                     view_change_timeout_ms: args.view_change_timeout_ms,
                     checkpoint_interval: args.checkpoint_interval,
+                    storage: args.storage,
                 },
                 up_timeout: seconds(args.up_timeout, "--up-timeout")?,
                 detach: args.detach,

@@ -2,6 +2,7 @@
 //! Section numbers refer to Castro and Liskov, "Practical Byzantine Fault Tolerance and Proactive
 //! Recovery", ACM TOCS 20(4), 2002.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -195,6 +196,9 @@ pub struct Replica {
     help_given: BTreeMap<(ReplicaId, Help), (u64, u32)>,
     state_transfers: u64,
     ignored: BTreeMap<&'static str, u64>,
+    /// The state digest and the sequence number it was computed at (the state is a function of
+    /// the last executed sequence number).
+    state_digest_cache: Cell<Option<(Seq, Digest)>>,
     now: Duration,
     ready: Ready,
 }
@@ -243,6 +247,7 @@ impl Replica {
             help_given: BTreeMap::new(),
             state_transfers: 0,
             ignored: BTreeMap::new(),
+            state_digest_cache: Cell::new(None),
             now: Duration::ZERO,
             ready: Ready::default(),
         };
@@ -445,13 +450,22 @@ impl Replica {
         &self.ignored
     }
 
-    /// A digest of the application state and the client table.
+    /// A digest of the application state and the client table. It costs a pass over the whole
+    /// state, so it is remembered until the next execution.
     pub fn state_digest(&self) -> Digest {
-        DigestBuilder::new(Domain::Content)
+        if let Some((seq, digest)) = self.state_digest_cache.get() {
+            if seq == self.last_executed {
+                return digest;
+            }
+        }
+        let digest = DigestBuilder::new(Domain::Content)
             .u8(b'S')
             .digest(&self.app.digest())
             .bytes(&codec::encode(&self.clients))
-            .finish()
+            .finish();
+        self.state_digest_cache
+            .set(Some((self.last_executed, digest)));
+        digest
     }
 
     pub fn status(&self) -> Status {

@@ -31,7 +31,7 @@ use pbft_node::messages::ReplicaId;
 pub use layout::{Layout, NodeRecord, State, DEFAULT_DIR};
 pub use process::NodeProgram;
 pub use report::{status, ClusterReport};
-pub use setup::{BehaviorChoice, ProtocolOverrides};
+pub use setup::{BehaviorChoice, Durability, NodeOverrides};
 pub use up::{up, wait_until_up, Load, LoadStats, UpOptions};
 
 /// Why a command failed. Usage errors (exit code 2) are the caller's to fix: a bad flag, a

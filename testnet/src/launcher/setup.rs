@@ -8,7 +8,7 @@ use std::str::FromStr;
 use pbft_client::ClientConfigFile;
 use pbft_crypto::KeyPair;
 use pbft_node::byzantine::BehaviorKind;
-use pbft_node::config::{NodeConfigFile, ProtocolSection, ReplicaEntry};
+use pbft_node::config::{NodeConfigFile, ProtocolSection, ReplicaEntry, StorageSection};
 use pbft_node::messages::ReplicaId;
 
 use super::layout::{Layout, NodeRecord};
@@ -265,17 +265,45 @@ fn port_in_use(port: u16, id: u16, what: &str, e: std::io::Error) -> LaunchError
     ))
 }
 
-/// Protocol settings a testnet may override; `None` keeps the replica's default.
+/// Replica settings a testnet may override; `None` keeps the replica's default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProtocolOverrides {
+pub struct NodeOverrides {
     /// The view-change timeout in milliseconds.
     pub view_change_timeout_ms: Option<u64>,
     /// The checkpoint interval K; the log window becomes 2K.
     pub checkpoint_interval: Option<u64>,
+    /// How replicas keep their durable state.
+    pub storage: Durability,
 }
 
-impl ProtocolOverrides {
-    fn section(&self) -> ProtocolSection {
+/// How replicas keep their durable state (the `[storage]` table of their configuration).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Written and synced to disk before anything that depends on it is sent.
+    #[default]
+    Fsync,
+    /// Written before sending, not synced: survives process crashes, not power loss.
+    NoFsync,
+    /// Nothing kept: a restarted replica forgets what it signed. For measurements only.
+    Off,
+}
+
+impl NodeOverrides {
+    fn storage_section(&self) -> StorageSection {
+        match self.storage {
+            Durability::Fsync => StorageSection::default(),
+            Durability::NoFsync => StorageSection {
+                fsync: Some(false),
+                ..StorageSection::default()
+            },
+            Durability::Off => StorageSection {
+                durable: Some(false),
+                ..StorageSection::default()
+            },
+        }
+    }
+
+    fn protocol_section(&self) -> ProtocolSection {
         ProtocolSection {
             view_change_timeout_ms: self.view_change_timeout_ms,
             checkpoint_interval: self.checkpoint_interval,
@@ -291,7 +319,7 @@ pub fn generate(
     layout: &Layout,
     plan: &Plan,
     ports: &Ports,
-    protocol: ProtocolOverrides,
+    protocol: NodeOverrides,
 ) -> Result<Vec<NodeRecord>, LaunchError> {
     let failure = |what: String| LaunchError::Failure(what);
     for sub in ["keys", "logs", "data"] {
@@ -331,9 +359,9 @@ pub fn generate(
             metrics: Some(ports.metrics[id]),
             behavior: plan.behaviors[id].map(|k| k.name().to_string()),
             f: plan.f,
-            protocol: protocol.section(),
+            protocol: protocol.protocol_section(),
             transport: Default::default(),
-            storage: Default::default(),
+            storage: protocol.storage_section(),
             replicas: replicas.clone(),
         };
         let text = toml::to_string(&config).expect("a node configuration serializes");

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use super::layout::{Layout, NodeRecord, State};
 use super::process::{self, NodeProgram, Stopped, STOP_GRACE};
 use super::report::{self, ClusterReport};
-use super::setup::{self, BehaviorChoice, Plan, Ports, ProtocolOverrides};
+use super::setup::{self, BehaviorChoice, NodeOverrides, Plan, Ports};
 use super::{shutdown_signal, LaunchError};
 
 /// Everything `testnet up` takes.
@@ -40,7 +40,7 @@ pub struct UpOptions {
     /// The node binary; see [`NodeProgram::resolve`].
     pub node_bin: Option<PathBuf>,
     /// Protocol settings for the replicas.
-    pub protocol: ProtocolOverrides,
+    pub protocol: NodeOverrides,
     /// How long to wait for every replica to be connected to all others.
     pub up_timeout: Duration,
     /// Return once the cluster is up, leaving it running.
@@ -62,7 +62,7 @@ impl UpOptions {
             force: false,
             base_port: None,
             node_bin: None,
-            protocol: ProtocolOverrides::default(),
+            protocol: NodeOverrides::default(),
             up_timeout: Duration::from_secs(60),
             detach: false,
             load: None,
