@@ -32,7 +32,7 @@ pub const MAX_TIMESTAMP_SPREAD: u64 = 512;
 
 /// Envelopes in flight (sent, not fully answered) before new requests wait to be batched with
 /// others: under load the client signs fewer, larger envelopes.
-pub const MAX_ENVELOPES_IN_FLIGHT: usize = 4;
+pub const MAX_ENVELOPES_IN_FLIGHT: usize = 2;
 
 /// Where a frame goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -360,11 +360,15 @@ mod tests {
             .collect();
         assert_eq!(sizes, vec![MAX_ENVELOPE_REQUESTS, 10]);
 
+        // Requests over half the byte cap each travel alone.
         let mut s = session();
-        for _ in 0..3 {
+        for _ in 0..MAX_ENVELOPES_IN_FLIGHT {
             s.admit(vec![0; MAX_ENVELOPE_BYTES / 2 + 1]);
         }
-        assert_eq!(s.poll_envelopes(Instant::now()).len(), 3);
+        assert_eq!(
+            s.poll_envelopes(Instant::now()).len(),
+            MAX_ENVELOPES_IN_FLIGHT
+        );
     }
 
     #[test]

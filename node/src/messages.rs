@@ -770,27 +770,45 @@ pub enum Sender {
 
 /// A message that passed [`verify`]. Only this module can make one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verified<T>(T);
+pub struct Verified<T> {
+    value: T,
+    /// The signing digests of the client envelopes the message carries, in order, as computed
+    /// while checking their signatures, so the core does not hash them again.
+    envelope_digests: Vec<Digest>,
+}
 
 impl<T> Verified<T> {
+    fn checked(value: T, envelope_digests: Vec<Digest>) -> Verified<T> {
+        Verified {
+            value,
+            envelope_digests,
+        }
+    }
+
     pub fn get(&self) -> &T {
-        &self.0
+        &self.value
     }
 
     pub fn into_inner(self) -> T {
-        self.0
+        self.value
+    }
+
+    /// The message and the signing digests of the client envelopes it carries (empty for a
+    /// message that carries none).
+    pub fn into_parts(self) -> (T, Vec<Digest>) {
+        (self.value, self.envelope_digests)
     }
 
     /// For messages this replica built and signed itself.
     pub(crate) fn own(value: T) -> Verified<T> {
-        Verified(value)
+        Verified::checked(value, Vec::new())
     }
 }
 
 impl<T> std::ops::Deref for Verified<T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &self.0
+        &self.value
     }
 }
 
@@ -801,15 +819,16 @@ pub fn verify_envelope(
     checker: &mut dyn SignatureCheck,
 ) -> Result<Verified<RequestEnvelope>, Rejection> {
     check_envelope_shape(&envelope, limits)?;
+    let digest = envelope.signing_digest();
     if !checker.check(
         &envelope.client,
         Domain::Request,
-        &envelope.signing_digest(),
+        &digest,
         &envelope.signature,
     ) {
         return Err(Rejection::BadSignature);
     }
-    Ok(Verified(envelope))
+    Ok(Verified::checked(envelope, vec![digest]))
 }
 
 fn check_envelope_shape(envelope: &RequestEnvelope, limits: &Limits) -> Result<(), Rejection> {
@@ -834,15 +853,16 @@ fn check_envelope_shape(envelope: &RequestEnvelope, limits: &Limits) -> Result<(
     Ok(())
 }
 
-/// Checks a batch's shape and every client signature in it; returns the batch digest.
+/// Checks a batch's shape and every client signature in it; returns its envelopes' signing
+/// digests.
 fn verify_batch(
     batch: &Batch,
     limits: &Limits,
     checker: &mut dyn SignatureCheck,
-) -> Result<Digest, Rejection> {
+) -> Result<Vec<Digest>, Rejection> {
     let digests = batch.envelope_digests();
     check_batch(batch, &digests, limits, checker)?;
-    Ok(Batch::digest_of(&digests))
+    Ok(digests)
 }
 
 /// Checks a batch's shape and every client signature, given its envelopes' signing digests.
@@ -899,6 +919,7 @@ pub fn verify(
             _ => Err(Rejection::WrongSender),
         }
     };
+    let mut envelope_digests = Vec::new();
     match &message {
         Message::Request(envelope) => {
             if let Sender::Client(client) = sender {
@@ -907,14 +928,16 @@ pub fn verify(
                 }
             }
             check_envelope_shape(envelope, limits)?;
+            let digest = envelope.signing_digest();
             if !checker.check(
                 &envelope.client,
                 Domain::Request,
-                &envelope.signing_digest(),
+                &digest,
                 &envelope.signature,
             ) {
                 return Err(Rejection::BadSignature);
             }
+            envelope_digests.push(digest);
         }
         Message::PrePrepare { header, batch } => {
             signed_by(header.replica)?;
@@ -930,6 +953,7 @@ pub fn verify(
             }
             header.check_signature(committee, checker)?;
             check_batch(batch, &digests, limits, checker)?;
+            envelope_digests = digests;
         }
         Message::Prepare { vote, pre_prepare } => {
             signed_by(vote.replica)?;
@@ -1024,9 +1048,11 @@ pub fn verify(
         Message::StatusQuery { .. } => {}
         Message::Committed { batch, commits } => {
             verify_commit_certificate(commits, committee, checker)?;
-            if verify_batch(batch, limits, checker)? != commits[0].digest {
+            let digests = verify_batch(batch, limits, checker)?;
+            if Batch::digest_of(&digests) != commits[0].digest {
                 return Err(Rejection::DigestMismatch);
             }
+            envelope_digests = digests;
         }
         Message::FetchBatch { replica, .. }
         | Message::FetchState { replica, .. }
@@ -1037,7 +1063,7 @@ pub fn verify(
         Message::BatchData { batch, .. } => {
             // Used only if its digest is one the receiver is waiting for (the core checks); its
             // requests are checked like a PRE-PREPARE's.
-            verify_batch(batch, limits, checker)?;
+            envelope_digests = verify_batch(batch, limits, checker)?;
         }
         Message::StateData { seq, proof, .. } => {
             verify_checkpoint_proof(*seq, proof, committee, checker)?;
@@ -1048,7 +1074,7 @@ pub fn verify(
             }
         }
     }
-    Ok(Verified(message))
+    Ok(Verified::checked(message, envelope_digests))
 }
 
 /// Verifies a reply's shape for a client; the channel already authenticated `replica`.

@@ -76,7 +76,7 @@ impl Default for ProtocolConfig {
             log_window: 256,
             max_batch_requests: 1024,
             max_batch_bytes: 4 << 20,
-            max_outstanding: 8,
+            max_outstanding: 2,
             view_change_timeout: Duration::from_millis(2000),
             max_view_change_timeout: Duration::from_secs(60),
             retransmit_interval: Duration::from_millis(500),

@@ -47,6 +47,16 @@ impl BatchBody {
         BatchBody::with_digests(batch, envelope_digests)
     }
 
+    /// A batch that arrived in a verified message, with the envelope digests the boundary
+    /// computed (hashed again only if they do not fit the batch).
+    fn verified(batch: Batch, envelope_digests: Vec<Digest>) -> Arc<BatchBody> {
+        if envelope_digests.len() == batch.envelopes.len() {
+            BatchBody::with_digests(batch, envelope_digests)
+        } else {
+            BatchBody::new(batch)
+        }
+    }
+
     fn with_digests(batch: Batch, envelope_digests: Vec<Digest>) -> Arc<BatchBody> {
         Arc::new(BatchBody {
             digest: Batch::digest_of(&envelope_digests),
@@ -500,10 +510,17 @@ impl Replica {
     /// Handles a message that passed [`crate::messages::verify`].
     pub fn handle_message(&mut self, now: Duration, message: Verified<Message>) {
         self.now = now;
-        match message.into_inner() {
-            Message::Request(envelope) => self.on_request(Verified::own(envelope)),
+        let (message, envelope_digests) = message.into_parts();
+        match message {
+            Message::Request(envelope) => {
+                let digest = envelope_digests
+                    .first()
+                    .copied()
+                    .unwrap_or_else(|| envelope.signing_digest());
+                self.on_request(Verified::own(envelope), digest)
+            }
             Message::PrePrepare { header, batch } => {
-                self.on_pre_prepare(header, Some(BatchBody::new(batch)))
+                self.on_pre_prepare(header, Some(BatchBody::verified(batch, envelope_digests)))
             }
             Message::Prepare { vote, pre_prepare } => self.on_prepare(vote, pre_prepare),
             Message::Commit(vote) => self.on_commit(vote),
@@ -515,14 +532,18 @@ impl Replica {
                 digest,
                 replica,
             } => self.on_fetch_batch(seq, digest, replica),
-            Message::BatchData { seq, batch } => self.on_batch_data(seq, batch),
+            Message::BatchData { seq, batch } => {
+                self.on_batch_data(seq, BatchBody::verified(batch, envelope_digests))
+            }
             Message::FetchState { seq, replica } => self.on_fetch_state(seq, replica),
             Message::Status {
                 replica,
                 view,
                 last_executed,
             } => self.on_status(replica, view, last_executed),
-            Message::Committed { batch, commits } => self.on_committed(batch, commits),
+            Message::Committed { batch, commits } => {
+                self.on_committed(BatchBody::verified(batch, envelope_digests), commits)
+            }
             Message::StateData {
                 seq,
                 proof,
@@ -538,7 +559,12 @@ impl Replica {
     /// Handles a client request that arrived directly from its client (already verified).
     pub fn handle_request(&mut self, now: Duration, envelope: Verified<RequestEnvelope>) {
         self.now = now;
-        self.on_request(envelope);
+        let (envelope, envelope_digests) = envelope.into_parts();
+        let digest = envelope_digests
+            .first()
+            .copied()
+            .unwrap_or_else(|| envelope.signing_digest());
+        self.on_request(Verified::own(envelope), digest);
         self.after_input();
     }
 
@@ -655,7 +681,8 @@ impl Replica {
 
     // ----- requests (§4.2, §4.5.2) -----
 
-    fn on_request(&mut self, envelope: Verified<RequestEnvelope>) {
+    /// `digest` is the envelope's signing digest.
+    fn on_request(&mut self, envelope: Verified<RequestEnvelope>, digest: Digest) {
         if self.clients.is_settled(&envelope) {
             // A retransmission: answer from the reply cache.
             let results = self.clients.cached_results(&envelope);
@@ -671,7 +698,6 @@ impl Replica {
             }
             return;
         }
-        let digest = envelope.signing_digest();
         let ordered = self.in_log.contains(&digest);
         if self.is_primary() && (ordered || self.pending.contains(&digest)) {
             return;
@@ -1376,7 +1402,7 @@ impl Replica {
         }
     }
 
-    fn on_batch_data(&mut self, seq: Seq, batch: Batch) {
+    fn on_batch_data(&mut self, seq: Seq, body: Arc<BatchBody>) {
         let Some(entry) = self.log.get_mut(&seq) else {
             return;
         };
@@ -1384,7 +1410,6 @@ impl Replica {
             return;
         }
         let Some(digest) = entry.digest else { return };
-        let body = BatchBody::new(batch);
         if body.digest != digest {
             self.ignore("batch does not match");
             return;
@@ -1428,7 +1453,7 @@ impl Replica {
     }
 
     /// A batch with a commit certificate: committed, whatever view it was ordered in.
-    fn on_committed(&mut self, batch: Batch, commits: Vec<Vote>) {
+    fn on_committed(&mut self, body: Arc<BatchBody>, commits: Vec<Vote>) {
         let seq = commits[0].seq;
         let digest = commits[0].digest;
         if seq <= self.last_executed || !self.in_window(seq) {
@@ -1443,7 +1468,7 @@ impl Replica {
             entry.pre_prepare = None;
         }
         entry.digest = Some(digest);
-        entry.batch = Some(BatchBody::new(batch));
+        entry.batch = Some(body);
         entry.committed = true;
         entry.commit_cert = Some(commits);
         entry.touched = now;
