@@ -32,7 +32,7 @@ pub const MAX_TIMESTAMP_SPREAD: u64 = 512;
 
 /// Envelopes in flight (sent, not fully answered) before new requests wait to be batched with
 /// others: under load the client signs fewer, larger envelopes.
-pub const MAX_ENVELOPES_IN_FLIGHT: usize = 2;
+pub const MAX_ENVELOPES_IN_FLIGHT: usize = 4;
 
 /// Where a frame goes.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -39,3 +39,24 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: u64) -> Result<T, CodecE
         .deserialize(bytes)
         .map_err(|e| CodecError(e.to_string()))
 }
+
+/// `#[serde(with = "...")]` for shared byte strings: encoded as one byte string, like
+/// `serde_bytes` does for a `Vec<u8>`.
+pub mod shared_bytes {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        bytes: &Arc<Vec<u8>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Arc<Vec<u8>>, D::Error> {
+        serde_bytes::ByteBuf::deserialize(deserializer).map(|bytes| Arc::new(bytes.into_vec()))
+    }
+}

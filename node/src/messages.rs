@@ -19,6 +19,7 @@ pub type Timestamp = u64;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRequest {
     pub timestamp: Timestamp,
+    #[serde(with = "serde_bytes")]
     pub op: Vec<u8>,
 }
 
@@ -205,6 +206,7 @@ pub struct Reply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestResult {
     pub timestamp: Timestamp,
+    #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
 }
 
@@ -622,6 +624,7 @@ pub enum Message {
     StateData {
         seq: Seq,
         proof: Vec<Checkpoint>,
+        #[serde(with = "serde_bytes")]
         snapshot: Vec<u8>,
     },
 }

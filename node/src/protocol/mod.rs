@@ -167,6 +167,7 @@ pub enum Durable {
     Stable {
         seq: Seq,
         proof: Vec<Checkpoint>,
+        #[serde(with = "crate::codec::shared_bytes")]
         snapshot: Arc<Vec<u8>>,
     },
     /// This replica's VIEW-CHANGE: it has left every view below `new_view`.

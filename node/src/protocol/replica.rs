@@ -29,6 +29,7 @@ use crate::messages::{
 /// is checked by hashing it.
 #[derive(Serialize, Deserialize)]
 struct ReplicatedState {
+    #[serde(with = "serde_bytes")]
     app: Vec<u8>,
     clients: ClientTable,
 }
