@@ -9,17 +9,10 @@ use pbft_node::messages::{
     Vote,
 };
 use pbft_node::protocol::{plan_new_view, ProtocolConfig, Replica};
-use pbft_node::Committee;
 
-fn keys() -> Vec<KeyPair> {
-    (0..4u8)
-        .map(|i| KeyPair::from_seed(&[i + 1; 32]).unwrap())
-        .collect()
-}
+mod common;
 
-fn committee(keys: &[KeyPair]) -> Committee {
-    Committee::new(keys.iter().map(KeyPair::public).collect(), 1).unwrap()
-}
+use common::{committee, keys};
 
 fn view_change(
     key: &KeyPair,

@@ -10,15 +10,9 @@ use pbft_node::messages::{
 use pbft_node::protocol::{Durable, ProtocolConfig, Ready, Replica};
 use pbft_node::Committee;
 
-fn keys() -> Vec<KeyPair> {
-    (0..4u8)
-        .map(|i| KeyPair::from_seed(&[i + 1; 32]).unwrap())
-        .collect()
-}
+mod common;
 
-fn committee(keys: &[KeyPair]) -> Committee {
-    Committee::new(keys.iter().map(KeyPair::public).collect(), 1).unwrap()
-}
+use common::{committee, keys};
 
 fn batch_putting(client: &KeyPair, value: &[u8]) -> Batch {
     let op = KvOp::Put {
