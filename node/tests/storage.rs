@@ -12,7 +12,7 @@ use pbft_node::messages::{
 };
 use pbft_node::protocol::{ProtocolConfig, Replica};
 use pbft_node::runtime::{NodeSetup, RunningNode};
-use pbft_node::storage::ReplicaStore;
+use pbft_node::storage::{ReplicaStore, StorageError, Wal, WalOptions};
 
 /// Replica 2 of a fresh loopback cluster, with a log holding one executed batch written in
 /// three syncs (pre-prepare, prepare, commits), as a crashed replica would leave it.
@@ -156,5 +156,31 @@ fn a_flipped_bit_before_the_end_stops_the_node_with_a_clear_error() {
         };
         assert!(error.contains("corrupt"), "{error}");
         assert!(error.contains(&path.display().to_string()), "{error}");
+    });
+}
+
+#[test]
+fn a_record_that_passes_its_checksum_but_does_not_decode_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup_with_log(dir.path());
+    let options = WalOptions {
+        fsync: false,
+        retain_window: setup.protocol.log_window,
+    };
+    let mut wal = Wal::open(&setup.data_dir, options).unwrap().wal;
+    wal.append(&[0xff; 5]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    match ReplicaStore::open(&setup.data_dir, false, setup.protocol.log_window) {
+        Err(StorageError::Undecodable { .. }) => {}
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("an undecodable record was accepted"),
+    }
+    runtime().block_on(async {
+        let error = match RunningNode::start(setup).await {
+            Ok(_) => panic!("a node started on an undecodable log"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(error.contains("does not decode"), "{error}");
     });
 }

@@ -30,13 +30,11 @@ impl ReplicaStore {
         let opened = Wal::open(dir, options)?;
         let mut records = Vec::with_capacity(opened.records.len());
         for (index, bytes) in opened.records.iter().enumerate() {
-            // The checksum matched, so a record that does not decode was written by another
-            // version or is damaged in a way the checksum missed: either way, not to be trusted.
             let record = codec::decode(bytes, bytes.len() as u64).map_err(|error| {
-                StorageError::Corrupt {
-                    path: dir.to_path_buf(),
-                    offset: index as u64,
-                    reason: format!("record {index} does not decode: {error}"),
+                StorageError::Undecodable {
+                    dir: dir.to_path_buf(),
+                    index,
+                    reason: error.to_string(),
                 }
             })?;
             records.push(record);

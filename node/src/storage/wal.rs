@@ -75,6 +75,16 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A record passed its checksum but is not a record this version writes: written by another
+    /// version, or damaged in a way the checksum missed. Either way it is not to be trusted.
+    #[error("record {index} of the write-ahead log in {} does not decode: {reason}", .dir.display())]
+    Undecodable {
+        /// The log's directory.
+        dir: PathBuf,
+        /// The record's position among all records, from 0.
+        index: usize,
+        reason: String,
+    },
     /// An earlier write or fsync failed. The file may end in a partial frame, and frames
     /// written after it would be unreadable, so the log accepts nothing more.
     #[error("the write-ahead log is unusable after an earlier write failure")]
