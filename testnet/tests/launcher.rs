@@ -445,6 +445,16 @@ fn every_replica_killed_at_once_keeps_every_acknowledged_write() {
     });
 }
 
+/// A process started by a test, killed when the test ends, whether it passes or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_replica_whose_disk_fills_up_stops_with_a_clear_error() {
     one_at_a_time(async {
@@ -461,16 +471,19 @@ fn a_replica_whose_disk_fills_up_stops_with_a_clear_error() {
         let blocks = 16;
         let config = net.path.join("node-3.toml");
         let script = format!("trap '' XFSZ; ulimit -f {blocks}; exec \"$0\" node --config \"$1\"");
-        let mut node = Command::new("sh")
-            .args(["-c", &script, BIN, config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let stderr_path = net.path.join("logs/node-3-full-disk.log");
+        let mut node = KillOnDrop(
+            Command::new("sh")
+                .args(["-c", &script, BIN, config.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&stderr_path).unwrap())
+                .spawn()
+                .unwrap(),
+        );
         let (running, _) = background_workload(&client, "after", 400, 16);
         let started = Instant::now();
         let status = loop {
-            if let Some(status) = node.try_wait().unwrap() {
+            if let Some(status) = node.0.try_wait().unwrap() {
                 break status;
             }
             assert!(
@@ -479,8 +492,7 @@ fn a_replica_whose_disk_fills_up_stops_with_a_clear_error() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(node.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap();
         assert_eq!(status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("durable write failed"), "{stderr}");
         // The other three carry on.
