@@ -585,15 +585,13 @@ impl Driver {
                 behavior.transform(ready, &mut ctx)
             }
         };
-        if let Some(store) = &mut self.store {
+        if let (Some(store), false) = (&mut self.store, output.persist.is_empty()) {
             let started = std::time::Instant::now();
             blocking(|| store.persist(&output.persist)).map_err(|error| {
                 tracing::error!(replica = self.id, %error, "durable write failed; stopping");
                 anyhow::anyhow!("durable write failed, replica stopped: {error}")
             })?;
-            if !output.persist.is_empty() {
-                self.metrics.observe_persist(started.elapsed());
-            }
+            self.metrics.observe_persist(started.elapsed());
         }
         self.send_all(output.sends);
         for reply in output.replies {
