@@ -560,7 +560,8 @@ impl Driver {
     /// Carries out the replica's outputs: persist, send, reply, timers. A failed write stops
     /// the replica before anything that depends on it is sent.
     fn flush(&mut self) -> anyhow::Result<()> {
-        let ready = self.replica.poll_ready();
+        let mut ready = self.replica.poll_ready();
+        let halt = ready.halt.take();
         for executed in &ready.executed {
             self.metrics.add_batch();
             self.metrics.add_committed(executed.requests.len() as u64);
@@ -592,6 +593,9 @@ impl Driver {
                 anyhow::anyhow!("durable write failed, replica stopped: {error}")
             })?;
             self.metrics.observe_persist(started.elapsed());
+        }
+        if let Some(halt) = halt {
+            return Err(anyhow::anyhow!("replica halted: {halt}"));
         }
         self.send_all(output.sends);
         for reply in output.replies {

@@ -8,7 +8,7 @@ use pbft_node::messages::{
     self, Batch, Limits, Message, NewView, Phase, PreparedCert, Sender, StrictCheck, ViewChange,
     Vote,
 };
-use pbft_node::protocol::{plan_new_view, ProtocolConfig, Replica};
+use pbft_node::protocol::{plan_new_view, ProtocolConfig, Replica, Timer, TimerCommand};
 
 mod common;
 
@@ -207,4 +207,284 @@ fn f_plus_one_view_changes_make_a_replica_join() {
     assert!(ready.messages.iter().any(
         |m| matches!(&*m.message, Message::ViewChange(vc) if vc.new_view == 2 && vc.replica == 3)
     ));
+}
+
+// ----- committed slots, view-change timers and kept bodies -----
+
+fn replica(keys: &[KeyPair], id: u32) -> Replica {
+    let mut replica = Replica::new(
+        id,
+        committee(keys),
+        ProtocolConfig::default(),
+        keys[id as usize].clone(),
+        Box::new(KvStore::new()),
+    )
+    .unwrap();
+    replica.start(Duration::ZERO);
+    replica.poll_ready();
+    replica
+}
+
+/// Verifies `message` as coming from `sender` and hands it to `replica`.
+fn deliver(replica: &mut Replica, keys: &[KeyPair], message: Message, sender: Sender) {
+    let verified = messages::verify(
+        message,
+        sender,
+        &committee(keys),
+        &Limits::default(),
+        &mut StrictCheck,
+    )
+    .expect("the test's messages are valid");
+    replica.handle_message(Duration::from_millis(100), verified);
+}
+
+/// A batch of one put from a client of its own.
+fn batch_of(client: u8, key: &[u8]) -> Batch {
+    let op = pbft_node::app::KvOp::Put {
+        key: key.to_vec(),
+        value: b"v".to_vec(),
+    };
+    let envelope = messages::RequestEnvelope::new(
+        &KeyPair::from_seed(&[100 + client; 32]).unwrap(),
+        vec![messages::ClientRequest {
+            timestamp: 1,
+            op: pbft_node::codec::encode(&op),
+        }],
+    );
+    Batch {
+        envelopes: vec![envelope],
+    }
+}
+
+/// A peer's commit certificate for `batch` at `seq` in `view`, signed by replicas 1 to 3.
+fn committed(keys: &[KeyPair], view: u64, seq: u64, batch: &Batch) -> Message {
+    let commits = (1..4u32)
+        .map(|r| {
+            Vote::new(
+                &keys[r as usize],
+                Phase::Commit,
+                view,
+                seq,
+                batch.digest(),
+                r,
+            )
+        })
+        .collect();
+    Message::Committed {
+        batch: batch.clone(),
+        commits,
+    }
+}
+
+fn pre_prepares(ready: &pbft_node::protocol::Ready) -> Vec<u64> {
+    ready
+        .messages
+        .iter()
+        .filter_map(|m| match &*m.message {
+            Message::PrePrepare { header, .. } => Some(header.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The view-0 primary, cut off while the others moved on, learns from a later view's commit
+/// certificate that slot 2 is committed. It must neither propose into that slot nor, knowing
+/// its view is over, propose at all; and it executes exactly the certified batches.
+#[test]
+fn a_stale_primary_never_proposes_into_a_slot_committed_in_a_later_view() {
+    let keys = keys();
+    let mut primary = replica(&keys, 0);
+    let (first, second) = (batch_of(1, b"a"), batch_of(2, b"b"));
+    deliver(
+        &mut primary,
+        &keys,
+        committed(&keys, 5, 2, &second),
+        Sender::Replica(1),
+    );
+    for client in 3..6 {
+        let request = batch_of(client, b"c").envelopes.remove(0);
+        deliver(
+            &mut primary,
+            &keys,
+            Message::Request(request),
+            Sender::Replica(2),
+        );
+    }
+    let ready = primary.poll_ready();
+    assert_eq!(
+        pre_prepares(&ready),
+        Vec::<u64>::new(),
+        "proposed in a superseded view"
+    );
+    assert_eq!(primary.last_executed(), 0);
+
+    deliver(
+        &mut primary,
+        &keys,
+        committed(&keys, 5, 1, &first),
+        Sender::Replica(1),
+    );
+    let executed: Vec<_> = primary
+        .poll_ready()
+        .executed
+        .iter()
+        .map(|e| (e.seq, e.digest))
+        .collect();
+    assert_eq!(
+        executed,
+        vec![(1, first.digest()), (2, second.digest())],
+        "executed something other than the certified batches"
+    );
+}
+
+/// A NEW-VIEW that re-orders a slot this replica saw committed in an earlier view can only come
+/// from more than f faulty replicas: the replica halts and sends nothing more.
+#[test]
+fn a_new_view_contradicting_a_committed_slot_halts_the_replica() {
+    let keys = keys();
+    let mut backup = replica(&keys, 2);
+    let (a, b) = (batch_of(1, b"a"), batch_of(2, b"b"));
+    deliver(
+        &mut backup,
+        &keys,
+        committed(&keys, 0, 1, &a),
+        Sender::Replica(1),
+    );
+    assert_eq!(backup.last_executed(), 1);
+    backup.poll_ready();
+
+    // Replicas 0, 1 and 3 forge a view-0 prepared certificate for `b` at the same slot.
+    let vcs = vec![
+        view_change(&keys[0], 0, 1, vec![prepared(&keys, 0, 1, &b)]),
+        view_change(&keys[1], 1, 1, vec![]),
+        view_change(&keys[3], 3, 1, vec![]),
+    ];
+    let nv = new_view(&keys, 1, vcs, &[(1, b.digest())]);
+    deliver(&mut backup, &keys, Message::NewView(nv), Sender::Replica(1));
+    let ready = backup.poll_ready();
+    assert!(
+        matches!(
+            ready.halt,
+            Some(pbft_node::protocol::Halt::ConflictingCommit { seq: 1, .. })
+        ),
+        "did not halt: {:?}",
+        ready.halt
+    );
+    assert!(ready.messages.is_empty() && ready.replies.is_empty());
+    assert!(backup.halted().is_some());
+    assert_eq!(backup.view(), 0, "entered the contradicting view");
+}
+
+/// Replica 2's VIEW-CHANGE for view 1 was lost and it moved on to view 2. Replica 3 then holds
+/// VIEW-CHANGEs for view 1 from itself and replica 0, and for view 2 from replica 2: three
+/// replicas have left view 0, so its new-view timer must run, or nobody ever moves again.
+#[test]
+fn view_changes_for_later_views_arm_the_new_view_timer() {
+    let keys = keys();
+    let mut replica = replica(&keys, 3);
+    deliver(
+        &mut replica,
+        &keys,
+        Message::ViewChange(view_change(&keys[0], 0, 1, vec![])),
+        Sender::Replica(0),
+    );
+    deliver(
+        &mut replica,
+        &keys,
+        Message::ViewChange(view_change(&keys[2], 2, 2, vec![])),
+        Sender::Replica(2),
+    );
+    let status = replica.status();
+    assert_eq!((status.view, status.view_active), (1, false));
+    let ready = replica.poll_ready();
+    let last_view_change_timer = ready
+        .timers
+        .iter()
+        .rev()
+        .find(|t| match t {
+            TimerCommand::Set { timer, .. } | TimerCommand::Cancel(timer) => {
+                *timer == Timer::ViewChange
+            }
+        })
+        .copied();
+    assert!(
+        matches!(last_view_change_timer, Some(TimerCommand::Set { .. })),
+        "new-view timer not armed: {:?}",
+        ready.timers
+    );
+}
+
+/// A backup that PREPAREd a body in view 0 keeps it when view 1 fills the slot with a null
+/// request, so when view 2's NEW-VIEW names that body again (from the view-0 certificate) the
+/// backup prepares it at once, and can serve it to others.
+#[test]
+fn a_body_voted_for_in_an_earlier_view_survives_later_views() {
+    let keys = keys();
+    let mut backup = replica(&keys, 3);
+    let (a, x) = (batch_of(1, b"a"), batch_of(2, b"x"));
+    let header = Vote::new(&keys[0], Phase::PrePrepare, 0, 1, a.digest(), 0);
+    deliver(
+        &mut backup,
+        &keys,
+        Message::PrePrepare {
+            header,
+            batch: a.clone(),
+        },
+        Sender::Replica(0),
+    );
+    assert!(backup
+        .poll_ready()
+        .messages
+        .iter()
+        .any(|m| matches!(&*m.message, Message::Prepare { vote, .. } if vote.seq == 1)));
+
+    // View 1: no certificate for slot 1, one for slot 2, so slot 1 gets the null request.
+    let vcs = vec![
+        view_change(&keys[0], 0, 1, vec![prepared(&keys, 0, 2, &x)]),
+        view_change(&keys[1], 1, 1, vec![]),
+        view_change(&keys[2], 2, 1, vec![]),
+    ];
+    let null = Batch::null().digest();
+    let nv = new_view(&keys, 1, vcs, &[(1, null), (2, x.digest())]);
+    deliver(&mut backup, &keys, Message::NewView(nv), Sender::Replica(1));
+    assert_eq!(backup.view(), 1);
+    backup.poll_ready();
+
+    // View 2: replica 0 shows the view-0 certificate for `a` at slot 1.
+    let vcs = vec![
+        view_change(
+            &keys[0],
+            0,
+            2,
+            vec![prepared(&keys, 0, 1, &a), prepared(&keys, 0, 2, &x)],
+        ),
+        view_change(&keys[1], 1, 2, vec![]),
+        view_change(&keys[2], 2, 2, vec![]),
+    ];
+    let nv = new_view(&keys, 2, vcs, &[(1, a.digest()), (2, x.digest())]);
+    deliver(&mut backup, &keys, Message::NewView(nv), Sender::Replica(2));
+    assert_eq!(backup.view(), 2);
+    let ready = backup.poll_ready();
+    assert!(
+        ready.messages.iter().any(|m| matches!(
+            &*m.message,
+            Message::Prepare { vote, .. } if vote.seq == 1 && vote.view == 2 && vote.digest == a.digest()
+        )),
+        "did not prepare the body it voted for in view 0"
+    );
+
+    deliver(
+        &mut backup,
+        &keys,
+        Message::FetchBatch {
+            seq: 1,
+            digest: a.digest(),
+            replica: 1,
+        },
+        Sender::Replica(1),
+    );
+    assert!(backup.poll_ready().messages.iter().any(|m| matches!(
+        &*m.message,
+        Message::BatchData { seq: 1, batch } if batch.digest() == a.digest()
+    )));
 }

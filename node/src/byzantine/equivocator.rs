@@ -54,7 +54,7 @@ impl Behavior for Equivocator {
             messages,
             replies,
             timers,
-            executed: _,
+            ..
         } = ready;
         let (primary, backup): (Vec<Outgoing>, Vec<Outgoing>) =
             messages.into_iter().partition(|o| as_primary(o, ctx));
@@ -64,7 +64,7 @@ impl Behavior for Equivocator {
                 messages: primary,
                 replies,
                 timers,
-                executed: Vec::new(),
+                ..Ready::default()
             },
             ctx,
         );

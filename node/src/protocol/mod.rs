@@ -225,6 +225,9 @@ pub struct Ready {
     pub timers: Vec<TimerCommand>,
     /// Batches executed during this step, in order (for metrics and checkers).
     pub executed: Vec<Executed>,
+    /// Set once, when the replica stops for good: the driver must make `persist` durable and
+    /// then stop the replica. Nothing of the halting step is in `messages` or `replies`.
+    pub halt: Option<Halt>,
 }
 
 impl Ready {
@@ -234,7 +237,27 @@ impl Ready {
             && self.replies.is_empty()
             && self.timers.is_empty()
             && self.executed.is_empty()
+            && self.halt.is_none()
     }
+}
+
+/// Why a replica stopped: it saw proof that more than f replicas are faulty. Going on could
+/// only make things worse (execute a batch that contradicts a committed one), so the safe
+/// answer is to stop and let an operator look.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Halt {
+    /// Two certificates fix different batches at one sequence number.
+    #[error(
+        "more than f replicas are faulty: sequence number {seq} is committed with batch \
+         {committed:?}, but {from} fixes batch {other:?} there"
+    )]
+    ConflictingCommit {
+        seq: Seq,
+        committed: Digest,
+        other: Digest,
+        /// What carried the other batch.
+        from: &'static str,
+    },
 }
 
 /// Proof that a replica signed two conflicting messages.

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::clients::{ClientTable, PendingRequests, RequestStatus};
 use super::view_change::plan_new_view;
 use super::{
-    Conflict, Destination, Durable, Executed, Outgoing, ProtocolConfig, Ready, RecoveryReport,
-    Status, Timer, TimerCommand,
+    Conflict, Destination, Durable, Executed, Halt, Outgoing, ProtocolConfig, Ready,
+    RecoveryReport, Status, Timer, TimerCommand,
 };
 use crate::app::StateMachine;
 use crate::codec;
@@ -92,9 +92,16 @@ struct Entry {
     sent_commit: bool,
     /// A FETCH-BATCH went out in this view.
     fetch_sent: bool,
+    /// 2f+1 COMMITs fixed `digest` for good; no later message may bind this slot to another.
     committed: bool,
+    /// The view of the COMMITs that fixed `digest`.
+    commit_view: View,
     /// The digest of the batch body last written to durable storage for this slot.
     durable_batch: Option<Digest>,
+    /// Bodies this replica voted for here (as primary or with a PREPARE), in this view and
+    /// earlier ones, newest last. A later NEW-VIEW may name any of them (the one of the highest
+    /// prepared certificate), and the replicas that voted for it are the ones sure to hold it.
+    voted: Vec<Arc<BatchBody>>,
     /// When this slot last made progress, for retransmission.
     touched: Duration,
 }
@@ -116,7 +123,36 @@ impl Entry {
     fn has_batch_for_digest(&self) -> bool {
         self.batch.is_some() && self.digest.is_some()
     }
+
+    /// Remembers a body this replica voted for; the oldest goes beyond a few.
+    fn keep_voted(&mut self, body: Arc<BatchBody>) {
+        self.voted.retain(|kept| kept.digest != body.digest);
+        self.voted.push(body);
+        if self.voted.len() > MAX_VOTED_BODIES {
+            self.voted.remove(0);
+        }
+    }
+
+    /// The body with `digest`, if this slot holds it.
+    fn body_for(&self, digest: Digest) -> Option<Arc<BatchBody>> {
+        self.batch
+            .iter()
+            .chain(&self.voted)
+            .find(|body| body.digest == digest)
+            .cloned()
+    }
+
+    /// Makes `batch` the body of `digest` (or none), from what the slot holds.
+    fn bind_body(&mut self, digest: Digest) {
+        if self.batch.as_ref().map(|b| b.digest) != Some(digest) {
+            self.batch = self.body_for(digest);
+        }
+    }
 }
+
+/// Bodies voted for that a slot keeps across views. Each view's primary can propose one body
+/// per slot, so this bounds what faulty primaries can make a replica hold.
+const MAX_VOTED_BODIES: usize = 4;
 
 /// Own checkpoints, checkpoint votes, and the stable checkpoint (§4.3).
 #[derive(Debug, Default)]
@@ -210,6 +246,11 @@ pub struct Replica {
     /// The state digest and the sequence number it was computed at (the state is a function of
     /// the last executed sequence number).
     state_digest_cache: Cell<Option<(Seq, Digest)>>,
+    /// The highest view of any commit certificate this replica holds. A primary whose view is
+    /// below it knows the cluster moved on and proposes nothing more in its own view.
+    newest_commit_view: View,
+    /// Set when the replica saw proof of more than f faults; it then takes no more input.
+    halted: Option<Halt>,
     now: Duration,
     ready: Ready,
 }
@@ -259,6 +300,8 @@ impl Replica {
             state_transfers: 0,
             ignored: BTreeMap::new(),
             state_digest_cache: Cell::new(None),
+            newest_commit_view: 0,
+            halted: None,
             now: Duration::ZERO,
             ready: Ready::default(),
         };
@@ -320,9 +363,10 @@ impl Replica {
             replica.replay(record);
         }
         for entry in replica.log.values_mut() {
-            // A body left over from an older view waits to be fetched again.
-            if entry.batch.as_ref().map(|b| b.digest) != entry.digest {
-                entry.batch = None;
+            // A body of an older view stays among the voted ones; the slot's own is looked up.
+            match entry.digest {
+                Some(digest) => entry.bind_body(digest),
+                None => entry.batch = None,
             }
         }
         let highest = replica.log.keys().next_back().copied().unwrap_or(0);
@@ -352,6 +396,9 @@ impl Replica {
                 };
                 match vote.phase {
                     Phase::PrePrepare => {
+                        if entry.committed && entry.digest != Some(vote.digest) {
+                            return;
+                        }
                         entry.digest = Some(vote.digest);
                         entry.pre_prepare = Some(vote);
                     }
@@ -368,8 +415,10 @@ impl Replica {
             }
             Durable::Batch { seq, batch } => {
                 let body = BatchBody::new(batch);
+                // Written before the vote that needed it: a body this replica voted for.
                 let entry = self.log.entry(seq).or_default();
                 entry.durable_batch = Some(body.digest);
+                entry.keep_voted(body.clone());
                 entry.batch = Some(body);
             }
             Durable::Prepared(cert) => {
@@ -383,15 +432,7 @@ impl Replica {
                 }
             }
             Durable::Committed(commits) => {
-                let Some(first) = commits.first() else { return };
-                let (seq, digest) = (first.seq, first.digest);
-                let entry = self.log.entry(seq).or_default();
-                if entry.digest.is_some_and(|d| d != digest) {
-                    entry.pre_prepare = None;
-                }
-                entry.digest = Some(digest);
-                entry.committed = true;
-                entry.commit_cert = Some(commits);
+                self.commit_slot(commits, "a commit certificate in the log");
             }
             // Executing again signs the same checkpoint; the stable one was loaded first.
             Durable::Checkpoint(_) | Durable::Stable { .. } => {}
@@ -510,6 +551,9 @@ impl Replica {
 
     /// Handles a message that passed [`crate::messages::verify`].
     pub fn handle_message(&mut self, now: Duration, message: Verified<Message>) {
+        if self.halted.is_some() {
+            return;
+        }
         self.now = now;
         let (message, envelope_digests) = message.into_parts();
         match message {
@@ -559,6 +603,9 @@ impl Replica {
 
     /// Handles a client request that arrived directly from its client (already verified).
     pub fn handle_request(&mut self, now: Duration, envelope: Verified<RequestEnvelope>) {
+        if self.halted.is_some() {
+            return;
+        }
         self.now = now;
         let (envelope, envelope_digests) = envelope.into_parts();
         let digest = envelope_digests
@@ -571,6 +618,9 @@ impl Replica {
 
     /// Handles a timer firing.
     pub fn handle_timer(&mut self, now: Duration, timer: Timer) {
+        if self.halted.is_some() {
+            return;
+        }
         self.now = now;
         match timer {
             Timer::ViewChange => self.on_view_change_timer(),
@@ -581,7 +631,18 @@ impl Replica {
 
     /// The outputs accumulated since the last call. Carry them out in field order.
     pub fn poll_ready(&mut self) -> Ready {
-        std::mem::take(&mut self.ready)
+        let mut ready = std::mem::take(&mut self.ready);
+        if self.halted.is_some() {
+            // Nothing from the step that halted leaves.
+            ready.messages.clear();
+            ready.replies.clear();
+        }
+        ready
+    }
+
+    /// Why the replica halted, if it did.
+    pub fn halted(&self) -> Option<&Halt> {
+        self.halted.as_ref()
     }
 
     // ----- output helpers -----
@@ -668,6 +729,16 @@ impl Replica {
         self.try_propose();
     }
 
+    /// Stops the replica for good (see [`Halt`]).
+    fn halt(&mut self, halt: Halt) {
+        if self.halted.is_some() {
+            return;
+        }
+        tracing::error!(replica = self.id, %halt, "replica halted");
+        self.ready.halt = Some(halt.clone());
+        self.halted = Some(halt);
+    }
+
     fn low(&self) -> Seq {
         self.checkpoints.stable_seq
     }
@@ -735,12 +806,30 @@ impl Replica {
 
     /// The primary orders queued requests while it has room (§4.2; batching as in §5.1.4).
     fn try_propose(&mut self) {
-        if !self.view_active || !self.is_primary() || self.state_fetch.is_some() {
+        if !self.view_active
+            || !self.is_primary()
+            || self.state_fetch.is_some()
+            || self.halted.is_some()
+        {
+            return;
+        }
+        if self.newest_commit_view > self.view {
+            // Batches committed in a later view: this view is over for the others, and its
+            // NEW-VIEW will reach this replica through catching up.
             return;
         }
         loop {
             if self.pending.is_empty() {
                 return;
+            }
+            // A slot already bound (committed, or holding this view's PRE-PREPARE) is never
+            // assigned again.
+            while self
+                .log
+                .get(&self.next_seq)
+                .is_some_and(|e| e.committed || (e.view == self.view && e.pre_prepare.is_some()))
+            {
+                self.next_seq += 1;
             }
             let seq = self.next_seq;
             if !self.in_window(seq)
@@ -802,6 +891,7 @@ impl Replica {
             entry.durable_batch = Some(digest);
             entry.touched = now;
             let batch = body.batch.clone();
+            entry.keep_voted(body.clone());
             entry.batch = Some(body);
             self.broadcast(Message::PrePrepare { header, batch });
             self.check_prepared(seq);
@@ -865,7 +955,8 @@ impl Replica {
             }
             entry.pre_prepare = Some(header.clone());
             entry.digest = Some(header.digest);
-            if entry.batch.as_ref().map(|b| b.digest) != Some(header.digest) {
+            entry.bind_body(header.digest);
+            if entry.batch.is_none() {
                 entry.batch = batch;
             }
         }
@@ -901,8 +992,9 @@ impl Replica {
         entry.sent_prepare = true;
         entry.touched = now;
         entry.prepares.insert(self.id, vote.clone());
-        if let Some(batch) = &entry.batch {
+        if let Some(batch) = entry.batch.clone() {
             self.in_log.extend(batch.envelope_digests.iter().copied());
+            entry.keep_voted(batch);
         }
         self.broadcast(Message::Prepare { vote, pre_prepare });
     }
@@ -924,9 +1016,7 @@ impl Replica {
                 // Learn the PRE-PREPARE from the header the backup carries; fetch the batch.
                 entry.pre_prepare = Some(pre_prepare.clone());
                 entry.digest = Some(pre_prepare.digest);
-                if entry.batch.as_ref().map(|b| b.digest) != Some(pre_prepare.digest) {
-                    entry.batch = None;
-                }
+                entry.bind_body(pre_prepare.digest);
             }
             None => {}
         }
@@ -1031,40 +1121,66 @@ impl Replica {
             .take(quorum)
             .cloned()
             .collect();
-        entry.commit_cert = Some(cert);
-        if entry.digest.is_some_and(|d| d != digest) {
-            entry.pre_prepare = None;
-            entry.batch = None;
-        }
-        entry.digest = Some(digest);
-        entry.committed = true;
-        entry.touched = self.now;
-        if entry.batch.as_ref().is_some_and(|b| b.digest != digest) {
-            entry.batch = None;
-        }
-        if entry.batch.is_none() {
+        self.commit_slot(cert, "2f+1 COMMITs");
+        if self.log.get(&seq).is_some_and(|e| e.batch.is_none()) {
             self.fetch_batch(seq);
         }
+    }
+
+    /// Fixes a slot for good to the digest that `commits` (2f+1 matching COMMITs) certify
+    /// (§4.2): a PRE-PREPARE or body of another digest is dropped. With at most f faults no two
+    /// certificates fix different digests at one sequence number, so one that does halts the
+    /// replica. Returns whether the slot was newly committed.
+    fn commit_slot(&mut self, commits: Vec<Vote>, source: &'static str) -> bool {
+        let Some(first) = commits.first() else {
+            return false;
+        };
+        let (seq, view, digest) = (first.seq, first.view, first.digest);
+        let now = self.now;
+        let entry = self.log.entry(seq).or_default();
+        if entry.committed {
+            if let Some(committed) = entry.digest.filter(|d| *d != digest) {
+                self.halt(Halt::ConflictingCommit {
+                    seq,
+                    committed,
+                    other: digest,
+                    from: source,
+                });
+            }
+            return false;
+        }
+        if entry.digest.is_some_and(|d| d != digest) {
+            entry.pre_prepare = None;
+        }
+        entry.bind_body(digest);
+        entry.digest = Some(digest);
+        entry.committed = true;
+        entry.commit_view = view;
+        entry.commit_cert = Some(commits);
+        entry.touched = now;
+        self.newest_commit_view = self.newest_commit_view.max(view);
+        true
     }
 
     // ----- execution (§4.2, §5.1.3) -----
 
     fn execute_committed(&mut self) {
-        if self.state_fetch.is_some() {
+        if self.state_fetch.is_some() || self.halted.is_some() {
             return;
         }
         loop {
             let seq = self.last_executed + 1;
-            let Some(entry) = self.log.get(&seq) else {
+            let Some(entry) = self.log.get_mut(&seq) else {
                 return;
             };
-            if !entry.committed {
+            let (true, Some(digest)) = (entry.committed, entry.digest) else {
                 return;
-            }
+            };
+            // Only the body the commit certificate names may execute.
+            entry.bind_body(digest);
             let Some(batch) = entry.batch.clone() else {
                 return;
             };
-            let digest = entry.digest.expect("committed slots have a digest");
             let commits = entry.commit_cert.clone();
             self.persist_batch(seq);
             if let Some(commits) = commits {
@@ -1389,11 +1505,9 @@ impl Replica {
         let Some(entry) = self.log.get(&seq) else {
             return;
         };
-        let Some(batch) = &entry.batch else { return };
-        if entry.digest != Some(digest) && batch.digest != digest {
+        let Some(batch) = entry.body_for(digest) else {
             return;
-        }
-        let batch = batch.clone();
+        };
         if self.may_help(requester, Help::Batch) {
             let batch = batch.batch.clone();
             self.send(
@@ -1455,24 +1569,19 @@ impl Replica {
 
     /// A batch with a commit certificate: committed, whatever view it was ordered in.
     fn on_committed(&mut self, body: Arc<BatchBody>, commits: Vec<Vote>) {
-        let seq = commits[0].seq;
-        let digest = commits[0].digest;
-        if seq <= self.last_executed || !self.in_window(seq) {
+        let Some(first) = commits.first() else {
+            return;
+        };
+        let (seq, digest) = (first.seq, first.digest);
+        if seq <= self.last_executed || !self.in_window(seq) || body.digest != digest {
             return;
         }
-        let now = self.now;
-        let entry = self.log.entry(seq).or_default();
-        if entry.committed && entry.batch.is_some() {
-            return;
+        self.commit_slot(commits, "a peer's commit certificate");
+        if let Some(entry) = self.log.get_mut(&seq) {
+            if entry.digest == Some(digest) && entry.batch.is_none() {
+                entry.batch = Some(body);
+            }
         }
-        if entry.digest.is_some_and(|d| d != digest) {
-            entry.pre_prepare = None;
-        }
-        entry.digest = Some(digest);
-        entry.batch = Some(body);
-        entry.committed = true;
-        entry.commit_cert = Some(commits);
-        entry.touched = now;
     }
 
     // ----- view change (§4.4, §4.5.2) -----
@@ -1540,16 +1649,18 @@ impl Replica {
         self.maybe_send_new_view();
     }
 
-    /// With 2f+1 VIEW-CHANGEs for the view this replica is moving to, wait a while for its
+    /// With 2f+1 replicas moving to this replica's view or beyond, wait a while for its
     /// NEW-VIEW; each wait is twice the last until a request executes again.
     fn maybe_arm_new_view_timer(&mut self) {
         if self.view_active || self.new_view_timer_armed {
             return;
         }
+        // VIEW-CHANGEs for later views count too: their senders have left this view as well,
+        // and without them replicas stranded in different view changes would wait forever.
         let wanting = self
             .view_changes
             .values()
-            .filter(|vc| vc.new_view == self.view)
+            .filter(|vc| vc.new_view >= self.view)
             .count();
         if wanting < self.committee.quorum() {
             return;
@@ -1690,6 +1801,10 @@ impl Replica {
 
     fn enter_view(&mut self, new_view: Arc<NewView>, plan: super::NewViewPlan) {
         let view = new_view.view;
+        if let Some(halt) = self.contradicted_commit(&new_view) {
+            self.halt(halt);
+            return;
+        }
         tracing::info!(replica = self.id, view, "entering view");
         self.ready.persist.push(Durable::NewView(new_view.clone()));
         self.view = view;
@@ -1730,22 +1845,15 @@ impl Replica {
             entry.view = view;
             entry.touched = now;
             if entry.committed && entry.digest != Some(pre_prepare.digest) {
-                tracing::error!(
-                    replica = self.id,
-                    seq,
-                    "new view re-orders a committed slot differently"
-                );
+                // A commit from this view or a later one: the NEW-VIEW is older news.
+                continue;
             }
             entry.pre_prepare = Some(pre_prepare.clone());
             entry.digest = Some(pre_prepare.digest);
             if pre_prepare.digest == null_digest {
                 entry.batch = Some(null.clone());
-            } else if entry
-                .batch
-                .as_ref()
-                .is_some_and(|b| b.digest != pre_prepare.digest)
-            {
-                entry.batch = None;
+            } else {
+                entry.bind_body(pre_prepare.digest);
             }
         }
         self.next_seq = max_s.max(self.last_executed) + 1;
@@ -1777,6 +1885,23 @@ impl Replica {
             let next = self.pending.iter().next().map(|(_, d)| *d);
             self.watch(next);
         }
+    }
+
+    /// Every NEW-VIEW after a commit must carry it (§4.4, Theorem 4.1): one that binds a slot
+    /// committed in an earlier view to another batch proves more than f faults.
+    fn contradicted_commit(&self, new_view: &NewView) -> Option<Halt> {
+        new_view.pre_prepares.iter().find_map(|pre_prepare| {
+            let entry = self.log.get(&pre_prepare.seq)?;
+            let committed = entry.digest.filter(|_| entry.committed)?;
+            (committed != pre_prepare.digest && entry.commit_view < new_view.view).then_some(
+                Halt::ConflictingCommit {
+                    seq: pre_prepare.seq,
+                    committed,
+                    other: pre_prepare.digest,
+                    from: "a NEW-VIEW",
+                },
+            )
+        })
     }
 
     fn rebuild_in_log(&mut self) {

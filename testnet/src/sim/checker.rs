@@ -17,6 +17,11 @@ pub struct Checker {
     batches: BTreeMap<Seq, (Digest, ReplicaId)>,
     /// The state digest after each sequence number, and the first replica seen.
     states: BTreeMap<Seq, (Digest, ReplicaId)>,
+    /// The digest each checkpoint certifies, from correct replicas' own CHECKPOINTs: those they
+    /// sign after executing to it and those they sign after installing a transferred state.
+    checkpoints: BTreeMap<Seq, (Digest, ReplicaId)>,
+    /// The last sequence number each correct replica executed.
+    last_executed: BTreeMap<ReplicaId, Seq>,
     /// Requests each correct replica executed, with the sequence number (a repeat is a
     /// violation).
     executions: BTreeMap<ReplicaId, BTreeMap<(PublicKey, Timestamp), Seq>>,
@@ -33,6 +38,14 @@ impl Checker {
         replica: ReplicaId,
         executed: &Executed,
     ) -> Result<(), Violation> {
+        let last = self.last_executed.entry(replica).or_default();
+        if executed.seq <= *last {
+            return Err(Violation(format!(
+                "execution order: replica {replica} executed seq {} after seq {last}",
+                executed.seq
+            )));
+        }
+        *last = executed.seq;
         match self.batches.get(&executed.seq) {
             Some((digest, first)) if *digest != executed.digest => {
                 return Err(Violation(format!(
@@ -63,6 +76,43 @@ impl Checker {
     pub fn forget_executions_after(&mut self, replica: ReplicaId, seq: Seq) {
         if let Some(done) = self.executions.get_mut(&replica) {
             done.retain(|_, executed_at| *executed_at <= seq);
+        }
+        self.last_executed.insert(replica, seq);
+    }
+
+    /// State agreement at checkpoints: a correct replica's own CHECKPOINT for `seq`, signed after
+    /// executing to it or after installing a transferred state, names the same state as every
+    /// other correct replica's.
+    pub fn on_checkpoint(
+        &mut self,
+        replica: ReplicaId,
+        seq: Seq,
+        digest: Digest,
+    ) -> Result<(), Violation> {
+        match self.checkpoints.get(&seq) {
+            Some((expected, first)) if *expected != digest => Err(Violation(format!(
+                "checkpoint agreement: replica {replica} vouches for state {digest:?} at seq {seq} but replica {first} for {expected:?}"
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                self.checkpoints.insert(seq, (digest, replica));
+                Ok(())
+            }
+        }
+    }
+
+    /// Accountability: a correct replica holds proof of equivocation only against faulty ones.
+    pub fn on_evidence(
+        &self,
+        replica: ReplicaId,
+        accused: impl IntoIterator<Item = ReplicaId>,
+        is_correct: impl Fn(ReplicaId) -> bool,
+    ) -> Result<(), Violation> {
+        match accused.into_iter().find(|culprit| is_correct(*culprit)) {
+            Some(culprit) => Err(Violation(format!(
+                "accountability: replica {replica} holds evidence against correct replica {culprit}"
+            ))),
+            None => Ok(()),
         }
     }
 

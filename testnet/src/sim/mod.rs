@@ -12,6 +12,7 @@
 //! also hit in the middle of a write ([`Simulation::crash_during_next_write`]): part of the
 //! step's records reach the disk and none of its messages leave.
 
+pub mod campaign;
 mod checker;
 mod client;
 mod network;
@@ -338,6 +339,11 @@ impl Simulation {
                 self.network.cut_both(node, other);
             }
         }
+    }
+
+    /// Restores every link to and from replica `id`.
+    pub fn reconnect(&mut self, id: ReplicaId) {
+        self.network.restore(Node::Replica(id));
     }
 
     /// Cuts every link between the two groups of replicas (clients keep reaching everyone).
@@ -699,8 +705,11 @@ impl Simulation {
     fn flush(&mut self, id: ReplicaId) -> Result<(), Violation> {
         let now = self.now;
         let r = &mut self.replicas[id as usize];
-        let ready = r.replica.poll_ready();
+        let mut ready = r.replica.poll_ready();
         let log_window = self.config.protocol.log_window;
+        if let (Some(halt), true) = (ready.halt.take(), r.behavior.is_none()) {
+            return Err(self.annotate(Violation(format!("correct replica {id} halted: {halt}"))));
+        }
         if let Some(kept) = r.crash_in_write.take() {
             let keep = ((ready.persist.len() as f64) * kept) as usize;
             r.disk.write(&ready.persist[..keep], log_window);
@@ -716,6 +725,14 @@ impl Simulation {
         }
         r.disk.write(&ready.persist, log_window);
         let correct = r.behavior.is_none();
+        let checkpoints: Vec<(u64, Digest)> = ready
+            .persist
+            .iter()
+            .filter_map(|record| match record {
+                Durable::Checkpoint(c) => Some((c.seq, c.state_digest)),
+                _ => None,
+            })
+            .collect();
         let executed = ready.executed.clone();
         let output = match &mut r.behavior {
             None => byzantine::honest(ready),
@@ -749,6 +766,20 @@ impl Simulation {
             }
         }
         if correct {
+            for (seq, digest) in &checkpoints {
+                self.checker
+                    .on_checkpoint(id, *seq, *digest)
+                    .map_err(|v| self.annotate(v))?;
+            }
+            let faulty: Vec<bool> = self.replicas.iter().map(|r| r.behavior.is_some()).collect();
+            let accused = self.replicas[id as usize]
+                .replica
+                .evidence()
+                .keys()
+                .copied();
+            self.checker
+                .on_evidence(id, accused, |culprit| !faulty[culprit as usize])
+                .map_err(|v| self.annotate(v))?;
             for executed in &executed {
                 self.checker
                     .on_executed(id, executed)

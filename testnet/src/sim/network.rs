@@ -1,7 +1,7 @@
 //! The simulated network: delay, loss, duplication, reordering and partitions, all drawn from
 //! the simulation's one seeded random number generator.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rand::Rng;
@@ -60,6 +60,8 @@ pub struct Network {
     pub config: NetworkConfig,
     /// Directed links (from, to) that deliver nothing.
     cut: BTreeSet<(Node, Node)>,
+    /// Directed links that add this much delay to every message: clogged, not cut.
+    clogged: BTreeMap<(Node, Node), Duration>,
 }
 
 impl Network {
@@ -67,6 +69,7 @@ impl Network {
         Network {
             config,
             cut: BTreeSet::new(),
+            clogged: BTreeMap::new(),
         }
     }
 
@@ -76,6 +79,7 @@ impl Network {
             return Vec::new();
         }
         let c = &self.config;
+        let clog = self.clogged.get(&(from, to)).copied().unwrap_or_default();
         if c.drop_probability > 0.0 && rng.random_bool(c.drop_probability) {
             return Vec::new();
         }
@@ -86,7 +90,7 @@ impl Network {
         };
         (0..copies)
             .map(|_| {
-                let mut delay = random_duration(rng, c.min_delay, c.max_delay);
+                let mut delay = clog + random_duration(rng, c.min_delay, c.max_delay);
                 if c.reorder_probability > 0.0 && rng.random_bool(c.reorder_probability) {
                     delay += random_duration(rng, Duration::ZERO, c.reorder_delay);
                 }
@@ -106,9 +110,22 @@ impl Network {
         self.cut(b, a);
     }
 
+    /// Delays every message on the directed link from `from` to `to` by `delay` more.
+    pub fn clog(&mut self, from: Node, to: Node, delay: Duration) {
+        self.clogged.insert((from, to), delay);
+    }
+
+    /// Restores every link to and from `node`.
+    pub fn restore(&mut self, node: Node) {
+        self.cut.retain(|(from, to)| *from != node && *to != node);
+        self.clogged
+            .retain(|(from, to), _| *from != node && *to != node);
+    }
+
     /// Restores every link.
     pub fn heal(&mut self) {
         self.cut.clear();
+        self.clogged.clear();
     }
 
     pub fn is_cut(&self, from: Node, to: Node) -> bool {

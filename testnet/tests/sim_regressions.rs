@@ -1,0 +1,224 @@
+//! Runs the randomized search once found broken, written out step by step. Each one broke
+//! agreement or liveness before the fix named in its comment. They replay those runs exactly as
+//! long as the simulator draws its randomness in the same order; after that they remain
+//! scenarios of the same shape.
+
+use std::time::Duration;
+
+use pbft_node::byzantine::BehaviorKind;
+use testnet::sim::campaign::{Scenario, Step};
+use testnet::sim::{NetworkConfig, Node, SimConfig, Simulation, Violation};
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+fn network(max_delay: u64, drop: f64, duplicate: f64, reorder: f64) -> NetworkConfig {
+    NetworkConfig {
+        max_delay: ms(max_delay),
+        drop_probability: drop,
+        duplicate_probability: duplicate,
+        reorder_probability: reorder,
+        ..NetworkConfig::default()
+    }
+}
+
+/// Heals, lets every client finish and checks the final state.
+fn finish(sim: &mut Simulation) -> Result<(), Violation> {
+    sim.heal();
+    sim.network.config = NetworkConfig::default();
+    sim.run_until_clients_done(Duration::from_secs(1800))?;
+    sim.run_for(Duration::from_secs(3))?;
+    sim.check_final_state()
+}
+
+fn check(result: Result<(), Violation>) {
+    if let Err(violation) = result {
+        panic!("{}", violation.0);
+    }
+}
+
+/// The view-0 primary, cut off while the others went through five views, learned that a slot
+/// was committed from a later view's certificate and then proposed its own batch into that very
+/// slot. A committed slot is now never overwritten, and a primary that learns of commits from
+/// later views stops proposing in its own.
+#[test]
+fn stale_primary_never_overwrites_a_slot_committed_in_a_later_view() {
+    check((|| {
+        let mut config = SimConfig::new(7_004_195, 1);
+        config.clients = 2;
+        config.requests_per_client = 69;
+        config.client_window = 1;
+        config.network = network(19, 0.18, 0.06, 0.2);
+        let mut sim = Simulation::new(config);
+        sim.set_behavior(3, BehaviorKind::Slow);
+        sim.run_for(ms(517))?;
+        sim.split(&[0, 1], &[2, 3]);
+        sim.run_for(ms(1637))?;
+        sim.heal();
+        sim.run_for(ms(625))?;
+        sim.split(&[0], &[1, 2, 3]);
+        sim.run_for(ms(5475))?;
+        sim.heal();
+        sim.run_for(ms(345))?;
+        finish(&mut sim)
+    })());
+}
+
+/// The same shape with f = 3 and three replaying replicas: the view-0 primary installed a state
+/// transfer and then executed a batch of its own at the next sequence number.
+#[test]
+fn stale_primary_after_state_transfer_executes_only_committed_batches() {
+    check((|| {
+        let mut config = SimConfig::new(7_000_863, 3);
+        config.clients = 4;
+        config.requests_per_client = 112;
+        config.client_window = 8;
+        config.network = network(42, 0.13, 0.03, 0.28);
+        let mut sim = Simulation::new(config);
+        for id in [8, 9, 7] {
+            sim.set_behavior(id, BehaviorKind::Replay);
+        }
+        sim.run_for(ms(1206))?;
+        sim.split(&[0, 1], &[2, 3, 4, 5, 6, 7, 8, 9]);
+        sim.run_for(ms(2249))?;
+        sim.heal();
+        sim.run_for(ms(971))?;
+        finish(&mut sim)
+    })());
+}
+
+/// Replica 2's VIEW-CHANGE for view 3 was lost and its timer took it on to view 4; the others
+/// then held only two VIEW-CHANGEs for exactly view 3 and never armed their timers. VIEW-CHANGEs
+/// for higher views now count towards arming it.
+#[test]
+fn view_changes_stranded_in_different_views_converge_after_healing() {
+    check((|| {
+        let mut config = SimConfig::new(7_000_344, 1);
+        config.clients = 1;
+        config.requests_per_client = 39;
+        config.client_window = 3;
+        config.network = network(48, 0.03, 0.02, 0.29);
+        let mut sim = Simulation::new(config);
+        sim.set_behavior(0, BehaviorKind::ForgeSignatures);
+        sim.run_for(ms(145))?;
+        for (from, to) in [(0, 3), (1, 3), (1, 2)] {
+            sim.network.cut(Node::Replica(from), Node::Replica(to));
+        }
+        sim.run_for(ms(881))?;
+        sim.split(&[0, 1], &[2, 3]);
+        sim.run_for(ms(3865))?;
+        sim.heal();
+        sim.run_for(ms(1304))?;
+        sim.isolate(1);
+        sim.run_for(ms(2285))?;
+        sim.heal();
+        sim.run_for(ms(491))?;
+        sim.isolate(3);
+        sim.run_for(ms(13902))?;
+        sim.heal();
+        sim.run_for(ms(42))?;
+        sim.isolate(1);
+        sim.run_for(ms(6810))?;
+        finish(&mut sim)
+    })());
+}
+
+/// Campaign seed 1891 (f = 2): the view-0 primary, isolated for 12 s and then crashed and
+/// restarted while the others went through views 1 to 16, caught up by commit certificates and
+/// executed its own proposal at slot 29. Same cause as the first test.
+#[test]
+fn campaign_seed_1891_stale_primary_after_isolation_and_restart() {
+    use Step::*;
+    let mut config = SimConfig::new(1891, 2);
+    config.clients = 2;
+    config.requests_per_client = 135;
+    config.client_window = 2;
+    config.network = network(17, 0.20, 0.0, 0.0);
+    let scenario = Scenario {
+        config,
+        faulty: vec![
+            (2, BehaviorKind::ForgeSignatures),
+            (3, BehaviorKind::EquivocateMinority),
+        ],
+        steps: vec![
+            Run(ms(321)),
+            Clog(4, ms(1356)),
+            Run(ms(9323)),
+            Reconnect(4),
+            Run(ms(144)),
+            Isolate(2),
+            Run(ms(5849)),
+            Reconnect(2),
+            Run(ms(444)),
+            Split(vec![3, 2, 0], vec![5, 6, 1, 4]),
+            Run(ms(7136)),
+            Heal,
+            Run(ms(591)),
+            Isolate(0),
+            Run(ms(11803)),
+            Reconnect(0),
+            Run(ms(447)),
+            Crash(0),
+            Run(ms(8458)),
+            Recover(0),
+            Run(ms(1415)),
+            IsolatePrimary,
+            Run(ms(6183)),
+            Heal,
+            Run(ms(1850)),
+        ],
+    };
+    check(scenario.run().map(|_| ()));
+}
+
+/// Campaign seed 3217 (f = 1, an equivocating replica 2): replica 0, cut off from the others'
+/// messages by one-way cuts, stayed primary of view 0 while views 1 to 3 went on, and executed
+/// its own batch at slot 33.
+#[test]
+fn campaign_seed_3217_stale_primary_behind_one_way_cuts() {
+    use Step::*;
+    let mut config = SimConfig::new(3217, 1);
+    config.clients = 3;
+    config.requests_per_client = 82;
+    config.client_window = 7;
+    config.network = network(49, 0.13, 0.05, 0.24);
+    let calm = config.network.clone();
+    let scenario = Scenario {
+        config,
+        faulty: vec![(2, BehaviorKind::EquivocatePrimarySplit)],
+        steps: vec![
+            Run(ms(1357)),
+            IsolatePrimary,
+            Run(ms(4400)),
+            Heal,
+            Run(ms(1517)),
+            Crash(0),
+            Run(ms(492)),
+            Recover(0),
+            Run(ms(888)),
+            Isolate(1),
+            Run(ms(1293)),
+            Reconnect(1),
+            Run(ms(1015)),
+            Split(vec![3, 0, 2], vec![1]),
+            Run(ms(678)),
+            Heal,
+            Run(ms(1791)),
+            Cut(1, 2),
+            Cut(1, 0),
+            Run(ms(4941)),
+            Heal,
+            Run(ms(1111)),
+            Cut(0, 3),
+            Run(ms(6261)),
+            Heal,
+            Run(ms(1672)),
+            Network(network(46, 0.07, 0.09, 0.15)),
+            Run(ms(7886)),
+            Network(calm),
+            Run(ms(1884)),
+        ],
+    };
+    check(scenario.run().map(|_| ()));
+}
