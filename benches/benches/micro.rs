@@ -8,12 +8,12 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use pbft_benches::pure_core::CoreCluster;
 use pbft_benches::thread_cpu_time;
-use pbft_crypto::{Digest, Domain, KeyPair};
-use pbft_node::app::KvOp;
-use pbft_node::messages::{
+use pbft_core::app::KvOp;
+use pbft_core::messages::{
     self, Batch, ClientRequest, Limits, Message, Phase, RequestEnvelope, Sender, StrictCheck, Vote,
 };
-use pbft_node::Committee;
+use pbft_core::Committee;
+use pbft_crypto::{Digest, Domain, KeyPair};
 
 /// The batch the codec, boundary and core benchmarks use: 4 client envelopes of 16 puts each,
 /// 64 requests of 512-byte values.

@@ -13,8 +13,8 @@ use criterion::{
     Throughput,
 };
 use pbft_benches::cluster::{LoadSpec, LoadedCluster};
-use pbft_node::byzantine::BehaviorKind;
-use pbft_node::messages::NodeStatus;
+use pbft_core::byzantine::BehaviorKind;
+use pbft_core::messages::NodeStatus;
 
 const REQUESTS_PER_ITERATION: u64 = 1_000;
 

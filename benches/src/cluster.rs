@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use pbft_client::{Client, ClientSetup};
+use pbft_core::byzantine::BehaviorKind;
+use pbft_core::messages::{NodeStatus, ReplicaId};
+use pbft_core::protocol::ProtocolConfig;
 use pbft_crypto::KeyPair;
-use pbft_node::byzantine::BehaviorKind;
 use pbft_node::local::loopback_cluster;
-use pbft_node::messages::{NodeStatus, ReplicaId};
-use pbft_node::protocol::ProtocolConfig;
 use pbft_node::runtime::RunningNode;
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;

@@ -15,14 +15,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
-use pbft_node::app::{KvOp, KvStore};
-use pbft_node::messages::{
+use pbft_core::app::{KvOp, KvStore};
+use pbft_core::messages::{
     self, ClientRequest, Limits, Message, ReplicaId, RequestEnvelope, Sender, SignatureCheck,
     Timestamp,
 };
-use pbft_node::protocol::{Destination, ProtocolConfig, Replica};
-use pbft_node::Committee;
+use pbft_core::protocol::{Destination, ProtocolConfig, Replica};
+use pbft_core::Committee;
+use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
 
 /// Accepts every signature: the benchmark leaves verification out.
 pub struct TrustAll;

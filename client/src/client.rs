@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use pbft_core::messages::{Limits, Message, NodeStatus, ReplicaId, Timestamp};
+use pbft_core::Committee;
 use pbft_crypto::{KeyPair, PublicKey};
 use pbft_net::{ClientTransport, PeerInfo, TransportConfig};
-use pbft_node::messages::{Limits, Message, NodeStatus, ReplicaId, Timestamp};
-use pbft_node::Committee;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 

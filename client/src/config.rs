@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pbft_node::config::{load_key_file, read_toml, ClusterConfig, ReplicaEntry};
+use pbft_net::cluster::{load_key_file, read_toml, ClusterConfig, ConfigError, ReplicaEntry};
 use serde::{Deserialize, Serialize};
 
 use crate::client::ClientSetup;
@@ -48,10 +48,8 @@ impl ClientConfigFile {
     /// timings. `config_path` is the file this came from: `key_file` is resolved against its
     /// directory.
     pub fn to_setup(&self, config_path: &Path) -> Result<ClientSetup, ClientError> {
-        let config_error = |e: pbft_node::config::ConfigError| {
-            ClientError::Config(e.in_file(config_path).to_string())
-        };
-        let (_, replicas) = self.cluster().validate().map_err(config_error)?;
+        let config_error = |e: ConfigError| ClientError::Config(e.in_file(config_path).to_string());
+        let replicas = self.cluster().validate().map_err(config_error)?;
         let key = load_key_file(config_path, &self.key_file).map_err(config_error)?;
         if let Some(replica) = replicas.iter().find(|r| r.public_key == key.public()) {
             return Err(ClientError::Config(format!(

@@ -1,6 +1,6 @@
 //! Typed operations on the replicated key-value store.
 
-use pbft_node::app::{KvOp, KvResult};
+use pbft_core::app::{KvOp, KvResult};
 
 use crate::client::Client;
 use crate::error::ClientError;

@@ -21,8 +21,8 @@
 //! The logic that decides what to believe ([`quorum`]) and the request bookkeeping
 //! ([`session`]) do no IO and are tested without a network.
 //!
-//! [`RequestEnvelope`]: pbft_node::messages::RequestEnvelope
-//! [`NodeStatus`]: pbft_node::messages::NodeStatus
+//! [`RequestEnvelope`]: pbft_core::messages::RequestEnvelope
+//! [`NodeStatus`]: pbft_core::messages::NodeStatus
 
 #![deny(missing_docs)]
 

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pbft_client::bench::{self, BenchOptions, BenchProgress, BenchStop};
 use pbft_client::{load_client_config, CasOutcome, Client, ClientError, ClientSetup};
-use pbft_node::messages::NodeStatus;
+use pbft_core::messages::NodeStatus;
 
 /// A client for the PBFT replicated key-value store.
 #[derive(Parser, Debug)]

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use pbft_node::messages::{ReplicaId, View};
+use pbft_core::messages::{ReplicaId, View};
 
 /// Collects the replies for one request and accepts a result once f+1 distinct replicas sent
 /// the same bytes.

@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pbft_crypto::KeyPair;
-use pbft_node::messages::{
+use pbft_core::messages::{
     check_reply, ClientRequest, Message, ReplicaId, Reply, RequestEnvelope, Timestamp, View,
 };
-use pbft_node::Committee;
+use pbft_core::Committee;
+use pbft_crypto::KeyPair;
 
 use crate::quorum::{ReplyQuorum, ViewTracker};
 
@@ -285,7 +285,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pbft_node::messages::{Limits, RequestResult};
+    use pbft_core::messages::{Limits, RequestResult};
 
     fn committee(f: usize) -> Committee {
         let keys = (0..3 * f + 1)
@@ -338,10 +338,10 @@ mod tests {
         assert_eq!(sent[0].0, Target::Replica(0));
         let envelope = envelope_of(&sent[0].1);
         assert_eq!(envelope.requests.len(), 2);
-        assert!(pbft_node::messages::verify_envelope(
+        assert!(pbft_core::messages::verify_envelope(
             envelope,
             &Limits::default(),
-            &mut pbft_node::messages::StrictCheck
+            &mut pbft_core::messages::StrictCheck
         )
         .is_ok());
         assert!(s.poll_envelopes(now).is_empty());

@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use pbft_client::{CasOutcome, Client, ClientError, ClientSetup};
+use pbft_core::byzantine::BehaviorKind;
+use pbft_core::protocol::ProtocolConfig;
+use pbft_core::Committee;
 use pbft_crypto::KeyPair;
 use pbft_net::{PeerInfo, TransportConfig};
-use pbft_node::byzantine::BehaviorKind;
-use pbft_node::protocol::ProtocolConfig;
 use pbft_node::runtime::{NodeSetup, RunningNode};
-use pbft_node::Committee;
 
 const F: usize = 1;
 const N: usize = 3 * F + 1;

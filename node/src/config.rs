@@ -39,225 +39,18 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use pbft_crypto::{CryptoError, KeyPair, PublicKey};
-use pbft_net::{PeerInfo, TransportConfig};
-use serde::de::DeserializeOwned;
+use pbft_net::cluster::{
+    load_key_file, read_toml, resolve, ClusterConfig, ConfigError, ReplicaEntry,
+};
+use pbft_net::TransportConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::byzantine::BehaviorKind;
-use crate::committee::Committee;
-use crate::messages::ReplicaId;
-use crate::protocol::ProtocolConfig;
 use crate::runtime::NodeSetup;
 use crate::storage::StorageConfig;
-
-/// Why a configuration cannot be used. The message names the file (where known) and the field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The configuration file does not exist.
-    #[error("config file {} does not exist", .path.display())]
-    NotFound {
-        /// The path as given.
-        path: PathBuf,
-    },
-    /// The configuration file exists but cannot be read.
-    #[error("cannot read config file {}: {source}", .path.display())]
-    Unreadable {
-        /// The path as given.
-        path: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML, or does not have the expected fields and types (a missing
-    /// field, an unknown field, a string where a number belongs, an unparsable address).
-    #[error("{}: {message}", .path.display())]
-    Parse {
-        /// The path as given.
-        path: PathBuf,
-        /// The 1-based line the parser pointed at, if it pointed at one.
-        line: Option<usize>,
-        /// The parser's message, prefixed with the line and column where known.
-        message: String,
-    },
-    /// A field has a value that cannot be used, or values disagree with each other.
-    #[error("{}{field}: {reason}", file_prefix(.file.as_deref()))]
-    Invalid {
-        /// The file, once known: [`ClusterConfig::validate`] does not know it, and
-        /// [`ConfigError::in_file`] adds it.
-        file: Option<PathBuf>,
-        /// The field at fault, as written in the file: `listen`, `replicas[2].public_key`,
-        /// `protocol.log_window`.
-        field: String,
-        /// What is wrong, and where it helps, what to do.
-        reason: String,
-    },
-}
-
-fn file_prefix(file: Option<&Path>) -> String {
-    match file {
-        Some(path) => format!("{}: ", path.display()),
-        None => String::new(),
-    }
-}
-
-impl ConfigError {
-    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            file: None,
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-
-    /// Attributes a [`ConfigError::Invalid`] error to `path`, unless it already names a file.
-    /// For callers that validate a [`ClusterConfig`] read from their own file.
-    pub fn in_file(self, path: &Path) -> ConfigError {
-        match self {
-            ConfigError::Invalid {
-                file: None,
-                field,
-                reason,
-            } => ConfigError::Invalid {
-                file: Some(path.to_path_buf()),
-                field,
-                reason,
-            },
-            other => other,
-        }
-    }
-
-    /// The field at fault, for [`ConfigError::Invalid`].
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            ConfigError::Invalid { field, .. } => Some(field),
-            _ => None,
-        }
-    }
-}
-
-/// The cluster's membership: `f` and every replica. Shared by replica and client configuration
-/// files, as the top-level `f` field and the `[[replicas]]` array of tables.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterConfig {
-    /// The number of Byzantine replicas tolerated; the cluster must list exactly 3f+1.
-    pub f: usize,
-    /// The replicas, in any order; their ids must be exactly `0..n`.
-    pub replicas: Vec<ReplicaEntry>,
-}
-
-/// One replica as listed in `[[replicas]]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplicaEntry {
-    /// The replica's id, `0..n`; the primary of view `v` is replica `v mod n`.
-    pub id: ReplicaId,
-    /// The UDP address other nodes dial, an IP address and port (host names are not resolved).
-    pub address: SocketAddr,
-    /// The replica's ed25519 public key, 64 hex digits.
-    pub public_key: String,
-}
-
-impl ClusterConfig {
-    /// Checks the membership and returns the committee and the transport's peer list, both in
-    /// id order. Refuses: `f = 0`; a public key that is not 64 hex digits, not a curve point, or
-    /// weak (small order); a repeated id, key or address; an address no one can dial; a count
-    /// other than 3f+1; ids other than exactly `0..n`. Errors carry no file name: add it with
-    /// [`ConfigError::in_file`].
-    pub fn validate(&self) -> Result<(Committee, Vec<PeerInfo>), ConfigError> {
-        if self.f == 0 {
-            return Err(ConfigError::invalid(
-                "f",
-                "must be at least 1 (n = 3f+1 replicas tolerate f Byzantine ones)",
-            ));
-        }
-        let mut peers: Vec<PeerInfo> = Vec::with_capacity(self.replicas.len());
-        for (i, entry) in self.replicas.iter().enumerate() {
-            let field = |name: &str| format!("replicas[{i}].{name}");
-            let public_key = PublicKey::from_hex(&entry.public_key)
-                .map_err(|e| ConfigError::invalid(field("public_key"), key_problem(&e)))?;
-            if let Some(j) = peers.iter().position(|p| p.id == entry.id) {
-                return Err(ConfigError::invalid(
-                    field("id"),
-                    format!(
-                        "replica id {} is listed twice (also replicas[{j}])",
-                        entry.id
-                    ),
-                ));
-            }
-            if let Some(j) = peers.iter().position(|p| p.public_key == public_key) {
-                return Err(ConfigError::invalid(
-                    field("public_key"),
-                    format!(
-                        "the same key as replicas[{j}] (replica {}); every replica needs its own key",
-                        peers[j].id
-                    ),
-                ));
-            }
-            if let Some(j) = peers.iter().position(|p| p.addr == entry.address) {
-                return Err(ConfigError::invalid(
-                    field("address"),
-                    format!(
-                        "{} is also the address of replicas[{j}] (replica {})",
-                        entry.address, peers[j].id
-                    ),
-                ));
-            }
-            if entry.address.ip().is_unspecified() || entry.address.port() == 0 {
-                return Err(ConfigError::invalid(
-                    field("address"),
-                    format!(
-                        "{} cannot be dialed: list the replica's reachable IP address and port",
-                        entry.address
-                    ),
-                ));
-            }
-            peers.push(PeerInfo {
-                id: entry.id,
-                addr: entry.address,
-                public_key,
-            });
-        }
-        let n = peers.len();
-        if n != 3 * self.f + 1 {
-            return Err(ConfigError::invalid(
-                "replicas",
-                format!(
-                    "the cluster lists {n} replicas but f = {} needs 3f+1 = {}",
-                    self.f,
-                    3 * self.f + 1
-                ),
-            ));
-        }
-        if let Some(i) = peers.iter().position(|p| p.id as usize >= n) {
-            return Err(ConfigError::invalid(
-                format!("replicas[{i}].id"),
-                format!(
-                    "replica id {} is out of range: with {n} replicas the ids are 0 to {}",
-                    peers[i].id,
-                    n - 1
-                ),
-            ));
-        }
-        peers.sort_by_key(|p| p.id);
-        let committee = Committee::new(peers.iter().map(|p| p.public_key).collect(), self.f)
-            .map_err(|e| ConfigError::invalid("replicas", e.to_string()))?;
-        Ok((committee, peers))
-    }
-}
-
-fn key_problem(error: &CryptoError) -> String {
-    match error {
-        CryptoError::WeakPublicKey => {
-            "a weak (small-order) ed25519 key, refused: anyone can forge signatures for it"
-                .to_string()
-        }
-        CryptoError::InvalidPublicKey => "not a valid ed25519 public key".to_string(),
-        CryptoError::Hex(reason) => format!("not a public key in hex: {reason}"),
-        other => other.to_string(),
-    }
-}
+use pbft_core::byzantine::BehaviorKind;
+use pbft_core::committee::Committee;
+use pbft_core::messages::ReplicaId;
+use pbft_core::protocol::ProtocolConfig;
 
 /// A replica's configuration file as written. Load it with [`load_node_config`]; tools that
 /// write configuration files (such as a test-cluster launcher) serialize this struct with
@@ -310,7 +103,9 @@ impl NodeConfigFile {
     /// `config_path` is the file this came from: relative paths are resolved against its
     /// directory. Errors do not name the file; [`load_node_config`] adds it.
     pub fn to_setup(&self, config_path: &Path) -> Result<NodeSetup, ConfigError> {
-        let (committee, peers) = self.cluster().validate()?;
+        let peers = self.cluster().validate()?;
+        let committee = Committee::new(peers.iter().map(|p| p.public_key).collect(), self.f)
+            .map_err(|e| ConfigError::invalid("replicas", e.to_string()))?;
         let Some(listed) = peers.iter().find(|p| p.id == self.id) else {
             return Err(ConfigError::invalid(
                 "id",
@@ -436,7 +231,7 @@ pub struct ProtocolSection {
 }
 
 /// Size limits every received message is checked against, the `[protocol.limits]` table; each
-/// absent field takes its value from [`crate::messages::Limits::default`]. All positive.
+/// absent field takes its value from [`pbft_core::messages::Limits::default`]. All positive.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsSection {
@@ -796,80 +591,6 @@ impl TransportSection {
         }
         Ok(config)
     }
-}
-
-/// `path` as given if absolute, else relative to the directory holding `config_path`.
-pub fn resolve(config_path: &Path, path: &Path) -> PathBuf {
-    match config_path.parent() {
-        Some(dir) if path.is_relative() => dir.join(path),
-        _ => path.to_path_buf(),
-    }
-}
-
-/// Reads and parses a TOML file into `T`, reporting a missing file, an unreadable one, or a
-/// syntax or type error with its line.
-pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            ConfigError::NotFound {
-                path: path.to_path_buf(),
-            }
-        } else {
-            ConfigError::Unreadable {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })?;
-    toml::from_str(&text).map_err(|error| {
-        let message = error.message().trim_end().to_string();
-        // A missing top-level field comes with an empty span at the start: no line to point at.
-        let line = error
-            .span()
-            .filter(|span| !(span.start == 0 && (span.end == 0 || span.end >= text.len())))
-            .map(|span| {
-                let before = &text[..span.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                (line, column)
-            });
-        match line {
-            Some((line, column)) => ConfigError::Parse {
-                path: path.to_path_buf(),
-                line: Some(line),
-                message: format!("line {line}, column {column}: {message}"),
-            },
-            None => ConfigError::Parse {
-                path: path.to_path_buf(),
-                line: None,
-                message,
-            },
-        }
-    })
-}
-
-/// Loads the key file `key_file` named in the configuration file `config_path` (relative to its
-/// directory). Errors name the `key_file` field, and not the file: add it with
-/// [`ConfigError::in_file`].
-pub fn load_key_file(config_path: &Path, key_file: &Path) -> Result<KeyPair, ConfigError> {
-    let path = resolve(config_path, key_file);
-    if !path.exists() {
-        return Err(ConfigError::invalid(
-            "key_file",
-            format!(
-                "{} does not exist (create one with `pbft-node keygen --out {}`)",
-                path.display(),
-                path.display()
-            ),
-        ));
-    }
-    KeyPair::load(&path).map_err(|e| {
-        let reason = match e {
-            CryptoError::KeyFile { path, reason } => format!("cannot use {path}: {reason}"),
-            other => format!("cannot use {}: {other}", path.display()),
-        };
-        ConfigError::invalid("key_file", reason)
-    })
 }
 
 /// Reads, validates and resolves a replica's configuration file (see the module docs for the

@@ -1,20 +1,9 @@
-//! A PBFT replica (Castro and Liskov) with signed messages.
-//!
-//! - [`messages`]: the wire format, canonical signing digests and boundary validation.
-//! - [`protocol`]: the replica as a pure, deterministic state machine.
-//! - [`app`]: the replicated application and the built-in key-value store.
-//! - [`byzantine`]: named faulty behaviours that wrap a correct replica's outputs.
+//! The PBFT replica node around the pure core of [`pbft_core`]: durable storage ([`storage`]),
+//! the tokio driver ([`runtime`]), configuration ([`config`]) and metrics ([`metrics`]). The
+//! `pbft-node` binary runs one replica from a configuration file.
 
-pub mod app;
-pub mod byzantine;
-pub mod codec;
-pub mod committee;
 pub mod config;
 pub mod local;
-pub mod messages;
 pub mod metrics;
-pub mod protocol;
 pub mod runtime;
 pub mod storage;
-
-pub use committee::Committee;

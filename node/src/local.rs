@@ -5,9 +5,9 @@ use std::net::{SocketAddr, UdpSocket};
 use pbft_crypto::KeyPair;
 use pbft_net::{PeerInfo, TransportConfig};
 
-use crate::committee::Committee;
-use crate::protocol::ProtocolConfig;
 use crate::runtime::NodeSetup;
+use pbft_core::committee::Committee;
+use pbft_core::protocol::ProtocolConfig;
 
 /// A UDP port on 127.0.0.1 that was free a moment ago.
 pub fn free_udp_addr() -> std::io::Result<SocketAddr> {

@@ -10,10 +10,10 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 
 use clap::{Parser, Subcommand};
+use pbft_core::messages::ReplicaId;
 use pbft_crypto::{CryptoError, KeyPair};
 use pbft_net::NetError;
 use pbft_node::config::load_node_config;
-use pbft_node::messages::ReplicaId;
 use tracing::{error, info, warn, Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};

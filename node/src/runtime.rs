@@ -24,15 +24,15 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::app::KvStore;
-use crate::byzantine::{self, Behavior, BehaviorKind, Context, FaultySend, Payload};
-use crate::committee::Committee;
-use crate::messages::{
+use crate::metrics::Metrics;
+use crate::storage::{ReplicaStore, StorageConfig};
+use pbft_core::app::KvStore;
+use pbft_core::byzantine::{self, Behavior, BehaviorKind, Context, FaultySend, Payload};
+use pbft_core::committee::Committee;
+use pbft_core::messages::{
     self, Limits, Message, NodeStatus, ReplicaId, Sender, SignatureCheck, Timestamp, Verified,
 };
-use crate::metrics::Metrics;
-use crate::protocol::{Destination, ProtocolConfig, Replica, Timer, TimerCommand};
-use crate::storage::{ReplicaStore, StorageConfig};
+use pbft_core::protocol::{Destination, ProtocolConfig, Replica, Timer, TimerCommand};
 
 /// Everything a node needs to run, already validated (see [`crate::config`]).
 #[derive(Clone, Debug)]

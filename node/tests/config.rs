@@ -6,13 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use pbft_core::byzantine::BehaviorKind;
+use pbft_core::protocol::ProtocolConfig;
 use pbft_crypto::KeyPair;
-use pbft_node::byzantine::BehaviorKind;
-use pbft_node::config::{
-    load_node_config, ClusterConfig, ConfigError, NodeConfigFile, ProtocolSection, ReplicaEntry,
-    TransportSection,
-};
-use pbft_node::protocol::ProtocolConfig;
+use pbft_net::cluster::{ClusterConfig, ConfigError, ReplicaEntry};
+use pbft_node::config::{load_node_config, NodeConfigFile, ProtocolSection, TransportSection};
 
 /// The encoding of the identity point, which has small order.
 const WEAK_KEY: &str = "0100000000000000000000000000000000000000000000000000000000000000";
@@ -531,9 +529,11 @@ fn a_negative_value_is_a_type_error_with_its_line() {
 fn a_cluster_alone_validates_without_a_file_name() {
     let fixture = Fixture::new();
     let mut cluster: ClusterConfig = fixture.config().cluster();
-    let (committee, peers) = cluster.validate().unwrap();
-    assert_eq!(committee.n(), 4);
-    assert_eq!(peers.len(), 4);
+    let peers = cluster.validate().unwrap();
+    assert_eq!(
+        peers.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
 
     cluster.replicas[0].public_key = WEAK_KEY.into();
     let error = cluster.validate().unwrap_err();

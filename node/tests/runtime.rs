@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use pbft_core::app::{KvOp, KvResult};
+use pbft_core::messages::{ClientRequest, Limits, Message, RequestEnvelope};
+use pbft_core::protocol::ProtocolConfig;
 use pbft_crypto::KeyPair;
 use pbft_net::{ClientTransport, TransportConfig};
-use pbft_node::app::{KvOp, KvResult};
 use pbft_node::local::loopback_cluster;
-use pbft_node::messages::{ClientRequest, Limits, Message, RequestEnvelope};
-use pbft_node::protocol::ProtocolConfig;
 use pbft_node::runtime::RunningNode;
 use tokio::sync::mpsc;
 
@@ -132,7 +132,7 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
     await_results(&mut replies, &next, 1).await;
 
     // Refusals are counted by the verifiers, which may still be busy with them.
-    let count = |status: &pbft_node::messages::NodeStatus, label: &str| {
+    let count = |status: &pbft_core::messages::NodeStatus, label: &str| {
         status
             .rejected
             .iter()

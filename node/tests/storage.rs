@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pbft_crypto::KeyPair;
-use pbft_node::app::{KvOp, KvStore};
-use pbft_node::local::loopback_cluster;
-use pbft_node::messages::{
+use pbft_core::app::{KvOp, KvStore};
+use pbft_core::messages::{
     self, Batch, ClientRequest, Limits, Message, Phase, RequestEnvelope, Sender, StrictCheck, Vote,
 };
-use pbft_node::protocol::{ProtocolConfig, Replica};
+use pbft_core::protocol::{ProtocolConfig, Replica};
+use pbft_crypto::KeyPair;
+use pbft_node::local::loopback_cluster;
 use pbft_node::runtime::{NodeSetup, RunningNode};
 use pbft_node::storage::{ReplicaStore, StorageError, Wal, WalOptions};
 

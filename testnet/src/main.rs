@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use pbft_node::messages::ReplicaId;
+use pbft_core::messages::ReplicaId;
 use testnet::launcher::report::AGREE_RULE;
 use testnet::launcher::setup::BEHAVIOR_NAMES;
 use testnet::launcher::{self, BehaviorChoice, LaunchError, NodeOverrides, UpOptions};

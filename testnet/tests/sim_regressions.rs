@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use pbft_node::byzantine::BehaviorKind;
+use pbft_core::byzantine::BehaviorKind;
 use testnet::sim::campaign::{Scenario, Step};
 use testnet::sim::{NetworkConfig, Node, SimConfig, Simulation, Violation};
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pbft_node::byzantine::BehaviorKind;
+use pbft_core::byzantine::BehaviorKind;
 use testnet::sim::{NetworkConfig, SimConfig, Simulation};
 
 const LIVENESS_LIMIT: Duration = Duration::from_secs(600);

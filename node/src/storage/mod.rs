@@ -44,7 +44,7 @@ impl Default for StorageConfig {
         }
     }
 }
-pub use wal::{segment_released, DiscardedTail, Opened, StorageError, Wal, WalOptions};
+pub use wal::{DiscardedTail, Opened, StorageError, Wal, WalOptions};
 
 #[cfg(test)]
 mod tests;

@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use super::wal::{DiscardedTail, StorageError, Wal, WalOptions};
-use crate::codec;
-use crate::protocol::Durable;
+use pbft_core::codec;
+use pbft_core::protocol::Durable;
 
-/// A replica's durable state. See [`crate::protocol::Durable`] for what it holds.
+/// A replica's durable state. See [`pbft_core::protocol::Durable`] for what it holds.
 pub struct ReplicaStore {
     wal: Wal,
 }

@@ -1,5 +1,6 @@
 //! The segmented write-ahead log: framing, recovery and segment management.
 
+use pbft_core::protocol::segment_released;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Range;
@@ -523,12 +524,4 @@ fn find_valid_frame(data: &[u8], from: usize) -> Option<usize> {
         data.get(offset..offset + FRAME_MAGIC.len()) == Some(&FRAME_MAGIC[..])
             && parse_frame(data, offset).is_ok()
     })
-}
-
-/// Whether a segment followed by one that starts at `next_start` holds nothing needed once the
-/// stable checkpoint is `stable`. Its records are about slots up to the stable checkpoint at the
-/// time of writing (below `next_start`) plus the log window, and the records that say which
-/// view the replica is in are written again at the start of every segment.
-pub fn segment_released(next_start: u64, stable: u64, retain_window: u64) -> bool {
-    stable >= next_start.saturating_add(retain_window)
 }

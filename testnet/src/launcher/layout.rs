@@ -17,7 +17,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use pbft_node::messages::ReplicaId;
+use pbft_core::messages::ReplicaId;
 use serde::{Deserialize, Serialize};
 
 use super::process::NodeProgram;

@@ -11,7 +11,7 @@
 //!   found through the state file that `up` wrote.
 //!
 //! A Byzantine replica is an ordinary node whose configuration names a behaviour of
-//! `pbft_node::byzantine`, the same strategies the simulator drives.
+//! `pbft_core::byzantine`, the same strategies the simulator drives.
 
 #![deny(missing_docs)]
 
@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use pbft_node::messages::ReplicaId;
+use pbft_core::messages::ReplicaId;
 
 pub use layout::{Layout, NodeRecord, State, DEFAULT_DIR};
 pub use process::NodeProgram;

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pbft_client::{load_client_config, Client, ClientSetup};
+use pbft_core::messages::{NodeStatus, ReplicaId};
 use pbft_crypto::KeyPair;
-use pbft_node::messages::{NodeStatus, ReplicaId};
 use serde::Serialize;
 
 use super::layout::{Layout, NodeRecord, State};

@@ -6,10 +6,11 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::str::FromStr;
 
 use pbft_client::ClientConfigFile;
+use pbft_core::byzantine::BehaviorKind;
+use pbft_core::messages::ReplicaId;
 use pbft_crypto::KeyPair;
-use pbft_node::byzantine::BehaviorKind;
-use pbft_node::config::{NodeConfigFile, ProtocolSection, ReplicaEntry, StorageSection};
-use pbft_node::messages::ReplicaId;
+use pbft_net::cluster::ReplicaEntry;
+use pbft_node::config::{NodeConfigFile, ProtocolSection, StorageSection};
 
 use super::layout::{Layout, NodeRecord};
 use super::LaunchError;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pbft_client::Client;
-use pbft_node::messages::ReplicaId;
+use pbft_core::messages::ReplicaId;
 use tokio::sync::Semaphore;
 
 use super::layout::{Layout, NodeRecord, State};

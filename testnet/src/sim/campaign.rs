@@ -17,8 +17,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use pbft_node::byzantine::BehaviorKind;
-use pbft_node::messages::ReplicaId;
+use pbft_core::byzantine::BehaviorKind;
+use pbft_core::messages::ReplicaId;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use pbft_core::messages::{ReplicaId, Seq, Timestamp};
+use pbft_core::protocol::Executed;
 use pbft_crypto::{Digest, PublicKey};
-use pbft_node::messages::{ReplicaId, Seq, Timestamp};
-use pbft_node::protocol::Executed;
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pbft_core::app::KvOp;
+use pbft_core::messages::{ClientRequest, ReplicaId, Reply, RequestEnvelope, Timestamp, View};
 use pbft_crypto::KeyPair;
-use pbft_node::app::KvOp;
-use pbft_node::messages::{ClientRequest, ReplicaId, Reply, RequestEnvelope, Timestamp, View};
 
 /// One request the client is waiting for.
 #[derive(Debug)]

@@ -22,13 +22,13 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pbft_core::app::KvStore;
+use pbft_core::byzantine::{self, Behavior, BehaviorKind, Context, FaultySend, Payload};
+use pbft_core::messages::{self, Limits, Message, ReplicaId, Sender, SignatureCheck};
+use pbft_core::protocol::segment_released;
+use pbft_core::protocol::{Destination, Durable, ProtocolConfig, Replica, Timer, TimerCommand};
+use pbft_core::Committee;
 use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
-use pbft_node::app::KvStore;
-use pbft_node::byzantine::{self, Behavior, BehaviorKind, Context, FaultySend, Payload};
-use pbft_node::messages::{self, Limits, Message, ReplicaId, Sender, SignatureCheck};
-use pbft_node::protocol::{Destination, Durable, ProtocolConfig, Replica, Timer, TimerCommand};
-use pbft_node::storage::segment_released;
-use pbft_node::Committee;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -527,11 +527,11 @@ impl Simulation {
             }
             let replica = self.replica(id);
             let entries: BTreeMap<Vec<u8>, Vec<u8>> =
-                pbft_node::codec::decode(&replica.app().snapshot(), u64::MAX)
+                pbft_core::codec::decode(&replica.app().snapshot(), u64::MAX)
                     .expect("own snapshot decodes");
             for client in &self.clients {
                 for (timestamp, (op, _)) in &client.accepted {
-                    if let pbft_node::app::KvOp::Put { key, value } = op {
+                    if let pbft_core::app::KvOp::Put { key, value } = op {
                         if entries.get(key) != Some(value) {
                             return Err(Violation(format!(
                                 "client validity: accepted write {timestamp} of client {} missing at replica {id}: {}",

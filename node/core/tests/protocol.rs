@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use pbft_crypto::{KeyPair, Signature};
-use pbft_node::app::KvStore;
-use pbft_node::messages::{
+use pbft_core::app::KvStore;
+use pbft_core::messages::{
     self, Batch, Limits, Message, NewView, Phase, PreparedCert, Sender, StrictCheck, ViewChange,
     Vote,
 };
-use pbft_node::protocol::{plan_new_view, ProtocolConfig, Replica, Timer, TimerCommand};
+use pbft_core::protocol::{plan_new_view, ProtocolConfig, Replica, Timer, TimerCommand};
+use pbft_crypto::{KeyPair, Signature};
 
 mod common;
 
@@ -240,7 +240,7 @@ fn deliver(replica: &mut Replica, keys: &[KeyPair], message: Message, sender: Se
 
 /// A batch of one put from a client of its own.
 fn batch_of(client: u8, key: &[u8]) -> Batch {
-    let op = pbft_node::app::KvOp::Put {
+    let op = pbft_core::app::KvOp::Put {
         key: key.to_vec(),
         value: b"v".to_vec(),
     };
@@ -248,7 +248,7 @@ fn batch_of(client: u8, key: &[u8]) -> Batch {
         &KeyPair::from_seed(&[100 + client; 32]).unwrap(),
         vec![messages::ClientRequest {
             timestamp: 1,
-            op: pbft_node::codec::encode(&op),
+            op: pbft_core::codec::encode(&op),
         }],
     );
     Batch {
@@ -276,7 +276,7 @@ fn committed(keys: &[KeyPair], view: u64, seq: u64, batch: &Batch) -> Message {
     }
 }
 
-fn pre_prepares(ready: &pbft_node::protocol::Ready) -> Vec<u64> {
+fn pre_prepares(ready: &pbft_core::protocol::Ready) -> Vec<u64> {
     ready
         .messages
         .iter()
@@ -365,7 +365,7 @@ fn a_new_view_contradicting_a_committed_slot_halts_the_replica() {
     assert!(
         matches!(
             ready.halt,
-            Some(pbft_node::protocol::Halt::ConflictingCommit { seq: 1, .. })
+            Some(pbft_core::protocol::Halt::ConflictingCommit { seq: 1, .. })
         ),
         "did not halt: {:?}",
         ready.halt

@@ -1,7 +1,7 @@
 //! Fixtures shared by the protocol tests: a fixed four-replica committee (f = 1).
 
+use pbft_core::Committee;
 use pbft_crypto::KeyPair;
-use pbft_node::Committee;
 
 /// The keys of replicas 0 to 3, the same in every run.
 pub fn keys() -> Vec<KeyPair> {

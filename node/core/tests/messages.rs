@@ -5,13 +5,13 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use pbft_crypto::{Digest, Domain, KeyPair, Signature};
-use pbft_node::messages::{
+use pbft_core::messages::{
     check_reply, verify, verify_envelope, Batch, Checkpoint, ClientRequest, Limits, Message,
     NewView, Phase, PreparedCert, Rejection, ReplicaId, Reply, RequestEnvelope, RequestResult,
     Sender, Seq, StrictCheck, View, ViewChange, Vote,
 };
-use pbft_node::Committee;
+use pbft_core::Committee;
+use pbft_crypto::{Digest, Domain, KeyPair, Signature};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -310,7 +310,7 @@ fn samples() -> &'static [(Sender, Message)] {
             ),
             (
                 Sender::Replica(3),
-                Message::StatusReport(pbft_node::messages::NodeStatus {
+                Message::StatusReport(pbft_core::messages::NodeStatus {
                     nonce: 5,
                     replica: 3,
                     view: 2,

@@ -16,9 +16,6 @@
 //! Behaviours draw randomness only from [`Context::rng`] and read no clock, so a simulation with a
 //! faulty replica still replays from its seed.
 
-// Randomness is an input here, as in the protocol core.
-#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
-
 pub mod corrupt;
 pub mod equivocating_backup;
 pub mod equivocating_primary;

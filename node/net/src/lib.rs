@@ -68,6 +68,7 @@
 #![deny(missing_docs)]
 
 mod client;
+pub mod cluster;
 mod frame;
 mod link;
 mod replica;
@@ -86,6 +87,7 @@ use pbft_crypto::{KeyPair, PublicKey};
 use quinn::Endpoint;
 
 pub use client::ClientTransport;
+pub use cluster::{ClusterConfig, ConfigError, ReplicaEntry};
 pub use replica::{Inbox, ReplicaTransport};
 pub use stats::TransportStats;
 

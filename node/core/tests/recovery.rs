@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use pbft_crypto::KeyPair;
-use pbft_node::app::{KvOp, KvStore};
-use pbft_node::messages::{
+use pbft_core::app::{KvOp, KvStore};
+use pbft_core::messages::{
     self, Batch, ClientRequest, Limits, Message, Phase, RequestEnvelope, Sender, StrictCheck, Vote,
 };
-use pbft_node::protocol::{Durable, ProtocolConfig, Ready, Replica};
-use pbft_node::Committee;
+use pbft_core::protocol::{Durable, ProtocolConfig, Ready, Replica};
+use pbft_core::Committee;
+use pbft_crypto::KeyPair;
 
 mod common;
 
