@@ -1,0 +1,239 @@
+//! Client requests, batches of them, and replies.
+
+use pbft_crypto::{Digest, DigestBuilder, Domain, KeyPair, PublicKey, Signature};
+use serde::{Deserialize, Serialize};
+
+use crate::committee::Committee;
+
+use super::{
+    Check, Limits, Rejection, ReplicaId, Sender, SignatureCheck, Timestamp, Verified, View,
+};
+
+/// One operation of a client, identified by the client's timestamp.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    pub timestamp: Timestamp,
+    #[serde(with = "serde_bytes")]
+    pub op: Vec<u8>,
+}
+
+/// ⟨REQUEST, o, t, c⟩ for several requests of one client under one signature.
+///
+/// A client signs one envelope for the requests it has outstanding, so that the cost of a
+/// signature is shared by all of them. Timestamps in an envelope are strictly increasing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub client: PublicKey,
+    pub requests: Vec<ClientRequest>,
+    pub signature: Signature,
+}
+
+impl RequestEnvelope {
+    /// Builds and signs an envelope.
+    pub fn new(key: &KeyPair, requests: Vec<ClientRequest>) -> RequestEnvelope {
+        let mut envelope = RequestEnvelope {
+            client: key.public(),
+            requests,
+            signature: Signature::EMPTY,
+        };
+        envelope.signature = key.sign(Domain::Request, &envelope.signing_digest());
+        envelope
+    }
+
+    /// What the client's signature covers: its key and every (timestamp, op) in order.
+    pub fn signing_digest(&self) -> Digest {
+        let mut builder = DigestBuilder::new(Domain::Request)
+            .public_key(&self.client)
+            .u64(self.requests.len() as u64);
+        for request in &self.requests {
+            builder = builder.u64(request.timestamp).bytes(&request.op);
+        }
+        builder.finish()
+    }
+
+    pub fn first_timestamp(&self) -> Timestamp {
+        self.requests.first().map_or(0, |r| r.timestamp)
+    }
+
+    pub fn last_timestamp(&self) -> Timestamp {
+        self.requests.last().map_or(0, |r| r.timestamp)
+    }
+
+    fn payload_bytes(&self) -> usize {
+        self.requests.iter().map(|r| r.op.len() + 8).sum::<usize>() + 96
+    }
+}
+
+/// The requests the primary orders at one sequence number. An empty batch is the null request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub envelopes: Vec<RequestEnvelope>,
+}
+
+impl Batch {
+    /// The null request that fills sequence-number gaps after a view change.
+    pub fn null() -> Batch {
+        Batch::default()
+    }
+
+    /// `d` in ⟨PRE-PREPARE, v, n, d⟩: covers every envelope's signed content.
+    pub fn digest(&self) -> Digest {
+        Batch::digest_of(&self.envelope_digests())
+    }
+
+    /// The signing digest of every envelope, in order.
+    pub fn envelope_digests(&self) -> Vec<Digest> {
+        self.envelopes
+            .iter()
+            .map(RequestEnvelope::signing_digest)
+            .collect()
+    }
+
+    /// The batch digest from the envelopes' signing digests (hashing each envelope only once).
+    pub fn digest_of(envelope_digests: &[Digest]) -> Digest {
+        let mut builder = DigestBuilder::new(Domain::Content)
+            .u8(b'B')
+            .u64(envelope_digests.len() as u64);
+        for digest in envelope_digests {
+            builder = builder.digest(digest);
+        }
+        builder.finish()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.envelopes.iter().map(|e| e.requests.len()).sum()
+    }
+}
+
+/// ⟨REPLY, v, t, c, i, r⟩ for every request of one client executed in one batch.
+///
+/// Replies are not signed: they travel on a channel authenticated to the replica that sent them,
+/// and a client never shows a reply to anyone else, so no transferable proof is needed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub view: View,
+    pub replica: ReplicaId,
+    pub client: PublicKey,
+    pub results: Vec<RequestResult>,
+}
+
+/// The result of one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestResult {
+    pub timestamp: Timestamp,
+    #[serde(with = "serde_bytes")]
+    pub result: Vec<u8>,
+}
+
+/// Checks a client's envelope on its own (outside a message): shape, limits and the client's
+/// signature.
+pub fn verify_envelope(
+    envelope: RequestEnvelope,
+    limits: &Limits,
+    signatures: &mut dyn SignatureCheck,
+) -> Result<Verified<RequestEnvelope>, Rejection> {
+    check_envelope_shape(&envelope, limits)?;
+    let digest = envelope.signing_digest();
+    check_client_signature(signatures, &envelope, &digest)?;
+    Ok(Verified::checked(envelope, vec![digest]))
+}
+
+/// A REQUEST: from the client that signed it (when a client sent it), well formed, validly
+/// signed. Returns the envelope's signing digest.
+pub(super) fn verify_request(
+    check: &mut Check<'_>,
+    envelope: &RequestEnvelope,
+    sender: Sender,
+) -> Result<Digest, Rejection> {
+    if let Sender::Client(client) = sender {
+        if client != envelope.client {
+            return Err(Rejection::WrongSender);
+        }
+    }
+    check_envelope_shape(envelope, check.limits)?;
+    let digest = envelope.signing_digest();
+    check_client_signature(check.signatures, envelope, &digest)?;
+    Ok(digest)
+}
+
+fn check_client_signature(
+    signatures: &mut dyn SignatureCheck,
+    envelope: &RequestEnvelope,
+    digest: &Digest,
+) -> Result<(), Rejection> {
+    signatures
+        .check(
+            &envelope.client,
+            Domain::Request,
+            digest,
+            &envelope.signature,
+        )
+        .then_some(())
+        .ok_or(Rejection::BadSignature)
+}
+
+fn check_envelope_shape(envelope: &RequestEnvelope, limits: &Limits) -> Result<(), Rejection> {
+    if envelope.requests.is_empty() {
+        return Err(Rejection::Malformed("empty request envelope"));
+    }
+    if envelope.requests.len() > limits.max_envelope_requests {
+        return Err(Rejection::TooLarge("requests in an envelope"));
+    }
+    let mut last = 0;
+    for request in &envelope.requests {
+        if request.op.len() > limits.max_op_bytes {
+            return Err(Rejection::TooLarge("operation"));
+        }
+        if request.timestamp <= last {
+            return Err(Rejection::Malformed(
+                "timestamps in an envelope must be positive and increasing",
+            ));
+        }
+        last = request.timestamp;
+    }
+    Ok(())
+}
+
+/// Checks a batch's shape and every client signature in it; returns its envelopes' signing
+/// digests.
+pub(super) fn verify_batch(check: &mut Check<'_>, batch: &Batch) -> Result<Vec<Digest>, Rejection> {
+    let digests = batch.envelope_digests();
+    check_batch(check, batch, &digests)?;
+    Ok(digests)
+}
+
+/// Checks a batch's shape and every client signature, given its envelopes' signing digests.
+pub(super) fn check_batch(
+    check: &mut Check<'_>,
+    batch: &Batch,
+    digests: &[Digest],
+) -> Result<(), Rejection> {
+    let limits = check.limits;
+    if batch.envelopes.len() > limits.max_batch_envelopes {
+        return Err(Rejection::TooLarge("envelopes in a batch"));
+    }
+    let bytes: usize = batch
+        .envelopes
+        .iter()
+        .map(RequestEnvelope::payload_bytes)
+        .sum();
+    if bytes > limits.max_batch_bytes {
+        return Err(Rejection::TooLarge("batch bytes"));
+    }
+    for (envelope, digest) in batch.envelopes.iter().zip(digests) {
+        check_envelope_shape(envelope, limits)?;
+        check_client_signature(check.signatures, envelope, digest)?;
+    }
+    Ok(())
+}
+
+/// Verifies a reply's shape for a client; the channel already authenticated `replica`.
+pub fn check_reply(reply: &Reply, from: ReplicaId, committee: &Committee) -> Result<(), Rejection> {
+    if committee.key(from).is_none() {
+        return Err(Rejection::UnknownReplica);
+    }
+    if reply.replica != from {
+        return Err(Rejection::WrongSender);
+    }
+    Ok(())
+}
