@@ -17,15 +17,16 @@
 //!    [`Replica::start`].
 
 mod clients;
+mod new_view;
 mod replica;
-mod view_change;
+pub mod votes;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use clients::{ClientRecord, ClientTable, RequestStatus};
+pub use new_view::{plan_new_view, NewViewPlan};
 pub use replica::Replica;
-pub use view_change::{plan_new_view, NewViewPlan};
 
 use pbft_crypto::{Digest, PublicKey};
 

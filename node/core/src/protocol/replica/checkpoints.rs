@@ -1,0 +1,138 @@
+//! Checkpoints and garbage collection (section 4.3).
+
+use super::*;
+
+impl Replica {
+    pub(super) fn take_snapshot(&self) -> (Digest, Arc<Vec<u8>>) {
+        let state = ReplicatedState {
+            app: self.app.snapshot(),
+            clients: self.clients.clone(),
+        };
+        let bytes = codec::encode(&state);
+        (snapshot_digest(&bytes), Arc::new(bytes))
+    }
+
+    pub(super) fn take_checkpoint(&mut self, seq: Seq) {
+        let (digest, snapshot) = self.take_snapshot();
+        let checkpoint = Checkpoint::new(&self.key, seq, digest, self.id);
+        let own = OwnCheckpoint {
+            digest,
+            snapshot,
+            message: Some(checkpoint.clone()),
+        };
+        self.checkpoints.own.insert(seq, own);
+        self.ready
+            .persist
+            .push(Durable::Checkpoint(checkpoint.clone()));
+        self.broadcast(Message::Checkpoint(checkpoint.clone()));
+        self.on_checkpoint(checkpoint);
+    }
+
+    pub(super) fn on_checkpoint(&mut self, checkpoint: Checkpoint) {
+        if checkpoint.seq <= self.checkpoints.stable_seq
+            || checkpoint.seq % self.config.checkpoint_interval != 0
+        {
+            self.ignore("stale or misaligned checkpoint");
+            return;
+        }
+        let seq = checkpoint.seq;
+        let from = checkpoint.replica;
+        // Bound memory: keep a few of each replica's newest checkpoints.
+        let per_replica = (self.config.log_window / self.config.checkpoint_interval + 2) as usize;
+        let held: Vec<Seq> = self
+            .checkpoints
+            .votes
+            .iter()
+            .filter(|(_, by)| by.get(from).is_some())
+            .map(|(s, _)| *s)
+            .collect();
+        if let Some(by) = self.checkpoints.votes.get_mut(&seq) {
+            if by.get(from).is_some() {
+                if let Added::Conflict(conflict) = by.add(checkpoint) {
+                    self.record_evidence(conflict);
+                }
+                return;
+            }
+        }
+        if held.len() >= per_replica {
+            if held[0] > seq {
+                return;
+            }
+            if let Some(by) = self.checkpoints.votes.get_mut(&held[0]) {
+                by.remove(from);
+            }
+        }
+        let by = self.checkpoints.votes.entry(seq).or_default();
+        by.add(checkpoint);
+        if let Some(proof) = by.certificate(self.committee.quorum(), None) {
+            let digest = proof[0].state_digest;
+            self.make_stable(seq, digest, proof);
+        }
+    }
+
+    /// A checkpoint with a 2f+1 proof becomes stable: move the low watermark, discard the log
+    /// below it, and fetch the state if this replica has not reached it.
+    pub(super) fn make_stable(&mut self, seq: Seq, digest: Digest, proof: Vec<Checkpoint>) {
+        if seq <= self.checkpoints.stable_seq {
+            return;
+        }
+        tracing::debug!(replica = self.id, seq, "checkpoint stable");
+        let sources: Vec<ReplicaId> = proof
+            .iter()
+            .map(|c| c.replica)
+            .filter(|r| *r != self.id)
+            .collect();
+        let c = &mut self.checkpoints;
+        c.stable_seq = seq;
+        c.stable_digest = digest;
+        c.stable_proof = proof;
+        c.votes = c.votes.split_off(&(seq + 1));
+        c.own = c.own.split_off(&seq);
+        self.log = self.log.split_off(&(seq + 1));
+        self.next_seq = self.next_seq.max(seq + 1);
+        let own_matches = self
+            .checkpoints
+            .own
+            .get(&seq)
+            .map(|own| own.digest == digest);
+        match own_matches {
+            Some(true) => self.persist_stable(),
+            Some(false) => {
+                tracing::error!(
+                    replica = self.id,
+                    seq,
+                    "own state differs from the stable checkpoint; fetching it"
+                );
+                self.checkpoints.own.remove(&seq);
+                self.start_state_fetch(seq, sources);
+            }
+            None if self.last_executed >= seq => {
+                // Executed past it without a snapshot at it (after a state transfer): nothing to do.
+            }
+            None => self.start_state_fetch(seq, sources),
+        }
+    }
+
+    /// Writes the stable checkpoint and the state at it; older records are then released.
+    pub(super) fn persist_stable(&mut self) {
+        let c = &self.checkpoints;
+        let Some(own) = c.own.get(&c.stable_seq) else {
+            return;
+        };
+        self.ready.persist.push(Durable::Stable {
+            seq: c.stable_seq,
+            proof: c.stable_proof.clone(),
+            snapshot: own.snapshot.clone(),
+        });
+        // The records of the current view may sit in segments released after this one; carry
+        // them forward so a restart never forgets which views this replica has left.
+        if let Some(new_view) = self.last_new_view.clone() {
+            self.ready.persist.push(Durable::NewView(new_view));
+        }
+        if !self.view_active {
+            if let Some(own) = self.view_changes.get(&self.id).cloned() {
+                self.ready.persist.push(Durable::ViewChange(own));
+            }
+        }
+    }
+}

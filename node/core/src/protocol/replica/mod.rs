@@ -1,0 +1,622 @@
+//! [`Replica`]: its state, its inputs and its outputs. The rules live in one file per section of
+//! Castro and Liskov, "Practical Byzantine Fault Tolerance and Proactive Recovery", ACM TOCS
+//! 20(4), 2002, whose section numbers the comments cite:
+//! - [`normal_case`]: requests, PRE-PREPARE, PREPARE, COMMIT and execution (4.2);
+//! - [`checkpoints`]: checkpoints and garbage collection (4.3);
+//! - [`view_change`]: VIEW-CHANGE, NEW-VIEW and entering a view (4.4, 4.5.2);
+//! - [`state_transfer`]: fetching and installing a stable checkpoint's state (5.3.2);
+//! - [`recovery`]: rebuilding a replica from its durable records after a crash;
+//! - [`retransmission`]: resending, fetching batch bodies and helping peers catch up.
+//!
+//! The quorum rules (distinct signers, one certificate, conflicting votes as evidence) are
+//! [`super::votes::VoteSet`]'s.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pbft_crypto::{Digest, DigestBuilder, Domain, KeyPair};
+use serde::{Deserialize, Serialize};
+
+mod checkpoints;
+mod normal_case;
+mod recovery;
+mod retransmission;
+mod state_transfer;
+mod view_change;
+
+use super::clients::{ClientTable, PendingRequests, RequestStatus};
+use super::new_view::{plan_new_view, NewViewPlan};
+use super::votes::{Added, VoteSet};
+use super::{
+    Conflict, Destination, Durable, Executed, Halt, Outgoing, ProtocolConfig, Ready,
+    RecoveryReport, Status, Timer, TimerCommand,
+};
+use crate::app::StateMachine;
+use crate::codec;
+use crate::committee::Committee;
+use crate::messages::{
+    Batch, Checkpoint, Message, NewView, Phase, PreparedCert, ReplicaId, Reply, RequestEnvelope,
+    RequestResult, Seq, Verified, View, ViewChange, Vote,
+};
+
+/// The state a checkpoint certifies: the application and the client table. Its encoding is
+/// canonical, so the checkpoint digest is the digest of the encoding and a transferred snapshot
+/// is checked by hashing it.
+#[derive(Serialize, Deserialize)]
+struct ReplicatedState {
+    #[serde(with = "serde_bytes")]
+    app: Vec<u8>,
+    clients: ClientTable,
+}
+
+/// A batch with its digests, computed once when the batch arrives.
+#[derive(Debug)]
+struct BatchBody {
+    batch: Batch,
+    digest: Digest,
+    envelope_digests: Vec<Digest>,
+}
+
+impl BatchBody {
+    fn new(batch: Batch) -> Arc<BatchBody> {
+        let envelope_digests = batch.envelope_digests();
+        BatchBody::with_digests(batch, envelope_digests)
+    }
+
+    /// A batch that arrived in a verified message, with the envelope digests the boundary
+    /// computed (hashed again only if they do not fit the batch).
+    fn verified(batch: Batch, envelope_digests: Vec<Digest>) -> Arc<BatchBody> {
+        if envelope_digests.len() == batch.envelopes.len() {
+            BatchBody::with_digests(batch, envelope_digests)
+        } else {
+            BatchBody::new(batch)
+        }
+    }
+
+    fn with_digests(batch: Batch, envelope_digests: Vec<Digest>) -> Arc<BatchBody> {
+        Arc::new(BatchBody {
+            digest: Batch::digest_of(&envelope_digests),
+            batch,
+            envelope_digests,
+        })
+    }
+
+    fn has_duplicate_envelopes(&self) -> bool {
+        let mut seen = BTreeSet::new();
+        self.envelope_digests.iter().any(|d| !seen.insert(*d))
+    }
+}
+
+/// One sequence number's slot in the log.
+#[derive(Debug, Default)]
+struct Entry {
+    /// The view whose messages the fields below hold.
+    view: View,
+    /// The primary's PRE-PREPARE accepted for `view`.
+    pre_prepare: Option<Vote>,
+    /// The batch digest this slot is bound to (from the PRE-PREPARE or a commit certificate).
+    digest: Option<Digest>,
+    batch: Option<Arc<BatchBody>>,
+    prepares: VoteSet<Vote>,
+    commits: VoteSet<Vote>,
+    /// 2f+1 matching COMMITs, once committed (to help replicas that missed them).
+    commit_cert: Option<Vec<Vote>>,
+    /// The certificate from the highest view this slot prepared in; survives view changes.
+    prepared_cert: Option<PreparedCert>,
+    sent_prepare: bool,
+    sent_commit: bool,
+    /// A FETCH-BATCH went out in this view.
+    fetch_sent: bool,
+    /// 2f+1 COMMITs fixed `digest` for good; no later message may bind this slot to another.
+    committed: bool,
+    /// The view of the COMMITs that fixed `digest`.
+    commit_view: View,
+    /// The digest of the batch body last written to durable storage for this slot.
+    durable_batch: Option<Digest>,
+    /// Bodies this replica voted for here (as primary or with a PREPARE), in this view and
+    /// earlier ones, newest last. A later NEW-VIEW may name any of them (the one of the highest
+    /// prepared certificate), and the replicas that voted for it are the ones sure to hold it.
+    voted: Vec<Arc<BatchBody>>,
+    /// When this slot last made progress, for retransmission.
+    touched: Duration,
+}
+
+impl Entry {
+    fn reset_for_view(&mut self, view: View) {
+        self.view = view;
+        self.pre_prepare = None;
+        self.prepares = VoteSet::new();
+        self.commits = VoteSet::new();
+        self.sent_prepare = false;
+        self.sent_commit = false;
+        self.fetch_sent = false;
+        if !self.committed {
+            self.digest = None;
+        }
+    }
+
+    fn has_batch_for_digest(&self) -> bool {
+        self.batch.is_some() && self.digest.is_some()
+    }
+
+    /// Remembers a body this replica voted for; the oldest goes beyond a few.
+    fn keep_voted(&mut self, body: Arc<BatchBody>) {
+        self.voted.retain(|kept| kept.digest != body.digest);
+        self.voted.push(body);
+        if self.voted.len() > MAX_VOTED_BODIES {
+            self.voted.remove(0);
+        }
+    }
+
+    /// The body with `digest`, if this slot holds it.
+    fn body_for(&self, digest: Digest) -> Option<Arc<BatchBody>> {
+        self.batch
+            .iter()
+            .chain(&self.voted)
+            .find(|body| body.digest == digest)
+            .cloned()
+    }
+
+    /// Makes `batch` the body of `digest` (or none), from what the slot holds.
+    fn bind_body(&mut self, digest: Digest) {
+        if self.batch.as_ref().map(|b| b.digest) != Some(digest) {
+            self.batch = self.body_for(digest);
+        }
+    }
+}
+
+/// Bodies voted for that a slot keeps across views. Each view's primary can propose one body
+/// per slot, so this bounds what faulty primaries can make a replica hold.
+const MAX_VOTED_BODIES: usize = 4;
+
+/// Own checkpoints, checkpoint votes, and the stable checkpoint (§4.3).
+#[derive(Debug, Default)]
+struct Checkpoints {
+    stable_seq: Seq,
+    stable_digest: Digest,
+    stable_proof: Vec<Checkpoint>,
+    /// Own checkpoints at or above the stable one.
+    own: BTreeMap<Seq, OwnCheckpoint>,
+    /// Checkpoint votes above the stable checkpoint.
+    votes: BTreeMap<Seq, VoteSet<Checkpoint>>,
+}
+
+/// A checkpoint this replica holds the state of.
+#[derive(Debug)]
+struct OwnCheckpoint {
+    digest: Digest,
+    snapshot: Arc<Vec<u8>>,
+    /// Its signed CHECKPOINT, if it took the checkpoint itself.
+    message: Option<Checkpoint>,
+}
+
+/// Help a replica gives a peer on request (catch-up, new views, batches, state). Answers cost
+/// far more than the asking, so each peer gets a bounded amount per retransmission interval and
+/// a faulty peer cannot turn this replica into an amplifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Help {
+    CatchUp,
+    NewView,
+    Batch,
+    State,
+}
+
+impl Help {
+    fn per_interval(self) -> u32 {
+        match self {
+            Help::CatchUp | Help::NewView | Help::State => 1,
+            Help::Batch => 64,
+        }
+    }
+}
+
+/// A state transfer in progress.
+#[derive(Debug)]
+struct StateFetch {
+    seq: Seq,
+    /// Which signer of the proof to ask next.
+    next_source: usize,
+    sources: Vec<ReplicaId>,
+}
+
+/// A PBFT replica. See the module documentation of [`crate::protocol`] for how to drive it.
+pub struct Replica {
+    id: ReplicaId,
+    committee: Committee,
+    config: ProtocolConfig,
+    key: KeyPair,
+    app: Box<dyn StateMachine>,
+    clients: ClientTable,
+
+    view: View,
+    /// False from sending a VIEW-CHANGE until a valid NEW-VIEW for `view` is processed.
+    view_active: bool,
+    log: BTreeMap<Seq, Entry>,
+    last_executed: Seq,
+    /// The primary's next sequence number to assign.
+    next_seq: Seq,
+    checkpoints: Checkpoints,
+    state_fetch: Option<StateFetch>,
+
+    pending: PendingRequests,
+    /// Envelopes in log slots above `last_executed` (the primary does not order them twice).
+    in_log: HashSet<Digest>,
+    /// The envelope whose wait the view-change timer is measuring (§4.5.2).
+    watched: Option<Digest>,
+    view_change_timeout: Duration,
+    /// In a view change, whether the timer for giving up on `view` runs. It starts only once
+    /// 2f+1 replicas want the view (§4.5.2), so a replica alone cannot race through views.
+    new_view_timer_armed: bool,
+
+    /// The latest VIEW-CHANGE from each replica (own included).
+    view_changes: BTreeMap<ReplicaId, ViewChange>,
+    /// The NEW-VIEW that started the current view, for replicas that missed it.
+    last_new_view: Option<Arc<NewView>>,
+
+    evidence: BTreeMap<ReplicaId, Conflict>,
+    /// Per peer and kind of help: the interval it was last given in, and how often then.
+    help_given: BTreeMap<(ReplicaId, Help), (u64, u32)>,
+    state_transfers: u64,
+    ignored: BTreeMap<&'static str, u64>,
+    /// The state digest and the sequence number it was computed at (the state is a function of
+    /// the last executed sequence number).
+    state_digest_cache: Cell<Option<(Seq, Digest)>>,
+    /// The highest view of any commit certificate this replica holds. A primary whose view is
+    /// below it knows the cluster moved on and proposes nothing more in its own view.
+    newest_commit_view: View,
+    /// Set when the replica saw proof of more than f faults; it then takes no more input.
+    halted: Option<Halt>,
+    now: Duration,
+    ready: Ready,
+}
+
+impl Replica {
+    /// A replica at view 0 with the initial state of `app`. `key` must be replica `id`'s key in
+    /// `committee`.
+    pub fn new(
+        id: ReplicaId,
+        committee: Committee,
+        config: ProtocolConfig,
+        key: KeyPair,
+        app: Box<dyn StateMachine>,
+    ) -> Result<Replica, String> {
+        config.validate()?;
+        if committee.key(id) != Some(&key.public()) {
+            return Err(format!(
+                "the key given is not replica {id}'s key in the cluster"
+            ));
+        }
+        let mut replica = Replica {
+            id,
+            clients: ClientTable::new(config.client_window),
+            pending: PendingRequests::new(
+                config.max_pending_envelopes,
+                config.max_pending_per_client,
+            ),
+            view_change_timeout: config.view_change_timeout,
+            new_view_timer_armed: false,
+            committee,
+            config,
+            key,
+            app,
+            view: 0,
+            view_active: true,
+            log: BTreeMap::new(),
+            last_executed: 0,
+            next_seq: 1,
+            checkpoints: Checkpoints::default(),
+            state_fetch: None,
+            in_log: HashSet::new(),
+            watched: None,
+            view_changes: BTreeMap::new(),
+            last_new_view: None,
+            evidence: BTreeMap::new(),
+            help_given: BTreeMap::new(),
+            state_transfers: 0,
+            ignored: BTreeMap::new(),
+            state_digest_cache: Cell::new(None),
+            newest_commit_view: 0,
+            halted: None,
+            now: Duration::ZERO,
+            ready: Ready::default(),
+        };
+        let (digest, snapshot) = replica.take_snapshot();
+        replica.checkpoints.stable_digest = digest;
+        replica.checkpoints.own.insert(
+            0,
+            OwnCheckpoint {
+                digest,
+                snapshot,
+                message: None,
+            },
+        );
+        Ok(replica)
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.committee.primary(self.view) == self.id
+    }
+
+    pub fn last_executed(&self) -> Seq {
+        self.last_executed
+    }
+
+    pub fn stable_checkpoint(&self) -> Seq {
+        self.checkpoints.stable_seq
+    }
+
+    pub fn app(&self) -> &dyn StateMachine {
+        self.app.as_ref()
+    }
+
+    pub fn clients(&self) -> &ClientTable {
+        &self.clients
+    }
+
+    /// Proof of equivocation this replica holds, by culprit.
+    pub fn evidence(&self) -> &BTreeMap<ReplicaId, Conflict> {
+        &self.evidence
+    }
+
+    /// How many snapshots this replica installed from peers.
+    pub fn state_transfers(&self) -> u64 {
+        self.state_transfers
+    }
+
+    /// Counts of messages dropped by the core, by reason.
+    pub fn ignored(&self) -> &BTreeMap<&'static str, u64> {
+        &self.ignored
+    }
+
+    /// A digest of the application state and the client table. It costs a pass over the whole
+    /// state, so it is remembered until the next execution.
+    pub fn state_digest(&self) -> Digest {
+        if let Some((seq, digest)) = self.state_digest_cache.get() {
+            if seq == self.last_executed {
+                return digest;
+            }
+        }
+        let digest = DigestBuilder::new(Domain::Content)
+            .u8(b'S')
+            .digest(&self.app.digest())
+            .bytes(&codec::encode(&self.clients))
+            .finish();
+        self.state_digest_cache
+            .set(Some((self.last_executed, digest)));
+        digest
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            view: self.view,
+            view_active: self.view_active,
+            primary: self.committee.primary(self.view),
+            last_executed: self.last_executed,
+            stable_checkpoint: self.checkpoints.stable_seq,
+            state_digest: self.state_digest(),
+            pending_requests: self.pending.len(),
+            evidence_against: self.evidence.keys().copied().collect(),
+        }
+    }
+
+    /// Arms the timers. Call once after creation, and again after a restart.
+    pub fn start(&mut self, now: Duration) {
+        self.now = now;
+        self.set_timer(Timer::Retransmit, now + self.config.retransmit_interval);
+        if !self.view_active {
+            self.new_view_timer_armed = false;
+            self.maybe_arm_new_view_timer();
+        } else if !self.is_primary() {
+            let next = self.pending.iter().next().map(|(_, d)| *d);
+            self.watch(next);
+        }
+    }
+
+    /// Handles a message that passed [`crate::messages::verify`].
+    pub fn handle_message(&mut self, now: Duration, message: Verified<Message>) {
+        if self.halted.is_some() {
+            return;
+        }
+        self.now = now;
+        let (message, envelope_digests) = message.into_parts();
+        match message {
+            Message::Request(envelope) => {
+                let digest = envelope_digests
+                    .first()
+                    .copied()
+                    .unwrap_or_else(|| envelope.signing_digest());
+                self.on_request(Verified::own(envelope), digest)
+            }
+            Message::PrePrepare { header, batch } => {
+                self.on_pre_prepare(header, Some(BatchBody::verified(batch, envelope_digests)))
+            }
+            Message::Prepare { vote, pre_prepare } => self.on_prepare(vote, pre_prepare),
+            Message::Commit(vote) => self.on_commit(vote),
+            Message::Checkpoint(checkpoint) => self.on_checkpoint(checkpoint),
+            Message::ViewChange(view_change) => self.on_view_change(view_change),
+            Message::NewView(new_view) => self.on_new_view(Arc::new(new_view)),
+            Message::FetchBatch {
+                seq,
+                digest,
+                replica,
+            } => self.on_fetch_batch(seq, digest, replica),
+            Message::BatchData { seq, batch } => {
+                self.on_batch_data(seq, BatchBody::verified(batch, envelope_digests))
+            }
+            Message::FetchState { seq, replica } => self.on_fetch_state(seq, replica),
+            Message::Status {
+                replica,
+                view,
+                last_executed,
+            } => self.on_status(replica, view, last_executed),
+            Message::Committed { batch, commits } => {
+                self.on_committed(BatchBody::verified(batch, envelope_digests), commits)
+            }
+            Message::StateData {
+                seq,
+                proof,
+                snapshot,
+            } => self.on_state_data(seq, proof, snapshot),
+            Message::Reply(_) | Message::StatusQuery { .. } | Message::StatusReport(_) => {
+                self.ignore("not a protocol message")
+            }
+        }
+        self.after_input();
+    }
+
+    /// Handles a client request that arrived directly from its client (already verified).
+    pub fn handle_request(&mut self, now: Duration, envelope: Verified<RequestEnvelope>) {
+        if self.halted.is_some() {
+            return;
+        }
+        self.now = now;
+        let (envelope, envelope_digests) = envelope.into_parts();
+        let digest = envelope_digests
+            .first()
+            .copied()
+            .unwrap_or_else(|| envelope.signing_digest());
+        self.on_request(Verified::own(envelope), digest);
+        self.after_input();
+    }
+
+    /// Handles a timer firing.
+    pub fn handle_timer(&mut self, now: Duration, timer: Timer) {
+        if self.halted.is_some() {
+            return;
+        }
+        self.now = now;
+        match timer {
+            Timer::ViewChange => self.on_view_change_timer(),
+            Timer::Retransmit => self.on_retransmit_timer(),
+        }
+        self.after_input();
+    }
+
+    /// The outputs accumulated since the last call. Carry them out in field order.
+    pub fn poll_ready(&mut self) -> Ready {
+        let mut ready = std::mem::take(&mut self.ready);
+        if self.halted.is_some() {
+            // Nothing from the step that halted leaves.
+            ready.messages.clear();
+            ready.replies.clear();
+        }
+        ready
+    }
+
+    /// Why the replica halted, if it did.
+    pub fn halted(&self) -> Option<&Halt> {
+        self.halted.as_ref()
+    }
+
+    fn send(&mut self, to: Destination, message: Message) {
+        self.ready.messages.push(Outgoing {
+            to,
+            message: Arc::new(message),
+        });
+    }
+
+    fn broadcast(&mut self, message: Message) {
+        self.send(Destination::AllReplicas, message);
+    }
+
+    fn set_timer(&mut self, timer: Timer, at: Duration) {
+        self.ready.timers.push(TimerCommand::Set { timer, at });
+    }
+
+    fn cancel_timer(&mut self, timer: Timer) {
+        self.ready.timers.push(TimerCommand::Cancel(timer));
+    }
+
+    /// Whether `peer` may get another answer of kind `help` in this interval; counts it if so.
+    fn may_help(&mut self, peer: ReplicaId, help: Help) -> bool {
+        let interval =
+            (self.now.as_micros() / self.config.retransmit_interval.as_micros().max(1)) as u64;
+        let given = self.help_given.entry((peer, help)).or_insert((interval, 0));
+        if given.0 != interval {
+            *given = (interval, 0);
+        }
+        if given.1 >= help.per_interval() {
+            self.ignore("help rate-limited");
+            return false;
+        }
+        given.1 += 1;
+        true
+    }
+
+    fn ignore(&mut self, reason: &'static str) {
+        *self.ignored.entry(reason).or_default() += 1;
+    }
+
+    fn sign_vote(&mut self, phase: Phase, view: View, seq: Seq, digest: Digest) -> Vote {
+        let vote = Vote::new(&self.key, phase, view, seq, digest, self.id);
+        self.ready.persist.push(Durable::Vote(vote.clone()));
+        vote
+    }
+
+    /// Writes the body of slot `seq`'s batch to durable storage, once per digest.
+    fn persist_batch(&mut self, seq: Seq) {
+        let Some(entry) = self.log.get_mut(&seq) else {
+            return;
+        };
+        let Some(body) = &entry.batch else { return };
+        if entry.durable_batch == Some(body.digest) {
+            return;
+        }
+        entry.durable_batch = Some(body.digest);
+        let batch = body.batch.clone();
+        self.ready.persist.push(Durable::Batch { seq, batch });
+    }
+
+    fn after_input(&mut self) {
+        self.execute_committed();
+        self.try_propose();
+    }
+
+    /// Stops the replica for good (see [`Halt`]).
+    fn halt(&mut self, halt: Halt) {
+        if self.halted.is_some() {
+            return;
+        }
+        tracing::error!(replica = self.id, %halt, "replica halted");
+        self.ready.halt = Some(halt.clone());
+        self.halted = Some(halt);
+    }
+
+    fn low(&self) -> Seq {
+        self.checkpoints.stable_seq
+    }
+
+    fn in_window(&self, seq: Seq) -> bool {
+        seq > self.low() && seq <= self.low() + self.config.log_window
+    }
+
+    fn primary(&self) -> ReplicaId {
+        self.committee.primary(self.view)
+    }
+
+    fn record_evidence(&mut self, conflict: Conflict) {
+        let culprit = conflict.culprit();
+        if culprit == self.id {
+            return;
+        }
+        if !self.evidence.contains_key(&culprit) {
+            tracing::warn!(replica = self.id, culprit, "proof of equivocation recorded");
+            self.evidence.insert(culprit, conflict);
+        }
+    }
+}
+
+fn snapshot_digest(bytes: &[u8]) -> Digest {
+    pbft_crypto::Digest::of(Domain::Content, bytes)
+}

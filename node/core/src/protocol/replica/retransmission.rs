@@ -1,0 +1,190 @@
+//! Retransmission and catching up: resending unanswered messages, fetching batch bodies, and
+//! helping peers that report they are behind (bounded per peer).
+
+use super::*;
+
+impl Replica {
+    /// Asks every peer for the batch of slot `seq`, once per view; retransmission repeats it.
+    pub(super) fn fetch_batch(&mut self, seq: Seq) {
+        let Some(entry) = self.log.get_mut(&seq) else {
+            return;
+        };
+        let Some(digest) = entry.digest else { return };
+        if entry.batch.is_some() || entry.fetch_sent {
+            return;
+        }
+        entry.fetch_sent = true;
+        let replica = self.id;
+        self.broadcast(Message::FetchBatch {
+            seq,
+            digest,
+            replica,
+        });
+    }
+
+    pub(super) fn on_fetch_batch(&mut self, seq: Seq, digest: Digest, requester: ReplicaId) {
+        let Some(entry) = self.log.get(&seq) else {
+            return;
+        };
+        let Some(batch) = entry.body_for(digest) else {
+            return;
+        };
+        if self.may_help(requester, Help::Batch) {
+            let batch = batch.batch.clone();
+            self.send(
+                Destination::Replica(requester),
+                Message::BatchData { seq, batch },
+            );
+        }
+    }
+
+    pub(super) fn on_batch_data(&mut self, seq: Seq, body: Arc<BatchBody>) {
+        let Some(entry) = self.log.get_mut(&seq) else {
+            return;
+        };
+        if entry.batch.is_some() {
+            return;
+        }
+        let Some(digest) = entry.digest else { return };
+        if body.digest != digest {
+            self.ignore("batch does not match");
+            return;
+        }
+        entry.batch = Some(body);
+        self.maybe_send_prepare(seq);
+        self.check_prepared(seq);
+    }
+
+    /// A peer reports its position: show it the view it missed, or the batches it lacks.
+    pub(super) fn on_status(&mut self, from: ReplicaId, view: View, last_executed: Seq) {
+        if from == self.id {
+            return;
+        }
+        if view < self.view && self.view_active {
+            self.send_new_view_to(from);
+        }
+        if last_executed >= self.last_executed || !self.may_help(from, Help::CatchUp) {
+            return;
+        }
+        const MAX_CATCH_UP_BATCHES: usize = 16;
+        let mut sent = 0;
+        for (_, entry) in self.log.range(last_executed.saturating_add(1)..) {
+            if sent >= MAX_CATCH_UP_BATCHES || !entry.committed {
+                break;
+            }
+            if let (Some(batch), Some(commits)) = (&entry.batch, &entry.commit_cert) {
+                let message = Message::Committed {
+                    batch: batch.batch.clone(),
+                    commits: commits.clone(),
+                };
+                self.ready.messages.push(Outgoing {
+                    to: Destination::Replica(from),
+                    message: Arc::new(message),
+                });
+                sent += 1;
+            }
+        }
+    }
+
+    /// A batch with a commit certificate: committed, whatever view it was ordered in.
+    pub(super) fn on_committed(&mut self, body: Arc<BatchBody>, commits: Vec<Vote>) {
+        let Some(first) = commits.first() else {
+            return;
+        };
+        let (seq, digest) = (first.seq, first.digest);
+        if seq <= self.last_executed || !self.in_window(seq) || body.digest != digest {
+            return;
+        }
+        self.commit_slot(commits, "a peer's commit certificate");
+        if let Some(entry) = self.log.get_mut(&seq) {
+            if entry.digest == Some(digest) && entry.batch.is_none() {
+                entry.batch = Some(body);
+            }
+        }
+    }
+
+    pub(super) fn on_retransmit_timer(&mut self) {
+        let interval = self.config.retransmit_interval;
+        self.set_timer(Timer::Retransmit, self.now + interval);
+        if !self.view_active {
+            if let Some(own) = self
+                .view_changes
+                .get(&self.id)
+                .filter(|vc| vc.new_view == self.view)
+                .cloned()
+            {
+                self.broadcast(Message::ViewChange(own));
+            }
+        } else {
+            let stale_before = self.now.saturating_sub(interval);
+            let mut resend = Vec::new();
+            for (seq, entry) in self.log.range(self.last_executed + 1..) {
+                if entry.view != self.view || entry.touched > stale_before {
+                    continue;
+                }
+                if entry.committed {
+                    if entry.batch.is_none() {
+                        let digest = entry.digest.expect("committed");
+                        resend.push(Message::FetchBatch {
+                            seq: *seq,
+                            digest,
+                            replica: self.id,
+                        });
+                    }
+                } else if let (true, Some(pp), Some(batch)) =
+                    (self.is_primary(), &entry.pre_prepare, &entry.batch)
+                {
+                    resend.push(Message::PrePrepare {
+                        header: pp.clone(),
+                        batch: batch.batch.clone(),
+                    });
+                } else if let (Some(pp), Some(prepare)) =
+                    (&entry.pre_prepare, entry.prepares.get(self.id))
+                {
+                    resend.push(Message::Prepare {
+                        vote: prepare.clone(),
+                        pre_prepare: pp.clone(),
+                    });
+                } else if let (Some(digest), None) = (entry.digest, &entry.batch) {
+                    resend.push(Message::FetchBatch {
+                        seq: *seq,
+                        digest,
+                        replica: self.id,
+                    });
+                }
+                if let Some(commit) = entry.commits.get(self.id) {
+                    resend.push(Message::Commit(commit.clone()));
+                }
+            }
+            for message in resend {
+                self.broadcast(message);
+            }
+        }
+        let status = Message::Status {
+            replica: self.id,
+            view: self.view,
+            last_executed: self.last_executed,
+        };
+        self.broadcast(status);
+        // The newest own checkpoint tells lagging replicas where the others are.
+        let newest = self
+            .checkpoints
+            .own
+            .values()
+            .rev()
+            .find_map(|own| own.message.clone());
+        if let Some(checkpoint) = newest {
+            self.broadcast(Message::Checkpoint(checkpoint));
+        }
+        if let Some(fetch) = &mut self.state_fetch {
+            let source = fetch.sources[fetch.next_source % fetch.sources.len()];
+            fetch.next_source += 1;
+            let seq = fetch.seq;
+            let replica = self.id;
+            self.send(
+                Destination::Replica(source),
+                Message::FetchState { seq, replica },
+            );
+        }
+    }
+}
