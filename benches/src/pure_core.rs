@@ -16,11 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_core::app::{KvOp, KvStore};
+use pbft_core::byzantine::Payload;
+use pbft_core::driver::{Driver, Effects};
 use pbft_core::messages::{
-    self, ClientRequest, Limits, Message, ReplicaId, RequestEnvelope, Sender, SignatureCheck,
-    Timestamp,
+    self, ClientRequest, Limits, Message, ReplicaId, Reply, RequestEnvelope, Sender,
+    SignatureCheck, Timestamp,
 };
-use pbft_core::protocol::{Destination, ProtocolConfig, Replica};
+use pbft_core::protocol::{Durable, ProtocolConfig, Replica};
+use rand::SeedableRng;
 use pbft_core::Committee;
 use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
 
@@ -36,9 +39,33 @@ impl SignatureCheck for TrustAll {
 /// Distinct keys each client cycles through, so the state stays small.
 const KEYS_PER_CLIENT: u64 = 64;
 
+/// Queues what a replica sends; persistence and replies go nowhere.
+struct Queue<'a> {
+    from: ReplicaId,
+    queue: &'a mut VecDeque<(ReplicaId, ReplicaId, Arc<Message>)>,
+}
+
+impl Effects for Queue<'_> {
+    type Error = std::convert::Infallible;
+
+    fn persist(&mut self, _: &[Durable]) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn send(&mut self, to: &[ReplicaId], payload: Payload) {
+        if let Payload::Message(message) = payload {
+            for to in to {
+                self.queue.push_back((self.from, *to, message.clone()));
+            }
+        }
+    }
+
+    fn reply(&mut self, _: Reply) {}
+}
+
 /// 3f+1 replicas and a set of clients, driven synchronously.
 pub struct CoreCluster {
-    replicas: Vec<Replica>,
+    replicas: Vec<Driver>,
     committee: Committee,
     limits: Limits,
     clients: Vec<(PublicKey, Timestamp)>,
@@ -51,6 +78,7 @@ pub struct CoreCluster {
     /// Requests executed by the primary.
     pub executed_requests: u64,
     now: Duration,
+    rng: rand_chacha::ChaCha8Rng,
 }
 
 impl CoreCluster {
@@ -76,13 +104,13 @@ impl CoreCluster {
                     id as ReplicaId,
                     committee.clone(),
                     config.clone(),
-                    key,
+                    key.clone(),
                     Box::new(KvStore::new()),
                 )
                 .expect("replica");
                 replica.start(Duration::ZERO);
                 let _ = replica.poll_ready();
-                replica
+                Driver::new(replica, key, None)
             })
             .collect();
         let clients = (0..clients)
@@ -102,6 +130,7 @@ impl CoreCluster {
             executed: vec![0; n],
             executed_requests: 0,
             now: Duration::ZERO,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(0),
         };
         // One envelope goes out at once as batch 1; later ones wait behind it.
         let first = cluster.envelope(0);
@@ -158,14 +187,16 @@ impl CoreCluster {
                 &mut TrustAll,
             )
             .expect("a correct replica's message passes the boundary");
-            self.replicas[to as usize].handle_message(self.now, verified);
+            self.replicas[to as usize]
+                .replica_mut()
+                .handle_message(self.now, verified);
             self.collect(to);
         }
         self.executed_requests - executed_before
     }
 
     fn hand_to_primary(&mut self, envelopes: Vec<RequestEnvelope>) {
-        let primary = self.committee.primary(self.replicas[0].view());
+        let primary = self.committee.primary(self.replicas[0].replica().view());
         for envelope in envelopes {
             let sender = Sender::Client(envelope.client);
             let verified = messages::verify(
@@ -176,31 +207,28 @@ impl CoreCluster {
                 &mut TrustAll,
             )
             .expect("a well-formed envelope passes the boundary");
-            self.replicas[primary as usize].handle_message(self.now, verified);
+            self.replicas[primary as usize]
+                .replica_mut()
+                .handle_message(self.now, verified);
             self.collect(primary);
         }
     }
 
-    /// Takes a replica's outputs: messages are queued, replies, persistence and timers dropped.
+    /// Carries out a replica's outputs: messages are queued, replies and persistence dropped.
     fn collect(&mut self, id: ReplicaId) {
-        let ready = self.replicas[id as usize].poll_ready();
-        self.executed[id as usize] += ready.executed.len() as u64;
-        if id == self.committee.primary(self.replicas[id as usize].view()) {
-            self.executed_requests += ready
+        let mut effects = Queue {
+            from: id,
+            queue: &mut self.queue,
+        };
+        let driver = &mut self.replicas[id as usize];
+        let Ok(flushed) = driver.flush(self.now, &mut self.rng, &mut effects);
+        self.executed[id as usize] += flushed.executed.len() as u64;
+        if id == self.committee.primary(driver.replica().view()) {
+            self.executed_requests += flushed
                 .executed
                 .iter()
                 .map(|e| e.requests.len() as u64)
                 .sum::<u64>();
-        }
-        for outgoing in ready.messages {
-            match outgoing.to {
-                Destination::Replica(to) => self.queue.push_back((id, to, outgoing.message)),
-                Destination::AllReplicas => {
-                    for to in self.committee.ids().filter(|to| *to != id) {
-                        self.queue.push_back((id, to, outgoing.message.clone()));
-                    }
-                }
-            }
         }
     }
 }
@@ -222,6 +250,6 @@ mod tests {
         assert!(cluster
             .replicas
             .iter()
-            .all(|r| r.stable_checkpoint() >= 256));
+            .all(|r| r.replica().stable_checkpoint() >= 256));
     }
 }

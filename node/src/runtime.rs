@@ -27,12 +27,14 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::storage::{ReplicaStore, StorageConfig};
 use pbft_core::app::KvStore;
-use pbft_core::byzantine::{self, Behavior, BehaviorKind, Context, FaultySend, Payload};
+use pbft_core::byzantine::{BehaviorKind, Payload};
 use pbft_core::committee::Committee;
+use pbft_core::driver::{Driver, Effects, Flushed};
 use pbft_core::messages::{
-    self, Limits, Message, NodeStatus, ReplicaId, Sender, SignatureCheck, Timestamp, Verified,
+    self, Limits, Message, NodeStatus, ReplicaId, Reply, Sender, SignatureCache, SignatureCheck,
+    Timestamp, Verified,
 };
-use pbft_core::protocol::{Destination, ProtocolConfig, Replica, Timer, TimerCommand};
+use pbft_core::protocol::{Durable, ProtocolConfig, Replica};
 
 /// Everything a node needs to run, already validated (see [`crate::config`]).
 #[derive(Clone, Debug)]
@@ -80,20 +82,11 @@ async fn joined(task: &mut tokio::task::JoinHandle<anyhow::Result<()>>) -> anyho
     }
 }
 
-/// Signature checks remembered across messages: two generations, so the cache stays bounded
-/// while recent signatures stay known.
-#[derive(Default)]
-struct SignatureCache {
-    current: HashMap<(PublicKey, Domain, Digest, Signature), bool>,
-    previous: HashMap<(PublicKey, Domain, Digest, Signature), bool>,
-}
+/// A [`SignatureCheck`] backed by the cache the verifier workers share. Checks run outside the
+/// lock.
+struct SharedCheck<'a>(&'a Mutex<SignatureCache>);
 
-const SIGNATURE_CACHE_GENERATION: usize = 1 << 17;
-
-/// A [`SignatureCheck`] backed by the shared cache. Checks run outside the lock.
-struct CachedCheck<'a>(&'a Mutex<SignatureCache>);
-
-impl SignatureCheck for CachedCheck<'_> {
+impl SignatureCheck for SharedCheck<'_> {
     fn check(
         &mut self,
         key: &PublicKey,
@@ -101,23 +94,20 @@ impl SignatureCheck for CachedCheck<'_> {
         digest: &Digest,
         signature: &Signature,
     ) -> bool {
-        let entry = (*key, domain, *digest, *signature);
+        let question = (*key, domain, *digest, *signature);
+        if let Some(valid) = self
+            .0
+            .lock()
+            .expect("signature cache poisoned")
+            .get(&question)
         {
-            let cache = self.0.lock().expect("signature cache poisoned");
-            if let Some(known) = cache
-                .current
-                .get(&entry)
-                .or_else(|| cache.previous.get(&entry))
-            {
-                return *known;
-            }
+            return valid;
         }
         let valid = key.verify(domain, digest, signature).is_ok();
-        let mut cache = self.0.lock().expect("signature cache poisoned");
-        if cache.current.len() >= SIGNATURE_CACHE_GENERATION {
-            cache.previous = std::mem::take(&mut cache.current);
-        }
-        cache.current.insert(entry, valid);
+        self.0
+            .lock()
+            .expect("signature cache poisoned")
+            .insert(question, valid);
         valid
     }
 }
@@ -186,19 +176,16 @@ impl RunningNode {
             metrics.clone(),
         );
         let (stop, stop_rx) = oneshot::channel();
-        let driver = Driver {
+        let behavior = setup.behavior.map(|kind| kind.build_with(&setup.protocol));
+        let driver = ProtocolTask {
             id: setup.id,
-            behavior: setup.behavior.map(|kind| kind.build_with(&setup.protocol)),
             behavior_name: setup.behavior.map(|k| k.to_string()),
-            key: setup.key,
-            committee: setup.committee,
-            replica,
+            driver: Driver::new(replica, setup.key, behavior),
             store,
             transport: Arc::new(transport),
             metrics,
             rejections,
             origin: Instant::now(),
-            timers: BTreeMap::new(),
             rng: rand::rngs::StdRng::from_os_rng(),
             arrivals: HashMap::new(),
             committed_requests: 0,
@@ -366,19 +353,17 @@ fn check_frame(
         Peer::Replica(id) => Sender::Replica(id),
         Peer::Client(key) => Sender::Client(key),
     };
-    let verified = messages::verify(message, sender, committee, limits, &mut CachedCheck(cache))
+    let verified = messages::verify(message, sender, committee, limits, &mut SharedCheck(cache))
         .map_err(|rejection| rejection.label())?;
     Ok(Input::Message(verified, from))
 }
 
 /// The protocol task's state.
-struct Driver {
+struct ProtocolTask {
     id: ReplicaId,
-    behavior: Option<Box<dyn Behavior>>,
     behavior_name: Option<String>,
-    key: KeyPair,
-    committee: Committee,
-    replica: Replica,
+    /// The replica, its behaviour and its timers.
+    driver: Driver,
     /// Durable state; `None` when turned off.
     store: Option<ReplicaStore>,
     transport: Arc<ReplicaTransport>,
@@ -386,7 +371,6 @@ struct Driver {
     rejections: Rejections,
     /// The replica's clock starts here; it only ever sees durations since.
     origin: Instant,
-    timers: BTreeMap<Timer, Instant>,
     rng: rand::rngs::StdRng,
     /// When each client envelope (client, first timestamp) arrived, for the latency histogram.
     arrivals: HashMap<(PublicKey, Timestamp), Instant>,
@@ -396,35 +380,26 @@ struct Driver {
 
 const MAX_TRACKED_ARRIVALS: usize = 100_000;
 
-impl Driver {
+impl ProtocolTask {
     async fn run(
         mut self,
         mut inputs: mpsc::Receiver<Input>,
         mut stop: oneshot::Receiver<()>,
     ) -> anyhow::Result<()> {
         let now = self.now();
-        self.replica.start(now);
+        self.driver.replica_mut().start(now);
         self.flush()?;
         let mut gauges = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let next_timer = self
-                .timers
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(t, at)| (*t, *at));
+            let next_timer = self.driver.timers().next();
             // A behaviour that holds messages back must be woken when they are due.
-            let wakeup = self
-                .behavior
-                .as_ref()
-                .and_then(|b| b.next_wakeup())
-                .map(|at| self.origin + at);
-            let next_wake = match (next_timer.map(|(_, at)| at), wakeup) {
+            let next_wake = match (next_timer.map(|(_, at)| at), self.driver.next_wakeup()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
             let sleep = async {
                 match next_wake {
-                    Some(at) => tokio::time::sleep_until(at).await,
+                    Some(at) => tokio::time::sleep_until(self.origin + at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -444,15 +419,17 @@ impl Driver {
                     self.flush()?;
                 }
                 _ = sleep => {
+                    let now = self.now();
                     if let Some((timer, at)) = next_timer {
-                        if at <= Instant::now() {
-                            self.timers.remove(&timer);
-                            let now = self.now();
-                            self.replica.handle_timer(now, timer);
-                            self.flush()?;
+                        let (driver, rng, mut effects) = self.parts();
+                        if let Some(flushed) = driver.fire_timer(timer, at, now, rng, &mut effects)
+                        {
+                            let flushed = flushed?;
+                            self.after_flush(flushed)?;
                         }
                     }
-                    self.release_delayed();
+                    let (driver, _, mut effects) = self.parts();
+                    driver.release_delayed(now, &mut effects);
                 }
                 _ = gauges.tick() => self.update_gauges(inputs.len()),
             }
@@ -479,7 +456,7 @@ impl Driver {
                     }
                 }
                 let now = self.now();
-                self.replica.handle_message(now, message);
+                self.driver.replica_mut().handle_message(now, message);
             }
             Input::StatusQuery { from, nonce } => {
                 let status = self.status(nonce);
@@ -496,9 +473,9 @@ impl Driver {
     }
 
     fn status(&self, nonce: u64) -> NodeStatus {
-        let core = self.replica.status();
+        let core = self.driver.replica().status();
         let mut rejected: BTreeMap<String, u64> = self.rejections.lock().expect("poisoned").clone();
-        for (reason, count) in self.replica.ignored() {
+        for (reason, count) in self.driver.replica().ignored() {
             *rejected.entry(reason.to_string()).or_default() += count;
         }
         NodeStatus {
@@ -520,10 +497,11 @@ impl Driver {
     }
 
     fn update_gauges(&mut self, input_queue: usize) {
-        self.metrics.set_view(self.replica.view());
-        self.metrics.set_last_executed(self.replica.last_executed());
+        self.metrics.set_view(self.driver.replica().view());
         self.metrics
-            .set_stable_checkpoint(self.replica.stable_checkpoint());
+            .set_last_executed(self.driver.replica().last_executed());
+        self.metrics
+            .set_stable_checkpoint(self.driver.replica().stable_checkpoint());
         self.metrics
             .set_queue_depth("verified_inputs", input_queue as u64);
         let stats = self.transport.stats();
@@ -535,88 +513,93 @@ impl Driver {
         }
     }
 
-    /// Sends what the behaviour held back and is now due.
-    fn release_delayed(&mut self) {
-        let now = self.now();
-        if let Some(behavior) = &mut self.behavior {
-            let sends = behavior.poll_delayed(now);
-            self.send_all(sends);
-        }
+    /// The driver, the behaviour's randomness and the effects, borrowed apart.
+    fn parts(&mut self) -> (&mut Driver, &mut rand::rngs::StdRng, NodeEffects<'_>) {
+        let effects = NodeEffects {
+            id: self.id,
+            store: self.store.as_mut(),
+            transport: &self.transport,
+            metrics: &self.metrics,
+            arrivals: &mut self.arrivals,
+        };
+        (&mut self.driver, &mut self.rng, effects)
     }
 
-    fn send_all(&self, sends: Vec<FaultySend>) {
-        for send in sends {
-            let frame = match send.payload {
-                Payload::Message(message) => Bytes::from(message.encode()),
-                Payload::Garbage(bytes) => Bytes::from(bytes),
-            };
-            match send.to {
-                Destination::Replica(id) => self.transport.send_to_replica(id, frame),
-                Destination::AllReplicas => self.transport.broadcast(frame),
-            }
-        }
-    }
-
-    /// Carries out the replica's outputs: persist, send, reply, timers. A failed write stops
-    /// the replica before anything that depends on it is sent.
+    /// Carries out the replica's outputs (see [`Driver::flush`]). A failed write or a halt stops
+    /// the replica; nothing that depends on the write is sent.
     fn flush(&mut self) -> anyhow::Result<()> {
-        let mut ready = self.replica.poll_ready();
-        let halt = ready.halt.take();
-        for executed in &ready.executed {
+        let now = self.now();
+        let (driver, rng, mut effects) = self.parts();
+        let flushed = driver.flush(now, rng, &mut effects)?;
+        self.after_flush(flushed)
+    }
+
+    /// Counts what a flush executed, and stops on a halt.
+    fn after_flush(&mut self, flushed: Flushed) -> anyhow::Result<()> {
+        for executed in &flushed.executed {
             self.metrics.add_batch();
             self.metrics.add_committed(executed.requests.len() as u64);
             self.committed_requests += executed.requests.len() as u64;
         }
-        let view = self.replica.view();
+        let view = self.driver.replica().view();
         if view > self.last_view {
             self.last_view = view;
             self.metrics.add_view_change();
             self.metrics.set_view(view);
         }
-        let output = match &mut self.behavior {
-            None => byzantine::honest(ready),
-            Some(behavior) => {
-                let mut ctx = Context {
-                    id: self.id,
-                    key: &self.key,
-                    committee: &self.committee,
-                    now: Instant::now().saturating_duration_since(self.origin),
-                    rng: &mut self.rng,
-                };
-                behavior.transform(ready, &mut ctx)
-            }
+        match flushed.halt {
+            Some(halt) => Err(anyhow::anyhow!("replica halted: {halt}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where the runtime's replica writes, sends and replies.
+struct NodeEffects<'a> {
+    id: ReplicaId,
+    store: Option<&'a mut ReplicaStore>,
+    transport: &'a ReplicaTransport,
+    metrics: &'a Metrics,
+    arrivals: &'a mut HashMap<(PublicKey, Timestamp), Instant>,
+}
+
+impl Effects for NodeEffects<'_> {
+    type Error = anyhow::Error;
+
+    fn persist(&mut self, records: &[Durable]) -> anyhow::Result<()> {
+        let Some(store) = self.store.as_deref_mut() else {
+            return Ok(());
         };
-        if let (Some(store), false) = (&mut self.store, output.persist.is_empty()) {
-            let started = std::time::Instant::now();
-            blocking(|| store.persist(&output.persist)).map_err(|error| {
-                tracing::error!(replica = self.id, %error, "durable write failed; stopping");
-                anyhow::anyhow!("durable write failed, replica stopped: {error}")
-            })?;
-            self.metrics.observe_persist(started.elapsed());
+        if records.is_empty() {
+            return Ok(());
         }
-        if let Some(halt) = halt {
-            return Err(anyhow::anyhow!("replica halted: {halt}"));
-        }
-        self.send_all(output.sends);
-        for reply in output.replies {
-            for result in &reply.results {
-                if let Some(arrived) = self.arrivals.remove(&(reply.client, result.timestamp)) {
-                    self.metrics.observe_latency(arrived.elapsed());
-                }
-            }
-            let frame = Bytes::from(Message::Reply(reply.clone()).encode());
-            self.transport.send_to_client(&reply.client, frame);
-        }
-        for command in output.timers {
-            match command {
-                TimerCommand::Set { timer, at } => {
-                    self.timers.insert(timer, self.origin + at);
-                }
-                TimerCommand::Cancel(timer) => {
-                    self.timers.remove(&timer);
-                }
-            }
-        }
+        let started = std::time::Instant::now();
+        blocking(|| store.persist(records)).map_err(|error| {
+            tracing::error!(replica = self.id, %error, "durable write failed; stopping");
+            anyhow::anyhow!("durable write failed, replica stopped: {error}")
+        })?;
+        self.metrics.observe_persist(started.elapsed());
         Ok(())
+    }
+
+    fn send(&mut self, to: &[ReplicaId], payload: Payload) {
+        let frame = match payload {
+            Payload::Message(message) => Bytes::from(message.encode()),
+            Payload::Garbage(bytes) => Bytes::from(bytes),
+        };
+        for id in to {
+            self.transport.send_to_replica(*id, frame.clone());
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        for result in &reply.results {
+            if let Some(arrived) = self.arrivals.remove(&(reply.client, result.timestamp)) {
+                self.metrics.observe_latency(arrived.elapsed());
+            }
+        }
+        let client = reply.client;
+        let frame = Bytes::from(Message::Reply(reply).encode());
+        self.transport.send_to_client(&client, frame);
     }
 }

@@ -10,6 +10,7 @@
 //! - [`committee`]: the replicas of a cluster and its quorums.
 //! - [`codec`]: the one bounded, canonical encoding.
 //! - [`protocol`]: the replica state machine.
+//! - [`driver`]: carrying out the replica's outputs in the required order, for every driver.
 //! - [`byzantine`]: named faulty behaviours that wrap a correct replica's outputs.
 //! - [`app`]: the replicated application trait and the built-in key-value store.
 
@@ -20,6 +21,7 @@ pub mod app;
 pub mod byzantine;
 pub mod codec;
 pub mod committee;
+pub mod driver;
 pub mod messages;
 pub mod protocol;
 

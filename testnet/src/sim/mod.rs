@@ -18,17 +18,17 @@ mod client;
 mod network;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_core::app::KvStore;
-use pbft_core::byzantine::{self, Behavior, BehaviorKind, Context, FaultySend, Payload};
-use pbft_core::messages::{self, Limits, Message, ReplicaId, Sender, SignatureCheck};
-use pbft_core::protocol::segment_released;
-use pbft_core::protocol::{Destination, Durable, ProtocolConfig, Replica, Timer, TimerCommand};
+use pbft_core::byzantine::{BehaviorKind, Payload};
+use pbft_core::driver::{Driver, Effects, Flushed};
+use pbft_core::messages::{self, Limits, Message, ReplicaId, Reply, Sender, SignatureCache};
+use pbft_core::protocol::{segment_released, Durable, ProtocolConfig, Replica, Timer};
 use pbft_core::Committee;
-use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
+use pbft_crypto::{Digest, KeyPair};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -134,31 +134,6 @@ impl Ord for Queued {
     }
 }
 
-/// Remembers signature checks, so each distinct signature is verified once per simulation as
-/// it is once per node in the real runtime. The answer is the strict rule's.
-#[derive(Default)]
-pub struct CachingCheck {
-    known: HashMap<(PublicKey, Domain, Digest, Signature), bool>,
-}
-
-impl SignatureCheck for CachingCheck {
-    fn check(
-        &mut self,
-        key: &PublicKey,
-        domain: Domain,
-        digest: &Digest,
-        signature: &Signature,
-    ) -> bool {
-        if self.known.len() > 1_000_000 {
-            self.known.clear();
-        }
-        *self
-            .known
-            .entry((*key, domain, *digest, *signature))
-            .or_insert_with(|| key.verify(domain, digest, signature).is_ok())
-    }
-}
-
 /// A replica's durable records, kept as the real store keeps them: a new segment at each
 /// stable checkpoint, and old segments released by the same rule.
 #[derive(Default)]
@@ -201,17 +176,64 @@ impl SimDisk {
 }
 
 struct SimReplica {
-    replica: Replica,
+    /// The replica, its behaviour and its timers.
+    driver: Driver,
     key: KeyPair,
-    behavior: Option<Box<dyn Behavior>>,
     crashed: bool,
     disk: SimDisk,
     /// Crash during the next write, keeping only this fraction of its records.
     crash_in_write: Option<f64>,
-    /// The deadline each timer is set to; a firing that does not match was cancelled or moved.
-    timers: BTreeMap<Timer, Duration>,
     /// The earliest wake-up scheduled for the behaviour, if any.
     wake_at: Option<Duration>,
+}
+
+/// A replica crashed in the middle of a write.
+struct Crashed;
+
+/// Where a simulated replica's effects go: its disk, and lists the simulation carries out after
+/// the flush (the network draws from the same generator as the behaviour, so it waits).
+struct SimEffects<'a> {
+    id: ReplicaId,
+    disk: &'a mut SimDisk,
+    crash_in_write: &'a mut Option<f64>,
+    log_window: u64,
+    sends: Vec<(Vec<ReplicaId>, Payload)>,
+    replies: Vec<Reply>,
+    /// The checkpoints the replica signed, for the checker.
+    checkpoints: Vec<(u64, Digest)>,
+}
+
+impl Effects for SimEffects<'_> {
+    type Error = Crashed;
+
+    fn persist(&mut self, records: &[Durable]) -> Result<(), Crashed> {
+        if let Some(kept) = self.crash_in_write.take() {
+            let keep = ((records.len() as f64) * kept) as usize;
+            self.disk.write(&records[..keep], self.log_window);
+            tracing::debug!(
+                replica = self.id,
+                keep,
+                of = records.len(),
+                "crashed during a write"
+            );
+            return Err(Crashed);
+        }
+        self.disk.write(records, self.log_window);
+        self.checkpoints
+            .extend(records.iter().filter_map(|record| match record {
+                Durable::Checkpoint(c) => Some((c.seq, c.state_digest)),
+                _ => None,
+            }));
+        Ok(())
+    }
+
+    fn send(&mut self, to: &[ReplicaId], payload: Payload) {
+        self.sends.push((to.to_vec(), payload));
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.replies.push(reply);
+    }
 }
 
 /// Counters of a run.
@@ -234,7 +256,9 @@ pub struct Simulation {
     pub network: Network,
     committee: Committee,
     limits: Limits,
-    checks: CachingCheck,
+    /// Each distinct signature is verified once per simulation, as once per node in the
+    /// real runtime; the answer is the strict rule's.
+    checks: SignatureCache,
     pub checker: Checker,
     pub stats: SimStats,
     /// Each replica's last executed sequence number and state-transfer count when last checked.
@@ -252,22 +276,23 @@ impl Simulation {
         let replicas = keys
             .into_iter()
             .enumerate()
-            .map(|(i, key)| SimReplica {
-                replica: Replica::new(
+            .map(|(i, key)| {
+                let replica = Replica::new(
                     i as ReplicaId,
                     committee.clone(),
                     config.protocol.clone(),
                     key.clone(),
                     Box::new(KvStore::new()),
                 )
-                .expect("valid replica"),
-                key,
-                behavior: None,
-                crashed: false,
-                disk: SimDisk::default(),
-                crash_in_write: None,
-                timers: BTreeMap::new(),
-                wake_at: None,
+                .expect("valid replica");
+                SimReplica {
+                    driver: Driver::new(replica, key.clone(), None),
+                    key,
+                    crashed: false,
+                    disk: SimDisk::default(),
+                    crash_in_write: None,
+                    wake_at: None,
+                }
             })
             .collect();
         let clients = (0..config.clients)
@@ -292,7 +317,7 @@ impl Simulation {
             network: Network::new(config.network.clone()),
             committee,
             limits: config.protocol.limits.clone(),
-            checks: CachingCheck::default(),
+            checks: SignatureCache::default(),
             checker: Checker::default(),
             stats: SimStats::default(),
             last_seen: vec![(0, 0); n],
@@ -300,7 +325,7 @@ impl Simulation {
         };
         for id in 0..n {
             let now = sim.now;
-            sim.replicas[id].replica.start(now);
+            sim.replicas[id].driver.replica_mut().start(now);
             sim.flush(id as ReplicaId)
                 .expect("starting executes nothing");
         }
@@ -316,19 +341,21 @@ impl Simulation {
     /// Makes replica `id` Byzantine with `kind` from now on.
     pub fn set_behavior(&mut self, id: ReplicaId, kind: BehaviorKind) {
         let replica = &mut self.replicas[id as usize];
-        replica.behavior = Some(kind.build_with(&self.config.protocol));
+        replica
+            .driver
+            .set_behavior(Some(kind.build_with(&self.config.protocol)));
         replica.wake_at = None;
     }
 
     /// Makes replica `id` correct again.
     pub fn clear_behavior(&mut self, id: ReplicaId) {
         let replica = &mut self.replicas[id as usize];
-        replica.behavior = None;
+        replica.driver.set_behavior(None);
         replica.wake_at = None;
     }
 
     pub fn is_correct(&self, id: ReplicaId) -> bool {
-        self.replicas[id as usize].behavior.is_none()
+        self.replicas[id as usize].driver.behavior().is_none()
     }
 
     /// Cuts every link to and from replica `id`.
@@ -363,7 +390,7 @@ impl Simulation {
     pub fn crash(&mut self, id: ReplicaId) {
         let replica = &mut self.replicas[id as usize];
         replica.crashed = true;
-        replica.timers.clear();
+        replica.driver.clear_timers();
     }
 
     /// Crashes replica `id` in the middle of its next write: only the first `kept` fraction
@@ -390,11 +417,11 @@ impl Simulation {
             r.disk.records(),
         )
         .map_err(|e| Violation(format!("replica {id} cannot recover from its disk: {e}")))?;
-        r.replica = replica;
+        r.driver.replace_replica(replica);
         r.crashed = false;
         r.crash_in_write = None;
         tracing::debug!(replica = id, ?report, "recovered from disk");
-        r.replica.start(now);
+        r.driver.replica_mut().start(now);
         // Batches above the snapshot execute again; they are not repeats.
         self.checker
             .forget_executions_after(id, report.snapshot_seq);
@@ -429,7 +456,7 @@ impl Simulation {
     }
 
     pub fn replica(&self, id: ReplicaId) -> &Replica {
-        &self.replicas[id as usize].replica
+        self.replicas[id as usize].driver.replica()
     }
 
     pub fn correct_ids(&self) -> Vec<ReplicaId> {
@@ -449,7 +476,7 @@ impl Simulation {
             .replicas
             .iter()
             .map(|r| {
-                let s = r.replica.status();
+                let s = r.driver.replica().status();
                 format!(
                     "r{}[v{}{} exec {} stable {} pending {}{}{}]",
                     s.id,
@@ -458,8 +485,8 @@ impl Simulation {
                     s.last_executed,
                     s.stable_checkpoint,
                     s.pending_requests,
-                    r.behavior
-                        .as_ref()
+                    r.driver
+                        .behavior()
                         .map(|b| format!(" {}", b.name()))
                         .unwrap_or_default(),
                     if r.crashed { " crashed" } else { "" }
@@ -578,11 +605,10 @@ impl Simulation {
         match queued.event {
             Event::Deliver { from, to, payload } => self.deliver(from, to, payload)?,
             Event::Timer { replica, timer, at } => {
-                let r = &mut self.replicas[replica as usize];
-                if !r.crashed && r.timers.get(&timer) == Some(&at) {
-                    r.timers.remove(&timer);
-                    r.replica.handle_timer(self.now, timer);
-                    self.flush(replica)?;
+                if !self.replicas[replica as usize].crashed {
+                    self.drive(replica, |driver, now, rng, effects| {
+                        driver.fire_timer(timer, at, now, rng, effects)
+                    })?;
                 }
             }
             Event::Wake { replica } => {
@@ -593,11 +619,10 @@ impl Simulation {
                 // A crashed replica sends nothing; what it holds waits for its recovery, whose
                 // flush schedules the next wake-up.
                 if !r.crashed {
-                    let sends = match &mut r.behavior {
-                        Some(behavior) => behavior.poll_delayed(self.now),
-                        None => Vec::new(),
-                    };
-                    self.send_all(replica, sends);
+                    self.drive(replica, |driver, now, _, effects| {
+                        driver.release_delayed(now, effects);
+                        None
+                    })?;
                     self.schedule_wake(replica);
                 }
             }
@@ -688,7 +713,8 @@ impl Simulation {
                     Ok(verified) => {
                         let now = self.now;
                         self.replicas[id as usize]
-                            .replica
+                            .driver
+                            .replica_mut()
                             .handle_message(now, verified);
                         self.flush(id)
                     }
@@ -703,67 +729,63 @@ impl Simulation {
 
     /// Carries out a replica's outputs (through its behaviour, if Byzantine).
     fn flush(&mut self, id: ReplicaId) -> Result<(), Violation> {
+        self.drive(id, |driver, now, rng, effects| {
+            Some(driver.flush(now, rng, effects))
+        })
+    }
+
+    /// Runs `step` on replica `id`'s driver, then carries out what it sent and checks what a
+    /// correct replica did. A step that flushed returns `Some`.
+    fn drive(
+        &mut self,
+        id: ReplicaId,
+        step: impl FnOnce(
+            &mut Driver,
+            Duration,
+            &mut ChaCha8Rng,
+            &mut SimEffects<'_>,
+        ) -> Option<Result<Flushed, Crashed>>,
+    ) -> Result<(), Violation> {
         let now = self.now;
         let r = &mut self.replicas[id as usize];
-        let mut ready = r.replica.poll_ready();
-        let log_window = self.config.protocol.log_window;
-        if let (Some(halt), true) = (ready.halt.take(), r.behavior.is_none()) {
+        let mut effects = SimEffects {
+            id,
+            disk: &mut r.disk,
+            crash_in_write: &mut r.crash_in_write,
+            log_window: self.config.protocol.log_window,
+            sends: Vec::new(),
+            replies: Vec::new(),
+            checkpoints: Vec::new(),
+        };
+        let result = step(&mut r.driver, now, &mut self.rng, &mut effects);
+        let SimEffects {
+            sends,
+            replies,
+            checkpoints,
+            ..
+        } = effects;
+        let flushed = match result {
+            Some(Ok(flushed)) => flushed,
+            Some(Err(Crashed)) => {
+                r.crashed = true;
+                r.driver.clear_timers();
+                return Ok(());
+            }
+            None => Flushed::default(),
+        };
+        let correct = r.driver.behavior().is_none();
+        if let (Some(halt), true) = (&flushed.halt, correct) {
             return Err(self.annotate(Violation(format!("correct replica {id} halted: {halt}"))));
         }
-        if let Some(kept) = r.crash_in_write.take() {
-            let keep = ((ready.persist.len() as f64) * kept) as usize;
-            r.disk.write(&ready.persist[..keep], log_window);
-            tracing::debug!(
-                replica = id,
-                keep,
-                of = ready.persist.len(),
-                "crashed during a write"
+        for (timer, at) in flushed.timers_set {
+            self.schedule(
+                at,
+                Event::Timer {
+                    replica: id,
+                    timer,
+                    at,
+                },
             );
-            r.crashed = true;
-            r.timers.clear();
-            return Ok(());
-        }
-        r.disk.write(&ready.persist, log_window);
-        let correct = r.behavior.is_none();
-        let checkpoints: Vec<(u64, Digest)> = ready
-            .persist
-            .iter()
-            .filter_map(|record| match record {
-                Durable::Checkpoint(c) => Some((c.seq, c.state_digest)),
-                _ => None,
-            })
-            .collect();
-        let executed = ready.executed.clone();
-        let output = match &mut r.behavior {
-            None => byzantine::honest(ready),
-            Some(behavior) => {
-                let mut ctx = Context {
-                    id,
-                    key: &r.key,
-                    committee: &self.committee,
-                    now,
-                    rng: &mut self.rng,
-                };
-                behavior.transform(ready, &mut ctx)
-            }
-        };
-        for command in output.timers {
-            match command {
-                TimerCommand::Set { timer, at } => {
-                    self.replicas[id as usize].timers.insert(timer, at);
-                    self.schedule(
-                        at,
-                        Event::Timer {
-                            replica: id,
-                            timer,
-                            at,
-                        },
-                    );
-                }
-                TimerCommand::Cancel(timer) => {
-                    self.replicas[id as usize].timers.remove(&timer);
-                }
-            }
         }
         if correct {
             for (seq, digest) in &checkpoints {
@@ -771,21 +793,21 @@ impl Simulation {
                     .on_checkpoint(id, *seq, *digest)
                     .map_err(|v| self.annotate(v))?;
             }
-            let faulty: Vec<bool> = self.replicas.iter().map(|r| r.behavior.is_some()).collect();
-            let accused = self.replicas[id as usize]
-                .replica
-                .evidence()
-                .keys()
-                .copied();
-            self.checker
-                .on_evidence(id, accused, |culprit| !faulty[culprit as usize])
-                .map_err(|v| self.annotate(v))?;
-            for executed in &executed {
+            let accused: Vec<ReplicaId> = self.replica(id).evidence().keys().copied().collect();
+            if !accused.is_empty() {
+                let faulty: Vec<bool> = (0..self.n() as ReplicaId)
+                    .map(|r| !self.is_correct(r))
+                    .collect();
+                self.checker
+                    .on_evidence(id, accused, |culprit| !faulty[culprit as usize])
+                    .map_err(|v| self.annotate(v))?;
+            }
+            for executed in &flushed.executed {
                 self.checker
                     .on_executed(id, executed)
                     .map_err(|v| self.annotate(v))?;
             }
-            for reply in &output.replies {
+            for reply in &replies {
                 for result in &reply.results {
                     self.checker
                         .on_correct_result(reply.client, result.timestamp, &result.result)
@@ -793,9 +815,14 @@ impl Simulation {
                 }
             }
         }
-        self.send_all(id, output.sends);
+        let from = Node::Replica(id);
+        for (to, payload) in sends {
+            for to in to {
+                self.transmit(from, Node::Replica(to), payload.clone());
+            }
+        }
         self.schedule_wake(id);
-        for reply in output.replies {
+        for reply in replies {
             if let Some(index) = self
                 .clients
                 .iter()
@@ -811,31 +838,11 @@ impl Simulation {
         Ok(())
     }
 
-    fn send_all(&mut self, id: ReplicaId, sends: Vec<FaultySend>) {
-        let from = Node::Replica(id);
-        for send in sends {
-            match send.to {
-                Destination::Replica(to) => {
-                    if to != id {
-                        self.transmit(from, Node::Replica(to), send.payload);
-                    }
-                }
-                Destination::AllReplicas => {
-                    for to in 0..self.n() as u32 {
-                        if to != id {
-                            self.transmit(from, Node::Replica(to), send.payload.clone());
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /// Schedules a wake-up for the behaviour of replica `id` if it holds sends due earlier than
     /// any wake-up already scheduled.
     fn schedule_wake(&mut self, id: ReplicaId) {
         let r = &mut self.replicas[id as usize];
-        let Some(at) = r.behavior.as_ref().and_then(|b| b.next_wakeup()) else {
+        let Some(at) = r.driver.next_wakeup() else {
             return;
         };
         if r.wake_at.is_some_and(|scheduled| scheduled <= at) {
@@ -868,17 +875,17 @@ impl Simulation {
         let interval = self.config.protocol.checkpoint_interval;
         for id in 0..self.n() {
             let r = &self.replicas[id];
-            let seq = r.replica.last_executed();
-            let transfers = r.replica.state_transfers();
+            let seq = r.driver.replica().last_executed();
+            let transfers = r.driver.replica().state_transfers();
             if seq == self.last_seen[id].0 {
                 continue;
             }
             let transferred = transfers != self.last_seen[id].1;
             self.last_seen[id] = (seq, transfers);
-            if r.behavior.is_some() || !(transferred || seq % interval == 0) {
+            if r.driver.behavior().is_some() || !(transferred || seq % interval == 0) {
                 continue;
             }
-            let digest = r.replica.state_digest();
+            let digest = r.driver.replica().state_digest();
             self.checker
                 .on_state(id as ReplicaId, seq, digest)
                 .map_err(|v| self.annotate(v))?;

@@ -15,6 +15,8 @@ mod status;
 mod view_change;
 mod vote;
 
+use std::collections::HashMap;
+
 use pbft_crypto::{Digest, Domain, PublicKey, Signature};
 use serde::{Deserialize, Serialize};
 
@@ -232,6 +234,56 @@ impl SignatureCheck for StrictCheck {
         signature: &Signature,
     ) -> bool {
         key.verify(domain, digest, signature).is_ok()
+    }
+}
+
+/// One signature check: the key, what was signed, and the signature.
+pub type SignatureQuestion = (PublicKey, Domain, Digest, Signature);
+
+/// Answers of signature checks remembered, so each signature is verified once however often it
+/// is forwarded or retransmitted. Bounded: two generations of at most
+/// [`SignatureCache::GENERATION`] answers each; when the newer fills up, the older is dropped.
+#[derive(Debug, Default)]
+pub struct SignatureCache {
+    current: HashMap<SignatureQuestion, bool>,
+    previous: HashMap<SignatureQuestion, bool>,
+}
+
+impl SignatureCache {
+    pub const GENERATION: usize = 1 << 17;
+
+    /// The remembered answer, if any.
+    pub fn get(&self, question: &SignatureQuestion) -> Option<bool> {
+        self.current
+            .get(question)
+            .or_else(|| self.previous.get(question))
+            .copied()
+    }
+
+    /// Remembers an answer.
+    pub fn insert(&mut self, question: SignatureQuestion, valid: bool) {
+        if self.current.len() >= SignatureCache::GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(question, valid);
+    }
+}
+
+impl SignatureCheck for SignatureCache {
+    fn check(
+        &mut self,
+        key: &PublicKey,
+        domain: Domain,
+        digest: &Digest,
+        signature: &Signature,
+    ) -> bool {
+        let question = (*key, domain, *digest, *signature);
+        if let Some(valid) = self.get(&question) {
+            return valid;
+        }
+        let valid = key.verify(domain, digest, signature).is_ok();
+        self.insert(question, valid);
+        valid
     }
 }
 

@@ -120,6 +120,20 @@ pub enum Timer {
     Retransmit,
 }
 
+impl Timer {
+    /// Every timer, in [`Timer::index`] order.
+    pub const ALL: [Timer; 2] = [Timer::ViewChange, Timer::Retransmit];
+    pub const COUNT: usize = Timer::ALL.len();
+
+    /// A dense index for tables of timers.
+    pub fn index(self) -> usize {
+        match self {
+            Timer::ViewChange => 0,
+            Timer::Retransmit => 1,
+        }
+    }
+}
+
 /// Set or cancel a timer. Setting one that is already set moves its deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimerCommand {

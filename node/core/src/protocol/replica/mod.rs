@@ -343,6 +343,10 @@ impl Replica {
         self.view
     }
 
+    pub fn committee(&self) -> &Committee {
+        &self.committee
+    }
+
     pub fn is_primary(&self) -> bool {
         self.committee.primary(self.view) == self.id
     }
