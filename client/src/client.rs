@@ -145,6 +145,7 @@ impl Client {
         let (control, control_rx) = mpsc::unbounded_channel();
         let driver = Driver {
             session,
+            origin: Instant::now(),
             transport: transport.clone(),
             frames,
             submits: submit_rx,
@@ -289,6 +290,8 @@ fn wall_clock_micros() -> u64 {
 /// The background task: owns the session, the replies channel and the waiting callers.
 struct Driver {
     session: Session,
+    /// The session's clock starts here.
+    origin: Instant,
     transport: Arc<ClientTransport>,
     frames: mpsc::Receiver<(u32, Bytes)>,
     submits: mpsc::Receiver<Submit>,
@@ -309,7 +312,7 @@ impl Driver {
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let deadline = self.session.next_deadline().map(Instant::from_std);
+            let deadline = self.session.next_deadline().map(|at| self.origin + at);
             let has_room = self.session.has_room();
             tokio::select! {
                 biased;
@@ -345,7 +348,7 @@ impl Driver {
                     None => return,
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => {
-                    let now = Instant::now().into_std();
+                    let now = self.origin.elapsed();
                     for (target, frame) in self.session.poll_retransmits(now) {
                         self.send(target, frame);
                     }
@@ -359,7 +362,7 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            let now = Instant::now().into_std();
+            let now = self.origin.elapsed();
             for (target, frame) in self.session.poll_envelopes(now) {
                 self.send(target, frame);
             }

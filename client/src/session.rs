@@ -1,5 +1,6 @@
 //! The client's protocol state without IO: timestamps, envelopes, retransmission and reply
-//! matching. Time is an input; the async [`crate::Client`] drives it.
+//! matching. Time is an input (a duration since the driver's origin); the async
+//! [`crate::Client`] drives it, and so does the simulator.
 //!
 //! Call order for the driver: [`Session::admit`] requests while [`Session::has_room`], then
 //! [`Session::poll_envelopes`] to get what to send; feed replies to [`Session::on_reply`]; at
@@ -7,7 +8,7 @@
 //! gave up with [`Session::abandon`].
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use pbft_core::messages::{
@@ -56,7 +57,7 @@ struct Pending {
 struct InFlight {
     frame: Bytes,
     open: usize,
-    next_send: Instant,
+    next_send: Duration,
     interval: Duration,
 }
 
@@ -111,6 +112,11 @@ impl Session {
         }
     }
 
+    /// The timestamp the next admitted request gets.
+    pub fn next_timestamp(&self) -> Timestamp {
+        self.next_timestamp
+    }
+
     /// Gives `op` the next timestamp and queues it for the next envelope. The caller must have
     /// checked [`Session::has_room`].
     pub fn admit(&mut self, op: Vec<u8>) -> Timestamp {
@@ -130,7 +136,7 @@ impl Session {
     /// Signs queued requests into envelopes and returns them, each for the primary. Holds
     /// requests back while [`MAX_ENVELOPES_IN_FLIGHT`] envelopes are unanswered, unless a full
     /// envelope is waiting.
-    pub fn poll_envelopes(&mut self, now: Instant) -> Vec<(Target, Bytes)> {
+    pub fn poll_envelopes(&mut self, now: Duration) -> Vec<(Target, Bytes)> {
         let mut out = Vec::new();
         loop {
             self.drop_abandoned_queued();
@@ -239,7 +245,7 @@ impl Session {
 
     /// The envelopes whose retransmission is due, each to go to every replica unchanged (same
     /// signature, so replicas recognise it). Each envelope's interval doubles up to the maximum.
-    pub fn poll_retransmits(&mut self, now: Instant) -> Vec<(Target, Bytes)> {
+    pub fn poll_retransmits(&mut self, now: Duration) -> Vec<(Target, Bytes)> {
         let mut out = Vec::new();
         for envelope in self.envelopes.values_mut() {
             if envelope.next_send <= now {
@@ -252,7 +258,7 @@ impl Session {
     }
 
     /// When [`Session::poll_retransmits`] has something to do next.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<Duration> {
         self.envelopes.values().map(|e| e.next_send).min()
     }
 
@@ -329,7 +335,7 @@ mod tests {
     #[test]
     fn requests_are_batched_into_one_signed_envelope_for_the_primary() {
         let mut s = session();
-        let now = Instant::now();
+        let now = Duration::ZERO;
         let a = s.admit(b"a".to_vec());
         let b = s.admit(b"b".to_vec());
         assert_eq!((a, b), (1_000, 1_001));
@@ -353,7 +359,7 @@ mod tests {
         for _ in 0..MAX_ENVELOPE_REQUESTS + 10 {
             s.admit(vec![0; 8]);
         }
-        let sent = s.poll_envelopes(Instant::now());
+        let sent = s.poll_envelopes(Duration::ZERO);
         let sizes: Vec<usize> = sent
             .iter()
             .map(|(_, f)| envelope_of(f).requests.len())
@@ -366,7 +372,7 @@ mod tests {
             s.admit(vec![0; MAX_ENVELOPE_BYTES / 2 + 1]);
         }
         assert_eq!(
-            s.poll_envelopes(Instant::now()).len(),
+            s.poll_envelopes(Duration::ZERO).len(),
             MAX_ENVELOPES_IN_FLIGHT
         );
     }
@@ -375,7 +381,7 @@ mod tests {
     fn completes_on_f_plus_one_matching_replies_only() {
         let mut s = session();
         let t = s.admit(b"x".to_vec());
-        s.poll_envelopes(Instant::now());
+        s.poll_envelopes(Duration::ZERO);
         // A liar, then a replica repeating itself: not enough.
         assert!(s.on_reply(3, reply(&s, 3, 0, &[(t, b"bad")])).is_empty());
         assert!(s.on_reply(1, reply(&s, 1, 0, &[(t, b"good")])).is_empty());
@@ -395,7 +401,7 @@ mod tests {
     fn replies_for_another_client_or_from_strangers_are_ignored() {
         let mut s = session();
         let t = s.admit(b"x".to_vec());
-        s.poll_envelopes(Instant::now());
+        s.poll_envelopes(Duration::ZERO);
         let mut other = reply(&s, 0, 0, &[(t, b"r")]);
         other.client = KeyPair::from_seed(&[7; 32]).unwrap().public();
         assert!(s.on_reply(0, other.clone()).is_empty());
@@ -409,7 +415,7 @@ mod tests {
     #[test]
     fn retransmits_the_same_envelope_to_all_with_doubling_intervals() {
         let mut s = session();
-        let start = Instant::now();
+        let start = Duration::ZERO;
         s.admit(b"x".to_vec());
         let (_, first) = s.poll_envelopes(start).remove(0);
         assert!(s.poll_retransmits(start).is_empty());
@@ -429,14 +435,14 @@ mod tests {
     fn new_envelopes_go_to_the_primary_of_the_learned_view() {
         let mut s = session();
         let t = s.admit(b"x".to_vec());
-        s.poll_envelopes(Instant::now());
+        s.poll_envelopes(Duration::ZERO);
         // f+1 = 2 replicas report view 6: primary 6 mod 4 = 2.
         s.on_reply(0, reply(&s, 0, 6, &[(t, b"r")]));
         assert_eq!(s.primary(), 0);
         s.on_reply(3, reply(&s, 3, 6, &[(t, b"r")]));
         assert_eq!(s.view(), 6);
         s.admit(b"y".to_vec());
-        let sent = s.poll_envelopes(Instant::now());
+        let sent = s.poll_envelopes(Duration::ZERO);
         assert_eq!(sent[0].0, Target::Replica(2));
     }
 
@@ -463,7 +469,7 @@ mod tests {
         let a = s.admit(b"a".to_vec());
         let b = s.admit(b"b".to_vec());
         s.abandon(a);
-        let sent = s.poll_envelopes(Instant::now());
+        let sent = s.poll_envelopes(Duration::ZERO);
         let envelope = envelope_of(&sent[0].1);
         assert_eq!(envelope.requests.len(), 1);
         assert_eq!(envelope.requests[0].timestamp, b);
@@ -475,7 +481,7 @@ mod tests {
     #[test]
     fn holds_requests_while_many_envelopes_are_in_flight() {
         let mut s = session();
-        let now = Instant::now();
+        let now = Duration::ZERO;
         for _ in 0..MAX_ENVELOPES_IN_FLIGHT {
             s.admit(b"x".to_vec());
             assert_eq!(s.poll_envelopes(now).len(), 1);

@@ -1,87 +1,65 @@
-//! A simulated client: signs envelopes of requests, sends them to the primary it believes in,
-//! retransmits to every replica on timeout, and accepts a result once f+1 replicas agree.
+//! A simulated client: the client crate's own [`Session`] (the code `pbft-client` runs), fed a
+//! fixed workload of unique-key writes and simulated time.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bytes::Bytes;
+use pbft_client::session::{Session, Target};
 use pbft_core::app::KvOp;
-use pbft_core::messages::{ClientRequest, ReplicaId, Reply, RequestEnvelope, Timestamp, View};
-use pbft_crypto::KeyPair;
+use pbft_core::messages::{ReplicaId, Reply, Timestamp, View};
+use pbft_core::Committee;
+use pbft_crypto::{KeyPair, PublicKey};
 
-/// One request the client is waiting for.
-#[derive(Debug)]
-struct Outstanding {
-    /// The envelope that carries it (retransmitted unchanged, so its signature stays valid).
-    envelope: Arc<RequestEnvelope>,
-    sent_at: Duration,
-    /// Each replica's answer.
-    answers: BTreeMap<ReplicaId, Vec<u8>>,
-}
-
-/// What the client does next.
-pub enum ClientAction {
-    /// Send to the primary of the view the client believes in.
-    ToPrimary(Arc<RequestEnvelope>),
-    /// Send to every replica.
-    ToAll(Arc<RequestEnvelope>),
-}
-
-/// A client of the simulated cluster running a fixed workload of unique-key writes.
+/// A client of the simulated cluster.
 pub struct SimClient {
     pub index: usize,
-    pub key: KeyPair,
-    f: usize,
-    next_timestamp: Timestamp,
+    pub key: PublicKey,
+    session: Session,
+    /// Requests still to issue.
     remaining: usize,
+    /// Most requests admitted and not yet accepted.
     window: usize,
-    retransmit_after: Duration,
-    outstanding: BTreeMap<Timestamp, Outstanding>,
+    /// The operation of each admitted request not yet accepted.
+    ops: BTreeMap<Timestamp, KvOp>,
     /// Results this client accepted, by timestamp, with the operation.
     pub accepted: BTreeMap<Timestamp, (KvOp, Vec<u8>)>,
-    ops: BTreeMap<Timestamp, KvOp>,
-    /// The view each replica last reported.
-    views: BTreeMap<ReplicaId, View>,
-    view: View,
 }
 
 impl SimClient {
+    /// A client that will issue `requests` puts, at most `window` at a time, and retransmits an
+    /// unanswered envelope after `retransmit`, doubling up to eight times that.
     pub fn new(
         index: usize,
         key: KeyPair,
-        f: usize,
+        committee: Committee,
         requests: usize,
         window: usize,
-        retransmit_after: Duration,
+        retransmit: Duration,
     ) -> SimClient {
         SimClient {
             index,
-            key,
-            f,
-            next_timestamp: 1,
+            key: key.public(),
+            session: Session::new(key, committee, 1, retransmit, retransmit * 8),
             remaining: requests,
             window: window.max(1),
-            retransmit_after,
-            outstanding: BTreeMap::new(),
-            accepted: BTreeMap::new(),
             ops: BTreeMap::new(),
-            views: BTreeMap::new(),
-            view: 0,
+            accepted: BTreeMap::new(),
         }
     }
 
     /// The view whose primary the client sends new requests to.
     pub fn view(&self) -> View {
-        self.view
+        self.session.view()
     }
 
     /// All requests were issued and accepted.
     pub fn is_done(&self) -> bool {
-        self.remaining == 0 && self.outstanding.is_empty()
+        self.remaining == 0 && self.session.outstanding() == 0
     }
 
     pub fn outstanding(&self) -> usize {
-        self.outstanding.len()
+        self.session.outstanding()
     }
 
     /// Adds `count` more requests to the workload.
@@ -89,87 +67,37 @@ impl SimClient {
         self.remaining += count;
     }
 
-    /// Issues new requests up to the window, and retransmits old ones.
-    pub fn tick(&mut self, now: Duration) -> Vec<ClientAction> {
-        let mut actions = Vec::new();
-        let room = self
-            .window
-            .saturating_sub(self.outstanding.len())
-            .min(self.remaining);
-        if room > 0 {
-            let requests: Vec<ClientRequest> = (0..room)
-                .map(|_| {
-                    let timestamp = self.next_timestamp;
-                    self.next_timestamp += 1;
-                    let op = KvOp::Put {
-                        key: format!("c{}/{}", self.index, timestamp).into_bytes(),
-                        value: format!("v{timestamp}").into_bytes(),
-                    };
-                    self.ops.insert(timestamp, op.clone());
-                    ClientRequest {
-                        timestamp,
-                        op: op.encode(),
-                    }
-                })
-                .collect();
-            self.remaining -= room;
-            let envelope = Arc::new(RequestEnvelope::new(&self.key, requests));
-            for request in &envelope.requests {
-                self.outstanding.insert(
-                    request.timestamp,
-                    Outstanding {
-                        envelope: envelope.clone(),
-                        sent_at: now,
-                        answers: BTreeMap::new(),
-                    },
-                );
+    /// Admits new requests up to the window, and returns the frames to send: new envelopes for
+    /// the primary, and retransmissions for every replica.
+    pub fn tick(&mut self, now: Duration) -> Vec<(Target, Bytes)> {
+        while self.remaining > 0 && self.session.outstanding() < self.window {
+            if !self.session.has_room() {
+                break;
             }
-            actions.push(ClientAction::ToPrimary(envelope));
+            let timestamp = self.session.next_timestamp();
+            let op = KvOp::Put {
+                key: format!("c{}/{}", self.index, timestamp).into_bytes(),
+                value: format!("v{timestamp}").into_bytes(),
+            };
+            let admitted = self.session.admit(op.encode());
+            debug_assert_eq!(admitted, timestamp);
+            self.ops.insert(admitted, op);
+            self.remaining -= 1;
         }
-        let mut resent = BTreeSet::new();
-        for outstanding in self.outstanding.values_mut() {
-            if now >= outstanding.sent_at + self.retransmit_after {
-                outstanding.sent_at = now;
-                let envelope = &outstanding.envelope;
-                if resent.insert(envelope.first_timestamp()) {
-                    actions.push(ClientAction::ToAll(envelope.clone()));
-                }
-            }
-        }
-        actions
+        let mut frames = self.session.poll_envelopes(now);
+        frames.extend(self.session.poll_retransmits(now));
+        frames
     }
 
-    /// Takes a reply from replica `from` (the channel authenticated it).
-    pub fn on_reply(&mut self, from: ReplicaId, reply: &Reply) -> Vec<(Timestamp, Vec<u8>)> {
-        if reply.client != self.key.public() || reply.replica != from {
-            return Vec::new();
-        }
-        self.views.insert(from, reply.view);
-        let mut views: Vec<View> = self.views.values().copied().collect();
-        views.sort_unstable_by(|a, b| b.cmp(a));
-        if let Some(view) = views.get(self.f) {
-            // f+1 replicas are at this view or later, so at least one correct one is.
-            self.view = self.view.max(*view);
-        }
-        let mut newly_accepted = Vec::new();
-        for result in &reply.results {
-            let Some(outstanding) = self.outstanding.get_mut(&result.timestamp) else {
-                continue;
-            };
-            outstanding.answers.insert(from, result.result.clone());
-            let matching = outstanding
-                .answers
-                .values()
-                .filter(|r| **r == result.result)
-                .count();
-            if matching > self.f {
-                self.outstanding.remove(&result.timestamp);
-                let op = self.ops.remove(&result.timestamp).expect("issued");
-                self.accepted
-                    .insert(result.timestamp, (op, result.result.clone()));
-                newly_accepted.push((result.timestamp, result.result.clone()));
+    /// Takes a reply from replica `from` (the channel authenticated it). Returns the requests
+    /// it completed, with their results.
+    pub fn on_reply(&mut self, from: ReplicaId, reply: Reply) -> Vec<(Timestamp, Vec<u8>)> {
+        let done = self.session.on_reply(from, reply);
+        for (timestamp, result) in &done {
+            if let Some(op) = self.ops.remove(timestamp) {
+                self.accepted.insert(*timestamp, (op, result.clone()));
             }
         }
-        newly_accepted
+        done
     }
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_core::app::KvStore;
+use pbft_client::session::Target;
 use pbft_core::byzantine::{BehaviorKind, Payload};
 use pbft_core::driver::{Driver, Effects, Flushed};
 use pbft_core::messages::{self, Limits, Message, ReplicaId, Reply, Sender, SignatureCache};
@@ -36,7 +37,6 @@ pub use checker::{Checker, Violation};
 pub use client::SimClient;
 pub use network::{Network, NetworkConfig, Node};
 
-use client::ClientAction;
 
 /// More events than this in flight means messages multiply without bound.
 const MAX_QUEUED_EVENTS: usize = 200_000;
@@ -300,7 +300,7 @@ impl Simulation {
                 SimClient::new(
                     i,
                     key_from(config.seed, b'c', i as u64),
-                    config.f,
+                    committee.clone(),
                     config.requests_per_client,
                     config.client_window,
                     config.client_retransmit,
@@ -627,28 +627,18 @@ impl Simulation {
                 }
             }
             Event::ClientTick { client } => {
-                let actions = self.clients[client].tick(self.now);
-                let view = self.clients[client].view();
-                for action in actions {
-                    match action {
-                        ClientAction::ToPrimary(envelope) => {
-                            let primary = self.committee.primary(view);
-                            self.transmit(
-                                Node::Client(client),
-                                Node::Replica(primary),
-                                Payload::Message(Arc::new(Message::Request((*envelope).clone()))),
-                            );
-                        }
-                        ClientAction::ToAll(envelope) => {
-                            let message = Arc::new(Message::Request((*envelope).clone()));
-                            for id in 0..self.n() as u32 {
-                                self.transmit(
-                                    Node::Client(client),
-                                    Node::Replica(id),
-                                    Payload::Message(message.clone()),
-                                );
-                            }
-                        }
+                for (target, frame) in self.clients[client].tick(self.now) {
+                    // What the client library sends is what the replicas decode.
+                    let message = match Message::decode(&frame, &self.limits) {
+                        Ok(message) => Payload::Message(Arc::new(message)),
+                        Err(_) => Payload::Garbage(frame.to_vec()),
+                    };
+                    let to: Vec<ReplicaId> = match target {
+                        Target::Replica(id) => vec![id],
+                        Target::All => (0..self.n() as ReplicaId).collect(),
+                    };
+                    for id in to {
+                        self.transmit(Node::Client(client), Node::Replica(id), message.clone());
                     }
                 }
                 if !self.clients[client].is_done() {
@@ -673,15 +663,12 @@ impl Simulation {
                     return Ok(());
                 };
                 let client = &mut self.clients[index];
-                let accepted = client.on_reply(replica, reply);
-                let key = client.key.public();
+                let accepted = client.on_reply(replica, reply.clone());
+                let key = client.key;
                 for (timestamp, result) in accepted {
                     self.checker
                         .on_accepted(key, timestamp, &result)
                         .map_err(|v| self.annotate(v))?;
-                }
-                if self.clients[index].outstanding() > 0 || !self.clients[index].is_done() {
-                    // A client that was done may have more work added later; ticks resume then.
                 }
                 Ok(())
             }
@@ -691,7 +678,7 @@ impl Simulation {
                 }
                 let sender = match from {
                     Node::Replica(r) => Sender::Replica(r),
-                    Node::Client(c) => Sender::Client(self.clients[c].key.public()),
+                    Node::Client(c) => Sender::Client(self.clients[c].key),
                 };
                 let message = match payload {
                     Payload::Message(message) => (*message).clone(),
@@ -826,7 +813,7 @@ impl Simulation {
             if let Some(index) = self
                 .clients
                 .iter()
-                .position(|c| c.key.public() == reply.client)
+                .position(|c| c.key == reply.client)
             {
                 self.transmit(
                     Node::Replica(id),
