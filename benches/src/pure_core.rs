@@ -23,9 +23,9 @@ use pbft_core::messages::{
     SignatureCheck, Timestamp,
 };
 use pbft_core::protocol::{Durable, ProtocolConfig, Replica};
-use rand::SeedableRng;
 use pbft_core::Committee;
 use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
+use rand::SeedableRng;
 
 /// Accepts every signature: the benchmark leaves verification out.
 pub struct TrustAll;

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use pbft_core::messages::{Limits, Message, NodeStatus, ReplicaId, Timestamp};
 use pbft_core::Committee;
 use pbft_crypto::{KeyPair, PublicKey};
-use pbft_net::{ClientTransport, PeerInfo, TransportConfig};
+use pbft_net::{ClientTransport, ConfigError, PeerInfo, TransportConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::error::ClientError;
+use crate::error::{ClientError, StatusUnavailable};
 use crate::session::{Session, Target};
 
 /// Everything [`Client::connect`] needs. [`ClientSetup::new`] fills in the defaults.
@@ -58,15 +58,21 @@ impl ClientSetup {
         replicas.sort_by_key(|r| r.id);
         for (index, replica) in replicas.iter().enumerate() {
             if replica.id as usize != index {
-                return Err(ClientError::Config(format!(
-                    "replicas: ids must be 0..{} without gaps or repeats (found id {} at position {index})",
-                    replicas.len(),
-                    replica.id
-                )));
+                return Err(ConfigError::invalid(
+                    "replicas",
+                    format!(
+                        "ids must be 0..{} without gaps or repeats (found id {} at position \
+                         {index})",
+                        replicas.len(),
+                        replica.id
+                    ),
+                )
+                .into());
             }
         }
         let keys = replicas.iter().map(|r| r.public_key).collect();
-        Committee::new(keys, self.f).map_err(|e| ClientError::Config(e.to_string()))
+        Committee::new(keys, self.f)
+            .map_err(|e| ConfigError::invalid("replicas", e.to_string()).into())
     }
 }
 
@@ -123,14 +129,16 @@ impl Client {
     pub async fn connect(setup: ClientSetup) -> Result<Client, ClientError> {
         let committee = setup.committee()?;
         if setup.retransmit_interval.is_zero() || setup.request_timeout.is_zero() {
-            return Err(ClientError::Config(
-                "request_timeout and retransmit_interval must be positive".into(),
-            ));
+            return Err(ConfigError::invalid(
+                "request_timeout",
+                "request_timeout and retransmit_interval must be positive",
+            )
+            .into());
         }
         let (transport, frames) =
             ClientTransport::connect(&setup.key, setup.replicas.clone(), setup.transport.clone())
                 .await
-                .map_err(|e| ClientError::Transport(e.to_string()))?;
+                .map_err(ClientError::Transport)?;
         let transport = Arc::new(transport);
         let session = Session::new(
             setup.key.clone(),
@@ -194,7 +202,10 @@ impl Client {
     /// Asks every replica for its status and waits up to `timeout` for the reports. Returns one
     /// entry per replica, in id order; a replica that did not answer gets an error saying
     /// whether it was connected at all.
-    pub async fn status_all(&self, timeout: Duration) -> Vec<(u32, Result<NodeStatus, String>)> {
+    pub async fn status_all(
+        &self,
+        timeout: Duration,
+    ) -> Vec<(u32, Result<NodeStatus, StatusUnavailable>)> {
         let nonce = NEXT_NONCE.fetch_add(1, Ordering::Relaxed) ^ (wall_clock_micros() << 20);
         let (reports, mut received) = mpsc::unbounded_channel();
         let mut answers: HashMap<u32, NodeStatus> = HashMap::new();
@@ -219,12 +230,10 @@ impl Client {
         ids.sort_unstable();
         ids.into_iter()
             .map(|id| {
-                let entry = answers.remove(&id).ok_or_else(|| {
-                    if connected.contains(&id) {
-                        format!("connected, but no status report within {timeout:?}")
-                    } else {
-                        "unreachable: no connection".to_string()
-                    }
+                let entry = answers.remove(&id).ok_or(if connected.contains(&id) {
+                    StatusUnavailable::NoReport(timeout)
+                } else {
+                    StatusUnavailable::Unreachable
                 });
                 (id, entry)
             })
@@ -276,7 +285,7 @@ impl Client {
 }
 
 fn closed() -> ClientError {
-    ClientError::Transport("the client is closed".into())
+    ClientError::Closed
 }
 
 /// Microseconds since the Unix epoch: a first timestamp above those of earlier runs with the

@@ -48,15 +48,17 @@ impl ClientConfigFile {
     /// timings. `config_path` is the file this came from: `key_file` is resolved against its
     /// directory.
     pub fn to_setup(&self, config_path: &Path) -> Result<ClientSetup, ClientError> {
-        let config_error = |e: ConfigError| ClientError::Config(e.in_file(config_path).to_string());
+        let config_error = |e: ConfigError| ClientError::Config(e.in_file(config_path));
         let replicas = self.cluster().validate().map_err(config_error)?;
         let key = load_key_file(config_path, &self.key_file).map_err(config_error)?;
         if let Some(replica) = replicas.iter().find(|r| r.public_key == key.public()) {
-            return Err(ClientError::Config(format!(
-                "{}: key_file: holds the key of replica {}; a client needs its own key",
-                config_path.display(),
+            let reason = format!(
+                "holds the key of replica {}; a client needs its own key",
                 replica.id
-            )));
+            );
+            return Err(ConfigError::invalid("key_file", reason)
+                .in_file(config_path)
+                .into());
         }
         Ok(ClientSetup::new(key, self.f, replicas))
     }
@@ -66,7 +68,7 @@ impl ClientConfigFile {
 /// timings. Errors name the file and the field at fault.
 pub fn load_client_config(path: impl AsRef<Path>) -> Result<ClientSetup, ClientError> {
     let path = path.as_ref();
-    let file: ClientConfigFile = read_toml(path).map_err(|e| ClientError::Config(e.to_string()))?;
+    let file: ClientConfigFile = read_toml(path)?;
     file.to_setup(path)
 }
 
@@ -172,9 +174,10 @@ mod tests {
         ];
         for (body, field) in cases {
             let error = load_client_config(write_config(dir.path(), &body)).unwrap_err();
-            let ClientError::Config(message) = &error else {
+            let ClientError::Config(config) = &error else {
                 panic!("not a config error: {error:?}");
             };
+            let message = config.to_string();
             assert!(message.contains(field), "{message:?} does not name {field}");
         }
     }
@@ -182,7 +185,10 @@ mod tests {
     #[test]
     fn a_missing_file_is_a_config_error() {
         let error = load_client_config("/nonexistent/client.toml").unwrap_err();
-        assert!(matches!(error, ClientError::Config(m) if m.contains("does not exist")));
+        assert!(
+            matches!(&error, ClientError::Config(ConfigError::NotFound { .. })),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -195,6 +201,10 @@ mod tests {
             replicas_toml(&replicas)
         );
         let error = load_client_config(write_config(dir.path(), &body)).unwrap_err();
-        assert!(matches!(error, ClientError::Config(m) if m.contains("replica 1")));
+        assert!(
+            matches!(&error, ClientError::Config(c) if c.field() == Some("key_file")
+                && c.to_string().contains("replica 1")),
+            "{error:?}"
+        );
     }
 }

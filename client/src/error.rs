@@ -1,7 +1,10 @@
 //! The errors a client reports.
 
+use pbft_net::{ConfigError, NetError};
+
 /// Why a client operation failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// No f+1 matching replies arrived before the request timeout. The operation may still
     /// execute later; it executes at most once.
@@ -11,10 +14,24 @@ pub enum ClientError {
     /// can never be accepted (too large, undecodable).
     #[error("rejected: {0}")]
     Rejected(String),
-    /// The client configuration is unusable; the message names the field.
-    #[error("configuration: {0}")]
-    Config(String),
-    /// The transport could not be set up, or the client was closed.
-    #[error("transport: {0}")]
-    Transport(String),
+    /// The client configuration is unusable; the error names the file and the field.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The transport could not be set up.
+    #[error(transparent)]
+    Transport(#[from] NetError),
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+}
+
+/// Why [`crate::Client::status_all`] has no status for a replica.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StatusUnavailable {
+    /// Connected, but no report came back in time.
+    #[error("connected, but no status report within {0:?}")]
+    NoReport(std::time::Duration),
+    /// No connection to the replica.
+    #[error("unreachable: no connection")]
+    Unreachable,
 }

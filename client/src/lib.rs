@@ -36,5 +36,5 @@ pub mod session;
 
 pub use client::{Client, ClientSetup};
 pub use config::{load_client_config, ClientConfigFile};
-pub use error::ClientError;
+pub use error::{ClientError, StatusUnavailable};
 pub use kv::CasOutcome;

@@ -13,7 +13,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pbft_client::bench::{self, BenchOptions, BenchProgress, BenchStop};
-use pbft_client::{load_client_config, CasOutcome, Client, ClientError, ClientSetup};
+use pbft_client::{
+    load_client_config, CasOutcome, Client, ClientError, ClientSetup, StatusUnavailable,
+};
 use pbft_core::messages::NodeStatus;
 
 /// A client for the PBFT replicated key-value store.
@@ -94,10 +96,10 @@ enum Failure {
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
         match error {
-            ClientError::Config(_) | ClientError::Transport(_) => Failure::Usage(error.to_string()),
             ClientError::Timeout | ClientError::Rejected(_) => {
                 Failure::Operation(error.to_string())
             }
+            _ => Failure::Usage(error.to_string()),
         }
     }
 }
@@ -238,7 +240,10 @@ fn ids(list: &[u32]) -> String {
         .join(",")
 }
 
-fn status_table(client: &Client, statuses: &[(u32, Result<NodeStatus, String>)]) -> String {
+fn status_table(
+    client: &Client,
+    statuses: &[(u32, Result<NodeStatus, StatusUnavailable>)],
+) -> String {
     let header = [
         "ID",
         "ADDRESS",
@@ -303,7 +308,10 @@ fn status_table(client: &Client, statuses: &[(u32, Result<NodeStatus, String>)])
     out
 }
 
-fn status_json(client: &Client, statuses: &[(u32, Result<NodeStatus, String>)]) -> String {
+fn status_json(
+    client: &Client,
+    statuses: &[(u32, Result<NodeStatus, StatusUnavailable>)],
+) -> String {
     let entries: Vec<serde_json::Value> = statuses
         .iter()
         .map(|(id, status)| {
@@ -331,7 +339,7 @@ fn status_json(client: &Client, statuses: &[(u32, Result<NodeStatus, String>)]) 
                     "id": id,
                     "address": address,
                     "reachable": false,
-                    "error": e,
+                    "error": e.to_string(),
                 }),
             }
         })

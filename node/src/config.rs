@@ -428,7 +428,7 @@ impl ProtocolSection {
         }
         config
             .validate()
-            .map_err(|reason| ConfigError::invalid("protocol", reason))?;
+            .map_err(|e| ConfigError::invalid(format!("protocol.{}", e.field), e.reason))?;
         Ok(config)
     }
 }

@@ -3,7 +3,10 @@
 //! `pbft-node` binary runs one replica from a configuration file.
 
 pub mod config;
+pub mod error;
 pub mod local;
 pub mod metrics;
 pub mod runtime;
 pub mod storage;
+
+pub use error::NodeError;

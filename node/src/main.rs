@@ -14,6 +14,7 @@ use pbft_core::messages::ReplicaId;
 use pbft_crypto::{CryptoError, KeyPair};
 use pbft_net::NetError;
 use pbft_node::config::load_node_config;
+use pbft_node::error::{with_causes, NodeError};
 use tracing::{error, info, warn, Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
@@ -146,35 +147,36 @@ fn run(config_path: &Path) -> ExitCode {
     }
 }
 
-/// Names the configuration field behind a failure to bind, the common operator mistake.
+/// Names the configuration field behind a failure to bind, the common operator mistake; else
+/// the error with its causes.
 fn describe_failure(
-    error: &anyhow::Error,
+    error: &NodeError,
     config_path: &Path,
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
 ) -> String {
     let config = config_path.display();
-    for cause in error.chain() {
-        if let Some(NetError::AddressInUse(addr)) = cause.downcast_ref::<NetError>() {
-            return format!(
-                "{config}: listen = \"{addr}\": address already in use (is another replica \
-                 running on this port?)"
-            );
+    match error {
+        NodeError::Listen {
+            source: NetError::AddressInUse(addr),
+            ..
+        } => format!(
+            "{config}: listen = \"{addr}\": address already in use (is another replica running \
+             on this port?)"
+        ),
+        NodeError::Listen {
+            source: NetError::Bind { addr, source },
+            ..
+        } => format!("{config}: listen = \"{addr}\": cannot bind: {source}"),
+        NodeError::Metrics { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+            let field = match metrics {
+                Some(addr) => format!("metrics = \"{addr}\""),
+                None => format!("listen = \"{listen}\""),
+            };
+            format!("{config}: {field}: address already in use")
         }
-        if let Some(NetError::Bind { addr, source }) = cause.downcast_ref::<NetError>() {
-            return format!("{config}: listen = \"{addr}\": cannot bind: {source}");
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::AddrInUse {
-                let field = match metrics {
-                    Some(addr) => format!("metrics = \"{addr}\""),
-                    None => format!("listen = \"{listen}\""),
-                };
-                return format!("{config}: {field}: address already in use");
-            }
-        }
+        other => with_causes(other),
     }
-    format!("{error:#}")
 }
 
 /// Completes on Ctrl-C or SIGTERM. A signal that cannot be watched is logged and ignored rather

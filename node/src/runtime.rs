@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
 use pbft_net::{Inbox, Peer, PeerInfo, ReplicaTransport, TransportConfig};
@@ -24,6 +23,7 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::storage::{ReplicaStore, StorageConfig};
 use pbft_core::app::KvStore;
@@ -61,7 +61,7 @@ pub struct NodeSetup {
 pub async fn run(
     setup: NodeSetup,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), NodeError> {
     let mut node = RunningNode::start(setup).await?;
     let stop = node.stop.take();
     tokio::select! {
@@ -75,11 +75,10 @@ pub async fn run(
     }
 }
 
-async fn joined(task: &mut tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
-    match task.await {
-        Ok(result) => result,
-        Err(join) => Err(anyhow::anyhow!("replica task failed: {join}")),
-    }
+async fn joined(
+    task: &mut tokio::task::JoinHandle<Result<(), NodeError>>,
+) -> Result<(), NodeError> {
+    task.await.map_err(NodeError::Task)?
 }
 
 /// A [`SignatureCheck`] backed by the cache the verifier workers share. Checks run outside the
@@ -134,12 +133,12 @@ pub struct RunningNode {
     metrics_addr: Option<SocketAddr>,
     inputs: mpsc::Sender<Input>,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), NodeError>>,
 }
 
 impl RunningNode {
     /// Binds the transport and metrics endpoint and starts the replica.
-    pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
+    pub async fn start(setup: NodeSetup) -> Result<RunningNode, NodeError> {
         let (replica, store) = open_replica(&setup)?;
         let (transport, inbox) = ReplicaTransport::bind(
             setup.id,
@@ -149,14 +148,17 @@ impl RunningNode {
             setup.transport.clone(),
         )
         .await
-        .with_context(|| format!("listen address {}", setup.listen))?;
+        .map_err(|source| NodeError::Listen {
+            addr: setup.listen,
+            source,
+        })?;
         let local_addr = transport.local_addr();
         let metrics = Metrics::new();
         let metrics_addr = match setup.metrics {
             Some(addr) => {
                 let (bound, _server) = crate::metrics::serve(metrics.clone(), addr)
                     .await
-                    .with_context(|| format!("metrics address {addr}"))?;
+                    .map_err(|source| NodeError::Metrics { addr, source })?;
                 Some(bound)
             }
             None => None,
@@ -227,7 +229,7 @@ impl RunningNode {
     }
 
     /// Waits until the replica stops by itself (it only does so on a fatal error).
-    pub async fn finished(mut self) -> anyhow::Result<()> {
+    pub async fn finished(mut self) -> Result<(), NodeError> {
         joined(&mut self.task).await
     }
 }
@@ -235,7 +237,7 @@ impl RunningNode {
 /// Builds the replica: from its durable state in `data_dir` if there is any, else fresh. A log
 /// that is corrupt before its last record, or a snapshot that fails to load, is an error: the
 /// node must not run on state it cannot trust.
-fn open_replica(setup: &NodeSetup) -> anyhow::Result<(Replica, Option<ReplicaStore>)> {
+fn open_replica(setup: &NodeSetup) -> Result<(Replica, Option<ReplicaStore>), NodeError> {
     let fresh = || {
         Replica::new(
             setup.id,
@@ -244,7 +246,7 @@ fn open_replica(setup: &NodeSetup) -> anyhow::Result<(Replica, Option<ReplicaSto
             setup.key.clone(),
             Box::new(KvStore::new()),
         )
-        .map_err(|e| anyhow::anyhow!("invalid replica setup: {e}"))
+        .map_err(NodeError::Setup)
     };
     if !setup.storage.durable {
         tracing::warn!(
@@ -255,8 +257,12 @@ fn open_replica(setup: &NodeSetup) -> anyhow::Result<(Replica, Option<ReplicaSto
     }
     let started = std::time::Instant::now();
     let dir = &setup.data_dir;
-    let opened = ReplicaStore::open(dir, setup.storage.fsync, setup.protocol.log_window)
-        .with_context(|| format!("durable state in {}", dir.display()))?;
+    let opened = ReplicaStore::open(dir, setup.storage.fsync, setup.protocol.log_window).map_err(
+        |source| NodeError::Storage {
+            dir: dir.clone(),
+            source,
+        },
+    )?;
     if opened.records.is_empty() {
         return Ok((fresh()?, Some(opened.store)));
     }
@@ -268,7 +274,10 @@ fn open_replica(setup: &NodeSetup) -> anyhow::Result<(Replica, Option<ReplicaSto
         Box::new(KvStore::new()),
         opened.records,
     )
-    .map_err(|e| anyhow::anyhow!("durable state in {}: {e}", dir.display()))?;
+    .map_err(|source| NodeError::Recovery {
+        dir: dir.clone(),
+        source,
+    })?;
     tracing::info!(
         replica = setup.id,
         records = report.records,
@@ -385,7 +394,7 @@ impl ProtocolTask {
         mut self,
         mut inputs: mpsc::Receiver<Input>,
         mut stop: oneshot::Receiver<()>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), NodeError> {
         let now = self.now();
         self.driver.replica_mut().start(now);
         self.flush()?;
@@ -476,7 +485,7 @@ impl ProtocolTask {
         let core = self.driver.replica().status();
         let mut rejected: BTreeMap<String, u64> = self.rejections.lock().expect("poisoned").clone();
         for (reason, count) in self.driver.replica().ignored() {
-            *rejected.entry(reason.to_string()).or_default() += count;
+            *rejected.entry(reason.label().to_string()).or_default() += count;
         }
         NodeStatus {
             nonce,
@@ -527,7 +536,7 @@ impl ProtocolTask {
 
     /// Carries out the replica's outputs (see [`Driver::flush`]). A failed write or a halt stops
     /// the replica; nothing that depends on the write is sent.
-    fn flush(&mut self) -> anyhow::Result<()> {
+    fn flush(&mut self) -> Result<(), NodeError> {
         let now = self.now();
         let (driver, rng, mut effects) = self.parts();
         let flushed = driver.flush(now, rng, &mut effects)?;
@@ -535,7 +544,7 @@ impl ProtocolTask {
     }
 
     /// Counts what a flush executed, and stops on a halt.
-    fn after_flush(&mut self, flushed: Flushed) -> anyhow::Result<()> {
+    fn after_flush(&mut self, flushed: Flushed) -> Result<(), NodeError> {
         for executed in &flushed.executed {
             self.metrics.add_batch();
             self.metrics.add_committed(executed.requests.len() as u64);
@@ -548,7 +557,7 @@ impl ProtocolTask {
             self.metrics.set_view(view);
         }
         match flushed.halt {
-            Some(halt) => Err(anyhow::anyhow!("replica halted: {halt}")),
+            Some(halt) => Err(NodeError::Halted(halt)),
             None => Ok(()),
         }
     }
@@ -564,9 +573,9 @@ struct NodeEffects<'a> {
 }
 
 impl Effects for NodeEffects<'_> {
-    type Error = anyhow::Error;
+    type Error = NodeError;
 
-    fn persist(&mut self, records: &[Durable]) -> anyhow::Result<()> {
+    fn persist(&mut self, records: &[Durable]) -> Result<(), NodeError> {
         let Some(store) = self.store.as_deref_mut() else {
             return Ok(());
         };
@@ -576,7 +585,7 @@ impl Effects for NodeEffects<'_> {
         let started = std::time::Instant::now();
         blocking(|| store.persist(records)).map_err(|error| {
             tracing::error!(replica = self.id, %error, "durable write failed; stopping");
-            anyhow::anyhow!("durable write failed, replica stopped: {error}")
+            NodeError::DurableWrite(error)
         })?;
         self.metrics.observe_persist(started.elapsed());
         Ok(())

@@ -152,7 +152,7 @@ fn a_flipped_bit_before_the_end_stops_the_node_with_a_clear_error() {
     runtime().block_on(async {
         let error = match RunningNode::start(setup).await {
             Ok(_) => panic!("a node started on a corrupt log"),
-            Err(error) => format!("{error:#}"),
+            Err(error) => pbft_node::error::with_causes(&error),
         };
         assert!(error.contains("corrupt"), "{error}");
         assert!(error.contains(&path.display().to_string()), "{error}");
@@ -179,7 +179,7 @@ fn a_record_that_passes_its_checksum_but_does_not_decode_is_refused() {
     runtime().block_on(async {
         let error = match RunningNode::start(setup).await {
             Ok(_) => panic!("a node started on an undecodable log"),
-            Err(error) => format!("{error:#}"),
+            Err(error) => pbft_node::error::with_causes(&error),
         };
         assert!(error.contains("does not decode"), "{error}");
     });

@@ -212,7 +212,12 @@ pub async fn run_node(config: &Path) -> Result<(), LaunchError> {
     );
     pbft_node::runtime::run(setup, shutdown_signal())
         .await
-        .map_err(|e| LaunchError::Failure(format!("replica failed: {e:#}")))?;
+        .map_err(|e| {
+            LaunchError::Failure(format!(
+                "replica failed: {}",
+                pbft_node::error::with_causes(&e)
+            ))
+        })?;
     tracing::info!("replica stopped");
     Ok(())
 }

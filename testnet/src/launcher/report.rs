@@ -101,7 +101,10 @@ pub async fn query(
     timeout: Duration,
 ) -> ClusterReport {
     let answers: BTreeMap<ReplicaId, Result<NodeStatus, String>> =
-        client.status_all(timeout).await.into_iter().collect();
+        (client.status_all(timeout).await)
+            .into_iter()
+            .map(|(id, status)| (id, status.map_err(|e| e.to_string())))
+            .collect();
     report(layout, state, answers)
 }
 

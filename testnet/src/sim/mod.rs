@@ -22,8 +22,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pbft_core::app::KvStore;
 use pbft_client::session::Target;
+use pbft_core::app::KvStore;
 use pbft_core::byzantine::{BehaviorKind, Payload};
 use pbft_core::driver::{Driver, Effects, Flushed};
 use pbft_core::messages::{self, Limits, Message, ReplicaId, Reply, Sender, SignatureCache};
@@ -36,7 +36,6 @@ use rand_chacha::ChaCha8Rng;
 pub use checker::{Checker, Violation};
 pub use client::SimClient;
 pub use network::{Network, NetworkConfig, Node};
-
 
 /// More events than this in flight means messages multiply without bound.
 const MAX_QUEUED_EVENTS: usize = 200_000;
@@ -810,11 +809,7 @@ impl Simulation {
         }
         self.schedule_wake(id);
         for reply in replies {
-            if let Some(index) = self
-                .clients
-                .iter()
-                .position(|c| c.key == reply.client)
-            {
+            if let Some(index) = self.clients.iter().position(|c| c.key == reply.client) {
                 self.transmit(
                     Node::Replica(id),
                     Node::Client(index),

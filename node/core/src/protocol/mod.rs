@@ -86,29 +86,75 @@ impl Default for ProtocolConfig {
     }
 }
 
+/// A protocol parameter that cannot be used, named as in the `[protocol]` table.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("protocol.{field}: {reason}")]
+pub struct ProtocolConfigError {
+    /// The field at fault, such as `log_window` or `limits.max_batch_bytes`.
+    pub field: &'static str,
+    pub reason: String,
+}
+
 impl ProtocolConfig {
     /// Checks the relations between parameters.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ProtocolConfigError> {
+        let error = |field, reason: &str| {
+            Err(ProtocolConfigError {
+                field,
+                reason: reason.to_string(),
+            })
+        };
         let k = self.checkpoint_interval;
         if k == 0 {
-            return Err("checkpoint_interval must be positive".into());
+            return error("checkpoint_interval", "must be positive");
         }
         if self.log_window < 2 * k || self.log_window % k != 0 {
-            return Err(
-                "log_window must be a multiple of checkpoint_interval and at least twice it".into(),
+            return error(
+                "log_window",
+                "must be a multiple of checkpoint_interval and at least twice it",
             );
         }
         if self.limits.log_window != self.log_window {
-            return Err("limits.log_window must equal log_window".into());
+            return error("limits.log_window", "must equal log_window");
         }
-        if self.max_batch_requests == 0 || self.max_outstanding == 0 {
-            return Err("max_batch_requests and max_outstanding must be positive".into());
+        if self.max_batch_requests == 0 {
+            return error("max_batch_requests", "must be positive");
+        }
+        if self.max_outstanding == 0 {
+            return error("max_outstanding", "must be positive");
         }
         if self.client_window == 0 {
-            return Err("client_window must be positive".into());
+            return error("client_window", "must be positive");
         }
         Ok(())
     }
+}
+
+/// Why a replica cannot be built, or rebuilt from its records.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Config(#[from] ProtocolConfigError),
+    /// The key does not belong to the replica's id in the committee.
+    #[error("the key given is not replica {id}'s key in the cluster")]
+    WrongKey { id: ReplicaId },
+    /// A stored or transferred snapshot does not hash to the digest its proof certifies.
+    #[error("the snapshot at {seq} does not match its checkpoint proof")]
+    SnapshotMismatch { seq: Seq },
+    /// A snapshot's bytes do not decode.
+    #[error("the snapshot at {seq} is undecodable")]
+    SnapshotUndecodable {
+        seq: Seq,
+        #[source]
+        source: crate::codec::CodecError,
+    },
+    /// The application refused a snapshot.
+    #[error("the snapshot at {seq} was refused by the application")]
+    SnapshotRefused {
+        seq: Seq,
+        #[source]
+        source: crate::app::SnapshotError,
+    },
 }
 
 /// The replica's timers; the shell keeps at most one deadline per timer.
@@ -279,6 +325,76 @@ pub enum Halt {
         /// What carried the other batch.
         from: &'static str,
     },
+}
+
+/// Why the core dropped a verified message: each is counted, and none changes state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Ignored {
+    /// A reply or status message sent to a replica.
+    NotProtocolMessage,
+    /// A retransmitted request older than the reply cache.
+    RequestTooOld,
+    /// No room for another waiting request.
+    PendingFull,
+    /// A vote for a view this replica has left.
+    StaleView,
+    /// A vote for a view this replica has not entered.
+    FutureView,
+    /// A sequence number outside [h, h + L].
+    OutsideWatermarks,
+    /// A PRE-PREPARE while no view is active.
+    PrePrepareDuringViewChange,
+    /// A PRE-PREPARE for a committed slot naming another batch.
+    PrePrepareConflictsWithCommit,
+    /// A batch carrying one envelope twice.
+    BatchRepeatsEnvelope,
+    /// A batch body whose digest is not the one awaited.
+    BatchMismatch,
+    /// A CHECKPOINT at or below the stable one, or not at a multiple of K.
+    StaleCheckpoint,
+    /// A VIEW-CHANGE for a view already entered.
+    StaleViewChange,
+    /// A NEW-VIEW for a view already entered.
+    StaleNewView,
+    /// A NEW-VIEW whose O does not follow from V.
+    WrongNewView,
+    /// A state request for a checkpoint this replica cannot serve.
+    StateNotHeld,
+    /// A state this replica already has.
+    StateNotNeeded,
+    /// A snapshot whose digest differs from its proof.
+    StateMismatch,
+    /// A certified snapshot the application refused.
+    StateUndecodable,
+    /// A peer asking for more help than its share.
+    HelpRateLimited,
+}
+
+impl Ignored {
+    /// A stable label for counters and status reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ignored::NotProtocolMessage => "not a protocol message",
+            Ignored::RequestTooOld => "request too old",
+            Ignored::PendingFull => "pending requests full",
+            Ignored::StaleView => "stale view",
+            Ignored::FutureView => "future view",
+            Ignored::OutsideWatermarks => "outside watermarks",
+            Ignored::PrePrepareDuringViewChange => "pre-prepare during view change",
+            Ignored::PrePrepareConflictsWithCommit => "pre-prepare conflicts with committed batch",
+            Ignored::BatchRepeatsEnvelope => "batch repeats an envelope",
+            Ignored::BatchMismatch => "batch does not match",
+            Ignored::StaleCheckpoint => "stale or misaligned checkpoint",
+            Ignored::StaleViewChange => "stale view change",
+            Ignored::StaleNewView => "stale new view",
+            Ignored::WrongNewView => "new view with wrong O",
+            Ignored::StateNotHeld => "state not held",
+            Ignored::StateNotNeeded => "state not needed",
+            Ignored::StateMismatch => "state does not match its proof",
+            Ignored::StateUndecodable => "state undecodable",
+            Ignored::HelpRateLimited => "help rate-limited",
+        }
+    }
 }
 
 /// Proof that a replica signed two conflicting messages.

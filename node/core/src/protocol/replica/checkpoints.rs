@@ -32,7 +32,7 @@ impl Replica {
         if checkpoint.seq <= self.checkpoints.stable_seq
             || checkpoint.seq % self.config.checkpoint_interval != 0
         {
-            self.ignore("stale or misaligned checkpoint");
+            self.ignore(Ignored::StaleCheckpoint);
             return;
         }
         let seq = checkpoint.seq;

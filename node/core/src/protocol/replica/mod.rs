@@ -30,8 +30,8 @@ use super::clients::{ClientTable, PendingRequests, RequestStatus};
 use super::new_view::{plan_new_view, NewViewPlan};
 use super::votes::{Added, VoteSet};
 use super::{
-    Conflict, Destination, Durable, Executed, Halt, Outgoing, ProtocolConfig, Ready,
-    RecoveryReport, Status, Timer, TimerCommand,
+    Conflict, Destination, Durable, Executed, Halt, Ignored, Outgoing, ProtocolConfig, Ready,
+    RecoveryReport, ReplicaError, Status, Timer, TimerCommand,
 };
 use crate::app::StateMachine;
 use crate::codec;
@@ -259,7 +259,7 @@ pub struct Replica {
     /// Per peer and kind of help: the interval it was last given in, and how often then.
     help_given: BTreeMap<(ReplicaId, Help), (u64, u32)>,
     state_transfers: u64,
-    ignored: BTreeMap<&'static str, u64>,
+    ignored: BTreeMap<Ignored, u64>,
     /// The state digest and the sequence number it was computed at (the state is a function of
     /// the last executed sequence number).
     state_digest_cache: Cell<Option<(Seq, Digest)>>,
@@ -281,12 +281,10 @@ impl Replica {
         config: ProtocolConfig,
         key: KeyPair,
         app: Box<dyn StateMachine>,
-    ) -> Result<Replica, String> {
+    ) -> Result<Replica, ReplicaError> {
         config.validate()?;
         if committee.key(id) != Some(&key.public()) {
-            return Err(format!(
-                "the key given is not replica {id}'s key in the cluster"
-            ));
+            return Err(ReplicaError::WrongKey { id });
         }
         let mut replica = Replica {
             id,
@@ -378,7 +376,7 @@ impl Replica {
     }
 
     /// Counts of messages dropped by the core, by reason.
-    pub fn ignored(&self) -> &BTreeMap<&'static str, u64> {
+    pub fn ignored(&self) -> &BTreeMap<Ignored, u64> {
         &self.ignored
     }
 
@@ -473,7 +471,7 @@ impl Replica {
                 snapshot,
             } => self.on_state_data(seq, proof, snapshot),
             Message::Reply(_) | Message::StatusQuery { .. } | Message::StatusReport(_) => {
-                self.ignore("not a protocol message")
+                self.ignore(Ignored::NotProtocolMessage)
             }
         }
         self.after_input();
@@ -551,14 +549,14 @@ impl Replica {
             *given = (interval, 0);
         }
         if given.1 >= help.per_interval() {
-            self.ignore("help rate-limited");
+            self.ignore(Ignored::HelpRateLimited);
             return false;
         }
         given.1 += 1;
         true
     }
 
-    fn ignore(&mut self, reason: &'static str) {
+    fn ignore(&mut self, reason: Ignored) {
         *self.ignored.entry(reason).or_default() += 1;
     }
 

@@ -17,7 +17,7 @@ impl Replica {
                     results,
                 });
             } else {
-                self.ignore("request too old");
+                self.ignore(Ignored::RequestTooOld);
             }
             return;
         }
@@ -28,7 +28,7 @@ impl Replica {
         // A backup waits for the request even if it is already ordered: it is not executed yet.
         let forward = envelope.get().clone();
         if !self.pending.contains(&digest) && !self.pending.push(envelope, digest) {
-            self.ignore("pending requests full");
+            self.ignore(Ignored::PendingFull);
             return;
         }
         if !self.is_primary() && self.view_active {
@@ -153,14 +153,14 @@ impl Replica {
     pub(super) fn slot_for(&mut self, view: View, seq: Seq) -> Option<&mut Entry> {
         if view != self.view {
             self.ignore(if view < self.view {
-                "stale view"
+                Ignored::StaleView
             } else {
-                "future view"
+                Ignored::FutureView
             });
             return None;
         }
         if !self.in_window(seq) {
-            self.ignore("outside watermarks");
+            self.ignore(Ignored::OutsideWatermarks);
             return None;
         }
         let now = self.now;
@@ -174,7 +174,7 @@ impl Replica {
 
     pub(super) fn on_pre_prepare(&mut self, header: Vote, batch: Option<Arc<BatchBody>>) {
         if !self.view_active {
-            self.ignore("pre-prepare during view change");
+            self.ignore(Ignored::PrePrepareDuringViewChange);
             return;
         }
         let seq = header.seq;
@@ -193,12 +193,12 @@ impl Replica {
         } else {
             if entry.committed && entry.digest != Some(header.digest) {
                 // A committed slot cannot take another batch; the sender is faulty.
-                self.ignore("pre-prepare conflicts with committed batch");
+                self.ignore(Ignored::PrePrepareConflictsWithCommit);
                 return;
             }
             if let Some(batch) = &batch {
                 if batch.has_duplicate_envelopes() {
-                    self.ignore("batch repeats an envelope");
+                    self.ignore(Ignored::BatchRepeatsEnvelope);
                     return;
                 }
             }

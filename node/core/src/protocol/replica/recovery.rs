@@ -15,7 +15,7 @@ impl Replica {
         key: KeyPair,
         app: Box<dyn StateMachine>,
         records: Vec<Durable>,
-    ) -> Result<(Replica, RecoveryReport), String> {
+    ) -> Result<(Replica, RecoveryReport), ReplicaError> {
         let mut replica = Replica::new(id, committee, config, key, app)?;
         let mut report = RecoveryReport {
             records: records.len(),
@@ -32,9 +32,7 @@ impl Replica {
         if let Some((seq, proof, snapshot)) = newest_stable {
             let digest = snapshot_digest(&snapshot);
             if proof.first().map(|c| c.state_digest) != Some(digest) {
-                return Err(format!(
-                    "the stored snapshot at {seq} does not match its checkpoint proof"
-                ));
+                return Err(ReplicaError::SnapshotMismatch { seq });
             }
             replica.install_state(seq, digest, snapshot)?;
             let c = &mut replica.checkpoints;

@@ -47,7 +47,7 @@ impl Replica {
         }
         let Some(digest) = entry.digest else { return };
         if body.digest != digest {
-            self.ignore("batch does not match");
+            self.ignore(Ignored::BatchMismatch);
             return;
         }
         entry.batch = Some(body);

@@ -26,7 +26,7 @@ impl Replica {
         // Only the stable checkpoint is served: it is the one with a proof to send along.
         let stable = self.checkpoints.stable_seq;
         if stable == 0 || seq > stable || !self.checkpoints.own.contains_key(&stable) {
-            self.ignore("state not held");
+            self.ignore(Ignored::StateNotHeld);
             return;
         }
         if !self.may_help(requester, Help::State) {
@@ -46,11 +46,11 @@ impl Replica {
             return;
         };
         if seq <= self.last_executed || seq < self.checkpoints.stable_seq {
-            self.ignore("state not needed");
+            self.ignore(Ignored::StateNotNeeded);
             return;
         }
         if snapshot_digest(&snapshot) != expected {
-            self.ignore("state does not match its proof");
+            self.ignore(Ignored::StateMismatch);
             return;
         }
         let snapshot = Arc::new(snapshot);
@@ -58,7 +58,7 @@ impl Replica {
             // The digest matched 2f+1 signed checkpoints, so only a broken application gets
             // here; keep the old state.
             tracing::error!(replica = self.id, seq, %error, "certified snapshot failed to install");
-            self.ignore("state undecodable");
+            self.ignore(Ignored::StateUndecodable);
             return;
         }
         tracing::info!(replica = self.id, seq, "installed state from a peer");
@@ -82,13 +82,13 @@ impl Replica {
         seq: Seq,
         digest: Digest,
         snapshot: Arc<Vec<u8>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ReplicaError> {
         // The limit is the snapshot's own length, so a bad length prefix cannot allocate more.
         let state: ReplicatedState = codec::decode(&snapshot, snapshot.len() as u64)
-            .map_err(|e| format!("snapshot at {seq} undecodable: {e}"))?;
+            .map_err(|source| ReplicaError::SnapshotUndecodable { seq, source })?;
         self.app
             .restore(&state.app)
-            .map_err(|e| format!("snapshot at {seq} rejected by the application: {e}"))?;
+            .map_err(|source| ReplicaError::SnapshotRefused { seq, source })?;
         self.clients = state.clients;
         self.last_executed = seq;
         // Vouch for the state now held, so that replicas further behind find a quorum for it

@@ -106,7 +106,7 @@ impl Replica {
         if target < self.view || (target == self.view && self.view_active) {
             // The sender is behind: show it how the current view began.
             self.send_new_view_to(from);
-            self.ignore("stale view change");
+            self.ignore(Ignored::StaleViewChange);
             return;
         }
         self.store_view_change(view_change);
@@ -190,7 +190,7 @@ impl Replica {
 
     pub(super) fn on_new_view(&mut self, new_view: Arc<NewView>) {
         if new_view.view < self.view || (new_view.view == self.view && self.view_active) {
-            self.ignore("stale new view");
+            self.ignore(Ignored::StaleNewView);
             return;
         }
         // Every replica recomputes O from V and rejects a NEW-VIEW that differs (§4.4).
@@ -208,7 +208,7 @@ impl Replica {
                 from = new_view.replica,
                 "new view with a wrong O rejected"
             );
-            self.ignore("new view with wrong O");
+            self.ignore(Ignored::WrongNewView);
             return;
         }
         for vc in &new_view.view_changes {
