@@ -18,23 +18,14 @@ use std::time::Duration;
 use pbft_core::app::{KvOp, KvStore};
 use pbft_core::byzantine::Payload;
 use pbft_core::driver::{Driver, Effects};
+use pbft_core::fixtures::TrustAll;
 use pbft_core::messages::{
-    self, ClientRequest, Limits, Message, ReplicaId, Reply, RequestEnvelope, Sender,
-    SignatureCheck, Timestamp,
+    self, ClientRequest, Limits, Message, ReplicaId, Reply, RequestEnvelope, Sender, Timestamp,
 };
 use pbft_core::protocol::{Durable, ProtocolConfig, Replica};
 use pbft_core::Committee;
-use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
+use pbft_crypto::{KeyPair, PublicKey, Signature};
 use rand::SeedableRng;
-
-/// Accepts every signature: the benchmark leaves verification out.
-pub struct TrustAll;
-
-impl SignatureCheck for TrustAll {
-    fn check(&mut self, _: &PublicKey, _: Domain, _: &Digest, _: &Signature) -> bool {
-        true
-    }
-}
 
 /// Distinct keys each client cycles through, so the state stays small.
 const KEYS_PER_CLIENT: u64 = 64;

@@ -291,19 +291,13 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pbft_core::fixtures::TestCluster;
     use pbft_core::messages::{Limits, RequestResult};
-
-    fn committee(f: usize) -> Committee {
-        let keys = (0..3 * f + 1)
-            .map(|i| KeyPair::from_seed(&[i as u8 + 1; 32]).unwrap().public())
-            .collect();
-        Committee::new(keys, f).unwrap()
-    }
 
     fn session() -> Session {
         Session::new(
             KeyPair::from_seed(&[99; 32]).unwrap(),
-            committee(1),
+            TestCluster::new(1).committee,
             1_000,
             Duration::from_secs(1),
             Duration::from_secs(8),

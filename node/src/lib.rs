@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+#[cfg(feature = "test-util")]
 pub mod local;
 pub mod metrics;
 pub mod runtime;

@@ -22,6 +22,8 @@ pub mod byzantine;
 pub mod codec;
 pub mod committee;
 pub mod driver;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fixtures;
 pub mod messages;
 pub mod protocol;
 

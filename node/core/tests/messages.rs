@@ -5,55 +5,36 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use pbft_core::messages::{
-    check_reply, verify, verify_envelope, Batch, Checkpoint, ClientRequest, Limits, Message,
-    NewView, Phase, PreparedCert, Rejection, ReplicaId, Reply, RequestEnvelope, RequestResult,
-    Sender, Seq, StrictCheck, View, ViewChange, Vote,
+use pbft_core::fixtures::{
+    batch, client_key as client, request, state_digest, TestCluster as Cluster,
 };
-use pbft_core::Committee;
-use pbft_crypto::{Digest, Domain, KeyPair, Signature};
+use pbft_core::messages::{
+    check_reply, verify_envelope, Batch, Checkpoint, Limits, Message, NewView, Phase, PreparedCert,
+    Rejection, ReplicaId, Reply, RequestEnvelope, RequestResult, Sender, StrictCheck, View,
+    ViewChange, Vote,
+};
+use pbft_crypto::{KeyPair, Signature};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-/// A cluster of 3f+1 replicas with deterministic keys, and helpers that build validly signed
-/// messages with the real constructors.
-struct Cluster {
-    keys: Vec<KeyPair>,
-    committee: Committee,
+/// What these tests add to the shared fixtures: checks that keep only the verdict, and full
+/// VIEW-CHANGE and NEW-VIEW samples.
+trait Samples {
+    fn check(&self, sender: Sender, message: Message) -> Result<(), Rejection>;
+    fn check_with(
+        &self,
+        sender: Sender,
+        message: Message,
+        limits: &Limits,
+    ) -> Result<(), Rejection>;
+    fn sample_view_change(&self, new_view: View, replica: ReplicaId) -> ViewChange;
+    fn sample_new_view(&self, view: View) -> NewView;
 }
 
-impl Cluster {
-    fn new(f: usize) -> Cluster {
-        let keys: Vec<KeyPair> = (0..3 * f + 1)
-            .map(|i| KeyPair::from_seed(&[i as u8 + 1; 32]).unwrap())
-            .collect();
-        let committee = Committee::new(keys.iter().map(KeyPair::public).collect(), f).unwrap();
-        Cluster { keys, committee }
-    }
-
-    fn f(&self) -> usize {
-        self.committee.f()
-    }
-
-    fn key(&self, id: ReplicaId) -> &KeyPair {
-        &self.keys[id as usize]
-    }
-
-    fn primary(&self, view: View) -> ReplicaId {
-        self.committee.primary(view)
-    }
-
-    /// A backup of `view` other than `not`.
-    fn backup(&self, view: View, not: ReplicaId) -> ReplicaId {
-        self.committee
-            .ids()
-            .find(|&i| i != self.primary(view) && i != not)
-            .unwrap()
-    }
-
+impl Samples for Cluster {
     fn check(&self, sender: Sender, message: Message) -> Result<(), Rejection> {
-        self.check_with(sender, message, &Limits::default())
+        self.verify(sender, message).map(|_| ())
     }
 
     fn check_with(
@@ -62,65 +43,12 @@ impl Cluster {
         message: Message,
         limits: &Limits,
     ) -> Result<(), Rejection> {
-        verify(message, sender, &self.committee, limits, &mut StrictCheck).map(|_| ())
-    }
-
-    fn vote(&self, phase: Phase, view: View, seq: Seq, digest: Digest, replica: ReplicaId) -> Vote {
-        Vote::new(self.key(replica), phase, view, seq, digest, replica)
-    }
-
-    fn header(&self, view: View, seq: Seq, digest: Digest) -> Vote {
-        self.vote(Phase::PrePrepare, view, seq, digest, self.primary(view))
-    }
-
-    fn pre_prepare(&self, view: View, seq: Seq, batch: Batch) -> Message {
-        Message::PrePrepare {
-            header: self.header(view, seq, batch.digest()),
-            batch,
-        }
-    }
-
-    fn prepare(&self, view: View, seq: Seq, digest: Digest, replica: ReplicaId) -> Message {
-        Message::Prepare {
-            vote: self.vote(Phase::Prepare, view, seq, digest, replica),
-            pre_prepare: self.header(view, seq, digest),
-        }
-    }
-
-    fn checkpoint(&self, seq: Seq, replica: ReplicaId) -> Checkpoint {
-        Checkpoint::new(self.key(replica), seq, state_digest(seq), replica)
-    }
-
-    /// 2f+1 matching checkpoints for `seq`.
-    fn proof(&self, seq: Seq) -> Vec<Checkpoint> {
-        (0..self.committee.quorum() as ReplicaId)
-            .map(|i| self.checkpoint(seq, i))
-            .collect()
-    }
-
-    /// A prepared certificate for `digest` at (`view`, `seq`): the pre-prepare and 2f prepares.
-    fn prepared(&self, view: View, seq: Seq, digest: Digest) -> PreparedCert {
-        let primary = self.primary(view);
-        PreparedCert {
-            pre_prepare: self.header(view, seq, digest),
-            prepares: self
-                .committee
-                .ids()
-                .filter(|&i| i != primary)
-                .take(2 * self.f())
-                .map(|i| self.vote(Phase::Prepare, view, seq, digest, i))
-                .collect(),
-        }
-    }
-
-    fn sign_view_change(&self, mut view_change: ViewChange) -> ViewChange {
-        view_change.sign(self.key(view_change.replica));
-        view_change
+        self.verify_with(sender, message, limits).map(|_| ())
     }
 
     /// A view change into `new_view` from a stable checkpoint at 128, with two prepared
     /// certificates from the view before.
-    fn view_change(&self, new_view: View, replica: ReplicaId) -> ViewChange {
+    fn sample_view_change(&self, new_view: View, replica: ReplicaId) -> ViewChange {
         self.sign_view_change(ViewChange {
             new_view,
             stable_seq: 128,
@@ -134,54 +62,15 @@ impl Cluster {
         })
     }
 
-    fn sign_new_view(&self, mut new_view: NewView) -> NewView {
-        new_view.sign(self.key(new_view.replica));
-        new_view
-    }
-
-    fn new_view(&self, view: View) -> NewView {
-        let primary = self.primary(view);
-        self.sign_new_view(NewView {
+    fn sample_new_view(&self, view: View) -> NewView {
+        let view_changes = (0..self.committee.quorum() as ReplicaId)
+            .map(|i| self.sample_view_change(view, i))
+            .collect();
+        self.new_view(
             view,
-            view_changes: (0..self.committee.quorum() as ReplicaId)
-                .map(|i| self.view_change(view, i))
-                .collect(),
-            pre_prepares: vec![
-                self.header(view, 129, batch(1).digest()),
-                self.header(view, 130, batch(2).digest()),
-            ],
-            replica: primary,
-            signature: Signature::EMPTY,
-        })
-    }
-}
-
-fn state_digest(seq: Seq) -> Digest {
-    Digest::of(Domain::Content, &seq.to_le_bytes())
-}
-
-fn client(i: usize) -> KeyPair {
-    KeyPair::from_seed(&[100 + i as u8; 32]).unwrap()
-}
-
-fn request(timestamp: u64, op: &[u8]) -> ClientRequest {
-    ClientRequest {
-        timestamp,
-        op: op.to_vec(),
-    }
-}
-
-/// A batch of `n` envelopes from different clients, each with two requests.
-fn batch(n: usize) -> Batch {
-    Batch {
-        envelopes: (0..n)
-            .map(|i| {
-                RequestEnvelope::new(
-                    &client(i),
-                    vec![request(1, b"put a 1"), request(2, b"get a")],
-                )
-            })
-            .collect(),
+            view_changes,
+            &[(129, batch(1).digest()), (130, batch(2).digest())],
+        )
     }
 }
 
@@ -257,8 +146,11 @@ fn samples() -> &'static [(Sender, Message)] {
                 Sender::Replica(2),
                 Message::Checkpoint(c.checkpoint(256, 2)),
             ),
-            (Sender::Replica(3), Message::ViewChange(c.view_change(2, 3))),
-            (Sender::Replica(2), Message::NewView(c.new_view(2))),
+            (
+                Sender::Replica(3),
+                Message::ViewChange(c.sample_view_change(2, 3)),
+            ),
+            (Sender::Replica(2), Message::NewView(c.sample_new_view(2))),
             (
                 Sender::Replica(0),
                 Message::FetchBatch {
@@ -640,7 +532,7 @@ fn replica_ids_outside_the_committee_are_refused() {
     // Inside certificates: a prepared certificate and a checkpoint proof naming replica n.
     let mut cert = c.prepared(1, 129, digest);
     cert.prepares[1] = Vote::new(&outsider, Phase::Prepare, 1, 129, digest, n);
-    let mut view_change = c.view_change(2, 3);
+    let mut view_change = c.sample_view_change(2, 3);
     view_change.prepared = vec![cert];
     let view_change = c.sign_view_change(view_change);
     assert_eq!(
@@ -673,7 +565,7 @@ fn a_pre_prepare_not_from_the_primary_is_refused() {
         Err(Rejection::NotFromPrimary)
     );
 
-    let mut new_view = c.new_view(2);
+    let mut new_view = c.sample_new_view(2);
     new_view.replica = 3;
     new_view.pre_prepares.clear();
     let new_view = c.sign_new_view(new_view);
@@ -740,7 +632,7 @@ fn a_prepare_must_answer_the_primary_header_it_carries() {
 /// A view change from replica 3 into view 2 with `edit` applied to its first prepared
 /// certificate, signed again so that only the certificate is wrong.
 fn view_change_with(c: &Cluster, edit: impl FnOnce(&mut PreparedCert)) -> Message {
-    let mut view_change = c.view_change(2, 3);
+    let mut view_change = c.sample_view_change(2, 3);
     edit(&mut view_change.prepared[0]);
     Message::ViewChange(c.sign_view_change(view_change))
 }
@@ -822,19 +714,19 @@ fn a_view_change_with_a_bad_checkpoint_proof_is_refused() {
             Message::ViewChange(c.sign_view_change(view_change)),
         )
     };
-    let mut short = c.view_change(2, 3);
+    let mut short = c.sample_view_change(2, 3);
     short.checkpoint_proof.pop();
     assert!(matches!(send(short), Err(Rejection::InvalidCertificate(_))));
-    let mut repeated = c.view_change(2, 3);
+    let mut repeated = c.sample_view_change(2, 3);
     repeated.checkpoint_proof[2] = repeated.checkpoint_proof[0].clone();
     assert!(matches!(
         send(repeated),
         Err(Rejection::InvalidCertificate(_))
     ));
-    let mut mixed = c.view_change(2, 3);
+    let mut mixed = c.sample_view_change(2, 3);
     mixed.checkpoint_proof[2] = Checkpoint::new(c.key(2), 128, state_digest(1), 2);
     assert!(matches!(send(mixed), Err(Rejection::InvalidCertificate(_))));
-    let mut into_view_zero = c.view_change(2, 3);
+    let mut into_view_zero = c.sample_view_change(2, 3);
     into_view_zero.new_view = 0;
     into_view_zero.prepared.clear();
     assert!(matches!(
@@ -853,34 +745,34 @@ fn a_new_view_needs_a_quorum_of_distinct_view_changes() {
             Message::NewView(c.sign_new_view(new_view)),
         )
     };
-    assert_eq!(send(c.new_view(2)), Ok(()));
+    assert_eq!(send(c.sample_new_view(2)), Ok(()));
 
-    let mut too_few = c.new_view(2);
+    let mut too_few = c.sample_new_view(2);
     too_few.view_changes.pop();
     assert_eq!(too_few.view_changes.len(), 2 * c.f());
     assert!(matches!(
         send(too_few),
         Err(Rejection::InvalidCertificate(_))
     ));
-    let mut repeated = c.new_view(2);
+    let mut repeated = c.sample_new_view(2);
     repeated.view_changes[2] = repeated.view_changes[0].clone();
     assert!(matches!(
         send(repeated),
         Err(Rejection::InvalidCertificate(_))
     ));
-    let mut other_view = c.new_view(2);
-    other_view.view_changes[1] = c.view_change(3, 1);
+    let mut other_view = c.sample_new_view(2);
+    other_view.view_changes[1] = c.sample_view_change(3, 1);
     assert!(matches!(
         send(other_view),
         Err(Rejection::InvalidCertificate(_))
     ));
-    let mut foreign_pre_prepare = c.new_view(2);
+    let mut foreign_pre_prepare = c.sample_new_view(2);
     foreign_pre_prepare.pre_prepares[0] = c.header(1, 129, batch(1).digest());
     assert!(matches!(
         send(foreign_pre_prepare),
         Err(Rejection::InvalidCertificate(_))
     ));
-    let mut forged_view_change = c.new_view(2);
+    let mut forged_view_change = c.sample_new_view(2);
     forged_view_change.view_changes[1].signature.0[0] ^= 1;
     assert_eq!(send(forged_view_change), Err(Rejection::BadSignature));
 }

@@ -4,90 +4,16 @@ use std::time::Duration;
 
 use pbft_core::app::KvStore;
 use pbft_core::messages::{
-    self, Batch, Limits, Message, NewView, Phase, PreparedCert, Sender, StrictCheck, ViewChange,
-    Vote,
+    self, Batch, Limits, Message, NewView, Phase, Sender, StrictCheck, ViewChange, Vote,
 };
 use pbft_core::protocol::{plan_new_view, ProtocolConfig, Replica, Timer, TimerCommand};
-use pbft_crypto::{KeyPair, Signature};
+use pbft_crypto::KeyPair;
 
-mod common;
-
-use common::{committee, keys};
-
-fn view_change(
-    key: &KeyPair,
-    replica: u32,
-    new_view: u64,
-    prepared: Vec<PreparedCert>,
-) -> ViewChange {
-    let mut vc = ViewChange {
-        new_view,
-        stable_seq: 0,
-        checkpoint_proof: Vec::new(),
-        prepared,
-        replica,
-        signature: Signature::EMPTY,
-    };
-    vc.sign(key);
-    vc
-}
-
-fn prepared(keys: &[KeyPair], view: u64, seq: u64, batch: &Batch) -> PreparedCert {
-    let primary = (view % 4) as u32;
-    let digest = batch.digest();
-    let pre_prepare = Vote::new(
-        &keys[primary as usize],
-        Phase::PrePrepare,
-        view,
-        seq,
-        digest,
-        primary,
-    );
-    let prepares = (0..4u32)
-        .filter(|r| *r != primary)
-        .take(2)
-        .map(|r| Vote::new(&keys[r as usize], Phase::Prepare, view, seq, digest, r))
-        .collect();
-    PreparedCert {
-        pre_prepare,
-        prepares,
-    }
-}
-
-fn new_view(
-    keys: &[KeyPair],
-    view: u64,
-    vcs: Vec<ViewChange>,
-    orders: &[(u64, pbft_crypto::Digest)],
-) -> NewView {
-    let primary = (view % 4) as u32;
-    let pre_prepares = orders
-        .iter()
-        .map(|(seq, digest)| {
-            Vote::new(
-                &keys[primary as usize],
-                Phase::PrePrepare,
-                view,
-                *seq,
-                *digest,
-                primary,
-            )
-        })
-        .collect();
-    let mut nv = NewView {
-        view,
-        view_changes: vcs,
-        pre_prepares,
-        replica: primary,
-        signature: Signature::EMPTY,
-    };
-    nv.sign(&keys[primary as usize]);
-    nv
-}
+use pbft_core::fixtures::TestCluster;
 
 #[test]
 fn plan_takes_the_highest_view_certificate_and_fills_gaps_with_null() {
-    let keys = keys();
+    let c = TestCluster::new(1);
     let a = Batch { envelopes: vec![] };
     let request = messages::RequestEnvelope::new(
         &KeyPair::from_seed(&[9; 32]).unwrap(),
@@ -100,14 +26,13 @@ fn plan_takes_the_highest_view_certificate_and_fills_gaps_with_null() {
         envelopes: vec![request],
     };
     let vcs = vec![
-        view_change(
-            &keys[0],
+        c.view_change(
             0,
             3,
-            vec![prepared(&keys, 0, 1, &b), prepared(&keys, 0, 3, &b)],
+            vec![c.prepared(0, 1, b.digest()), c.prepared(0, 3, b.digest())],
         ),
-        view_change(&keys[2], 2, 3, vec![prepared(&keys, 1, 3, &a)]),
-        view_change(&keys[3], 3, 3, vec![]),
+        c.view_change(2, 3, vec![c.prepared(1, 3, a.digest())]),
+        c.view_change(3, 3, vec![]),
     ];
     let plan = plan_new_view(&vcs);
     assert_eq!(plan.min_s, 0);
@@ -122,20 +47,20 @@ fn plan_takes_the_highest_view_certificate_and_fills_gaps_with_null() {
 
 #[test]
 fn a_new_view_with_a_wrong_o_is_rejected_and_the_right_one_accepted() {
-    let keys = keys();
-    let committee = committee(&keys);
+    let c = TestCluster::new(1);
+    let committee = c.committee.clone();
     let mut replica = Replica::new(
         2,
         committee.clone(),
         ProtocolConfig::default(),
-        keys[2].clone(),
+        c.keys[2].clone(),
         Box::new(KvStore::new()),
     )
     .unwrap();
     replica.start(Duration::ZERO);
     let vcs: Vec<ViewChange> = [0u32, 2, 3]
         .iter()
-        .map(|r| view_change(&keys[*r as usize], *r, 1, vec![]))
+        .map(|r| c.view_change(*r, 1, vec![]))
         .collect();
     let bogus = Batch { envelopes: vec![] };
     let deliver = |replica: &mut Replica, nv: NewView| {
@@ -152,33 +77,33 @@ fn a_new_view_with_a_wrong_o_is_rejected_and_the_right_one_accepted() {
     // O claims a request at seq 1 that no certificate in V supports.
     deliver(
         &mut replica,
-        new_view(&keys, 1, vcs.clone(), &[(1, bogus.digest())]),
+        c.new_view(1, vcs.clone(), &[(1, bogus.digest())]),
     );
     assert_eq!(
         replica.view(),
         0,
         "accepted a NEW-VIEW whose O does not follow from V"
     );
-    deliver(&mut replica, new_view(&keys, 1, vcs, &[]));
+    deliver(&mut replica, c.new_view(1, vcs, &[]));
     let status = replica.status();
     assert_eq!((status.view, status.view_active), (1, true));
 }
 
 #[test]
 fn f_plus_one_view_changes_make_a_replica_join() {
-    let keys = keys();
-    let committee = committee(&keys);
+    let c = TestCluster::new(1);
+    let committee = c.committee.clone();
     let mut replica = Replica::new(
         3,
         committee.clone(),
         ProtocolConfig::default(),
-        keys[3].clone(),
+        c.keys[3].clone(),
         Box::new(KvStore::new()),
     )
     .unwrap();
     replica.start(Duration::ZERO);
     for (i, sender) in [0u32, 2].iter().enumerate() {
-        let vc = view_change(&keys[*sender as usize], *sender, 2, vec![]);
+        let vc = c.view_change(*sender, 2, vec![]);
         let verified = messages::verify(
             Message::ViewChange(vc),
             Sender::Replica(*sender),
@@ -211,33 +136,6 @@ fn f_plus_one_view_changes_make_a_replica_join() {
 
 // ----- committed slots, view-change timers and kept bodies -----
 
-fn replica(keys: &[KeyPair], id: u32) -> Replica {
-    let mut replica = Replica::new(
-        id,
-        committee(keys),
-        ProtocolConfig::default(),
-        keys[id as usize].clone(),
-        Box::new(KvStore::new()),
-    )
-    .unwrap();
-    replica.start(Duration::ZERO);
-    replica.poll_ready();
-    replica
-}
-
-/// Verifies `message` as coming from `sender` and hands it to `replica`.
-fn deliver(replica: &mut Replica, keys: &[KeyPair], message: Message, sender: Sender) {
-    let verified = messages::verify(
-        message,
-        sender,
-        &committee(keys),
-        &Limits::default(),
-        &mut StrictCheck,
-    )
-    .expect("the test's messages are valid");
-    replica.handle_message(Duration::from_millis(100), verified);
-}
-
 /// A batch of one put from a client of its own.
 fn batch_of(client: u8, key: &[u8]) -> Batch {
     let op = pbft_core::app::KvOp::Put {
@@ -253,26 +151,6 @@ fn batch_of(client: u8, key: &[u8]) -> Batch {
     );
     Batch {
         envelopes: vec![envelope],
-    }
-}
-
-/// A peer's commit certificate for `batch` at `seq` in `view`, signed by replicas 1 to 3.
-fn committed(keys: &[KeyPair], view: u64, seq: u64, batch: &Batch) -> Message {
-    let commits = (1..4u32)
-        .map(|r| {
-            Vote::new(
-                &keys[r as usize],
-                Phase::Commit,
-                view,
-                seq,
-                batch.digest(),
-                r,
-            )
-        })
-        .collect();
-    Message::Committed {
-        batch: batch.clone(),
-        commits,
     }
 }
 
@@ -292,22 +170,22 @@ fn pre_prepares(ready: &pbft_core::protocol::Ready) -> Vec<u64> {
 /// its view is over, propose at all; and it executes exactly the certified batches.
 #[test]
 fn a_stale_primary_never_proposes_into_a_slot_committed_in_a_later_view() {
-    let keys = keys();
-    let mut primary = replica(&keys, 0);
+    let c = TestCluster::new(1);
+    let mut primary = c.replica(0);
     let (first, second) = (batch_of(1, b"a"), batch_of(2, b"b"));
-    deliver(
+    c.deliver(
         &mut primary,
-        &keys,
-        committed(&keys, 5, 2, &second),
-        Sender::Replica(1),
+        Duration::from_millis(100),
+        1,
+        c.committed(5, 2, &second),
     );
     for client in 3..6 {
         let request = batch_of(client, b"c").envelopes.remove(0);
-        deliver(
+        c.deliver(
             &mut primary,
-            &keys,
+            Duration::from_millis(100),
+            2,
             Message::Request(request),
-            Sender::Replica(2),
         );
     }
     let ready = primary.poll_ready();
@@ -318,11 +196,11 @@ fn a_stale_primary_never_proposes_into_a_slot_committed_in_a_later_view() {
     );
     assert_eq!(primary.last_executed(), 0);
 
-    deliver(
+    c.deliver(
         &mut primary,
-        &keys,
-        committed(&keys, 5, 1, &first),
-        Sender::Replica(1),
+        Duration::from_millis(100),
+        1,
+        c.committed(5, 1, &first),
     );
     let executed: Vec<_> = primary
         .poll_ready()
@@ -341,26 +219,31 @@ fn a_stale_primary_never_proposes_into_a_slot_committed_in_a_later_view() {
 /// from more than f faulty replicas: the replica halts and sends nothing more.
 #[test]
 fn a_new_view_contradicting_a_committed_slot_halts_the_replica() {
-    let keys = keys();
-    let mut backup = replica(&keys, 2);
+    let c = TestCluster::new(1);
+    let mut backup = c.replica(2);
     let (a, b) = (batch_of(1, b"a"), batch_of(2, b"b"));
-    deliver(
+    c.deliver(
         &mut backup,
-        &keys,
-        committed(&keys, 0, 1, &a),
-        Sender::Replica(1),
+        Duration::from_millis(100),
+        1,
+        c.committed(0, 1, &a),
     );
     assert_eq!(backup.last_executed(), 1);
     backup.poll_ready();
 
     // Replicas 0, 1 and 3 forge a view-0 prepared certificate for `b` at the same slot.
     let vcs = vec![
-        view_change(&keys[0], 0, 1, vec![prepared(&keys, 0, 1, &b)]),
-        view_change(&keys[1], 1, 1, vec![]),
-        view_change(&keys[3], 3, 1, vec![]),
+        c.view_change(0, 1, vec![c.prepared(0, 1, b.digest())]),
+        c.view_change(1, 1, vec![]),
+        c.view_change(3, 1, vec![]),
     ];
-    let nv = new_view(&keys, 1, vcs, &[(1, b.digest())]);
-    deliver(&mut backup, &keys, Message::NewView(nv), Sender::Replica(1));
+    let nv = c.new_view(1, vcs, &[(1, b.digest())]);
+    c.deliver(
+        &mut backup,
+        Duration::from_millis(100),
+        1,
+        Message::NewView(nv),
+    );
     let ready = backup.poll_ready();
     assert!(
         matches!(
@@ -380,19 +263,19 @@ fn a_new_view_contradicting_a_committed_slot_halts_the_replica() {
 /// replicas have left view 0, so its new-view timer must run, or nobody ever moves again.
 #[test]
 fn view_changes_for_later_views_arm_the_new_view_timer() {
-    let keys = keys();
-    let mut replica = replica(&keys, 3);
-    deliver(
+    let c = TestCluster::new(1);
+    let mut replica = c.replica(3);
+    c.deliver(
         &mut replica,
-        &keys,
-        Message::ViewChange(view_change(&keys[0], 0, 1, vec![])),
-        Sender::Replica(0),
+        Duration::from_millis(100),
+        0,
+        Message::ViewChange(c.view_change(0, 1, vec![])),
     );
-    deliver(
+    c.deliver(
         &mut replica,
-        &keys,
-        Message::ViewChange(view_change(&keys[2], 2, 2, vec![])),
-        Sender::Replica(2),
+        Duration::from_millis(100),
+        2,
+        Message::ViewChange(c.view_change(2, 2, vec![])),
     );
     let status = replica.status();
     assert_eq!((status.view, status.view_active), (1, false));
@@ -419,18 +302,18 @@ fn view_changes_for_later_views_arm_the_new_view_timer() {
 /// backup prepares it at once, and can serve it to others.
 #[test]
 fn a_body_voted_for_in_an_earlier_view_survives_later_views() {
-    let keys = keys();
-    let mut backup = replica(&keys, 3);
+    let c = TestCluster::new(1);
+    let mut backup = c.replica(3);
     let (a, x) = (batch_of(1, b"a"), batch_of(2, b"x"));
-    let header = Vote::new(&keys[0], Phase::PrePrepare, 0, 1, a.digest(), 0);
-    deliver(
+    let header = Vote::new(&c.keys[0], Phase::PrePrepare, 0, 1, a.digest(), 0);
+    c.deliver(
         &mut backup,
-        &keys,
+        Duration::from_millis(100),
+        0,
         Message::PrePrepare {
             header,
             batch: a.clone(),
         },
-        Sender::Replica(0),
     );
     assert!(backup
         .poll_ready()
@@ -440,29 +323,38 @@ fn a_body_voted_for_in_an_earlier_view_survives_later_views() {
 
     // View 1: no certificate for slot 1, one for slot 2, so slot 1 gets the null request.
     let vcs = vec![
-        view_change(&keys[0], 0, 1, vec![prepared(&keys, 0, 2, &x)]),
-        view_change(&keys[1], 1, 1, vec![]),
-        view_change(&keys[2], 2, 1, vec![]),
+        c.view_change(0, 1, vec![c.prepared(0, 2, x.digest())]),
+        c.view_change(1, 1, vec![]),
+        c.view_change(2, 1, vec![]),
     ];
     let null = Batch::null().digest();
-    let nv = new_view(&keys, 1, vcs, &[(1, null), (2, x.digest())]);
-    deliver(&mut backup, &keys, Message::NewView(nv), Sender::Replica(1));
+    let nv = c.new_view(1, vcs, &[(1, null), (2, x.digest())]);
+    c.deliver(
+        &mut backup,
+        Duration::from_millis(100),
+        1,
+        Message::NewView(nv),
+    );
     assert_eq!(backup.view(), 1);
     backup.poll_ready();
 
     // View 2: replica 0 shows the view-0 certificate for `a` at slot 1.
     let vcs = vec![
-        view_change(
-            &keys[0],
+        c.view_change(
             0,
             2,
-            vec![prepared(&keys, 0, 1, &a), prepared(&keys, 0, 2, &x)],
+            vec![c.prepared(0, 1, a.digest()), c.prepared(0, 2, x.digest())],
         ),
-        view_change(&keys[1], 1, 2, vec![]),
-        view_change(&keys[2], 2, 2, vec![]),
+        c.view_change(1, 2, vec![]),
+        c.view_change(2, 2, vec![]),
     ];
-    let nv = new_view(&keys, 2, vcs, &[(1, a.digest()), (2, x.digest())]);
-    deliver(&mut backup, &keys, Message::NewView(nv), Sender::Replica(2));
+    let nv = c.new_view(2, vcs, &[(1, a.digest()), (2, x.digest())]);
+    c.deliver(
+        &mut backup,
+        Duration::from_millis(100),
+        2,
+        Message::NewView(nv),
+    );
     assert_eq!(backup.view(), 2);
     let ready = backup.poll_ready();
     assert!(
@@ -473,15 +365,15 @@ fn a_body_voted_for_in_an_earlier_view_survives_later_views() {
         "did not prepare the body it voted for in view 0"
     );
 
-    deliver(
+    c.deliver(
         &mut backup,
-        &keys,
+        Duration::from_millis(100),
+        1,
         Message::FetchBatch {
             seq: 1,
             digest: a.digest(),
             replica: 1,
         },
-        Sender::Replica(1),
     );
     assert!(backup.poll_ready().messages.iter().any(|m| matches!(
         &*m.message,

@@ -10,9 +10,7 @@ use pbft_core::protocol::{Durable, ProtocolConfig, Ready, Replica};
 use pbft_core::Committee;
 use pbft_crypto::KeyPair;
 
-mod common;
-
-use common::{committee, keys};
+use pbft_core::fixtures::TestCluster;
 
 fn batch_putting(client: &KeyPair, value: &[u8]) -> Batch {
     let op = KvOp::Put {
@@ -35,10 +33,10 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        let keys = keys();
+        let cluster = TestCluster::new(1);
         Harness {
-            committee: committee(&keys),
-            keys,
+            committee: cluster.committee,
+            keys: cluster.keys,
             disk: Vec::new(),
         }
     }

@@ -2,31 +2,43 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pbft_crypto::{Digest, Domain, KeyPair};
+use pbft_crypto::{Digest, Domain};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
+use crate::fixtures::{client_key, TestCluster};
 use crate::messages::{
-    self, Batch, Checkpoint, ClientRequest, Limits, NewView, Phase, PreparedCert, Rejection,
-    RequestEnvelope, RequestResult, Sender, Seq, StrictCheck, Verified, View, ViewChange, Vote,
+    Batch, ClientRequest, Limits, NewView, Phase, Rejection, RequestEnvelope, RequestResult,
+    Sender, Seq, Verified, View, ViewChange,
 };
 use crate::protocol::{Timer, TimerCommand};
 
-struct Cluster {
-    keys: Vec<KeyPair>,
-    committee: Committee,
+type Cluster = TestCluster;
+
+/// What these tests add to the shared fixtures.
+trait Local {
+    /// Passes `ready` through `behavior` as replica `id` would.
+    fn run(
+        &self,
+        behavior: &mut dyn Behavior,
+        id: ReplicaId,
+        ready: Ready,
+        rng: &mut ChaCha8Rng,
+    ) -> FaultyOutput;
+    /// What a correct replica's boundary says about `message` arriving from `from`.
+    fn verify_from(
+        &self,
+        from: ReplicaId,
+        message: &Message,
+    ) -> Result<Verified<Message>, Rejection>;
+    /// A view change into `new_view` from the initial state, carrying one prepared certificate.
+    fn sample_view_change(&self, new_view: View, replica: ReplicaId) -> ViewChange;
+    fn sample_new_view(&self, view: View) -> NewView;
+    fn checkpoint_message(&self, seq: Seq) -> Message;
 }
 
-impl Cluster {
-    fn new(f: usize) -> Cluster {
-        let keys: Vec<KeyPair> = (0..3 * f + 1)
-            .map(|i| KeyPair::from_seed(&[i as u8 + 1; 32]).unwrap())
-            .collect();
-        let committee = Committee::new(keys.iter().map(KeyPair::public).collect(), f).unwrap();
-        Cluster { keys, committee }
-    }
-
+impl Local for TestCluster {
     fn run(
         &self,
         behavior: &mut dyn Behavior,
@@ -36,7 +48,7 @@ impl Cluster {
     ) -> FaultyOutput {
         let mut ctx = Context {
             id,
-            key: &self.keys[id as usize],
+            key: self.key(id),
             committee: &self.committee,
             now: Duration::from_secs(1),
             rng,
@@ -44,112 +56,29 @@ impl Cluster {
         behavior.transform(ready, &mut ctx)
     }
 
-    /// What a correct replica's boundary says about `message` arriving from `from`.
-    fn verify(&self, from: ReplicaId, message: &Message) -> Result<Verified<Message>, Rejection> {
-        messages::verify(
-            message.clone(),
-            Sender::Replica(from),
-            &self.committee,
-            &Limits::default(),
-            &mut StrictCheck,
-        )
+    fn verify_from(
+        &self,
+        from: ReplicaId,
+        message: &Message,
+    ) -> Result<Verified<Message>, Rejection> {
+        self.verify(Sender::Replica(from), message.clone())
     }
 
-    fn primary(&self, view: View) -> ReplicaId {
-        self.committee.primary(view)
+    fn sample_view_change(&self, new_view: View, replica: ReplicaId) -> ViewChange {
+        let cert = self.prepared(new_view - 1, 1, batch(1).digest());
+        self.view_change(replica, new_view, vec![cert])
     }
 
-    fn vote(&self, phase: Phase, view: View, seq: Seq, digest: Digest, replica: ReplicaId) -> Vote {
-        Vote::new(
-            &self.keys[replica as usize],
-            phase,
-            view,
-            seq,
-            digest,
-            replica,
-        )
-    }
-
-    fn header(&self, view: View, seq: Seq, digest: Digest) -> Vote {
-        self.vote(Phase::PrePrepare, view, seq, digest, self.primary(view))
-    }
-
-    fn pre_prepare(&self, view: View, seq: Seq, batch: Batch) -> Message {
-        Message::PrePrepare {
-            header: self.header(view, seq, batch.digest()),
-            batch,
-        }
-    }
-
-    fn prepare(&self, view: View, seq: Seq, digest: Digest, replica: ReplicaId) -> Message {
-        Message::Prepare {
-            vote: self.vote(Phase::Prepare, view, seq, digest, replica),
-            pre_prepare: self.header(view, seq, digest),
-        }
-    }
-
-    fn commit(&self, view: View, seq: Seq, digest: Digest, replica: ReplicaId) -> Message {
-        Message::Commit(self.vote(Phase::Commit, view, seq, digest, replica))
-    }
-
-    fn checkpoint(&self, seq: Seq, replica: ReplicaId) -> Checkpoint {
-        let state = Digest::of(Domain::Content, &seq.to_le_bytes());
-        Checkpoint::new(&self.keys[replica as usize], seq, state, replica)
-    }
-
-    /// A view change into `new_view` from the initial state, carrying one prepared certificate.
-    fn view_change(&self, new_view: View, replica: ReplicaId) -> ViewChange {
-        let old = new_view - 1;
-        let digest = batch(1).digest();
-        let backups = self.committee.ids().filter(|&i| i != self.primary(old));
-        let cert = PreparedCert {
-            pre_prepare: self.header(old, 1, digest),
-            prepares: backups
-                .take(2 * self.committee.f())
-                .map(|b| self.vote(Phase::Prepare, old, 1, digest, b))
-                .collect(),
-        };
-        let mut view_change = ViewChange {
-            new_view,
-            stable_seq: 0,
-            checkpoint_proof: Vec::new(),
-            prepared: vec![cert],
-            replica,
-            signature: pbft_crypto::Signature::EMPTY,
-        };
-        view_change.sign(&self.keys[replica as usize]);
-        view_change
-    }
-
-    fn new_view(&self, view: View) -> NewView {
-        let primary = self.primary(view);
-        let mut new_view = NewView {
-            view,
-            view_changes: (0..self.committee.quorum() as ReplicaId)
-                .map(|i| self.view_change(view, i))
-                .collect(),
-            pre_prepares: vec![self.header(view, 1, batch(1).digest())],
-            replica: primary,
-            signature: pbft_crypto::Signature::EMPTY,
-        };
-        new_view.sign(&self.keys[primary as usize]);
-        new_view
+    fn sample_new_view(&self, view: View) -> NewView {
+        let view_changes = (0..self.committee.quorum() as ReplicaId)
+            .map(|i| self.sample_view_change(view, i))
+            .collect();
+        self.new_view(view, view_changes, &[(1, batch(1).digest())])
     }
 
     fn checkpoint_message(&self, seq: Seq) -> Message {
         Message::Checkpoint(self.checkpoint(seq, 0))
     }
-
-    /// A stable checkpoint proof for `seq`.
-    fn proof(&self, seq: Seq) -> Vec<Checkpoint> {
-        (0..self.committee.quorum() as ReplicaId)
-            .map(|i| self.checkpoint(seq, i))
-            .collect()
-    }
-}
-
-fn client(i: usize) -> KeyPair {
-    KeyPair::from_seed(&[100 + i as u8; 32]).unwrap()
 }
 
 /// A batch of `n` one-request envelopes from different clients.
@@ -161,7 +90,7 @@ fn batch(n: usize) -> Batch {
                     timestamp: 1,
                     op: vec![i as u8; 8],
                 };
-                RequestEnvelope::new(&client(i), vec![request])
+                RequestEnvelope::new(&client_key(i), vec![request])
             })
             .collect(),
     }
@@ -233,7 +162,7 @@ fn pre_prepares_by_digest(
             .expect("both pre-prepares are validly signed by the primary");
             assert_eq!(batch.digest(), header.digest, "batch matches its header");
             cluster
-                .verify(primary, message)
+                .verify_from(primary, message)
                 .expect("a correct replica accepts either");
             assert!(
                 groups.values().all(|g| !g.contains(&to)),
@@ -291,7 +220,7 @@ fn silent_sends_and_replies_nothing_but_keeps_persisting() {
     input.replies.push(Reply {
         view: 0,
         replica: 0,
-        client: client(0).public(),
+        client: client_key(0).public(),
         results: vec![RequestResult {
             timestamp: 1,
             result: b"ok".to_vec(),
@@ -474,7 +403,7 @@ fn equivocating_backup_sends_conflicting_votes_to_two_halves() {
                 if vote.phase != phase {
                     continue;
                 }
-                let verdict = cluster.verify(id, message);
+                let verdict = cluster.verify_from(id, message);
                 if vote.digest == digest {
                     verdict.expect("the real vote is valid");
                 } else if phase == Phase::Prepare {
@@ -506,7 +435,7 @@ fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
     let id = 1;
     let digest = batch(2).digest();
     let envelope = RequestEnvelope::new(
-        &client(9),
+        &client_key(9),
         vec![ClientRequest {
             timestamp: 5,
             op: b"op".to_vec(),
@@ -518,8 +447,8 @@ fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
         broadcast(cluster.prepare(0, 2, digest, id)),
         broadcast(cluster.commit(0, 2, digest, id)),
         broadcast(Message::Checkpoint(cluster.checkpoint(128, id))),
-        broadcast(Message::ViewChange(cluster.view_change(1, id))),
-        broadcast(Message::NewView(cluster.new_view(1))),
+        broadcast(Message::ViewChange(cluster.sample_view_change(1, id))),
+        broadcast(Message::NewView(cluster.sample_new_view(1))),
         broadcast(Message::FetchBatch {
             seq: 2,
             digest,
@@ -582,7 +511,7 @@ fn forged_signatures_are_rejected_at_the_boundary() {
     let messages = every_kind(&cluster);
     for (_, message) in &messages {
         cluster
-            .verify(id, message)
+            .verify_from(id, message)
             .unwrap_or_else(|e| panic!("{} invalid: {e}", message.kind()));
     }
     for seed in 0..16 {
@@ -598,7 +527,7 @@ fn forged_signatures_are_rejected_at_the_boundary() {
             let sent = message_of(&send.payload);
             if is_signed(original) {
                 assert_eq!(
-                    cluster.verify(id, sent).unwrap_err(),
+                    cluster.verify_from(id, sent).unwrap_err(),
                     Rejection::BadSignature,
                     "{}",
                     sent.kind()
@@ -641,7 +570,7 @@ fn replay_resends_recent_old_messages_to_peers() {
                     "a replay is recent"
                 );
                 cluster
-                    .verify(id, message_of(&send.payload))
+                    .verify_from(id, message_of(&send.payload))
                     .expect("a replay is a valid old message");
                 replayed.push((step, to, vote.seq));
             }
@@ -674,12 +603,12 @@ fn stale_view_adds_votes_for_the_previous_view() {
     );
     assert_eq!(out.sends.len(), 2);
     cluster
-        .verify(primary, message_of(&out.sends[0].payload))
+        .verify_from(primary, message_of(&out.sends[0].payload))
         .unwrap();
     let stale = message_of(&out.sends[1].payload);
     assert!(matches!(stale, Message::PrePrepare { header, .. } if header.view == view - 1));
     assert_eq!(
-        cluster.verify(primary, stale).unwrap_err(),
+        cluster.verify_from(primary, stale).unwrap_err(),
         Rejection::NotFromPrimary
     );
 
@@ -693,13 +622,13 @@ fn stale_view_adds_votes_for_the_previous_view() {
     let stale_prepare = message_of(&out.sends[1].payload);
     assert!(matches!(stale_prepare, Message::Prepare { vote, .. } if vote.view == view - 1));
     assert_eq!(
-        cluster.verify(backup, stale_prepare).unwrap_err(),
+        cluster.verify_from(backup, stale_prepare).unwrap_err(),
         Rejection::BadSignature
     );
     let stale_commit = message_of(&out.sends[3].payload);
     assert_eq!(stale_commit, &cluster.commit(view - 1, 1, digest, backup));
     cluster
-        .verify(backup, stale_commit)
+        .verify_from(backup, stale_commit)
         .expect("a stale commit is validly signed");
 
     let out = cluster.run(
@@ -727,7 +656,7 @@ fn stale_view_resends_its_older_checkpoints() {
             .map(|s| {
                 assert_eq!(s.to, Destination::AllReplicas);
                 let message = message_of(&s.payload);
-                cluster.verify(id, message).unwrap();
+                cluster.verify_from(id, message).unwrap();
                 match message {
                     Message::Checkpoint(c) => c.seq,
                     other => panic!("unexpected {}", other.kind()),
@@ -764,7 +693,7 @@ fn corrupt_sends_only_what_a_correct_replica_rejects() {
         input.replies.push(Reply {
             view: 1,
             replica: id,
-            client: client(0).public(),
+            client: client_key(0).public(),
             results: vec![RequestResult {
                 timestamp: 1,
                 result: b"the real result".to_vec(),
@@ -784,11 +713,11 @@ fn corrupt_sends_only_what_a_correct_replica_rejects() {
                     garbage += 1;
                     assert!(bytes.len() < corrupt::MAX_GARBAGE_BYTES);
                     if let Ok(message) = Message::decode(bytes, &Limits::default()) {
-                        assert!(cluster.verify(id, &message).is_err());
+                        assert!(cluster.verify_from(id, &message).is_err());
                     }
                 }
                 Payload::Message(message) => {
-                    let rejection = cluster.verify(id, message).expect_err(message.kind());
+                    let rejection = cluster.verify_from(id, message).expect_err(message.kind());
                     *labels.entry(rejection.label()).or_default() += 1;
                 }
             }
