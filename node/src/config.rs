@@ -28,9 +28,11 @@
 //! public_key = "<64 hex digits>"    # `pbft-node pubkey --key FILE` prints it
 //! ```
 //!
-//! Every field is described on [`NodeConfigFile`], [`ProtocolSection`], [`LimitsSection`] and
-//! [`TransportSection`]; unknown fields are refused, so a misspelt optional field is an error
-//! rather than silently ignored. Each [`ConfigError`] names the file and the field at fault.
+//! Every field is described on [`NodeConfigFile`], and the tables on the types they are read
+//! into: [`ProtocolConfig`] (with [`pbft_core::messages::Limits`]), [`TransportSection`] and
+//! [`StorageConfig`]. Each is validated once, when the file is loaded. Unknown fields are
+//! refused, so a misspelt optional field is an error rather than silently ignored. Each
+//! [`ConfigError`] names the file and the field at fault.
 //! The cluster part (`f` and `[[replicas]]`) is [`ClusterConfig`], which clients validate the
 //! same way.
 
@@ -78,14 +80,14 @@ pub struct NodeConfigFile {
     /// The number of Byzantine replicas tolerated, as in [`ClusterConfig::f`].
     pub f: usize,
     /// Protocol parameters; absent fields take their defaults.
-    #[serde(default, skip_serializing_if = "ProtocolSection::is_default")]
-    pub protocol: ProtocolSection,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: ProtocolConfig,
     /// Transport parameters; absent fields take their defaults.
     #[serde(default, skip_serializing_if = "TransportSection::is_default")]
     pub transport: TransportSection,
     /// Durable state; absent fields take their defaults.
-    #[serde(default, skip_serializing_if = "StorageSection::is_default")]
-    pub storage: StorageSection,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub storage: StorageConfig,
     /// Every replica of the cluster, this one included, as in [`ClusterConfig::replicas`].
     pub replicas: Vec<ReplicaEntry>,
 }
@@ -141,7 +143,11 @@ impl NodeConfigFile {
                  listed one, so it must reach this one"
             );
         }
-        let protocol = self.protocol.to_config()?;
+        let protocol = self
+            .protocol
+            .clone()
+            .checked()
+            .map_err(|e| ConfigError::invalid(format!("protocol.{}", e.field), e.reason))?;
         let transport = self.transport.to_config(&protocol)?;
         let behavior = self
             .behavior
@@ -174,88 +180,15 @@ impl NodeConfigFile {
             protocol,
             transport,
             data_dir: resolve(config_path, &self.data_dir),
-            storage: self.storage.to_config(),
+            storage: self.storage,
             metrics: self.metrics,
             behavior,
         })
     }
 }
 
-/// Protocol parameters, the `[protocol]` table; each absent field takes its value from
-/// [`ProtocolConfig::default`]. Replicas of one cluster must agree on `checkpoint_interval`,
-/// `log_window` and `client_window`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProtocolSection {
-    /// K: a checkpoint every K sequence numbers. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub checkpoint_interval: Option<u64>,
-    /// L: how far sequence numbers may run ahead of the stable checkpoint. A multiple of
-    /// `checkpoint_interval`, at least twice it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_window: Option<u64>,
-    /// Most requests the primary puts in one batch. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_batch_requests: Option<usize>,
-    /// Most payload bytes the primary puts in one batch. Positive, at most
-    /// `limits.max_batch_bytes` (or backups would refuse the primary's batches).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_batch_bytes: Option<usize>,
-    /// Most sequence numbers the primary has assigned but not yet executed. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_outstanding: Option<u64>,
-    /// How long a backup waits for a request to execute before it starts a view change, in
-    /// milliseconds. Positive; doubles on each view change that does not complete.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub view_change_timeout_ms: Option<u64>,
-    /// The view-change timeout stops doubling here, in milliseconds. At least
-    /// `view_change_timeout_ms`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_view_change_timeout_ms: Option<u64>,
-    /// How often unanswered protocol messages are sent again, in milliseconds. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retransmit_interval_ms: Option<u64>,
-    /// Most client requests waiting to be ordered or executed. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_pending_envelopes: Option<usize>,
-    /// Most of those from one client. Positive, at most `max_pending_envelopes`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_pending_per_client: Option<usize>,
-    /// How many timestamps below its highest executed one a client's request may carry.
-    /// Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_window: Option<u64>,
-    /// Size limits on what this replica accepts, the `[protocol.limits]` table.
-    #[serde(skip_serializing_if = "LimitsSection::is_default")]
-    pub limits: LimitsSection,
-}
-
-/// Size limits every received message is checked against, the `[protocol.limits]` table; each
-/// absent field takes its value from [`pbft_core::messages::Limits::default`]. All positive.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsSection {
-    /// Largest encoded message accepted, state transfer included; at most `u32::MAX`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_message_bytes: Option<u64>,
-    /// Most requests in one client envelope.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_envelope_requests: Option<usize>,
-    /// Most bytes of one operation.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_op_bytes: Option<usize>,
-    /// Most envelopes in one batch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_batch_envelopes: Option<usize>,
-    /// Most payload bytes in one batch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_batch_bytes: Option<usize>,
-}
-
-impl LimitsSection {
-    fn is_default(&self) -> bool {
-        *self == LimitsSection::default()
-    }
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Fails with `field` named unless `value` is positive.
@@ -264,202 +197,6 @@ fn positive(field: &str, value: u64) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(field, "must be positive, not 0"));
     }
     Ok(())
-}
-
-impl ProtocolSection {
-    fn is_default(&self) -> bool {
-        *self == ProtocolSection::default()
-    }
-
-    /// The [`ProtocolConfig`] these values give, checked field by field.
-    pub fn to_config(&self) -> Result<ProtocolConfig, ConfigError> {
-        let mut config = ProtocolConfig::default();
-        let ms = Duration::from_millis;
-        if let Some(v) = self.checkpoint_interval {
-            config.checkpoint_interval = v;
-        }
-        if let Some(v) = self.log_window {
-            config.log_window = v;
-        }
-        if let Some(v) = self.max_batch_requests {
-            config.max_batch_requests = v;
-        }
-        if let Some(v) = self.max_batch_bytes {
-            config.max_batch_bytes = v;
-        }
-        if let Some(v) = self.max_outstanding {
-            config.max_outstanding = v;
-        }
-        if let Some(v) = self.view_change_timeout_ms {
-            config.view_change_timeout = ms(v);
-        }
-        if let Some(v) = self.max_view_change_timeout_ms {
-            config.max_view_change_timeout = ms(v);
-        }
-        if let Some(v) = self.retransmit_interval_ms {
-            config.retransmit_interval = ms(v);
-        }
-        if let Some(v) = self.max_pending_envelopes {
-            config.max_pending_envelopes = v;
-        }
-        if let Some(v) = self.max_pending_per_client {
-            config.max_pending_per_client = v;
-        }
-        if let Some(v) = self.client_window {
-            config.client_window = v;
-        }
-        let limits = &self.limits;
-        if let Some(v) = limits.max_message_bytes {
-            config.limits.max_message_bytes = v;
-        }
-        if let Some(v) = limits.max_envelope_requests {
-            config.limits.max_envelope_requests = v;
-        }
-        if let Some(v) = limits.max_op_bytes {
-            config.limits.max_op_bytes = v;
-        }
-        if let Some(v) = limits.max_batch_envelopes {
-            config.limits.max_batch_envelopes = v;
-        }
-        if let Some(v) = limits.max_batch_bytes {
-            config.limits.max_batch_bytes = v;
-        }
-        // Not a separate setting: the window checked at the boundary is the protocol's.
-        config.limits.log_window = config.log_window;
-
-        let k = config.checkpoint_interval;
-        positive("protocol.checkpoint_interval", k)?;
-        let l = config.log_window;
-        if l < 2 * k || l % k != 0 {
-            return Err(ConfigError::invalid(
-                "protocol.log_window",
-                format!(
-                    "{l} must be a multiple of protocol.checkpoint_interval ({k}) and at least \
-                     twice it"
-                ),
-            ));
-        }
-        let counts: [(&str, u64); 11] = [
-            (
-                "protocol.max_batch_requests",
-                config.max_batch_requests as u64,
-            ),
-            ("protocol.max_batch_bytes", config.max_batch_bytes as u64),
-            ("protocol.max_outstanding", config.max_outstanding),
-            (
-                "protocol.max_pending_envelopes",
-                config.max_pending_envelopes as u64,
-            ),
-            (
-                "protocol.max_pending_per_client",
-                config.max_pending_per_client as u64,
-            ),
-            ("protocol.client_window", config.client_window),
-            (
-                "protocol.limits.max_message_bytes",
-                config.limits.max_message_bytes,
-            ),
-            (
-                "protocol.limits.max_envelope_requests",
-                config.limits.max_envelope_requests as u64,
-            ),
-            (
-                "protocol.limits.max_op_bytes",
-                config.limits.max_op_bytes as u64,
-            ),
-            (
-                "protocol.limits.max_batch_envelopes",
-                config.limits.max_batch_envelopes as u64,
-            ),
-            (
-                "protocol.limits.max_batch_bytes",
-                config.limits.max_batch_bytes as u64,
-            ),
-        ];
-        for (field, value) in counts {
-            positive(field, value)?;
-        }
-        positive(
-            "protocol.view_change_timeout_ms",
-            config.view_change_timeout.as_millis() as u64,
-        )?;
-        positive(
-            "protocol.retransmit_interval_ms",
-            config.retransmit_interval.as_millis() as u64,
-        )?;
-        if config.max_view_change_timeout < config.view_change_timeout {
-            return Err(ConfigError::invalid(
-                "protocol.max_view_change_timeout_ms",
-                format!(
-                    "{} is below protocol.view_change_timeout_ms ({})",
-                    config.max_view_change_timeout.as_millis(),
-                    config.view_change_timeout.as_millis()
-                ),
-            ));
-        }
-        if config.max_pending_per_client > config.max_pending_envelopes {
-            return Err(ConfigError::invalid(
-                "protocol.max_pending_per_client",
-                format!(
-                    "{} exceeds protocol.max_pending_envelopes ({})",
-                    config.max_pending_per_client, config.max_pending_envelopes
-                ),
-            ));
-        }
-        if config.max_batch_bytes > config.limits.max_batch_bytes {
-            return Err(ConfigError::invalid(
-                "protocol.max_batch_bytes",
-                format!(
-                    "{} exceeds protocol.limits.max_batch_bytes ({}): backups would refuse this \
-                     replica's batches when it is primary",
-                    config.max_batch_bytes, config.limits.max_batch_bytes
-                ),
-            ));
-        }
-        if config.limits.max_message_bytes > u64::from(u32::MAX) {
-            return Err(ConfigError::invalid(
-                "protocol.limits.max_message_bytes",
-                format!(
-                    "{} exceeds {}, the largest frame the transport carries",
-                    config.limits.max_message_bytes,
-                    u32::MAX
-                ),
-            ));
-        }
-        config
-            .validate()
-            .map_err(|e| ConfigError::invalid(format!("protocol.{}", e.field), e.reason))?;
-        Ok(config)
-    }
-}
-
-/// Durable state, the `[storage]` table; each absent field takes its value from
-/// [`StorageConfig::default`] (durable, with fsync).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StorageSection {
-    /// Keep durable state in `data_dir`. `false` is for measurements on clusters that never
-    /// restart: a replica restarted without its state may contradict what it signed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub durable: Option<bool>,
-    /// Wait for writes to reach the disk before sending. `false` survives process crashes but
-    /// not power loss.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fsync: Option<bool>,
-}
-
-impl StorageSection {
-    fn is_default(&self) -> bool {
-        *self == StorageSection::default()
-    }
-
-    pub fn to_config(&self) -> StorageConfig {
-        let defaults = StorageConfig::default();
-        StorageConfig {
-            durable: self.durable.unwrap_or(defaults.durable),
-            fsync: self.fsync.unwrap_or(defaults.fsync),
-        }
-    }
 }
 
 /// Transport parameters, the `[transport]` table; each absent field takes its value from

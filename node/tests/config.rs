@@ -10,7 +10,7 @@ use pbft_core::byzantine::BehaviorKind;
 use pbft_core::protocol::ProtocolConfig;
 use pbft_crypto::KeyPair;
 use pbft_net::cluster::{ClusterConfig, ConfigError, ReplicaEntry};
-use pbft_node::config::{load_node_config, NodeConfigFile, ProtocolSection, TransportSection};
+use pbft_node::config::{load_node_config, NodeConfigFile, TransportSection};
 
 /// The encoding of the identity point, which has small order.
 const WEAK_KEY: &str = "0100000000000000000000000000000000000000000000000000000000000000";
@@ -50,7 +50,7 @@ impl Fixture {
             metrics: None,
             behavior: None,
             f: 1,
-            protocol: ProtocolSection::default(),
+            protocol: ProtocolConfig::default(),
             transport: TransportSection::default(),
             storage: Default::default(),
             replicas: (0..4u8)
@@ -176,8 +176,8 @@ fn the_file_format_round_trips() {
     let mut config = fixture.config();
     config.metrics = Some("127.0.0.1:9000".parse().unwrap());
     config.behavior = Some("equivocate-split".into());
-    config.protocol.log_window = Some(512);
-    config.protocol.limits.max_op_bytes = Some(10);
+    config.protocol.log_window = 512;
+    config.protocol.limits.max_op_bytes = 10;
     config.transport.max_connections = Some(5);
     let text = toml::to_string(&config).unwrap();
     let parsed: NodeConfigFile = toml::from_str(&text).unwrap();

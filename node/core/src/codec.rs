@@ -60,3 +60,19 @@ pub mod shared_bytes {
         serde_bytes::ByteBuf::deserialize(deserializer).map(|bytes| Arc::new(bytes.into_vec()))
     }
 }
+
+/// Durations written as whole milliseconds (`view_change_timeout_ms = 2000`), for
+/// `#[serde(with = "pbft_core::codec::millis")]`.
+pub mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}

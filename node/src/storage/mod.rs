@@ -25,8 +25,10 @@ mod wal;
 
 pub use replica_store::{OpenedStore, ReplicaStore};
 
-/// How a replica keeps its durable state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a replica keeps its durable state: the `[storage]` table of a node's configuration, every
+/// field optional (durable, with fsync).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Keep durable state at all. Without it a restarted replica forgets what it signed and
     /// may contradict itself: only for measurements on clusters that never restart.

@@ -8,9 +8,11 @@ use std::str::FromStr;
 use pbft_client::ClientConfigFile;
 use pbft_core::byzantine::BehaviorKind;
 use pbft_core::messages::ReplicaId;
+use pbft_core::protocol::ProtocolConfig;
 use pbft_crypto::KeyPair;
 use pbft_net::cluster::ReplicaEntry;
-use pbft_node::config::{NodeConfigFile, ProtocolSection, StorageSection};
+use pbft_node::config::NodeConfigFile;
+use pbft_node::storage::StorageConfig;
 
 use super::layout::{Layout, NodeRecord};
 use super::LaunchError;
@@ -290,27 +292,31 @@ pub enum Durability {
 }
 
 impl NodeOverrides {
-    fn storage_section(&self) -> StorageSection {
+    fn storage_section(&self) -> StorageConfig {
         match self.storage {
-            Durability::Fsync => StorageSection::default(),
-            Durability::NoFsync => StorageSection {
-                fsync: Some(false),
-                ..StorageSection::default()
+            Durability::Fsync => StorageConfig::default(),
+            Durability::NoFsync => StorageConfig {
+                fsync: false,
+                ..StorageConfig::default()
             },
-            Durability::Off => StorageSection {
-                durable: Some(false),
-                ..StorageSection::default()
+            Durability::Off => StorageConfig {
+                durable: false,
+                ..StorageConfig::default()
             },
         }
     }
 
-    fn protocol_section(&self) -> ProtocolSection {
-        ProtocolSection {
-            view_change_timeout_ms: self.view_change_timeout_ms,
-            checkpoint_interval: self.checkpoint_interval,
-            log_window: self.checkpoint_interval.map(|k| 2 * k),
-            ..ProtocolSection::default()
+    fn protocol_section(&self) -> ProtocolConfig {
+        let mut protocol = ProtocolConfig::default();
+        if let Some(ms) = self.view_change_timeout_ms {
+            protocol.view_change_timeout = std::time::Duration::from_millis(ms);
         }
+        if let Some(k) = self.checkpoint_interval {
+            protocol.checkpoint_interval = k;
+            protocol.log_window = 2 * k;
+            protocol.limits.log_window = 2 * k;
+        }
+        protocol
     }
 }
 

@@ -136,8 +136,10 @@ impl Message {
     }
 }
 
-/// Size limits that every message is checked against before anything else.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Size limits that every message is checked against before anything else: the
+/// `[protocol.limits]` table of a node's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest encoded message accepted (state transfer included).
     pub max_message_bytes: u64,
@@ -149,7 +151,9 @@ pub struct Limits {
     pub max_batch_envelopes: usize,
     /// Most payload bytes in one batch.
     pub max_batch_bytes: usize,
-    /// L: how far above the low watermark sequence numbers may go.
+    /// L: how far above the low watermark sequence numbers may go. Always the protocol's
+    /// `log_window`, which [`crate::protocol::ProtocolConfig::checked`] copies here.
+    #[serde(skip)]
     pub log_window: u64,
 }
 

@@ -37,9 +37,11 @@ use crate::messages::{
     View, ViewChange, Vote,
 };
 
-/// Tunable parameters. Replicas of one cluster must agree on `checkpoint_interval`,
-/// `log_window` and `client_window`; the rest is local.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Tunable parameters: the `[protocol]` table of a node's configuration, every field optional
+/// (absent ones take [`ProtocolConfig::default`]'s value). Replicas of one cluster must agree on
+/// `checkpoint_interval`, `log_window` and `client_window`; the rest is local.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProtocolConfig {
     /// K: a checkpoint is taken every K sequence numbers.
     pub checkpoint_interval: u64,
@@ -53,10 +55,13 @@ pub struct ProtocolConfig {
     pub max_outstanding: u64,
     /// How long a backup waits for a request to execute before it suspects the primary; doubles
     /// on each view change that does not complete.
+    #[serde(rename = "view_change_timeout_ms", with = "crate::codec::millis")]
     pub view_change_timeout: Duration,
     /// The view-change timeout stops doubling here.
+    #[serde(rename = "max_view_change_timeout_ms", with = "crate::codec::millis")]
     pub max_view_change_timeout: Duration,
     /// How often unanswered protocol messages are sent again.
+    #[serde(rename = "retransmit_interval_ms", with = "crate::codec::millis")]
     pub retransmit_interval: Duration,
     /// Most request envelopes waiting to be ordered or executed, in total and per client.
     pub max_pending_envelopes: usize,
@@ -96,35 +101,108 @@ pub struct ProtocolConfigError {
 }
 
 impl ProtocolConfig {
-    /// Checks the relations between parameters.
+    /// The configuration as read from a file, made whole and checked: the boundary limits take
+    /// the log window, then [`ProtocolConfig::validate`].
+    pub fn checked(mut self) -> Result<ProtocolConfig, ProtocolConfigError> {
+        self.limits.log_window = self.log_window;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks every parameter and the relations between them.
     pub fn validate(&self) -> Result<(), ProtocolConfigError> {
-        let error = |field, reason: &str| {
-            Err(ProtocolConfigError {
-                field,
-                reason: reason.to_string(),
-            })
-        };
+        let error = |field, reason: String| Err(ProtocolConfigError { field, reason });
         let k = self.checkpoint_interval;
-        if k == 0 {
-            return error("checkpoint_interval", "must be positive");
+        let l = self.log_window;
+        let limits = &self.limits;
+        let counts: [(&'static str, u64); 13] = [
+            ("checkpoint_interval", k),
+            ("max_batch_requests", self.max_batch_requests as u64),
+            ("max_batch_bytes", self.max_batch_bytes as u64),
+            ("max_outstanding", self.max_outstanding),
+            ("max_pending_envelopes", self.max_pending_envelopes as u64),
+            ("max_pending_per_client", self.max_pending_per_client as u64),
+            ("client_window", self.client_window),
+            (
+                "view_change_timeout_ms",
+                self.view_change_timeout.as_millis() as u64,
+            ),
+            (
+                "retransmit_interval_ms",
+                self.retransmit_interval.as_millis() as u64,
+            ),
+            ("limits.max_message_bytes", limits.max_message_bytes),
+            (
+                "limits.max_envelope_requests",
+                limits.max_envelope_requests as u64,
+            ),
+            ("limits.max_op_bytes", limits.max_op_bytes as u64),
+            (
+                "limits.max_batch_envelopes",
+                limits.max_batch_envelopes as u64,
+            ),
+        ];
+        for (field, value) in counts {
+            if value == 0 {
+                return error(field, "must be positive, not 0".into());
+            }
         }
-        if self.log_window < 2 * k || self.log_window % k != 0 {
+        if limits.max_batch_bytes == 0 {
+            return error("limits.max_batch_bytes", "must be positive, not 0".into());
+        }
+        if l < 2 * k || l % k != 0 {
             return error(
                 "log_window",
-                "must be a multiple of checkpoint_interval and at least twice it",
+                format!(
+                    "{l} must be a multiple of protocol.checkpoint_interval ({k}) and at least \
+                     twice it"
+                ),
             );
         }
-        if self.limits.log_window != self.log_window {
-            return error("limits.log_window", "must equal log_window");
+        if limits.log_window != l {
+            return error(
+                "limits.log_window",
+                format!("{} must equal log_window ({l})", limits.log_window),
+            );
         }
-        if self.max_batch_requests == 0 {
-            return error("max_batch_requests", "must be positive");
+        if self.max_view_change_timeout < self.view_change_timeout {
+            return error(
+                "max_view_change_timeout_ms",
+                format!(
+                    "{} is below protocol.view_change_timeout_ms ({})",
+                    self.max_view_change_timeout.as_millis(),
+                    self.view_change_timeout.as_millis()
+                ),
+            );
         }
-        if self.max_outstanding == 0 {
-            return error("max_outstanding", "must be positive");
+        if self.max_pending_per_client > self.max_pending_envelopes {
+            return error(
+                "max_pending_per_client",
+                format!(
+                    "{} exceeds protocol.max_pending_envelopes ({})",
+                    self.max_pending_per_client, self.max_pending_envelopes
+                ),
+            );
         }
-        if self.client_window == 0 {
-            return error("client_window", "must be positive");
+        if self.max_batch_bytes > limits.max_batch_bytes {
+            return error(
+                "max_batch_bytes",
+                format!(
+                    "{} exceeds protocol.limits.max_batch_bytes ({}): backups would refuse this \
+                     replica's batches when it is primary",
+                    self.max_batch_bytes, limits.max_batch_bytes
+                ),
+            );
+        }
+        if limits.max_message_bytes > u64::from(u32::MAX) {
+            return error(
+                "limits.max_message_bytes",
+                format!(
+                    "{} exceeds {}, the largest frame the transport carries",
+                    limits.max_message_bytes,
+                    u32::MAX
+                ),
+            );
         }
         Ok(())
     }
