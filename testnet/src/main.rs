@@ -62,7 +62,8 @@ enum Command {
         dir: DirArg,
     },
     /// Start a crashed replica again, with the same configuration, appending to its log. It
-    /// starts from an empty state and catches up from the others.
+    /// recovers from its durable state in DIR/data/replica-N and catches up from the others
+    /// (with `up --storage off` it starts from an empty state).
     Restart {
         /// The replica id.
         id: ReplicaId,
@@ -97,7 +98,8 @@ enum Command {
 const SIM_HELP: &str = "Run the randomized simulation of the PBFT core.\n\n\
 Each seed draws a whole scenario: f from 1 to 3; up to f Byzantine replicas of random kinds, \
 often the primaries of consecutive views; a network that drops, duplicates, reorders and delays; \
-isolated replicas, splits, one-way cuts, crashes and restarts of correct replicas. Then \
+isolated replicas, splits, one-way cuts, clogged links, crashes and restarts of correct replicas. \
+Then \
 everything heals and every request must complete. After every step the checkers test agreement, \
 equal state at checkpoints and after state transfers, client validity, at-most-once execution, \
 execution order and accountability. A seed replays exactly.\n\n\
@@ -105,7 +107,7 @@ Exit status: 0 when every seed passed, 1 when one failed, 2 on bad usage.";
 
 #[derive(Args, Debug)]
 struct SimArgs {
-    /// Run this one seed and print its scenario.
+    /// Run this one seed (with --verbose, print its scenario and the protocol's log).
     #[arg(long, value_name = "SEED", conflicts_with = "seeds")]
     seed: Option<u64>,
     /// Run the seeds FIRST..END (END excluded).
