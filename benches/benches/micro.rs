@@ -42,7 +42,7 @@ fn pre_prepare() -> (Committee, Message) {
                     .encode(),
                 })
                 .collect();
-            RequestEnvelope::new(&key(100 + c as u8), requests)
+            RequestEnvelope::new(&key(100 + c as u8), 1, requests)
         })
         .collect();
     let batch = Batch { envelopes };

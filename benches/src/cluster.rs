@@ -138,7 +138,10 @@ impl LoadedCluster {
                 clients.push(Client::connect(setup).await.context("client connect")?);
             }
             for client in &clients {
-                client.wait_connected(n, Duration::from_secs(10)).await;
+                client
+                    .wait_connected(n, Duration::from_secs(10))
+                    .await
+                    .context("client links")?;
             }
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {

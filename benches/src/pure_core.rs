@@ -153,6 +153,7 @@ impl CoreCluster {
             .collect();
         RequestEnvelope {
             client: *client,
+            session: 1,
             requests,
             signature: Signature::EMPTY,
         }

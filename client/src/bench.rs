@@ -89,7 +89,9 @@ pub async fn connect_clients(
     }
     let quorum = 2 * template.f + 1;
     for client in &clients {
-        client.wait_connected(quorum, Duration::from_secs(10)).await;
+        client
+            .wait_connected(quorum, Duration::from_secs(10))
+            .await?;
     }
     Ok(clients)
 }

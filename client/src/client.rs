@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use pbft_core::messages::{Limits, Message, NodeStatus, ReplicaId, Timestamp};
+use pbft_core::messages::{Limits, Message, NodeStatus, Outcome, ReplicaId, Timestamp};
 use pbft_core::Committee;
 use pbft_crypto::{KeyPair, PublicKey};
 use pbft_net::{ClientTransport, ConfigError, PeerInfo, TransportConfig};
@@ -14,20 +14,19 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::{ClientError, StatusUnavailable};
-use crate::session::{Session, Target};
+use crate::session::{new_session_id, Session, Target};
 
 /// Everything [`Client::connect`] needs. [`ClientSetup::new`] fills in the defaults.
 #[derive(Clone, Debug)]
 pub struct ClientSetup {
     /// The client's identity: it signs requests and authenticates the client's connections.
-    /// Use a key in one process at a time: replicas refuse timestamps far below the highest
-    /// they executed for a key, so two processes interleaving one key starve each other.
+    /// Any number of processes may use one key at once: each runs its own session.
     pub key: KeyPair,
     /// The number of faulty replicas tolerated; the cluster has 3f+1 replicas.
     pub f: usize,
     /// Every replica's id (`0..n`), address and key.
     pub replicas: Vec<PeerInfo>,
-    /// How long [`Client::submit`] waits for f+1 matching replies, including waiting for room
+    /// How long [`Client::submit`] waits for 2f+1 matching replies, including waiting for room
     /// behind other outstanding requests. Default 30 s.
     pub request_timeout: Duration,
     /// The first wait before an unanswered envelope is sent again, to every replica. Default 1 s.
@@ -79,7 +78,9 @@ impl ClientSetup {
 /// A request waiting for a timestamp.
 struct Submit {
     op: Vec<u8>,
-    done: oneshot::Sender<Result<Vec<u8>, ClientError>>,
+    /// Try it as a read-only request first.
+    read_only: bool,
+    done: oneshot::Sender<Result<Bytes, ClientError>>,
 }
 
 /// Requests to the background task other than submissions.
@@ -95,11 +96,28 @@ enum Control {
     Close(oneshot::Sender<()>),
 }
 
-/// A connection to the cluster: submits operations and waits for f+1 matching replies.
+/// A connection to the cluster: submits operations and waits for 2f+1 matching replies.
 ///
-/// Cheap to clone; clones share one identity, one set of connections and one background task,
-/// so requests from many tasks are signed together. The background task stops once every clone
-/// is dropped or [`Client::close`] is called. Must be used within a tokio runtime.
+/// Cheap to clone; clones share one identity, one session, one set of connections and one
+/// background task, so requests from many tasks are signed together. Other processes may use
+/// the same key at the same time: each [`Client::connect`] starts its own session. The
+/// background task stops once every clone is dropped or [`Client::close`] is called. Must be
+/// used within a tokio runtime.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// # async fn example() -> Result<(), pbft_client::ClientError> {
+/// let setup = pbft_client::load_client_config("testnet-data/client.toml")?;
+/// let client = pbft_client::Client::connect(setup).await?;
+/// client.wait_connected(3, Duration::from_secs(10)).await?;
+/// client.put("greeting", "hello").await?;
+/// let value = client.get("greeting").await?;
+/// assert_eq!(value.as_deref(), Some(&b"hello"[..]));
+/// client.close().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     submits: mpsc::Sender<Submit>,
@@ -143,7 +161,7 @@ impl Client {
         let session = Session::new(
             setup.key.clone(),
             committee,
-            wall_clock_micros(),
+            new_session_id(wall_clock_micros(), session_bits()),
             setup.retransmit_interval,
             setup.max_retransmit_interval,
         );
@@ -174,11 +192,23 @@ impl Client {
         })
     }
 
-    /// Submits `op` for execution and returns its result once f+1 distinct replicas sent the same
-    /// result. Waits for room first if many requests of this client are outstanding. The result
-    /// comes from the replicated application; [`ClientError::Timeout`] means no agreement in
-    /// time (the operation may still execute, at most once).
-    pub async fn submit(&self, op: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+    /// Submits `op` for ordered execution and returns its result once 2f+1 distinct replicas
+    /// sent the same result. Waits for room first if many requests of this client are
+    /// outstanding. The result comes from the replicated application; [`ClientError::Timeout`]
+    /// means no agreement in time (the operation may still execute, at most once).
+    pub async fn submit(&self, op: Vec<u8>) -> Result<Bytes, ClientError> {
+        self.send(op, false).await
+    }
+
+    /// Submits the read-only `op` to every replica unordered (TOCS 2002, section 5.1.3) and
+    /// returns its result once 2f+1 distinct replicas sent the same one; without such agreement
+    /// in a retransmission interval it is ordered like [`Client::submit`]. Linearizable with
+    /// concurrent writes (see [`crate::session`]).
+    pub async fn submit_read(&self, op: Vec<u8>) -> Result<Bytes, ClientError> {
+        self.send(op, true).await
+    }
+
+    async fn send(&self, op: Vec<u8>, read_only: bool) -> Result<Bytes, ClientError> {
         if op.len() > self.max_op_bytes {
             return Err(ClientError::Rejected(format!(
                 "operation of {} bytes exceeds the limit of {} bytes",
@@ -189,7 +219,11 @@ impl Client {
         let (done, result) = oneshot::channel();
         let wait = async {
             self.submits
-                .send(Submit { op, done })
+                .send(Submit {
+                    op,
+                    read_only,
+                    done,
+                })
                 .await
                 .map_err(|_| closed())?;
             result.await.map_err(|_| closed())?
@@ -245,16 +279,16 @@ impl Client {
         self.transport.connected_replicas()
     }
 
-    /// Waits until at least `count` replicas are connected or `timeout` passes; returns whether
-    /// they are.
-    pub async fn wait_connected(&self, count: usize, timeout: Duration) -> bool {
+    /// Waits until at least `count` replicas are connected; fails with [`ClientError::Timeout`]
+    /// if they are not within `timeout`.
+    pub async fn wait_connected(&self, count: usize, timeout: Duration) -> Result<(), ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
             if self.transport.connected_replicas().len() >= count {
-                return true;
+                return Ok(());
             }
             if Instant::now() >= deadline {
-                return false;
+                return Err(ClientError::Timeout);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -288,8 +322,25 @@ fn closed() -> ClientError {
     ClientError::Closed
 }
 
-/// Microseconds since the Unix epoch: a first timestamp above those of earlier runs with the
-/// same key (as long as they issued fewer than one request per microsecond).
+/// Random low bits of a session id, so that processes starting in the same microsecond differ.
+fn session_bits() -> u16 {
+    use rand::{Rng, SeedableRng};
+    rand::rngs::StdRng::from_os_rng().random()
+}
+
+/// What an agreed outcome means to the caller.
+fn result_of(outcome: Outcome) -> Result<Bytes, ClientError> {
+    match outcome {
+        Outcome::Done(result) => Ok(Bytes::from(result)),
+        Outcome::Forgotten => Err(ClientError::ResultForgotten),
+        Outcome::SessionExpired => Err(ClientError::SessionExpired),
+        Outcome::NotReadOnly => Err(ClientError::Rejected(
+            "the replicas refused to answer the operation unordered".into(),
+        )),
+    }
+}
+
+/// Microseconds since the Unix epoch: the start of a session id (see [`new_session_id`]).
 fn wall_clock_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -305,7 +356,7 @@ struct Driver {
     frames: mpsc::Receiver<(u32, Bytes)>,
     submits: mpsc::Receiver<Submit>,
     control: mpsc::UnboundedReceiver<Control>,
-    waiting: HashMap<Timestamp, oneshot::Sender<Result<Vec<u8>, ClientError>>>,
+    waiting: HashMap<Timestamp, oneshot::Sender<Result<Bytes, ClientError>>>,
     status: HashMap<u64, mpsc::UnboundedSender<(ReplicaId, NodeStatus)>>,
     limits: Limits,
 }
@@ -382,7 +433,11 @@ impl Driver {
         if submit.done.is_closed() {
             return;
         }
-        let timestamp = self.session.admit(submit.op);
+        let timestamp = if submit.read_only {
+            self.session.admit_read(submit.op)
+        } else {
+            self.session.admit(submit.op)
+        };
         self.waiting.insert(timestamp, submit.done);
     }
 
@@ -396,9 +451,9 @@ impl Driver {
     fn on_frame(&mut self, from: u32, frame: &[u8]) {
         match Message::decode(frame, &self.limits) {
             Ok(Message::Reply(reply)) => {
-                for (timestamp, result) in self.session.on_reply(from, reply) {
+                for (timestamp, outcome) in self.session.on_reply(from, reply) {
                     if let Some(done) = self.waiting.remove(&timestamp) {
-                        let _ = done.send(Ok(result));
+                        let _ = done.send(result_of(outcome));
                     }
                 }
             }

@@ -23,6 +23,14 @@ pub enum ClientError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// The operation executed, but the replicas no longer hold its result (the client waited
+    /// longer than their result cache lasts).
+    #[error("the operation executed, but its result is no longer cached by the replicas")]
+    ResultForgotten,
+    /// The client's session expired at the replicas before the operation executed; it never
+    /// will. A new client starts a new session.
+    #[error("the client session expired; the operation was not executed")]
+    SessionExpired,
 }
 
 /// Why [`crate::Client::status_all`] has no status for a replica.

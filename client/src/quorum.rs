@@ -1,41 +1,53 @@
-//! Deciding what to believe from replies: a result once f+1 distinct replicas sent it, and the
-//! current view once f+1 distinct replicas reported at least it.
+//! Deciding what to believe from replies: a result once enough distinct replicas sent it, and
+//! the current view once f+1 distinct replicas reported at least it.
 //!
 //! At most f replicas are faulty, so any value that f+1 distinct replicas vouch for was vouched
-//! for by at least one correct replica. Each replica counts once, whatever it sends.
+//! for by at least one correct replica; the session waits for 2f+1 (see [`crate::session`] for
+//! why). Each replica counts once, whatever it sends.
 
 use std::collections::BTreeMap;
 
 use pbft_core::messages::{ReplicaId, View};
 
-/// Collects the replies for one request and accepts a result once f+1 distinct replicas sent
-/// the same bytes.
+/// Collects the replies for one request and accepts a result once `needed` distinct replicas
+/// sent the same one.
 ///
 /// The first answer of each replica is the one that counts: a replica that answers again (a
 /// retransmission, or a faulty replica changing its mind) is ignored, so it can neither vote
 /// twice nor withdraw a vote.
 #[derive(Clone, Debug)]
-pub struct ReplyQuorum {
+pub struct ReplyQuorum<T = Vec<u8>> {
     needed: usize,
     /// At most one entry per replica.
-    answers: Vec<(ReplicaId, Vec<u8>)>,
+    answers: Vec<(ReplicaId, T)>,
     accepted: bool,
 }
 
-impl ReplyQuorum {
-    /// A collector for a cluster tolerating `f` faulty replicas.
-    pub fn new(f: usize) -> ReplyQuorum {
+impl<T: Clone + PartialEq> ReplyQuorum<T> {
+    /// A collector that accepts a result `needed` distinct replicas agree on.
+    pub fn new(needed: usize) -> ReplyQuorum<T> {
         ReplyQuorum {
-            needed: f + 1,
+            needed,
             answers: Vec::new(),
             accepted: false,
         }
     }
 
-    /// Records `from`'s result. Returns the accepted result the first time f+1 distinct replicas
-    /// agree on it, and `None` before and after that. The caller must have checked that `from`
-    /// is a replica of the cluster and that the channel authenticated it.
-    pub fn add(&mut self, from: ReplicaId, result: Vec<u8>) -> Option<Vec<u8>> {
+    /// Whether `needed` matching answers are still possible with `n` replicas in all.
+    pub fn possible(&self, n: usize) -> bool {
+        let best = self
+            .answers
+            .iter()
+            .map(|(_, a)| self.answers.iter().filter(|(_, b)| b == a).count())
+            .max()
+            .unwrap_or(0);
+        best + n.saturating_sub(self.answers.len()) >= self.needed
+    }
+
+    /// Records `from`'s result. Returns the accepted result the first time `needed` distinct
+    /// replicas agree on it, and `None` before and after that. The caller must have checked that
+    /// `from` is a replica of the cluster and that the channel authenticated it.
+    pub fn add(&mut self, from: ReplicaId, result: T) -> Option<T> {
         if self.accepted || self.answers.iter().any(|(id, _)| *id == from) {
             return None;
         }
@@ -101,6 +113,12 @@ impl ViewTracker {
     pub fn view(&self) -> View {
         self.view
     }
+
+    /// Whether f+1 replicas reported a view, so that [`ViewTracker::view`] rests on at least
+    /// one correct replica's word.
+    pub fn is_known(&self) -> bool {
+        self.reported.len() > self.f
+    }
 }
 
 #[cfg(test)]
@@ -109,7 +127,7 @@ mod tests {
 
     #[test]
     fn accepts_once_f_plus_one_distinct_replicas_agree() {
-        let mut quorum = ReplyQuorum::new(1);
+        let mut quorum = ReplyQuorum::new(2);
         assert_eq!(quorum.add(0, b"ok".to_vec()), None);
         assert_eq!(quorum.add(1, b"ok".to_vec()), Some(b"ok".to_vec()));
         assert!(quorum.is_accepted());
@@ -119,7 +137,7 @@ mod tests {
 
     #[test]
     fn a_replica_answering_twice_counts_once() {
-        let mut quorum = ReplyQuorum::new(1);
+        let mut quorum = ReplyQuorum::new(2);
         assert_eq!(quorum.add(3, b"ok".to_vec()), None);
         assert_eq!(quorum.add(3, b"ok".to_vec()), None);
         assert_eq!(quorum.add(3, b"other".to_vec()), None);
@@ -131,7 +149,7 @@ mod tests {
     fn f_liars_cannot_make_it_accept_a_wrong_result() {
         for f in 1..=3usize {
             let n = 3 * f + 1;
-            let mut quorum = ReplyQuorum::new(f);
+            let mut quorum = ReplyQuorum::new(f + 1);
             // The f liars agree with each other and answer first, repeatedly.
             for _ in 0..3 {
                 for liar in 0..f as ReplicaId {
@@ -152,11 +170,22 @@ mod tests {
 
     #[test]
     fn different_results_do_not_add_up() {
-        let mut quorum = ReplyQuorum::new(1);
+        let mut quorum = ReplyQuorum::new(2);
         assert_eq!(quorum.add(0, b"a".to_vec()), None);
         assert_eq!(quorum.add(1, b"b".to_vec()), None);
         assert_eq!(quorum.add(2, b"c".to_vec()), None);
         assert_eq!(quorum.add(3, b"b".to_vec()), Some(b"b".to_vec()));
+    }
+
+    #[test]
+    fn knows_when_a_quorum_is_out_of_reach() {
+        // n = 4, 3 needed.
+        let mut quorum = ReplyQuorum::new(3);
+        quorum.add(0, b"a".to_vec());
+        quorum.add(1, b"b".to_vec());
+        assert!(quorum.possible(4), "a, a, a still possible from 0, 2, 3");
+        quorum.add(2, b"c".to_vec());
+        assert!(!quorum.possible(4));
     }
 
     #[test]

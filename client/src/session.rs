@@ -1,18 +1,32 @@
-//! The client's protocol state without IO: timestamps, envelopes, retransmission and reply
-//! matching. Time is an input (a duration since the driver's origin); the async
-//! [`crate::Client`] drives it, and so does the simulator.
+//! The client's protocol state without IO: timestamps, envelopes, read-only requests,
+//! retransmission and reply matching. Time is an input (a duration since the driver's origin);
+//! the async [`crate::Client`] drives it, and so does the simulator.
 //!
-//! Call order for the driver: [`Session::admit`] requests while [`Session::has_room`], then
-//! [`Session::poll_envelopes`] to get what to send; feed replies to [`Session::on_reply`]; at
-//! [`Session::next_deadline`] call [`Session::poll_retransmits`]; forget requests whose caller
-//! gave up with [`Session::abandon`].
+//! Call order for the driver: [`Session::admit`] (or [`Session::admit_read`]) requests while
+//! [`Session::has_room`], then [`Session::poll_envelopes`] to get what to send; feed replies to
+//! [`Session::on_reply`]; at [`Session::next_deadline`] call [`Session::poll_retransmits`];
+//! forget requests whose caller gave up with [`Session::abandon`].
+//!
+//! # Sessions
+//! A session is one process's run with the client's key: its requests carry the session id
+//! ([`new_session_id`]), and replicas keep at-most-once state per session, so any number of
+//! processes may share one key and one configuration file. A reply names the session and each
+//! timestamp it answers, and answers for other sessions are ignored.
+//!
+//! # When a result is accepted
+//! A result is accepted once 2f+1 distinct replicas sent the same one, for ordered and read-only
+//! requests alike. f+1 would be enough to trust the value (one of them is correct), but reads
+//! that skip ordering are linearizable only if every operation waits for 2f+1 (TOCS 2002,
+//! section 5.1.3): a write that completed was executed by at least f+1 correct replicas, and any
+//! 2f+1 replicas that agree on a later read include one of them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
 use pbft_core::messages::{
-    check_reply, ClientRequest, Message, ReplicaId, Reply, RequestEnvelope, Timestamp, View,
+    check_reply, ClientRequest, Message, Outcome, ReadRequest, ReplicaId, Reply, RequestEnvelope,
+    SessionId, Timestamp, View,
 };
 use pbft_core::Committee;
 use pbft_crypto::KeyPair;
@@ -35,21 +49,40 @@ pub const MAX_TIMESTAMP_SPREAD: u64 = 512;
 /// others: under load the client signs fewer, larger envelopes.
 pub const MAX_ENVELOPES_IN_FLIGHT: usize = 4;
 
+/// A session id for a session starting `micros` after the Unix epoch, with `random` low bits
+/// so that processes starting in the same microsecond differ.
+pub fn new_session_id(micros: u64, random: u16) -> SessionId {
+    (micros << 16) | u64::from(random)
+}
+
 /// Where a frame goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     /// The primary of the view the client believes in.
     Replica(ReplicaId),
-    /// Every replica: a retransmission.
+    /// Every replica: a retransmission, a read-only request, or a request sent before the
+    /// client knows the view.
     All,
+}
+
+/// A read-only attempt at a request: sent to every replica, and ordered instead if 2f+1 matching
+/// answers do not come in time.
+#[derive(Debug)]
+struct ReadAttempt {
+    op: Vec<u8>,
+    quorum: ReplyQuorum<Outcome>,
+    /// When to give up and order it; `None` until it is sent.
+    give_up_at: Option<Duration>,
 }
 
 /// A request admitted and not finished.
 #[derive(Debug)]
 struct Pending {
-    quorum: ReplyQuorum,
+    quorum: ReplyQuorum<Outcome>,
     /// The envelope that carries it, once signed.
     envelope: Option<u64>,
+    /// Set while it is being tried as a read-only request.
+    read: Option<ReadAttempt>,
 }
 
 /// A signed envelope that still has unfinished requests.
@@ -61,14 +94,17 @@ struct InFlight {
     interval: Duration,
 }
 
-/// One client's requests in progress.
+/// One client session's requests in progress.
 #[derive(Debug)]
 pub struct Session {
     key: KeyPair,
+    id: SessionId,
     committee: Committee,
     next_timestamp: Timestamp,
     /// Admitted, not yet signed into an envelope.
     queued: VecDeque<ClientRequest>,
+    /// Read-only requests admitted and not yet sent.
+    reads: VecDeque<Timestamp>,
     requests: BTreeMap<Timestamp, Pending>,
     envelopes: BTreeMap<u64, InFlight>,
     next_envelope: u64,
@@ -78,22 +114,22 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for the holder of `key`. `first_timestamp` must exceed every timestamp this key
-    /// used before (the wall clock in microseconds does), or replicas answer new requests with
-    /// the results of old ones.
+    /// Session `id` (see [`new_session_id`]) of the holder of `key`. Its timestamps start at 1.
     pub fn new(
         key: KeyPair,
         committee: Committee,
-        first_timestamp: Timestamp,
+        id: SessionId,
         retransmit_min: Duration,
         retransmit_max: Duration,
     ) -> Session {
         let f = committee.f();
         Session {
             key,
+            id,
             committee,
-            next_timestamp: first_timestamp.max(1),
+            next_timestamp: 1,
             queued: VecDeque::new(),
+            reads: VecDeque::new(),
             requests: BTreeMap::new(),
             envelopes: BTreeMap::new(),
             next_envelope: 0,
@@ -101,6 +137,11 @@ impl Session {
             retransmit_min,
             retransmit_max: retransmit_max.max(retransmit_min),
         }
+    }
+
+    /// The session id.
+    pub fn id(&self) -> SessionId {
+        self.id
     }
 
     /// Whether another request may be admitted without its timestamp running too far ahead of
@@ -120,24 +161,45 @@ impl Session {
     /// Gives `op` the next timestamp and queues it for the next envelope. The caller must have
     /// checked [`Session::has_room`].
     pub fn admit(&mut self, op: Vec<u8>) -> Timestamp {
+        let timestamp = self.take_timestamp(None);
+        self.queued.push_back(ClientRequest { timestamp, op });
+        timestamp
+    }
+
+    /// Gives the read-only `op` the next timestamp and queues it to be sent to every replica
+    /// unordered; if 2f+1 matching answers do not come within the first retransmission
+    /// interval, it is ordered like [`Session::admit`]ted requests, under the same timestamp.
+    pub fn admit_read(&mut self, op: Vec<u8>) -> Timestamp {
+        let read = ReadAttempt {
+            op,
+            quorum: ReplyQuorum::new(self.committee.quorum()),
+            give_up_at: None,
+        };
+        let timestamp = self.take_timestamp(Some(read));
+        self.reads.push_back(timestamp);
+        timestamp
+    }
+
+    fn take_timestamp(&mut self, read: Option<ReadAttempt>) -> Timestamp {
         let timestamp = self.next_timestamp;
         self.next_timestamp += 1;
-        self.queued.push_back(ClientRequest { timestamp, op });
         self.requests.insert(
             timestamp,
             Pending {
-                quorum: ReplyQuorum::new(self.committee.f()),
+                quorum: ReplyQuorum::new(self.committee.quorum()),
                 envelope: None,
+                read,
             },
         );
         timestamp
     }
 
-    /// Signs queued requests into envelopes and returns them, each for the primary. Holds
-    /// requests back while [`MAX_ENVELOPES_IN_FLIGHT`] envelopes are unanswered, unless a full
-    /// envelope is waiting.
+    /// Signs queued requests into envelopes and returns them with the read-only requests to
+    /// send. Envelopes go to the primary once f+1 replicas have told the view, to every replica
+    /// before. Holds requests back while [`MAX_ENVELOPES_IN_FLIGHT`] envelopes are unanswered,
+    /// unless a full envelope is waiting.
     pub fn poll_envelopes(&mut self, now: Duration) -> Vec<(Target, Bytes)> {
-        let mut out = Vec::new();
+        let mut out = self.poll_reads(now);
         loop {
             self.drop_abandoned_queued();
             if self.queued.is_empty()
@@ -172,7 +234,7 @@ impl Session {
                 }
             }
             let open = requests.len();
-            let envelope = RequestEnvelope::new(&self.key, requests);
+            let envelope = RequestEnvelope::new(&self.key, self.id, requests);
             let frame = Bytes::from(Message::Request(envelope).encode());
             self.envelopes.insert(
                 id,
@@ -183,36 +245,106 @@ impl Session {
                     interval: self.retransmit_min,
                 },
             );
-            out.push((Target::Replica(self.primary()), frame));
+            let target = if self.views.is_known() {
+                Target::Replica(self.primary())
+            } else {
+                Target::All
+            };
+            out.push((target, frame));
+        }
+    }
+
+    /// The read-only requests not sent yet, each for every replica.
+    fn poll_reads(&mut self, now: Duration) -> Vec<(Target, Bytes)> {
+        let mut out = Vec::new();
+        while let Some(timestamp) = self.reads.pop_front() {
+            let Some(read) = self
+                .requests
+                .get_mut(&timestamp)
+                .and_then(|p| p.read.as_mut())
+            else {
+                continue;
+            };
+            read.give_up_at = Some(now + self.retransmit_min);
+            let message = Message::Read(ReadRequest {
+                client: self.key.public(),
+                session: self.id,
+                timestamp,
+                op: read.op.clone(),
+            });
+            out.push((Target::All, Bytes::from(message.encode())));
+        }
+        out
+    }
+
+    /// Orders a read-only request that could not get 2f+1 matching answers.
+    fn order_read(&mut self, timestamp: Timestamp) {
+        if let Some(read) = self
+            .requests
+            .get_mut(&timestamp)
+            .and_then(|p| p.read.take())
+        {
+            // The ordered attempt keeps its place: envelopes are signed in timestamp order.
+            let at = self
+                .queued
+                .iter()
+                .position(|r| r.timestamp > timestamp)
+                .unwrap_or(self.queued.len());
+            self.queued.insert(
+                at,
+                ClientRequest {
+                    timestamp,
+                    op: read.op,
+                },
+            );
         }
     }
 
     fn drop_abandoned_queued(&mut self) {
-        while let Some(front) = self.queued.front() {
-            if self.requests.contains_key(&front.timestamp) {
-                break;
-            }
-            self.queued.pop_front();
-        }
+        let requests = &self.requests;
+        self.queued.retain(|r| requests.contains_key(&r.timestamp));
     }
 
     /// Handles a reply that arrived on the channel authenticated as replica `from`. Returns the
-    /// requests that now have f+1 matching results, with those results.
-    pub fn on_reply(&mut self, from: ReplicaId, reply: Reply) -> Vec<(Timestamp, Vec<u8>)> {
-        if check_reply(&reply, from, &self.committee).is_err() || reply.client != self.key.public()
+    /// requests that now have 2f+1 matching outcomes, with those outcomes.
+    pub fn on_reply(&mut self, from: ReplicaId, reply: Reply) -> Vec<(Timestamp, Outcome)> {
+        if check_reply(&reply, from, &self.committee).is_err()
+            || reply.client != self.key.public()
+            || reply.session != self.id
         {
             return Vec::new();
         }
         self.views.observe(from, reply.view);
+        let n = self.committee.n();
         let mut done = Vec::new();
+        let mut to_order = Vec::new();
         for result in reply.results {
             let Some(pending) = self.requests.get_mut(&result.timestamp) else {
                 continue;
             };
-            if let Some(accepted) = pending.quorum.add(from, result.result) {
+            let accepted = if reply.read_only {
+                let Some(read) = pending.read.as_mut() else {
+                    continue;
+                };
+                if result.outcome == Outcome::NotReadOnly {
+                    to_order.push(result.timestamp);
+                    continue;
+                }
+                let accepted = read.quorum.add(from, result.outcome);
+                if accepted.is_none() && !read.quorum.possible(n) {
+                    to_order.push(result.timestamp);
+                }
+                accepted
+            } else {
+                pending.quorum.add(from, result.outcome)
+            };
+            if let Some(outcome) = accepted {
                 self.finish(result.timestamp);
-                done.push((result.timestamp, accepted));
+                done.push((result.timestamp, outcome));
             }
+        }
+        for timestamp in to_order {
+            self.order_read(timestamp);
         }
         done
     }
@@ -244,8 +376,22 @@ impl Session {
     }
 
     /// The envelopes whose retransmission is due, each to go to every replica unchanged (same
-    /// signature, so replicas recognise it). Each envelope's interval doubles up to the maximum.
+    /// signature, so replicas recognise it); each envelope's interval doubles up to the maximum.
+    /// Read-only requests whose time ran out are ordered instead (they go out with the next
+    /// [`Session::poll_envelopes`]).
     pub fn poll_retransmits(&mut self, now: Duration) -> Vec<(Target, Bytes)> {
+        let expired: Vec<Timestamp> = (self.requests.iter())
+            .filter(|(_, p)| {
+                p.read
+                    .as_ref()
+                    .and_then(|r| r.give_up_at)
+                    .is_some_and(|at| at <= now)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for timestamp in expired {
+            self.order_read(timestamp);
+        }
         let mut out = Vec::new();
         for envelope in self.envelopes.values_mut() {
             if envelope.next_send <= now {
@@ -259,7 +405,15 @@ impl Session {
 
     /// When [`Session::poll_retransmits`] has something to do next.
     pub fn next_deadline(&self) -> Option<Duration> {
-        self.envelopes.values().map(|e| e.next_send).min()
+        let reads = self
+            .requests
+            .values()
+            .filter_map(|p| p.read.as_ref().and_then(|r| r.give_up_at));
+        self.envelopes
+            .values()
+            .map(|e| e.next_send)
+            .chain(reads)
+            .min()
     }
 
     /// The view the client believes in.
@@ -294,21 +448,31 @@ mod tests {
     use pbft_core::fixtures::TestCluster;
     use pbft_core::messages::{Limits, RequestResult};
 
+    const SESSION: SessionId = 7 << 16;
+
     fn session() -> Session {
         Session::new(
             KeyPair::from_seed(&[99; 32]).unwrap(),
             TestCluster::new(1).committee,
-            1_000,
+            SESSION,
             Duration::from_secs(1),
             Duration::from_secs(8),
         )
     }
 
+    fn decode(frame: &Bytes) -> Message {
+        Message::decode(frame, &Limits::default()).unwrap()
+    }
+
     fn envelope_of(frame: &Bytes) -> RequestEnvelope {
-        match Message::decode(frame, &Limits::default()).unwrap() {
+        match decode(frame) {
             Message::Request(envelope) => envelope,
             other => panic!("not a request: {other:?}"),
         }
+    }
+
+    fn done(result: &[u8]) -> Outcome {
+        Outcome::Done(result.to_vec())
     }
 
     fn reply(session: &Session, from: ReplicaId, view: View, results: &[(u64, &[u8])]) -> Reply {
@@ -316,35 +480,73 @@ mod tests {
             view,
             replica: from,
             client: session.key.public(),
+            session: session.id,
+            read_only: false,
             results: results
                 .iter()
                 .map(|(timestamp, result)| RequestResult {
                     timestamp: *timestamp,
-                    result: result.to_vec(),
+                    outcome: done(result),
                 })
                 .collect(),
         }
     }
 
+    fn read_reply(session: &Session, from: ReplicaId, timestamp: u64, outcome: Outcome) -> Reply {
+        Reply {
+            read_only: true,
+            results: vec![RequestResult { timestamp, outcome }],
+            ..reply(session, from, 0, &[])
+        }
+    }
+
+    /// Tells the session that f+1 = 2 replicas are in view 0, so envelopes go to the primary.
+    fn learn_view(s: &mut Session) {
+        s.observe_view(1, 0);
+        s.observe_view(2, 0);
+    }
+
+    #[test]
+    fn session_ids_grow_with_time_and_differ_within_a_microsecond() {
+        assert!(new_session_id(1_000, 0xffff) < new_session_id(1_001, 0));
+        assert_ne!(new_session_id(1_000, 1), new_session_id(1_000, 2));
+    }
+
     #[test]
     fn requests_are_batched_into_one_signed_envelope_for_the_primary() {
         let mut s = session();
-        let now = Duration::ZERO;
+        learn_view(&mut s);
         let a = s.admit(b"a".to_vec());
         let b = s.admit(b"b".to_vec());
-        assert_eq!((a, b), (1_000, 1_001));
-        let sent = s.poll_envelopes(now);
+        assert_eq!((a, b), (1, 2));
+        let sent = s.poll_envelopes(Duration::ZERO);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].0, Target::Replica(0));
         let envelope = envelope_of(&sent[0].1);
         assert_eq!(envelope.requests.len(), 2);
+        assert_eq!(envelope.session, SESSION);
         assert!(pbft_core::messages::verify_envelope(
             envelope,
             &Limits::default(),
             &mut pbft_core::messages::StrictCheck
         )
         .is_ok());
-        assert!(s.poll_envelopes(now).is_empty());
+        assert!(s.poll_envelopes(Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn before_the_view_is_known_envelopes_go_to_every_replica() {
+        let mut s = session();
+        s.admit(b"a".to_vec());
+        let sent = s.poll_envelopes(Duration::ZERO);
+        assert_eq!(sent[0].0, Target::All);
+        // One replica alone does not tell the view.
+        s.observe_view(3, 5);
+        s.admit(b"b".to_vec());
+        assert_eq!(s.poll_envelopes(Duration::ZERO)[0].0, Target::All);
+        s.observe_view(2, 5);
+        s.admit(b"c".to_vec());
+        assert_eq!(s.poll_envelopes(Duration::ZERO)[0].0, Target::Replica(1));
     }
 
     #[test]
@@ -372,7 +574,7 @@ mod tests {
     }
 
     #[test]
-    fn completes_on_f_plus_one_matching_replies_only() {
+    fn completes_on_2f_plus_1_matching_replies_only() {
         let mut s = session();
         let t = s.admit(b"x".to_vec());
         s.poll_envelopes(Duration::ZERO);
@@ -382,28 +584,35 @@ mod tests {
         assert!(s.on_reply(1, reply(&s, 1, 0, &[(t, b"good")])).is_empty());
         // A reply claiming another replica's id on replica 2's channel does not count.
         assert!(s.on_reply(2, reply(&s, 1, 0, &[(t, b"good")])).is_empty());
+        assert!(s.on_reply(2, reply(&s, 2, 0, &[(t, b"good")])).is_empty());
         assert_eq!(
-            s.on_reply(2, reply(&s, 2, 0, &[(t, b"good")])),
-            vec![(t, b"good".to_vec())]
+            s.on_reply(0, reply(&s, 0, 0, &[(t, b"good")])),
+            vec![(t, done(b"good"))]
         );
         assert_eq!(s.outstanding(), 0);
         assert_eq!(s.envelopes_in_flight(), 0);
-        assert!(s.on_reply(0, reply(&s, 0, 0, &[(t, b"good")])).is_empty());
     }
 
     #[test]
-    fn replies_for_another_client_or_from_strangers_are_ignored() {
+    fn replies_for_another_client_session_or_from_strangers_are_ignored() {
         let mut s = session();
         let t = s.admit(b"x".to_vec());
         s.poll_envelopes(Duration::ZERO);
-        let mut other = reply(&s, 0, 0, &[(t, b"r")]);
-        other.client = KeyPair::from_seed(&[7; 32]).unwrap().public();
-        assert!(s.on_reply(0, other.clone()).is_empty());
-        other.replica = 1;
-        assert!(s.on_reply(1, other).is_empty());
+        let mut other_client = reply(&s, 0, 0, &[(t, b"r")]);
+        other_client.client = KeyPair::from_seed(&[7; 32]).unwrap().public();
+        let mut other_session = reply(&s, 1, 0, &[(t, b"r")]);
+        other_session.session = SESSION + 1;
+        for (from, r) in [
+            (0, other_client),
+            (1, other_session.clone()),
+            (2, other_session),
+        ] {
+            assert!(s.on_reply(from, r).is_empty());
+        }
         assert!(s.on_reply(9, reply(&s, 9, 0, &[(t, b"r")])).is_empty());
         assert!(s.on_reply(0, reply(&s, 0, 0, &[(t, b"r")])).is_empty());
-        assert_eq!(s.outstanding(), 1);
+        assert!(s.on_reply(1, reply(&s, 1, 0, &[(t, b"r")])).is_empty());
+        assert_eq!(s.outstanding(), 1, "other sessions' replies counted");
     }
 
     #[test]
@@ -432,7 +641,6 @@ mod tests {
         s.poll_envelopes(Duration::ZERO);
         // f+1 = 2 replicas report view 6: primary 6 mod 4 = 2.
         s.on_reply(0, reply(&s, 0, 6, &[(t, b"r")]));
-        assert_eq!(s.primary(), 0);
         s.on_reply(3, reply(&s, 3, 6, &[(t, b"r")]));
         assert_eq!(s.view(), 6);
         s.admit(b"y".to_vec());
@@ -475,19 +683,92 @@ mod tests {
     #[test]
     fn holds_requests_while_many_envelopes_are_in_flight() {
         let mut s = session();
-        let now = Duration::ZERO;
         for _ in 0..MAX_ENVELOPES_IN_FLIGHT {
             s.admit(b"x".to_vec());
-            assert_eq!(s.poll_envelopes(now).len(), 1);
+            assert_eq!(s.poll_envelopes(Duration::ZERO).len(), 1);
         }
         let waiting = s.admit(b"y".to_vec());
-        assert!(s.poll_envelopes(now).is_empty());
+        assert!(s.poll_envelopes(Duration::ZERO).is_empty());
         // One envelope finishing releases the waiting requests.
         let first = *s.requests.keys().next().unwrap();
-        s.on_reply(0, reply(&s, 0, 0, &[(first, b"r")]));
-        s.on_reply(1, reply(&s, 1, 0, &[(first, b"r")]));
-        let sent = s.poll_envelopes(now);
+        for from in 0..3 {
+            s.on_reply(from, reply(&s, from, 0, &[(first, b"r")]));
+        }
+        let sent = s.poll_envelopes(Duration::ZERO);
         assert_eq!(sent.len(), 1);
         assert_eq!(envelope_of(&sent[0].1).requests[0].timestamp, waiting);
+    }
+
+    #[test]
+    fn a_read_goes_to_every_replica_and_completes_on_2f_plus_1_matching_answers() {
+        let mut s = session();
+        let t = s.admit_read(b"get".to_vec());
+        let sent = s.poll_envelopes(Duration::ZERO);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, Target::All);
+        match decode(&sent[0].1) {
+            Message::Read(read) => {
+                assert_eq!((read.session, read.timestamp), (SESSION, t));
+                assert_eq!(read.op, b"get");
+            }
+            other => panic!("not a read: {other:?}"),
+        }
+        assert!(s.on_reply(0, read_reply(&s, 0, t, done(b"v"))).is_empty());
+        assert!(s.on_reply(1, read_reply(&s, 1, t, done(b"v"))).is_empty());
+        // An ordered reply does not count for a read-only attempt.
+        assert!(s.on_reply(2, reply(&s, 2, 0, &[(t, b"v")])).is_empty());
+        assert_eq!(
+            s.on_reply(3, read_reply(&s, 3, t, done(b"v"))),
+            vec![(t, done(b"v"))]
+        );
+    }
+
+    #[test]
+    fn a_read_without_2f_plus_1_matching_answers_is_ordered_under_its_timestamp() {
+        let mut s = session();
+        learn_view(&mut s);
+        let t = s.admit_read(b"get".to_vec());
+        s.poll_envelopes(Duration::ZERO);
+        // Two stale answers and one fresh: 3 matching are out of reach once a fourth differs.
+        s.on_reply(0, read_reply(&s, 0, t, done(b"old")));
+        s.on_reply(1, read_reply(&s, 1, t, done(b"new")));
+        assert!(s.poll_envelopes(Duration::ZERO).is_empty());
+        s.on_reply(2, read_reply(&s, 2, t, done(b"other")));
+        let sent = s.poll_envelopes(Duration::ZERO);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, Target::Replica(0));
+        let envelope = envelope_of(&sent[0].1);
+        assert_eq!(envelope.requests[0].timestamp, t);
+        assert_eq!(envelope.requests[0].op, b"get");
+        // Late read-only answers no longer count; ordered ones do.
+        assert!(s.on_reply(3, read_reply(&s, 3, t, done(b"new"))).is_empty());
+        for from in 0..2 {
+            assert!(s
+                .on_reply(from, reply(&s, from, 0, &[(t, b"new")]))
+                .is_empty());
+        }
+        assert_eq!(
+            s.on_reply(2, reply(&s, 2, 0, &[(t, b"new")])),
+            vec![(t, done(b"new"))]
+        );
+    }
+
+    #[test]
+    fn a_read_is_ordered_when_its_time_runs_out_or_it_is_not_read_only() {
+        let mut s = session();
+        let t = s.admit_read(b"get".to_vec());
+        s.poll_envelopes(Duration::ZERO);
+        assert_eq!(s.next_deadline(), Some(Duration::from_secs(1)));
+        assert!(s.poll_retransmits(Duration::from_millis(999)).is_empty());
+        s.poll_retransmits(Duration::from_secs(1));
+        let sent = s.poll_envelopes(Duration::from_secs(1));
+        assert_eq!(envelope_of(&sent[0].1).requests[0].timestamp, t);
+
+        let mut s = session();
+        let t = s.admit_read(b"put".to_vec());
+        s.poll_envelopes(Duration::ZERO);
+        s.on_reply(0, read_reply(&s, 0, t, Outcome::NotReadOnly));
+        let sent = s.poll_envelopes(Duration::ZERO);
+        assert_eq!(envelope_of(&sent[0].1).requests[0].timestamp, t);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pbft_core::app::{KvOp, KvResult};
-use pbft_core::messages::{ClientRequest, Limits, Message, RequestEnvelope};
+use pbft_core::messages::{ClientRequest, Limits, Message, Outcome, RequestEnvelope};
 use pbft_core::protocol::ProtocolConfig;
 use pbft_crypto::KeyPair;
 use pbft_net::{ClientTransport, TransportConfig};
@@ -70,10 +70,13 @@ async fn await_results(
             };
             assert_eq!(reply.replica, from);
             for result in reply.results {
+                let Outcome::Done(value) = result.outcome else {
+                    continue;
+                };
                 let by = answers.entry(result.timestamp).or_default();
-                by.insert(from, result.result.clone());
-                if by.values().filter(|r| **r == result.result).count() > f {
-                    accepted.insert(result.timestamp, result.result);
+                by.insert(from, value.clone());
+                if by.values().filter(|r| **r == value).count() > f {
+                    accepted.insert(result.timestamp, value);
                 }
             }
         }
@@ -91,6 +94,7 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
 
     let envelope = RequestEnvelope::new(
         &client,
+        1,
         (1..=20)
             .map(|t| ClientRequest {
                 timestamp: t,
@@ -109,6 +113,7 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
     // A request with a broken signature is refused and counted.
     let mut forged = RequestEnvelope::new(
         &client,
+        1,
         vec![ClientRequest {
             timestamp: 50,
             op: put("x", "y"),
@@ -123,6 +128,7 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
     // The node keeps serving: a new request still commits.
     let next = RequestEnvelope::new(
         &client,
+        1,
         vec![ClientRequest {
             timestamp: 60,
             op: put("after", "garbage"),

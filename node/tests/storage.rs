@@ -41,6 +41,7 @@ fn setup_with_log(dir: &Path) -> NodeSetup {
     let batch = Batch {
         envelopes: vec![RequestEnvelope::new(
             &client,
+            1,
             vec![ClientRequest { timestamp: 1, op }],
         )],
     };

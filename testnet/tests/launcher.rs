@@ -154,7 +154,11 @@ async fn check_values(client: &Client, prefix: &str, count: usize, step: usize) 
     for i in (0..count).step_by(step) {
         let key = format!("{prefix}-{i}");
         let got = client.get(key.clone()).await.unwrap();
-        assert_eq!(got, Some(value(&key).into_bytes()), "{key}");
+        assert_eq!(
+            got.map(|v| v.to_vec()),
+            Some(value(&key).into_bytes()),
+            "{key}"
+        );
     }
 }
 

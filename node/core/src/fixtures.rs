@@ -45,6 +45,7 @@ pub fn batch(n: usize) -> Batch {
             .map(|i| {
                 RequestEnvelope::new(
                     &client_key(i),
+                    1,
                     vec![request(1, b"put a 1"), request(2, b"get a")],
                 )
             })

@@ -9,9 +9,9 @@ use pbft_core::fixtures::{
     batch, client_key as client, request, state_digest, TestCluster as Cluster,
 };
 use pbft_core::messages::{
-    check_reply, verify_envelope, Batch, Checkpoint, Limits, Message, NewView, Phase, PreparedCert,
-    Rejection, ReplicaId, Reply, RequestEnvelope, RequestResult, Sender, StrictCheck, View,
-    ViewChange, Vote,
+    check_reply, verify_envelope, Batch, Checkpoint, Limits, Message, NewView, Outcome, Phase,
+    PreparedCert, Rejection, ReplicaId, Reply, RequestEnvelope, RequestResult, Sender, StrictCheck,
+    View, ViewChange, Vote,
 };
 use pbft_crypto::{KeyPair, Signature};
 use proptest::collection::vec;
@@ -93,10 +93,11 @@ fn variant(message: &Message) -> usize {
         Message::Committed { .. } => 13,
         Message::StatusQuery { .. } => 14,
         Message::StatusReport(_) => 15,
+        Message::Read(_) => 16,
     }
 }
 
-const VARIANTS: usize = 16;
+const VARIANTS: usize = 17;
 
 /// The f = 1 cluster the samples are signed in.
 fn cluster() -> &'static Cluster {
@@ -112,6 +113,7 @@ fn samples() -> &'static [(Sender, Message)] {
         let digest = batch(2).digest();
         let envelope = RequestEnvelope::new(
             &client(7),
+            1,
             vec![request(3, b"op"), request(9, &[0xff; 100])],
         );
         let commits = (1..=3)
@@ -136,9 +138,11 @@ fn samples() -> &'static [(Sender, Message)] {
                     view: 0,
                     replica: 1,
                     client: client(7).public(),
+                    session: 1,
+                    read_only: false,
                     results: vec![RequestResult {
                         timestamp: 3,
-                        result: b"ok".to_vec(),
+                        outcome: Outcome::Done(b"ok".to_vec()),
                     }],
                 }),
             ),
@@ -199,6 +203,15 @@ fn samples() -> &'static [(Sender, Message)] {
             (
                 Sender::Client(client(7).public()),
                 Message::StatusQuery { nonce: 5 },
+            ),
+            (
+                Sender::Client(client(7).public()),
+                Message::Read(pbft_core::messages::ReadRequest {
+                    client: client(7).public(),
+                    session: 9,
+                    timestamp: 4,
+                    op: b"get a".to_vec(),
+                }),
             ),
             (
                 Sender::Replica(3),
@@ -379,8 +392,8 @@ fn huge_length_prefixes_fail_fast_at_every_offset() {
 fn a_request_claiming_2_pow_60_requests_is_refused_without_reading_them() {
     let (_, message) = &samples()[0];
     let mut bytes = message.encode();
-    // Variant tag (u32), client key (32 bytes), then the number of requests (u64).
-    let at = 4 + 32;
+    // Variant tag (u32), client key (32 bytes), session (u64), then the number of requests (u64).
+    let at = 4 + 32 + 8;
     assert_eq!(u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()), 2);
     bytes[at..at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
     let started = Instant::now();
@@ -502,7 +515,7 @@ fn a_vote_from_another_sender_is_refused() {
         c.check(Sender::Replica(2), fetch),
         Err(Rejection::WrongSender)
     );
-    let envelope = RequestEnvelope::new(&client(0), vec![request(1, b"x")]);
+    let envelope = RequestEnvelope::new(&client(0), 1, vec![request(1, b"x")]);
     assert_eq!(
         c.check(
             Sender::Client(client(1).public()),
@@ -782,7 +795,7 @@ fn request_envelopes_must_have_increasing_timestamps_and_bounded_size() {
     let c = cluster();
     let limits = Limits::default();
     let sender = Sender::Client(client(0).public());
-    let envelope = |requests| Message::Request(RequestEnvelope::new(&client(0), requests));
+    let envelope = |requests| Message::Request(RequestEnvelope::new(&client(0), 1, requests));
     assert_eq!(
         c.check(sender, envelope(vec![request(1, b"a"), request(2, b"b")])),
         Ok(())
@@ -803,7 +816,7 @@ fn request_envelopes_must_have_increasing_timestamps_and_bounded_size() {
         c.check(sender, envelope(oversized.clone())),
         Err(Rejection::TooLarge(_))
     ));
-    let signed = RequestEnvelope::new(&client(0), oversized);
+    let signed = RequestEnvelope::new(&client(0), 1, oversized);
     assert!(matches!(
         verify_envelope(signed, &limits, &mut StrictCheck),
         Err(Rejection::TooLarge(_))
@@ -819,7 +832,7 @@ fn request_envelopes_must_have_increasing_timestamps_and_bounded_size() {
     // The same rules hold for envelopes inside a batch.
     let mut bad_batch = batch(2);
     bad_batch.envelopes[1] =
-        RequestEnvelope::new(&client(1), vec![request(5, b"a"), request(4, b"b")]);
+        RequestEnvelope::new(&client(1), 1, vec![request(5, b"a"), request(4, b"b")]);
     let message = c.pre_prepare(0, 1, bad_batch);
     assert!(matches!(
         c.check(Sender::Replica(0), message),

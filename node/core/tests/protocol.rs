@@ -17,6 +17,7 @@ fn plan_takes_the_highest_view_certificate_and_fills_gaps_with_null() {
     let a = Batch { envelopes: vec![] };
     let request = messages::RequestEnvelope::new(
         &KeyPair::from_seed(&[9; 32]).unwrap(),
+        1,
         vec![messages::ClientRequest {
             timestamp: 1,
             op: b"x".to_vec(),
@@ -144,6 +145,7 @@ fn batch_of(client: u8, key: &[u8]) -> Batch {
     };
     let envelope = messages::RequestEnvelope::new(
         &KeyPair::from_seed(&[100 + client; 32]).unwrap(),
+        1,
         vec![messages::ClientRequest {
             timestamp: 1,
             op: pbft_core::codec::encode(&op),

@@ -18,7 +18,7 @@ fn batch_putting(client: &KeyPair, value: &[u8]) -> Batch {
         value: value.to_vec(),
     }
     .encode();
-    let envelope = RequestEnvelope::new(client, vec![ClientRequest { timestamp: 1, op }]);
+    let envelope = RequestEnvelope::new(client, 1, vec![ClientRequest { timestamp: 1, op }]);
     Batch {
         envelopes: vec![envelope],
     }

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use pbft_core::messages::{ReplicaId, Seq, Timestamp};
+use pbft_core::messages::{Outcome, ReplicaId, Seq, SessionKey, Timestamp};
 use pbft_core::protocol::Executed;
-use pbft_crypto::{Digest, PublicKey};
+use pbft_crypto::Digest;
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,9 +24,9 @@ pub struct Checker {
     last_executed: BTreeMap<ReplicaId, Seq>,
     /// Requests each correct replica executed, with the sequence number (a repeat is a
     /// violation).
-    executions: BTreeMap<ReplicaId, BTreeMap<(PublicKey, Timestamp), Seq>>,
+    executions: BTreeMap<ReplicaId, BTreeMap<(SessionKey, Timestamp), Seq>>,
     /// The result correct replicas computed for each request.
-    results: BTreeMap<(PublicKey, Timestamp), Vec<u8>>,
+    results: BTreeMap<(SessionKey, Timestamp), Outcome>,
     pub accepted_count: usize,
 }
 
@@ -138,9 +138,9 @@ impl Checker {
     /// Records a result a correct replica computed (or answered from its cache).
     pub fn on_correct_result(
         &mut self,
-        client: PublicKey,
+        client: SessionKey,
         timestamp: Timestamp,
-        result: &[u8],
+        result: &Outcome,
     ) -> Result<(), Violation> {
         match self.results.get(&(client, timestamp)) {
             Some(expected) if expected != result => Err(Violation(format!(
@@ -148,7 +148,7 @@ impl Checker {
             ))),
             Some(_) => Ok(()),
             None => {
-                self.results.insert((client, timestamp), result.to_vec());
+                self.results.insert((client, timestamp), result.clone());
                 Ok(())
             }
         }
@@ -157,9 +157,9 @@ impl Checker {
     /// Client validity: an accepted result is what the correct replicas computed.
     pub fn on_accepted(
         &mut self,
-        client: PublicKey,
+        client: SessionKey,
         timestamp: Timestamp,
-        result: &[u8],
+        result: &Outcome,
     ) -> Result<(), Violation> {
         self.accepted_count += 1;
         match self.results.get(&(client, timestamp)) {

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pbft_client::session::{Session, Target};
+use pbft_client::session::{new_session_id, Session, Target};
 use pbft_core::app::KvOp;
-use pbft_core::messages::{ReplicaId, Reply, Timestamp, View};
+use pbft_core::messages::{Outcome, ReplicaId, Reply, SessionKey, Timestamp, View};
 use pbft_core::Committee;
 use pbft_crypto::{KeyPair, PublicKey};
 
@@ -15,7 +15,9 @@ use pbft_crypto::{KeyPair, PublicKey};
 pub struct SimClient {
     pub index: usize,
     pub key: PublicKey,
-    session: Session,
+    /// The client's key and its session.
+    pub session: SessionKey,
+    session_state: Session,
     /// Requests still to issue.
     remaining: usize,
     /// Most requests admitted and not yet accepted.
@@ -23,7 +25,7 @@ pub struct SimClient {
     /// The operation of each admitted request not yet accepted.
     ops: BTreeMap<Timestamp, KvOp>,
     /// Results this client accepted, by timestamp, with the operation.
-    pub accepted: BTreeMap<Timestamp, (KvOp, Vec<u8>)>,
+    pub accepted: BTreeMap<Timestamp, (KvOp, Outcome)>,
 }
 
 impl SimClient {
@@ -37,10 +39,21 @@ impl SimClient {
         window: usize,
         retransmit: Duration,
     ) -> SimClient {
+        let session = SessionKey {
+            client: key.public(),
+            session: new_session_id(index as u64 + 1, 0),
+        };
         SimClient {
             index,
             key: key.public(),
-            session: Session::new(key, committee, 1, retransmit, retransmit * 8),
+            session,
+            session_state: Session::new(
+                key,
+                committee,
+                session.session,
+                retransmit,
+                retransmit * 8,
+            ),
             remaining: requests,
             window: window.max(1),
             ops: BTreeMap::new(),
@@ -50,16 +63,16 @@ impl SimClient {
 
     /// The view whose primary the client sends new requests to.
     pub fn view(&self) -> View {
-        self.session.view()
+        self.session_state.view()
     }
 
     /// All requests were issued and accepted.
     pub fn is_done(&self) -> bool {
-        self.remaining == 0 && self.session.outstanding() == 0
+        self.remaining == 0 && self.session_state.outstanding() == 0
     }
 
     pub fn outstanding(&self) -> usize {
-        self.session.outstanding()
+        self.session_state.outstanding()
     }
 
     /// Adds `count` more requests to the workload.
@@ -70,29 +83,29 @@ impl SimClient {
     /// Admits new requests up to the window, and returns the frames to send: new envelopes for
     /// the primary, and retransmissions for every replica.
     pub fn tick(&mut self, now: Duration) -> Vec<(Target, Bytes)> {
-        while self.remaining > 0 && self.session.outstanding() < self.window {
-            if !self.session.has_room() {
+        while self.remaining > 0 && self.session_state.outstanding() < self.window {
+            if !self.session_state.has_room() {
                 break;
             }
-            let timestamp = self.session.next_timestamp();
+            let timestamp = self.session_state.next_timestamp();
             let op = KvOp::Put {
                 key: format!("c{}/{}", self.index, timestamp).into_bytes(),
                 value: format!("v{timestamp}").into_bytes(),
             };
-            let admitted = self.session.admit(op.encode());
+            let admitted = self.session_state.admit(op.encode());
             debug_assert_eq!(admitted, timestamp);
             self.ops.insert(admitted, op);
             self.remaining -= 1;
         }
-        let mut frames = self.session.poll_envelopes(now);
-        frames.extend(self.session.poll_retransmits(now));
+        let mut frames = self.session_state.poll_envelopes(now);
+        frames.extend(self.session_state.poll_retransmits(now));
         frames
     }
 
     /// Takes a reply from replica `from` (the channel authenticated it). Returns the requests
     /// it completed, with their results.
-    pub fn on_reply(&mut self, from: ReplicaId, reply: Reply) -> Vec<(Timestamp, Vec<u8>)> {
-        let done = self.session.on_reply(from, reply);
+    pub fn on_reply(&mut self, from: ReplicaId, reply: Reply) -> Vec<(Timestamp, Outcome)> {
+        let done = self.session_state.on_reply(from, reply);
         for (timestamp, result) in &done {
             if let Some(op) = self.ops.remove(timestamp) {
                 self.accepted.insert(*timestamp, (op, result.clone()));

@@ -26,7 +26,9 @@ use pbft_client::session::Target;
 use pbft_core::app::KvStore;
 use pbft_core::byzantine::{BehaviorKind, Payload};
 use pbft_core::driver::{Driver, Effects, Flushed};
-use pbft_core::messages::{self, Limits, Message, ReplicaId, Reply, Sender, SignatureCache};
+use pbft_core::messages::{
+    self, Limits, Message, ReplicaId, Reply, Sender, SessionKey, SignatureCache,
+};
 use pbft_core::protocol::{segment_released, Durable, ProtocolConfig, Replica, Timer};
 use pbft_core::Committee;
 use pbft_crypto::{Digest, KeyPair};
@@ -663,7 +665,7 @@ impl Simulation {
                 };
                 let client = &mut self.clients[index];
                 let accepted = client.on_reply(replica, reply.clone());
-                let key = client.key;
+                let key = client.session;
                 for (timestamp, result) in accepted {
                     self.checker
                         .on_accepted(key, timestamp, &result)
@@ -793,10 +795,15 @@ impl Simulation {
                     .on_executed(id, executed)
                     .map_err(|v| self.annotate(v))?;
             }
-            for reply in &replies {
+            // Ordered results only: a read-only answer reflects one replica's state.
+            for reply in replies.iter().filter(|r| !r.read_only) {
+                let session = SessionKey {
+                    client: reply.client,
+                    session: reply.session,
+                };
                 for result in &reply.results {
                     self.checker
-                        .on_correct_result(reply.client, result.timestamp, &result.result)
+                        .on_correct_result(session, result.timestamp, &result.outcome)
                         .map_err(|v| self.annotate(v))?;
                 }
             }

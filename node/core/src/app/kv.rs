@@ -138,6 +138,15 @@ impl StateMachine for KvStore {
         result.encode()
     }
 
+    fn query(&self, op: &[u8]) -> Option<Vec<u8>> {
+        match codec::decode::<KvOp>(op, op.len() as u64) {
+            Ok(KvOp::Get { key }) => {
+                Some(KvResult::Value(self.entries.get(&key).cloned()).encode())
+            }
+            _ => None,
+        }
+    }
+
     fn digest(&self) -> Digest {
         // Iteration over a BTreeMap is in key order, the same on every replica.
         let mut builder = DigestBuilder::new(Domain::Content)

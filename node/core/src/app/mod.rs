@@ -21,6 +21,10 @@ pub trait StateMachine: Send {
     /// (deterministic) result rather than panic: the bytes come from clients.
     fn execute(&mut self, op: &[u8]) -> Vec<u8>;
 
+    /// Answers a read-only operation from the current state without changing it (TOCS 2002,
+    /// section 5.1.3); `None` if `op` is not read-only, so it must be ordered.
+    fn query(&self, op: &[u8]) -> Option<Vec<u8>>;
+
     /// Applies a batch of operations in order.
     fn execute_batch(&mut self, ops: &[&[u8]]) -> Vec<Vec<u8>> {
         ops.iter().map(|op| self.execute(op)).collect()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rand::Rng;
 
 use super::{unsent, with_forged_signature, Behavior, Context, FaultyOutput, FaultySend, Payload};
-use crate::messages::{Message, Phase, Vote};
+use crate::messages::{Message, Outcome, Phase, Vote};
 use crate::protocol::Ready;
 
 /// Garbage payloads are shorter than this.
@@ -94,7 +94,7 @@ impl Behavior for Corrupt {
         for reply in &mut out.replies {
             for result in &mut reply.results {
                 let len = ctx.rng.random_range(1..=32);
-                result.result = random_bytes(len, ctx);
+                result.outcome = Outcome::Done(random_bytes(len, ctx));
             }
         }
         out

@@ -321,6 +321,7 @@ fn with_forged_signature(message: &Message, rng: &mut dyn RngCore) -> Option<Mes
         Message::NewView(new_view) => &mut new_view.signature,
         Message::Committed { commits, .. } if !commits.is_empty() => &mut commits[0].signature,
         Message::Reply(_)
+        | Message::Read(_)
         | Message::Committed { .. }
         | Message::Status { .. }
         | Message::StatusQuery { .. }

@@ -9,8 +9,8 @@ use rand_chacha::ChaCha8Rng;
 use super::*;
 use crate::fixtures::{client_key, TestCluster};
 use crate::messages::{
-    Batch, ClientRequest, Limits, NewView, Phase, Rejection, RequestEnvelope, RequestResult,
-    Sender, Seq, Verified, View, ViewChange,
+    Batch, ClientRequest, Limits, NewView, Outcome, Phase, Rejection, RequestEnvelope,
+    RequestResult, Sender, Seq, Verified, View, ViewChange,
 };
 use crate::protocol::{Timer, TimerCommand};
 
@@ -90,7 +90,7 @@ fn batch(n: usize) -> Batch {
                     timestamp: 1,
                     op: vec![i as u8; 8],
                 };
-                RequestEnvelope::new(&client_key(i), vec![request])
+                RequestEnvelope::new(&client_key(i), 1, vec![request])
             })
             .collect(),
     }
@@ -221,9 +221,11 @@ fn silent_sends_and_replies_nothing_but_keeps_persisting() {
         view: 0,
         replica: 0,
         client: client_key(0).public(),
+        session: 1,
+        read_only: false,
         results: vec![RequestResult {
             timestamp: 1,
-            result: b"ok".to_vec(),
+            outcome: Outcome::Done(b"ok".to_vec()),
         }],
     });
     let at = Duration::from_secs(3);
@@ -436,6 +438,7 @@ fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
     let digest = batch(2).digest();
     let envelope = RequestEnvelope::new(
         &client_key(9),
+        1,
         vec![ClientRequest {
             timestamp: 5,
             op: b"op".to_vec(),
@@ -694,9 +697,11 @@ fn corrupt_sends_only_what_a_correct_replica_rejects() {
             view: 1,
             replica: id,
             client: client_key(0).public(),
+            session: 1,
+            read_only: false,
             results: vec![RequestResult {
                 timestamp: 1,
-                result: b"the real result".to_vec(),
+                outcome: Outcome::Done(b"the real result".to_vec()),
             }],
         });
         let expected = input.messages.len();
@@ -706,7 +711,10 @@ fn corrupt_sends_only_what_a_correct_replica_rejects() {
             expected,
             "one broken message for each real one"
         );
-        assert_ne!(out.replies[0].results[0].result, b"the real result");
+        assert_ne!(
+            out.replies[0].results[0].outcome,
+            Outcome::Done(b"the real result".to_vec())
+        );
         for send in &out.sends {
             match &send.payload {
                 Payload::Garbage(bytes) => {

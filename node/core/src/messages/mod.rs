@@ -25,7 +25,8 @@ use crate::committee::Committee;
 pub use certificate::PreparedCert;
 pub use checkpoint::Checkpoint;
 pub use request::{
-    check_reply, verify_envelope, Batch, ClientRequest, Reply, RequestEnvelope, RequestResult,
+    check_reply, verify_envelope, Batch, ClientRequest, Outcome, ReadRequest, Reply,
+    RequestEnvelope, RequestResult, SessionId, SessionKey,
 };
 pub use status::NodeStatus;
 pub use view_change::{NewView, ViewChange};
@@ -101,6 +102,8 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         snapshot: Vec<u8>,
     },
+    /// A client's read-only request, to every replica.
+    Read(ReadRequest),
 }
 
 impl Message {
@@ -108,6 +111,7 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Request(_) => "request",
+            Message::Read(_) => "read",
             Message::PrePrepare { .. } => "pre-prepare",
             Message::Prepare { .. } => "prepare",
             Message::Commit(_) => "commit",
@@ -391,7 +395,7 @@ pub fn verify(
     signatures: &mut dyn SignatureCheck,
 ) -> Result<Verified<Message>, Rejection> {
     let from = match (&message, sender) {
-        (Message::Request(_) | Message::StatusQuery { .. }, _) => None,
+        (Message::Request(_) | Message::Read(_) | Message::StatusQuery { .. }, _) => None,
         (_, Sender::Replica(id)) if committee.key(id).is_some() => Some(id),
         (_, Sender::Replica(_)) => return Err(Rejection::UnknownReplica),
         (_, Sender::Client(_)) => return Err(Rejection::NotFromReplica),
@@ -404,6 +408,10 @@ pub fn verify(
     };
     let envelope_digests = match &message {
         Message::Request(envelope) => vec![request::verify_request(&mut check, envelope, sender)?],
+        Message::Read(read) => {
+            request::verify_read(&mut check, read, sender)?;
+            Vec::new()
+        }
         Message::PrePrepare { header, batch } => {
             vote::verify_pre_prepare(&mut check, header, batch)?
         }

@@ -17,22 +17,38 @@ pub struct ClientRequest {
     pub op: Vec<u8>,
 }
 
-/// ⟨REQUEST, o, t, c⟩ for several requests of one client under one signature.
+/// A session of a client: one process's run with the client's key. Processes sharing a key use
+/// different sessions, so their timestamps never collide. A session id is the session's start
+/// time in microseconds since the Unix epoch shifted left 16 bits, with random low bits: later
+/// sessions have larger ids, which expiry relies on (see
+/// [`crate::protocol::ClientTable`]).
+pub type SessionId = u64;
+
+/// Who a request belongs to: the client's key and the session it was sent in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionKey {
+    pub client: PublicKey,
+    pub session: SessionId,
+}
+
+/// ⟨REQUEST, o, t, c⟩ for several requests of one client session under one signature.
 ///
 /// A client signs one envelope for the requests it has outstanding, so that the cost of a
 /// signature is shared by all of them. Timestamps in an envelope are strictly increasing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestEnvelope {
     pub client: PublicKey,
+    pub session: SessionId,
     pub requests: Vec<ClientRequest>,
     pub signature: Signature,
 }
 
 impl RequestEnvelope {
-    /// Builds and signs an envelope.
-    pub fn new(key: &KeyPair, requests: Vec<ClientRequest>) -> RequestEnvelope {
+    /// Builds and signs an envelope of `session`.
+    pub fn new(key: &KeyPair, session: SessionId, requests: Vec<ClientRequest>) -> RequestEnvelope {
         let mut envelope = RequestEnvelope {
             client: key.public(),
+            session,
             requests,
             signature: Signature::EMPTY,
         };
@@ -40,10 +56,20 @@ impl RequestEnvelope {
         envelope
     }
 
-    /// What the client's signature covers: its key and every (timestamp, op) in order.
+    /// The session the envelope belongs to.
+    pub fn session_key(&self) -> SessionKey {
+        SessionKey {
+            client: self.client,
+            session: self.session,
+        }
+    }
+
+    /// What the client's signature covers: its key, the session and every (timestamp, op) in
+    /// order.
     pub fn signing_digest(&self) -> Digest {
         let mut builder = DigestBuilder::new(Domain::Request)
             .public_key(&self.client)
+            .u64(self.session)
             .u64(self.requests.len() as u64);
         for request in &self.requests {
             builder = builder.u64(request.timestamp).bytes(&request.op);
@@ -60,7 +86,7 @@ impl RequestEnvelope {
     }
 
     fn payload_bytes(&self) -> usize {
-        self.requests.iter().map(|r| r.op.len() + 8).sum::<usize>() + 96
+        self.requests.iter().map(|r| r.op.len() + 8).sum::<usize>() + 104
     }
 }
 
@@ -105,24 +131,55 @@ impl Batch {
     }
 }
 
-/// ⟨REPLY, v, t, c, i, r⟩ for every request of one client executed in one batch.
+/// A read-only request (TOCS 2002, section 5.1.3): sent to every replica, executed at once on
+/// the replica's executed state without ordering, and answered with a read-only [`Reply`]. Not
+/// signed: it changes nothing, and the answer goes back on the channel that authenticated the
+/// client. `timestamp` names it within the session, and is the timestamp the client orders it
+/// with if the read-only answers do not agree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub client: PublicKey,
+    pub session: SessionId,
+    pub timestamp: Timestamp,
+    #[serde(with = "serde_bytes")]
+    pub op: Vec<u8>,
+}
+
+/// ⟨REPLY, v, t, c, i, r⟩ for every request of one client session executed in one batch, or for
+/// one read-only request.
 ///
 /// Replies are not signed: they travel on a channel authenticated to the replica that sent them,
-/// and a client never shows a reply to anyone else, so no transferable proof is needed.
+/// and a client never shows a reply to anyone else, so no transferable proof is needed. A reply
+/// names exactly the requests it answers: the client, the session and each timestamp.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     pub view: View,
     pub replica: ReplicaId,
     pub client: PublicKey,
+    pub session: SessionId,
+    /// An answer to a [`ReadRequest`], from the replica's state without ordering.
+    pub read_only: bool,
     pub results: Vec<RequestResult>,
 }
 
-/// The result of one request.
+/// The outcome of one request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestResult {
     pub timestamp: Timestamp,
-    #[serde(with = "serde_bytes")]
-    pub result: Vec<u8>,
+    pub outcome: Outcome,
+}
+
+/// What became of a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// It executed with this result.
+    Done(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// It executed, but its result is no longer cached (the client waited too long).
+    Forgotten,
+    /// Its session expired (see [`crate::protocol::ClientTable`]); it will never execute.
+    SessionExpired,
+    /// A read-only request whose operation is not read-only: order it instead.
+    NotReadOnly,
 }
 
 /// Checks a client's envelope on its own (outside a message): shape, limits and the client's
@@ -190,6 +247,25 @@ fn check_envelope_shape(envelope: &RequestEnvelope, limits: &Limits) -> Result<(
             ));
         }
         last = request.timestamp;
+    }
+    Ok(())
+}
+
+/// A READ from the client it names, its operation within the limits.
+pub(super) fn verify_read(
+    check: &mut Check<'_>,
+    read: &ReadRequest,
+    sender: Sender,
+) -> Result<(), Rejection> {
+    match sender {
+        Sender::Client(client) if client == read.client => {}
+        _ => return Err(Rejection::WrongSender),
+    }
+    if read.op.len() > check.limits.max_op_bytes {
+        return Err(Rejection::TooLarge("operation"));
+    }
+    if read.timestamp == 0 {
+        return Err(Rejection::Malformed("timestamps are positive"));
     }
     Ok(())
 }

@@ -24,22 +24,23 @@ pub mod votes;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use clients::{ClientRecord, ClientTable, RequestStatus};
+pub use clients::{ClientBounds, ClientRecord, ClientTable, RequestStatus};
 pub use new_view::{plan_new_view, NewViewPlan};
 pub use replica::Replica;
 
-use pbft_crypto::{Digest, PublicKey};
+use pbft_crypto::Digest;
 
 use serde::{Deserialize, Serialize};
 
 use crate::messages::{
-    Batch, Checkpoint, Limits, Message, NewView, PreparedCert, ReplicaId, Reply, Seq, Timestamp,
-    View, ViewChange, Vote,
+    Batch, Checkpoint, Limits, Message, NewView, PreparedCert, ReplicaId, Reply, Seq, SessionKey,
+    Timestamp, View, ViewChange, Vote,
 };
 
 /// Tunable parameters: the `[protocol]` table of a node's configuration, every field optional
 /// (absent ones take [`ProtocolConfig::default`]'s value). Replicas of one cluster must agree on
-/// `checkpoint_interval`, `log_window` and `client_window`; the rest is local.
+/// `checkpoint_interval`, `log_window`, `client_window`, `max_client_sessions` and
+/// `max_cached_result_bytes`; the rest is local.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProtocolConfig {
@@ -66,8 +67,12 @@ pub struct ProtocolConfig {
     /// Most request envelopes waiting to be ordered or executed, in total and per client.
     pub max_pending_envelopes: usize,
     pub max_pending_per_client: usize,
-    /// How many timestamps below its highest executed one a client's request may carry.
+    /// How many timestamps below its highest executed one a client session's request may carry.
     pub client_window: u64,
+    /// Most client sessions remembered (see [`ClientTable`]).
+    pub max_client_sessions: usize,
+    /// Most bytes of cached client results, over all sessions (see [`ClientTable`]).
+    pub max_cached_result_bytes: usize,
     /// Message size limits.
     pub limits: Limits,
 }
@@ -86,6 +91,8 @@ impl Default for ProtocolConfig {
             max_pending_envelopes: 65_536,
             max_pending_per_client: 256,
             client_window: 1024,
+            max_client_sessions: 16_384,
+            max_cached_result_bytes: 64 << 20,
             limits: Limits::default(),
         }
     }
@@ -101,6 +108,15 @@ pub struct ProtocolConfigError {
 }
 
 impl ProtocolConfig {
+    /// The bounds of the replicated client table.
+    pub fn client_bounds(&self) -> ClientBounds {
+        ClientBounds {
+            window: self.client_window,
+            max_sessions: self.max_client_sessions,
+            max_cached_bytes: self.max_cached_result_bytes,
+        }
+    }
+
     /// The configuration as read from a file, made whole and checked: the boundary limits take
     /// the log window, then [`ProtocolConfig::validate`].
     pub fn checked(mut self) -> Result<ProtocolConfig, ProtocolConfigError> {
@@ -115,7 +131,7 @@ impl ProtocolConfig {
         let k = self.checkpoint_interval;
         let l = self.log_window;
         let limits = &self.limits;
-        let counts: [(&'static str, u64); 13] = [
+        let counts: [(&'static str, u64); 15] = [
             ("checkpoint_interval", k),
             ("max_batch_requests", self.max_batch_requests as u64),
             ("max_batch_bytes", self.max_batch_bytes as u64),
@@ -123,6 +139,11 @@ impl ProtocolConfig {
             ("max_pending_envelopes", self.max_pending_envelopes as u64),
             ("max_pending_per_client", self.max_pending_per_client as u64),
             ("client_window", self.client_window),
+            ("max_client_sessions", self.max_client_sessions as u64),
+            (
+                "max_cached_result_bytes",
+                self.max_cached_result_bytes as u64,
+            ),
             (
                 "view_change_timeout_ms",
                 self.view_change_timeout.as_millis() as u64,
@@ -358,7 +379,7 @@ pub struct Executed {
     pub view: View,
     pub digest: Digest,
     /// The requests that executed (those already executed earlier are skipped), in order.
-    pub requests: Vec<(PublicKey, Timestamp)>,
+    pub requests: Vec<(SessionKey, Timestamp)>,
 }
 
 /// What the replica asks its driver to do, in order: persist, send, reply, set timers.

@@ -37,8 +37,8 @@ use crate::app::StateMachine;
 use crate::codec;
 use crate::committee::Committee;
 use crate::messages::{
-    Batch, Checkpoint, Message, NewView, Phase, PreparedCert, ReplicaId, Reply, RequestEnvelope,
-    RequestResult, Seq, Verified, View, ViewChange, Vote,
+    Batch, Checkpoint, Message, NewView, Outcome, Phase, PreparedCert, ReadRequest, ReplicaId,
+    Reply, RequestEnvelope, RequestResult, Seq, SessionKey, Verified, View, ViewChange, Vote,
 };
 
 /// The state a checkpoint certifies: the application and the client table. Its encoding is
@@ -288,7 +288,7 @@ impl Replica {
         }
         let mut replica = Replica {
             id,
-            clients: ClientTable::new(config.client_window),
+            clients: ClientTable::new(config.client_bounds()),
             pending: PendingRequests::new(
                 config.max_pending_envelopes,
                 config.max_pending_per_client,
@@ -470,6 +470,7 @@ impl Replica {
                 proof,
                 snapshot,
             } => self.on_state_data(seq, proof, snapshot),
+            Message::Read(read) => self.on_read(read),
             Message::Reply(_) | Message::StatusQuery { .. } | Message::StatusReport(_) => {
                 self.ignore(Ignored::NotProtocolMessage)
             }

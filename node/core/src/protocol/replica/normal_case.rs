@@ -8,12 +8,14 @@ impl Replica {
     pub(super) fn on_request(&mut self, envelope: Verified<RequestEnvelope>, digest: Digest) {
         if self.clients.is_settled(&envelope) {
             // A retransmission: answer from the reply cache.
-            let results = self.clients.cached_results(&envelope);
+            let results = self.clients.settled_outcomes(&envelope);
             if !results.is_empty() {
                 self.ready.replies.push(Reply {
                     view: self.view,
                     replica: self.id,
                     client: envelope.client,
+                    session: envelope.session,
+                    read_only: false,
                     results,
                 });
             } else {
@@ -41,6 +43,26 @@ impl Replica {
                 self.watch(Some(digest));
             }
         }
+    }
+
+    /// §5.1.3: a read-only request executes at once on the executed state, without ordering.
+    /// Only committed batches ever execute here, so the answer never shows uncommitted state.
+    pub(super) fn on_read(&mut self, read: ReadRequest) {
+        let outcome = match self.app.query(&read.op) {
+            Some(result) => Outcome::Done(result),
+            None => Outcome::NotReadOnly,
+        };
+        self.ready.replies.push(Reply {
+            view: self.view,
+            replica: self.id,
+            client: read.client,
+            session: read.session,
+            read_only: true,
+            results: vec![RequestResult {
+                timestamp: read.timestamp,
+                outcome,
+            }],
+        });
     }
 
     /// Starts or stops the view-change timer that measures how long `digest` waits.
@@ -405,26 +427,28 @@ impl Replica {
     }
 
     pub(super) fn execute_batch(&mut self, seq: Seq, digest: Digest, body: &BatchBody) {
-        let mut replies: BTreeMap<pbft_crypto::PublicKey, Vec<RequestResult>> = BTreeMap::new();
+        let mut replies: BTreeMap<SessionKey, Vec<RequestResult>> = BTreeMap::new();
         let mut executed_requests = Vec::new();
         let mut settled_watch = false;
         for (envelope, envelope_digest) in body.batch.envelopes.iter().zip(&body.envelope_digests) {
             let envelope_digest = *envelope_digest;
+            let session = envelope.session_key();
             for request in &envelope.requests {
-                if self.clients.status(&envelope.client, request.timestamp) != RequestStatus::New {
-                    continue;
-                }
-                let result = self.app.execute(&request.op);
-                self.clients
-                    .record(envelope.client, request.timestamp, result.clone());
-                executed_requests.push((envelope.client, request.timestamp));
-                replies
-                    .entry(envelope.client)
-                    .or_default()
-                    .push(RequestResult {
-                        timestamp: request.timestamp,
-                        result,
-                    });
+                let outcome = match self.clients.status(&session, request.timestamp) {
+                    RequestStatus::New => {
+                        let result = self.app.execute(&request.op);
+                        self.clients
+                            .record(session, request.timestamp, result.clone(), seq);
+                        executed_requests.push((session, request.timestamp));
+                        Outcome::Done(result)
+                    }
+                    RequestStatus::Expired => Outcome::SessionExpired,
+                    RequestStatus::Executed(_) | RequestStatus::TooOld => continue,
+                };
+                replies.entry(session).or_default().push(RequestResult {
+                    timestamp: request.timestamp,
+                    outcome,
+                });
             }
             self.in_log.remove(&envelope_digest);
             self.pending.remove(&envelope.client, &envelope_digest);
@@ -432,12 +456,15 @@ impl Replica {
                 settled_watch = true;
             }
         }
+        self.clients.enforce_bounds();
         self.last_executed = seq;
-        for (client, results) in replies {
+        for (session, results) in replies {
             self.ready.replies.push(Reply {
                 view: self.view,
                 replica: self.id,
-                client,
+                client: session.client,
+                session: session.session,
+                read_only: false,
                 results,
             });
         }
