@@ -5,12 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pbft_crypto::KeyPair;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::client::{Client, ClientSetup};
-use crate::error::ClientError;
+use pbft_client::{Client, ClientError, ClientSetup};
 
 /// When a benchmark stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,17 +73,16 @@ pub struct BenchProgress {
     pub failed: AtomicU64,
 }
 
-/// Connects `options.clients` clients to the cluster of `template` (each with a new key) and waits
-/// until each reaches 2f+1 replicas (or 10 s pass), so connection setup is not measured.
+/// Connects `options.clients` clients to the cluster of `template` (each with its own session
+/// and connections, all with the template's key, which is the one the replicas admit) and waits
+/// until each reaches 2f+1 replicas, so connection setup is not measured.
 pub async fn connect_clients(
     template: &ClientSetup,
     options: &BenchOptions,
 ) -> Result<Vec<Client>, ClientError> {
     let mut clients = Vec::with_capacity(options.clients);
     for _ in 0..options.clients {
-        let mut setup = template.clone();
-        setup.key = KeyPair::generate();
-        clients.push(Client::connect(setup).await?);
+        clients.push(Client::connect(template.clone()).await?);
     }
     let quorum = 2 * template.f + 1;
     for client in &clients {

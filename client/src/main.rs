@@ -1,7 +1,11 @@
 //! `pbft-client`: key-value operations, cluster status and benchmarks against a PBFT cluster.
 //!
-//! Exit codes: 0 success, 1 the operation failed (missing key, compare-and-swap mismatch,
-//! timeout, rejection), 2 usage or configuration error. Errors go to stderr as `error: ...`.
+//! Exit codes (a contract for scripts): 0 success; 1 the operation ran and the answer is
+//! negative (a missing key for `get`, a mismatch for `cas`); 2 bad usage or configuration;
+//! 3 the cluster did not answer in time (no 2f+1 matching replies). Each failure prints one
+//! line on stderr.
+
+mod bench;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -10,9 +14,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bench::{BenchOptions, BenchProgress, BenchStop};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pbft_client::bench::{self, BenchOptions, BenchProgress, BenchStop};
 use pbft_client::{
     load_client_config, CasOutcome, Client, ClientError, ClientSetup, StatusUnavailable,
 };
@@ -25,7 +29,7 @@ struct Cli {
     /// The client configuration file: key_file, f and [[replicas]].
     #[arg(long, short, value_name = "FILE")]
     config: PathBuf,
-    /// Seconds to wait for f+1 matching replies (or for status reports).
+    /// Seconds to wait for 2f+1 matching replies (or for status reports).
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     timeout: f64,
     #[command(subcommand)]
@@ -36,8 +40,14 @@ struct Cli {
 enum Command {
     /// Set KEY to VALUE; prints `ok`.
     Put { key: String, value: String },
-    /// Print KEY's value; exits 1 if the key is absent.
-    Get { key: String },
+    /// Print KEY's value; exits 1 if the key is absent. Read without ordering from 2f+1
+    /// agreeing replicas, ordered if they do not agree.
+    Get {
+        key: String,
+        /// Order the read through the three phases, like a write.
+        #[arg(long)]
+        ordered: bool,
+    },
     /// Remove KEY; prints the value it had.
     Delete { key: String },
     /// Set KEY to NEW if it holds EXPECTED; exits 1 on a mismatch.
@@ -65,7 +75,8 @@ struct CasArgs {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// Client identities, each with its own fresh key and connections.
+    /// Concurrent clients, each with its own session and connections (all with the
+    /// configuration's key).
     #[arg(long, default_value_t = 1)]
     clients: usize,
     /// Requests outstanding per client (at most 512).
@@ -87,21 +98,49 @@ struct BenchArgs {
 
 /// How a command failed, which decides the exit code.
 enum Failure {
-    /// The operation ran but did not succeed (exit 1).
-    Operation(String),
+    /// The operation ran and the answer is negative (exit 1).
+    Negative(String),
     /// The command could not be run as given (exit 2).
     Usage(String),
+    /// The cluster gave no answer in time (exit 3).
+    Unavailable(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Negative(_) => 1,
+            Failure::Usage(_) => 2,
+            Failure::Unavailable(_) => 3,
+        }
+    }
 }
 
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
+        let message = with_causes(&error);
         match error {
-            ClientError::Timeout | ClientError::Rejected(_) => {
-                Failure::Operation(error.to_string())
+            ClientError::Timeout
+            | ClientError::Closed
+            | ClientError::ResultForgotten
+            | ClientError::SessionExpired => {
+                Failure::Unavailable(format!("unavailable: {message}"))
             }
-            _ => Failure::Usage(error.to_string()),
+            _ => Failure::Usage(format!("error: {message}")),
         }
     }
+}
+
+/// An error and its causes, on one line.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
 }
 
 fn main() -> ExitCode {
@@ -118,13 +157,12 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Operation(message)) => {
+        Err(failure) => {
+            let (Failure::Negative(message)
+            | Failure::Usage(message)
+            | Failure::Unavailable(message)) = &failure;
             eprintln!("{message}");
-            ExitCode::from(1)
-        }
-        Err(Failure::Usage(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
+            ExitCode::from(failure.exit_code())
         }
     }
 }
@@ -132,7 +170,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Failure> {
     if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
         return Err(Failure::Usage(
-            "--timeout must be a positive number of seconds".into(),
+            "error: --timeout must be a positive number of seconds".into(),
         ));
     }
     let timeout = Duration::from_secs_f64(cli.timeout);
@@ -148,22 +186,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 async fn run_command(client: &Client, command: Command, timeout: Duration) -> Result<(), Failure> {
-    let op_error = |e: ClientError| match e {
-        ClientError::Timeout | ClientError::Rejected(_) => {
-            Failure::Operation(format!("error: {e}"))
-        }
-        other => Failure::from(other),
-    };
     match command {
         Command::Put { key, value } => {
-            client.put(key, value).await.map_err(op_error)?;
+            client.put(key, value).await?;
             println!("ok");
         }
-        Command::Get { key } => match client.get(key.clone()).await.map_err(op_error)? {
-            Some(value) => print_value(&value),
-            None => return Err(Failure::Operation(format!("key not found: {key}"))),
-        },
-        Command::Delete { key } => match client.delete(key.clone()).await.map_err(op_error)? {
+        Command::Get { key, ordered } => {
+            let value = if ordered {
+                client.get_ordered(key.clone()).await?
+            } else {
+                client.get(key.clone()).await?
+            };
+            match value {
+                Some(value) => print_value(&value),
+                None => return Err(Failure::Negative(format!("not found: {key}"))),
+            }
+        }
+        Command::Delete { key } => match client.delete(key.clone()).await? {
             Some(value) => print_value(&value),
             None => println!("key was absent: {key}"),
         },
@@ -173,31 +212,25 @@ async fn run_command(client: &Client, command: Command, timeout: Duration) -> Re
                 (false, [expected, new]) => (Some(expected.clone().into_bytes()), new.clone()),
                 (true, _) => {
                     return Err(Failure::Usage(
-                        "cas --absent takes KEY NEW (no expected value)".into(),
+                        "error: cas --absent takes KEY NEW (no expected value)".into(),
                     ))
                 }
                 (false, _) => {
                     return Err(Failure::Usage(
-                        "cas takes KEY EXPECTED NEW, or --absent KEY NEW".into(),
+                        "error: cas takes KEY EXPECTED NEW, or --absent KEY NEW".into(),
                     ))
                 }
             };
-            match client
-                .cas(args.key, expected, new)
-                .await
-                .map_err(op_error)?
-            {
+            match client.cas(args.key, expected, new).await? {
                 CasOutcome::Swapped => println!("ok"),
                 CasOutcome::Mismatch(Some(current)) => {
-                    return Err(Failure::Operation(format!(
+                    return Err(Failure::Negative(format!(
                         "mismatch: current value is {}",
                         String::from_utf8_lossy(&current)
                     )))
                 }
                 CasOutcome::Mismatch(None) => {
-                    return Err(Failure::Operation(
-                        "mismatch: the key is absent".to_string(),
-                    ))
+                    return Err(Failure::Negative("mismatch: the key is absent".into()))
                 }
             }
         }
@@ -209,7 +242,9 @@ async fn run_command(client: &Client, command: Command, timeout: Duration) -> Re
                 print!("{}", status_table(client, &statuses));
             }
             if statuses.iter().all(|(_, s)| s.is_err()) {
-                return Err(Failure::Operation("error: no replica answered".into()));
+                return Err(Failure::Unavailable(
+                    "unavailable: no replica answered".into(),
+                ));
             }
         }
         Command::Bench(_) => unreachable!("handled before connecting"),
@@ -426,7 +461,9 @@ async fn run_bench(setup: ClientSetup, args: &BenchArgs) -> Result<(), Failure> 
         }
     }
     if report.requests == 0 && report.errors > 0 {
-        return Err(Failure::Operation("error: every request failed".into()));
+        return Err(Failure::Unavailable(
+            "unavailable: every request failed".into(),
+        ));
     }
     Ok(())
 }

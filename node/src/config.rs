@@ -42,7 +42,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use pbft_net::cluster::{
-    load_key_file, read_toml, resolve, ClusterConfig, ConfigError, ReplicaEntry,
+    load_key_file, read_toml, resolve, ClientAccess, ClusterConfig, ConfigError, ReplicaEntry,
 };
 use pbft_net::TransportConfig;
 use serde::{Deserialize, Serialize};
@@ -88,6 +88,9 @@ pub struct NodeConfigFile {
     /// Durable state; absent fields take their defaults.
     #[serde(default, skip_serializing_if = "is_default")]
     pub storage: StorageConfig,
+    /// Which clients may connect: `"open"`, or the list of their public keys (see
+    /// [`ClientAccess`]). Required, so that an open cluster is a decision.
+    pub clients: ClientAccess,
     /// Every replica of the cluster, this one included, as in [`ClusterConfig::replicas`].
     pub replicas: Vec<ReplicaEntry>,
 }
@@ -143,6 +146,7 @@ impl NodeConfigFile {
                  listed one, so it must reach this one"
             );
         }
+        let clients = self.clients.policy()?;
         let protocol = self
             .protocol
             .clone()
@@ -181,6 +185,7 @@ impl NodeConfigFile {
             transport,
             data_dir: resolve(config_path, &self.data_dir),
             storage: self.storage,
+            clients,
             metrics: self.metrics,
             behavior,
         })

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
-use pbft_net::{Inbox, Peer, PeerInfo, ReplicaTransport, TransportConfig};
+use pbft_net::{ClientPolicy, Inbox, Peer, PeerInfo, ReplicaTransport, TransportConfig};
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -51,6 +51,8 @@ pub struct NodeSetup {
     /// Where durable state lives.
     pub data_dir: PathBuf,
     pub storage: StorageConfig,
+    /// Which clients the transport admits.
+    pub clients: ClientPolicy,
     /// Where Prometheus metrics are served over HTTP, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// A named faulty behaviour, for test clusters only.
@@ -145,6 +147,7 @@ impl RunningNode {
             &setup.key,
             setup.listen,
             setup.peers.clone(),
+            setup.clients.clone(),
             setup.transport.clone(),
         )
         .await

@@ -9,7 +9,8 @@ use std::time::Duration;
 use pbft_core::byzantine::BehaviorKind;
 use pbft_core::protocol::ProtocolConfig;
 use pbft_crypto::KeyPair;
-use pbft_net::cluster::{ClusterConfig, ConfigError, ReplicaEntry};
+use pbft_net::cluster::{ClientAccess, ClusterConfig, ConfigError, ReplicaEntry};
+use pbft_net::ClientPolicy;
 use pbft_node::config::{load_node_config, NodeConfigFile, TransportSection};
 
 /// The encoding of the identity point, which has small order.
@@ -53,6 +54,7 @@ impl Fixture {
             protocol: ProtocolConfig::default(),
             transport: TransportSection::default(),
             storage: Default::default(),
+            clients: ClientAccess::open(),
             replicas: (0..4u8)
                 .map(|i| ReplicaEntry {
                     id: i.into(),
@@ -651,4 +653,41 @@ fn run_on_a_port_in_use_names_the_listen_field() {
         )),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_clients_admitted_are_a_choice_written_down() {
+    let fixture = Fixture::new();
+    let open = fixture.config();
+    let setup = load_node_config(&fixture.write(&open)).unwrap();
+    assert_eq!(setup.clients, ClientPolicy::Open);
+
+    let client = key(9).public();
+    let mut listed = fixture.config();
+    listed.clients = ClientAccess::listed([client]);
+    let setup = load_node_config(&fixture.write(&listed)).unwrap();
+    assert_eq!(
+        setup.clients,
+        ClientPolicy::Allow([client].into_iter().collect())
+    );
+
+    // No default: a file without `clients` is refused, naming the field.
+    let text = toml::to_string(&open).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|line| !line.starts_with("clients"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let error = load_node_config(&fixture.write_text(&without)).unwrap_err();
+    assert!(error.to_string().contains("clients"), "{error}");
+
+    let mut word = fixture.config();
+    word.clients = ClientAccess::Named("everyone".into());
+    let error = load_node_config(&fixture.write(&word)).unwrap_err();
+    assert_eq!(error.field(), Some("clients"), "{error}");
+
+    let mut bad_key = fixture.config();
+    bad_key.clients = ClientAccess::Listed(vec![WEAK_KEY.into()]);
+    let error = load_node_config(&fixture.write(&bad_key)).unwrap_err();
+    assert_eq!(error.field(), Some("clients[0]"), "{error}");
 }

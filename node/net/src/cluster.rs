@@ -9,7 +9,7 @@ use pbft_crypto::{CryptoError, KeyPair, PublicKey};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::PeerInfo;
+use crate::{ClientPolicy, PeerInfo};
 
 /// Why a configuration cannot be used. The message names the file (where known) and the field.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +93,51 @@ impl ConfigError {
         match self {
             ConfigError::Invalid { field, .. } => Some(field),
             _ => None,
+        }
+    }
+}
+
+/// Which clients the replicas admit, as a node's configuration file says it: `clients = "open"`
+/// for anyone, or `clients = ["<64 hex digits>", ...]` for the listed keys only. There is no
+/// default: an open cluster is a choice written down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClientAccess {
+    /// The public keys admitted.
+    Listed(Vec<String>),
+    /// `"open"`.
+    Named(String),
+}
+
+impl ClientAccess {
+    /// Everyone.
+    pub fn open() -> ClientAccess {
+        ClientAccess::Named("open".into())
+    }
+
+    /// Only `keys`.
+    pub fn listed(keys: impl IntoIterator<Item = PublicKey>) -> ClientAccess {
+        ClientAccess::Listed(keys.into_iter().map(|k| k.to_hex()).collect())
+    }
+
+    /// The transport's policy; refuses any word but `open` and keys that are not valid
+    /// ed25519 public keys.
+    pub fn policy(&self) -> Result<ClientPolicy, ConfigError> {
+        match self {
+            ClientAccess::Named(word) if word == "open" => Ok(ClientPolicy::Open),
+            ClientAccess::Named(word) => Err(ConfigError::invalid(
+                "clients",
+                format!("{word:?} is neither \"open\" nor a list of client public keys"),
+            )),
+            ClientAccess::Listed(keys) => keys
+                .iter()
+                .enumerate()
+                .map(|(i, hex)| {
+                    PublicKey::from_hex(hex)
+                        .map_err(|e| ConfigError::invalid(format!("clients[{i}]"), key_problem(&e)))
+                })
+                .collect::<Result<_, _>>()
+                .map(ClientPolicy::Allow),
         }
     }
 }

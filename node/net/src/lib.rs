@@ -87,7 +87,7 @@ use pbft_crypto::{KeyPair, PublicKey};
 use quinn::Endpoint;
 
 pub use client::ClientTransport;
-pub use cluster::{ClusterConfig, ConfigError, ReplicaEntry};
+pub use cluster::{ClientAccess, ClusterConfig, ConfigError, ReplicaEntry};
 pub use replica::{Inbox, ReplicaTransport};
 pub use stats::TransportStats;
 
@@ -123,6 +123,26 @@ pub struct Incoming {
     pub frame: Bytes,
 }
 
+/// Which clients a replica admits, decided at the TLS handshake from the key the client's
+/// certificate carries (replicas are always admitted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientPolicy {
+    /// Anyone holding any ed25519 key.
+    Open,
+    /// Only these keys.
+    Allow(std::collections::BTreeSet<PublicKey>),
+}
+
+impl ClientPolicy {
+    /// Whether a client presenting `key` is admitted.
+    pub fn admits(&self, key: &PublicKey) -> bool {
+        match self {
+            ClientPolicy::Open => true,
+            ClientPolicy::Allow(keys) => keys.contains(key),
+        }
+    }
+}
+
 /// Transport limits and timings. [`Default`] gives values suited to a LAN or a single host.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -147,6 +167,9 @@ pub struct TransportConfig {
     /// Accepted connections (including handshakes in progress) beyond which new ones are
     /// refused. Default 1024.
     pub max_connections: usize,
+    /// Accepted connections kept per client key (several processes may share a key); a newer
+    /// one beyond this closes the oldest. Default 64.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for TransportConfig {
@@ -161,6 +184,7 @@ impl Default for TransportConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             max_connections: 1024,
+            max_connections_per_client: 64,
         }
     }
 }
@@ -171,8 +195,15 @@ impl TransportConfig {
         if self.max_frame == 0 || u32::try_from(self.max_frame).is_err() {
             return fail("max_frame must be between 1 and u32::MAX");
         }
-        if self.queue_capacity == 0 || self.incoming_capacity == 0 || self.max_connections == 0 {
-            return fail("queue_capacity, incoming_capacity and max_connections must be positive");
+        if self.queue_capacity == 0
+            || self.incoming_capacity == 0
+            || self.max_connections == 0
+            || self.max_connections_per_client == 0
+        {
+            return fail(
+                "queue_capacity, incoming_capacity, max_connections and \
+                 max_connections_per_client must be positive",
+            );
         }
         if self.keep_alive.is_zero() || self.idle_timeout <= self.keep_alive {
             return fail("keep_alive must be positive and shorter than idle_timeout");

@@ -20,7 +20,8 @@ use crate::link::{pump, read_frames, Link, PumpEnd};
 use crate::stats::{bump, Counters};
 use crate::tls::{self, public_key_of, Identity};
 use crate::{
-    endpoint, validate_cluster, Incoming, NetError, Peer, PeerInfo, TransportConfig, TransportStats,
+    endpoint, validate_cluster, ClientPolicy, Incoming, NetError, Peer, PeerInfo, TransportConfig,
+    TransportStats,
 };
 
 /// A replica's transport: sends to other replicas and to connected clients, and receives from
@@ -92,11 +93,13 @@ struct Shared {
     open: AtomicUsize,
 }
 
-/// The accepted connections, at most one per peer key: a newer one replaces the older.
+/// The accepted connections: one per replica (a newer one replaces the older), and up to
+/// `max_connections_per_client` per client key, oldest first (processes sharing a key each
+/// have one).
 #[derive(Default)]
 struct Accepted {
     replicas: HashMap<u32, Connection>,
-    clients: HashMap<PublicKey, ClientLink>,
+    clients: HashMap<PublicKey, Vec<ClientLink>>,
 }
 
 /// The sending side of an accepted client connection.
@@ -117,6 +120,7 @@ impl ReplicaTransport {
         key: &KeyPair,
         listen: SocketAddr,
         cluster: Vec<PeerInfo>,
+        clients: ClientPolicy,
         cfg: TransportConfig,
     ) -> Result<(Self, Inbox), NetError> {
         cfg.validate()?;
@@ -135,14 +139,19 @@ impl ReplicaTransport {
         let tls_error =
             |e: quinn::crypto::rustls::NoInitialCipherSuite| NetError::Tls(e.to_string());
 
-        let server_crypto =
-            QuicServerConfig::try_from(tls::server_config(&identity)?).map_err(tls_error)?;
+        let counters = Arc::new(Counters::default());
+        let admitted = tls::AdmittedPeer::new(
+            cluster.iter().map(|peer| peer.public_key).collect(),
+            clients,
+            counters.clone(),
+        );
+        let server_crypto = QuicServerConfig::try_from(tls::server_config(&identity, admitted)?)
+            .map_err(tls_error)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(Arc::new(cfg.quic(1)?));
         let endpoint = endpoint(key, Some(server), listen)?;
 
         let cfg = Arc::new(cfg);
-        let counters = Arc::new(Counters::default());
         let dial_transport = Arc::new(cfg.quic(0)?);
         let mut links = HashMap::new();
         for peer in cluster.iter().filter(|peer| peer.id != id) {
@@ -235,19 +244,21 @@ impl ReplicaTransport {
         }
     }
 
-    /// Queues `frame` for the client holding `client`, on the connection it dialed (a newer
-    /// connection from the same key replaces an older one). Dropped and counted when that client
-    /// is not connected or its queue is full: clients retransmit their requests.
+    /// Queues `frame` for the client holding `client`, on every connection it dialed (each
+    /// process sharing the key picks out what is its own). Dropped and counted when that
+    /// client is not connected or a queue is full: clients retransmit their requests.
     pub fn send_to_client(&self, client: &PublicKey, frame: Bytes) {
         let accepted = self.shared.accepted.lock().expect("accepted table lock");
         match accepted.clients.get(client) {
-            Some(link) => {
-                enqueue(
-                    &link.queue,
-                    frame,
-                    self.shared.cfg.max_frame,
-                    &self.shared.counters,
-                );
+            Some(links) => {
+                for link in links {
+                    enqueue(
+                        &link.queue,
+                        frame.clone(),
+                        self.shared.cfg.max_frame,
+                        &self.shared.counters,
+                    );
+                }
             }
             None => bump(&self.shared.counters.dropped_not_connected, 1),
         }
@@ -401,15 +412,19 @@ async fn serve(incoming: quinn::Incoming, shared: &Shared) {
         }
         Peer::Client(key) => {
             let (queue, mut queued) = mpsc::channel(shared.cfg.queue_capacity);
-            let replaced = {
+            let evicted = {
                 let mut accepted = shared.accepted.lock().expect("accepted table lock");
-                let link = ClientLink {
+                let links = accepted.clients.entry(key).or_default();
+                links.push(ClientLink {
                     conn: conn.clone(),
                     queue,
-                };
-                accepted.clients.insert(key, link)
+                });
+                let over = links
+                    .len()
+                    .saturating_sub(shared.cfg.max_connections_per_client);
+                links.drain(..over).collect::<Vec<_>>()
             };
-            if let Some(old) = replaced {
+            for old in evicted {
                 old.conn
                     .close(CLOSE_REPLACED, b"replaced by a newer connection");
             }
@@ -423,9 +438,11 @@ async fn serve(incoming: quinn::Incoming, shared: &Shared) {
                 }
             }
             let mut accepted = shared.accepted.lock().expect("accepted table lock");
-            let current = accepted.clients.get(&key).map(|link| link.conn.stable_id());
-            if current == Some(conn.stable_id()) {
-                accepted.clients.remove(&key);
+            if let Some(links) = accepted.clients.get_mut(&key) {
+                links.retain(|link| link.conn.stable_id() != conn.stable_id());
+                if links.is_empty() {
+                    accepted.clients.remove(&key);
+                }
             }
         }
     }

@@ -27,6 +27,9 @@ pub struct TransportStats {
     pub dial_failures: u64,
     /// Incoming connections refused because `max_connections` were open.
     pub connections_refused: u64,
+    /// Incoming connections refused during the handshake because their key is neither a
+    /// replica's nor admitted by the client policy.
+    pub clients_refused: u64,
 }
 
 /// Live counters shared by a transport's tasks.
@@ -42,6 +45,7 @@ pub(crate) struct Counters {
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) dial_failures: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
+    pub(crate) clients_refused: AtomicU64,
 }
 
 /// Adds `n` to a counter; counters are statistics, so no ordering with other memory is needed.
@@ -63,6 +67,7 @@ impl Counters {
             handshake_failures: get(&self.handshake_failures),
             dial_failures: get(&self.dial_failures),
             connections_refused: get(&self.connections_refused),
+            clients_refused: get(&self.clients_refused),
         }
     }
 }

@@ -14,8 +14,9 @@ use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
 
 use crate::frame::{ACK, CLOSE_FRAME_TOO_LARGE, HELLO};
-use crate::tls::{self, provider, AnyEd25519Client, Identity, PinnedServerKey, SERVER_NAME};
-use crate::{PeerInfo, ReplicaTransport, TransportConfig};
+use crate::stats::Counters;
+use crate::tls::{self, provider, AdmittedPeer, Identity, PinnedServerKey, SERVER_NAME};
+use crate::{ClientPolicy, PeerInfo, ReplicaTransport, TransportConfig};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -71,7 +72,7 @@ async fn replica(seed: u8, cfg: TransportConfig) -> (ReplicaTransport, KeyPair, 
         addr,
         public_key: pair.public(),
     }];
-    let (transport, _rx) = ReplicaTransport::bind(0, &pair, addr, cluster, cfg)
+    let (transport, _rx) = ReplicaTransport::bind(0, &pair, addr, cluster, ClientPolicy::Open, cfg)
         .await
         .unwrap();
     (transport, pair, addr)
@@ -94,7 +95,11 @@ async fn a_server_showing_a_copied_certificate_is_refused() {
     let crypto = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
-        .with_client_cert_verifier(Arc::new(AnyEd25519Client::new()))
+        .with_client_cert_verifier(Arc::new(AdmittedPeer::new(
+            Default::default(),
+            ClientPolicy::Open,
+            Arc::new(Counters::default()),
+        )))
         .with_cert_resolver(Arc::new(Mismatched::new(&victim, &impostor)));
     let mut crypto = crypto;
     crypto.alpn_protocols = vec![tls::ALPN.to_vec()];

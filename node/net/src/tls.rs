@@ -6,6 +6,7 @@
 //! The dialing side pins the key it expects; the accepting side accepts any valid ed25519 key and
 //! lets the caller decide what that key is (a replica or a client).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use pbft_crypto::{KeyPair, PublicKey};
@@ -19,7 +20,8 @@ use rustls::{
     SignatureScheme,
 };
 
-use crate::NetError;
+use crate::stats::{bump, Counters};
+use crate::{ClientPolicy, NetError};
 
 /// The only ALPN protocol spoken; a peer offering anything else fails the handshake.
 pub(crate) const ALPN: &[u8] = b"pbft/1";
@@ -177,22 +179,33 @@ impl ServerCertVerifier for PinnedServerKey {
     }
 }
 
-/// Requires a client certificate with any valid ed25519 key, and a handshake signature by it.
-/// Who the key belongs to is decided after the handshake.
+/// Requires a client certificate with a valid ed25519 key that is a replica's or admitted by
+/// the client policy, and a handshake signature by it. Other keys are refused during the
+/// handshake, before any stream is accepted, and counted.
 #[derive(Debug)]
-pub(crate) struct AnyEd25519Client {
+pub(crate) struct AdmittedPeer {
     algorithms: WebPkiSupportedAlgorithms,
+    replicas: HashSet<PublicKey>,
+    clients: ClientPolicy,
+    counters: Arc<Counters>,
 }
 
-impl AnyEd25519Client {
-    pub(crate) fn new() -> Self {
-        AnyEd25519Client {
+impl AdmittedPeer {
+    pub(crate) fn new(
+        replicas: HashSet<PublicKey>,
+        clients: ClientPolicy,
+        counters: Arc<Counters>,
+    ) -> Self {
+        AdmittedPeer {
             algorithms: provider().signature_verification_algorithms,
+            replicas,
+            clients,
+            counters,
         }
     }
 }
 
-impl ClientCertVerifier for AnyEd25519Client {
+impl ClientCertVerifier for AdmittedPeer {
     fn client_auth_mandatory(&self) -> bool {
         true
     }
@@ -207,8 +220,12 @@ impl ClientCertVerifier for AnyEd25519Client {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        public_key_of(end_entity)?;
-        Ok(ClientCertVerified::assertion())
+        let key = public_key_of(end_entity)?;
+        if self.replicas.contains(&key) || self.clients.admits(&key) {
+            return Ok(ClientCertVerified::assertion());
+        }
+        bump(&self.counters.clients_refused, 1);
+        Err(TlsError::General("client key not admitted".into()))
     }
 
     fn verify_tls12_signature(
@@ -236,11 +253,14 @@ impl ClientCertVerifier for AnyEd25519Client {
 
 /// The rustls server config: TLS 1.3 only, mandatory client certificates, no resumption (a
 /// resumed session would skip the client's certificate).
-pub(crate) fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, NetError> {
+pub(crate) fn server_config(
+    identity: &Identity,
+    admitted: AdmittedPeer,
+) -> Result<rustls::ServerConfig, NetError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Tls(e.to_string()))?
-        .with_client_cert_verifier(Arc::new(AnyEd25519Client::new()))
+        .with_client_cert_verifier(Arc::new(admitted))
         .with_single_cert(identity.chain(), identity.private_key())
         .map_err(|e| NetError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
@@ -300,7 +320,11 @@ mod tests {
     fn garbage_certificates_are_refused() {
         let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
         assert!(public_key_of(&garbage).is_err());
-        let verifier = AnyEd25519Client::new();
+        let verifier = AdmittedPeer::new(
+            Default::default(),
+            ClientPolicy::Open,
+            Arc::new(Counters::default()),
+        );
         assert!(verifier
             .verify_client_cert(&garbage, &[], UnixTime::now())
             .is_err());

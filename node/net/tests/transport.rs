@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use pbft_crypto::KeyPair;
 use pbft_net::{
-    ClientTransport, Inbox, Incoming, NetError, Peer, PeerInfo, ReplicaTransport, TransportConfig,
+    ClientPolicy, ClientTransport, Inbox, Incoming, NetError, Peer, PeerInfo, ReplicaTransport,
+    TransportConfig,
 };
 use tokio::sync::mpsc;
 
@@ -52,9 +53,16 @@ async fn bind(
     cfg: TransportConfig,
 ) -> (ReplicaTransport, Inbox) {
     let cluster = cluster(keys, addrs);
-    ReplicaTransport::bind(id, &keys[id as usize], addrs[id as usize], cluster, cfg)
-        .await
-        .unwrap()
+    ReplicaTransport::bind(
+        id,
+        &keys[id as usize],
+        addrs[id as usize],
+        cluster,
+        ClientPolicy::Open,
+        cfg,
+    )
+    .await
+    .unwrap()
 }
 
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
@@ -310,7 +318,16 @@ async fn a_restarted_replica_is_reconnected() {
     let cluster = cluster(&keys, &addrs);
     let (one, mut rx1) = within("rebinding", async {
         loop {
-            match ReplicaTransport::bind(1, &keys[1], addrs[1], cluster.clone(), config()).await {
+            match ReplicaTransport::bind(
+                1,
+                &keys[1],
+                addrs[1],
+                cluster.clone(),
+                ClientPolicy::Open,
+                config(),
+            )
+            .await
+            {
                 Ok(bound) => return bound,
                 Err(NetError::AddressInUse(_)) => {
                     tokio::time::sleep(Duration::from_millis(50)).await
@@ -400,8 +417,15 @@ async fn a_taken_address_is_a_clear_error() {
     let keys = vec![key(1)];
     let addrs = free_addrs(1);
     let (_first, _rx) = bind(0, &keys, &addrs, config()).await;
-    let second =
-        ReplicaTransport::bind(0, &keys[0], addrs[0], cluster(&keys, &addrs), config()).await;
+    let second = ReplicaTransport::bind(
+        0,
+        &keys[0],
+        addrs[0],
+        cluster(&keys, &addrs),
+        ClientPolicy::Open,
+        config(),
+    )
+    .await;
     let error = second.err().expect("the port is taken");
     assert!(matches!(error, NetError::AddressInUse(addr) if addr == addrs[0]));
     assert!(error.to_string().contains("already in use"), "{error}");
@@ -412,15 +436,39 @@ async fn bad_configurations_are_refused() {
     let keys: Vec<KeyPair> = (1..=2).map(key).collect();
     let addrs = free_addrs(2);
     let cluster = cluster(&keys, &addrs);
-    let wrong_key = ReplicaTransport::bind(0, &keys[1], addrs[0], cluster.clone(), config()).await;
+    let wrong_key = ReplicaTransport::bind(
+        0,
+        &keys[1],
+        addrs[0],
+        cluster.clone(),
+        ClientPolicy::Open,
+        config(),
+    )
+    .await;
     assert!(matches!(wrong_key.err(), Some(NetError::Config(_))));
-    let unknown_id = ReplicaTransport::bind(7, &keys[0], addrs[0], cluster.clone(), config()).await;
+    let unknown_id = ReplicaTransport::bind(
+        7,
+        &keys[0],
+        addrs[0],
+        cluster.clone(),
+        ClientPolicy::Open,
+        config(),
+    )
+    .await;
     assert!(matches!(unknown_id.err(), Some(NetError::Config(_))));
     let zero_queue = TransportConfig {
         queue_capacity: 0,
         ..config()
     };
-    let bad = ReplicaTransport::bind(0, &keys[0], addrs[0], cluster, zero_queue).await;
+    let bad = ReplicaTransport::bind(
+        0,
+        &keys[0],
+        addrs[0],
+        cluster,
+        ClientPolicy::Open,
+        zero_queue,
+    )
+    .await;
     assert!(matches!(bad.err(), Some(NetError::Config(_))));
 }
 
@@ -450,7 +498,16 @@ async fn a_crashed_replica_is_reconnected_after_restart() {
     let (one, mut rx1) = within("rebinding", async {
         loop {
             let cluster = cluster(&keys, &addrs);
-            match ReplicaTransport::bind(1, &keys[1], addrs[1], cluster, config()).await {
+            match ReplicaTransport::bind(
+                1,
+                &keys[1],
+                addrs[1],
+                cluster,
+                ClientPolicy::Open,
+                config(),
+            )
+            .await
+            {
                 Ok(bound) => return bound,
                 Err(NetError::AddressInUse(_)) => {
                     tokio::time::sleep(Duration::from_millis(50)).await
@@ -533,4 +590,75 @@ async fn flooding_clients_do_not_hold_back_replicas() {
             .any(|incoming| incoming.from == Peer::Replica(1)),
         "{first_two:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_with_one_client_key_both_get_what_is_sent_to_it() {
+    let keys: Vec<KeyPair> = (1..=4).map(key).collect();
+    let addrs = free_addrs(4);
+    let (node, mut inbox) = bind(0, &keys, &addrs, config()).await;
+    let client_key = key(42);
+    let one_replica = cluster(&keys, &addrs)[..1].to_vec();
+    let (first, mut first_rx) =
+        ClientTransport::connect(&client_key, one_replica.clone(), config())
+            .await
+            .unwrap();
+    let (second, mut second_rx) = ClientTransport::connect(&client_key, one_replica, config())
+        .await
+        .unwrap();
+    // Both connections are up once the replica heard from each.
+    for (name, client) in [("first", &first), ("second", &second)] {
+        resend_until(
+            name,
+            &mut inbox,
+            || client.send(0, Bytes::from(name.as_bytes().to_vec())),
+            |incoming| incoming.frame == name.as_bytes(),
+        )
+        .await;
+    }
+    node.send_to_client(&client_key.public(), Bytes::from_static(b"reply"));
+    assert_eq!(recv(&mut first_rx).await.1, &b"reply"[..]);
+    assert_eq!(recv(&mut second_rx).await.1, &b"reply"[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_key_not_admitted_is_refused_at_the_handshake_and_counted() {
+    let keys: Vec<KeyPair> = (1..=4).map(key).collect();
+    let addrs = free_addrs(4);
+    let admitted = key(42);
+    let stranger = key(43);
+    let policy = ClientPolicy::Allow([admitted.public()].into_iter().collect());
+    let (node, mut inbox) = ReplicaTransport::bind(
+        0,
+        &keys[0],
+        addrs[0],
+        cluster(&keys, &addrs),
+        policy,
+        config(),
+    )
+    .await
+    .unwrap();
+    let one_replica = cluster(&keys, &addrs)[..1].to_vec();
+    let (good, _good_rx) = ClientTransport::connect(&admitted, one_replica.clone(), config())
+        .await
+        .unwrap();
+    let (bad, _bad_rx) = ClientTransport::connect(&stranger, one_replica, config())
+        .await
+        .unwrap();
+    resend_until(
+        "the admitted client's frame",
+        &mut inbox,
+        || good.send(0, Bytes::from_static(b"hello")),
+        |incoming| incoming.from == Peer::Client(admitted.public()),
+    )
+    .await;
+    wait_until("the stranger refused", || node.stats().clients_refused > 0).await;
+    for _ in 0..5 {
+        bad.send(0, Bytes::from_static(b"let me in"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bad.connected_replicas().is_empty());
+    while let Some(incoming) = inbox.try_recv() {
+        assert_ne!(incoming.from, Peer::Client(stranger.public()));
+    }
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use pbft_client::{load_client_config, Client, ClientSetup};
 use pbft_core::messages::{NodeStatus, ReplicaId};
-use pbft_crypto::KeyPair;
 use serde::Serialize;
 
 use super::layout::{Layout, NodeRecord, State};
@@ -68,13 +67,11 @@ pub fn agreement(nodes: &[NodeReport]) -> (bool, usize) {
     (agree, pairs)
 }
 
-/// A client of the testnet with a key of its own, so that it never competes with a user of
-/// `client.toml` (replicas keep one connection and one request sequence per client key).
+/// A client of the testnet with the key of `client.toml` (the only one its replicas admit); it
+/// runs its own session, so it never competes with other users of that file.
 pub fn fresh_client_setup(layout: &Layout, state: &State) -> Result<ClientSetup, LaunchError> {
     let path = layout.path(&state.client_config);
-    let mut setup = load_client_config(&path).map_err(|e| LaunchError::Usage(e.to_string()))?;
-    setup.key = KeyPair::generate();
-    Ok(setup)
+    load_client_config(&path).map_err(|e| LaunchError::Usage(e.to_string()))
 }
 
 /// Connects a fresh client to the testnet and waits (up to `timeout`) until it reaches every

@@ -10,7 +10,7 @@ use pbft_core::byzantine::BehaviorKind;
 use pbft_core::messages::ReplicaId;
 use pbft_core::protocol::ProtocolConfig;
 use pbft_crypto::KeyPair;
-use pbft_net::cluster::ReplicaEntry;
+use pbft_net::cluster::{ClientAccess, ReplicaEntry};
 use pbft_node::config::NodeConfigFile;
 use pbft_node::storage::StorageConfig;
 
@@ -355,6 +355,8 @@ pub fn generate(
         std::fs::write(&path, text)
             .map_err(|e| failure(format!("cannot write {}: {e}", path.display())))
     };
+    // The testnet's clients all use the one key it creates; replicas admit no other.
+    let client_key = KeyPair::generate();
     let mut records = Vec::with_capacity(n);
     for id in 0..n {
         let rid = id as ReplicaId;
@@ -369,6 +371,7 @@ pub fn generate(
             protocol: protocol.protocol_section(),
             transport: Default::default(),
             storage: protocol.storage_section(),
+            clients: ClientAccess::listed([client_key.public()]),
             replicas: replicas.clone(),
         };
         let text = toml::to_string(&config).expect("a node configuration serializes");
@@ -385,7 +388,6 @@ pub fn generate(
             log: Layout::log_file(rid),
         });
     }
-    let client_key = KeyPair::generate();
     let key_path = layout.path(&Layout::client_key());
     client_key
         .save(&key_path)

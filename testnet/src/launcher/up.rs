@@ -315,12 +315,44 @@ fn nodes_table(layout: &Layout, report: &ClusterReport) -> String {
 
 fn print_hints(layout: &Layout) {
     let dir = layout.shown.display();
+    let (client, testnet) = commands();
     println!(
-        "\nclient:  pbft-client --config {} put greeting hello\n\
-         status:  testnet status --dir {dir}\n\
-         stop:    testnet down --dir {dir}",
+        "\nclient:  {client} --config {} put greeting hello\n\
+         status:  {testnet} status --dir {dir}\n\
+         stop:    {testnet} down --dir {dir}",
         layout.show(Path::new("client.toml"))
     );
+}
+
+/// How to run `pbft-client` and `testnet` from where the user is: through cargo when this
+/// binary was built in a workspace's `target` directory (the binaries are not on the PATH
+/// then), by name otherwise.
+fn commands() -> (String, String) {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile = exe
+        .parent()
+        .filter(|dir| dir.parent().and_then(Path::file_name) == Some("target".as_ref()))
+        .and_then(Path::file_name)
+        .and_then(|name| name.to_str());
+    match profile {
+        Some(profile) => {
+            let flag = match profile {
+                "release" => " --release",
+                "debug" => "",
+                other => {
+                    return (
+                        format!("target/{other}/pbft-client"),
+                        format!("target/{other}/testnet"),
+                    )
+                }
+            };
+            (
+                format!("cargo run{flag} -p pbft-client --"),
+                format!("cargo run{flag} -p testnet --"),
+            )
+        }
+        None => ("pbft-client".into(), "testnet".into()),
+    }
 }
 
 /// The live view: refreshes about once a second until Ctrl-C or SIGTERM, then stops the nodes.
