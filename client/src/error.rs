@@ -6,9 +6,9 @@ use pbft_net::{ConfigError, NetError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// No f+1 matching replies arrived before the request timeout. The operation may still
-    /// execute later; it executes at most once.
-    #[error("timed out: no f+1 matching replies before the request timeout")]
+    /// No 2f+1 matching replies arrived before the request timeout (or the replicas refused
+    /// this client's key). The operation may still execute later; it executes at most once.
+    #[error("timed out: no 2f+1 matching replies before the request timeout")]
     Timeout,
     /// The replicas agreed on a result that says the operation was refused, or the operation
     /// can never be accepted (too large, undecodable).

@@ -490,6 +490,10 @@ impl ProtocolTask {
         for (reason, count) in self.driver.replica().ignored() {
             *rejected.entry(reason.label().to_string()).or_default() += count;
         }
+        let refused = self.transport.stats().clients_refused;
+        if refused > 0 {
+            rejected.insert("client_not_admitted".into(), refused);
+        }
         NodeStatus {
             nonce,
             replica: self.id,
