@@ -37,10 +37,11 @@ fuzz_target!(|data: &[u8]| {
     let cluster = cluster();
     // Ids 0 to 3 are the cluster's replicas; 4 is unknown.
     let replica = u32::from(data.first().copied().unwrap_or(0) % 5);
-    // A client sending its own request is the case that passes the sender check; any other
-    // message from a client is refused.
+    // A client sending its own request or read is the case that passes the sender check; any
+    // other message from a client is refused.
     let client = match &message {
         Message::Request(envelope) => envelope.client,
+        Message::Read(read) => read.client,
         _ => client_key(0).public(),
     };
     for sender in [Sender::Replica(replica), Sender::Client(client)] {

@@ -93,6 +93,7 @@ fuzz_target!(|data: &[u8]| {
             2 => Sender::Replica(3),
             _ => Sender::Client(match &message {
                 Message::Request(envelope) => envelope.client,
+                Message::Read(read) => read.client,
                 _ => client_key(0).public(),
             }),
         };
