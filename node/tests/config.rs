@@ -440,7 +440,7 @@ fn an_unknown_behavior_is_refused() {
 
 #[test]
 fn bad_protocol_and_transport_values_are_named() {
-    let cases: [(&str, &str, &str); 12] = [
+    let cases: [(&str, &str, &str); 13] = [
         (
             "[protocol]\ncheckpoint_interval = 0",
             "protocol.checkpoint_interval",
@@ -480,6 +480,11 @@ fn bad_protocol_and_transport_values_are_named() {
             "[protocol]\nmax_batch_bytes = 9000000\n[protocol.limits]\nmax_batch_bytes = 1000000",
             "protocol.max_batch_bytes",
             "exceeds protocol.limits.max_batch_bytes (1000000)",
+        ),
+        (
+            "[protocol]\nmax_batch_bytes = 2000000\n[protocol.limits]\nmax_batch_bytes = 2000000\nmax_message_bytes = 2000500",
+            "protocol.limits.max_batch_bytes",
+            "exceeds protocol.limits.max_message_bytes (2000500)",
         ),
         (
             "[protocol.limits]\nmax_op_bytes = 0",

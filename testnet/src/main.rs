@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success, 1 a failure while running (replicas that did not come up, correct
 //! replicas that disagree), 2 bad usage (flags, a directory in the way, a port in use, a
-//! missing binary).
+//! missing binary), 3 from `status` when agreement is unknown (no two correct replicas could
+//! be compared).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use pbft_core::messages::ReplicaId;
-use testnet::launcher::report::AGREE_RULE;
+use testnet::launcher::report::{Agreement, AGREE_RULE};
 use testnet::launcher::setup::BEHAVIOR_NAMES;
 use testnet::launcher::{self, BehaviorChoice, LaunchError, NodeOverrides, UpOptions};
 
@@ -208,7 +209,7 @@ fn status_help() -> String {
          behaviour, role, view, last executed sequence number, stable checkpoint, state digest, \
          and the replicas it holds signed proof of equivocation against; then the verdict \
          `agree`.\n\n{AGREE_RULE}\n\nExit status: 0 when the correct replicas agree, 1 when \
-         they do not, 2 when DIR holds no testnet."
+         they do not, 2 when DIR holds no testnet, 3 when agreement is unknown."
     )
 }
 
@@ -350,8 +351,10 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
         }
         Command::Status { dir, json } => {
             let layout = launcher::Layout::new(&dir.dir)?;
-            if !launcher::status(&layout, json).await? {
-                return Ok(ExitCode::from(1));
+            match launcher::status(&layout, json).await? {
+                Agreement::Yes => {}
+                Agreement::No => return Ok(ExitCode::from(1)),
+                Agreement::Unknown => return Ok(ExitCode::from(3)),
             }
         }
         Command::Kill { id, dir } => launcher::kill(&dir.dir, id)?,

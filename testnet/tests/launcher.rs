@@ -106,12 +106,21 @@ impl Testnet {
     fn status(&self) -> Value {
         let output = self.run(&["status", "--json"]);
         assert!(
-            matches!(output.status.code(), Some(0 | 1)),
+            matches!(output.status.code(), Some(0 | 1 | 3)),
             "status failed: {}",
             text(&output)
         );
-        serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&output)))
+        let status: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&output)));
+        let expected_code = match status["agreement"].as_str() {
+            Some("yes") => 0,
+            Some("no") => 1,
+            Some("unknown") => 3,
+            other => panic!("agreement is {other:?}"),
+        };
+        assert_eq!(output.status.code(), Some(expected_code), "{status}");
+        assert_eq!(status["agree"] == true, expected_code == 0, "{status}");
+        status
     }
 
     async fn client(&self) -> Client {
@@ -528,6 +537,9 @@ fn a_second_up_in_a_used_directory_is_refused_clearly() {
             .all(|n| n["alive"] == false),
         "{status:#}"
     );
+    // With every replica down nothing can be compared: unknown, not agreement (exit code 3).
+    assert_eq!(status["agreement"], "unknown", "{status:#}");
+    assert_eq!(status["compared_pairs"], 0, "{status:#}");
     assert!(net.path.join("logs/node-0.log").exists(), "logs are kept");
 
     let output = testnet(&again);

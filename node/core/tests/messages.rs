@@ -850,6 +850,38 @@ fn request_envelopes_must_have_increasing_timestamps_and_bounded_size() {
 }
 
 #[test]
+fn envelope_size_is_its_encoding_and_an_envelope_larger_than_a_batch_is_refused() {
+    for requests in [
+        vec![request(1, b"")],
+        vec![request(1, b"a"), request(2, &[7; 300])],
+        (1..=40).map(|t| request(t, &[1; 17])).collect(),
+    ] {
+        let envelope = RequestEnvelope::new(&client(0), 9, requests);
+        assert_eq!(
+            envelope.encoded_len(),
+            pbft_core::codec::encode(&envelope).len()
+        );
+    }
+
+    // Many operations, each within its own limit, that together exceed a batch: the attack
+    // that once made every primary propose a batch that every backup refused.
+    let c = cluster();
+    let limits = Limits::default();
+    let op = vec![0; limits.max_op_bytes];
+    let count = limits.max_batch_bytes / op.len() + 1;
+    let requests: Vec<_> = (1..=count as u64).map(|t| request(t, &op)).collect();
+    let envelope = RequestEnvelope::new(&client(0), 1, requests);
+    assert!(envelope.requests.len() <= limits.max_envelope_requests);
+    assert_eq!(
+        c.check(
+            Sender::Client(client(0).public()),
+            Message::Request(envelope)
+        ),
+        Err(Rejection::TooLarge("envelope larger than a batch may be"))
+    );
+}
+
+#[test]
 fn a_forged_client_signature_is_refused_even_inside_a_batch() {
     let c = cluster();
     let mut forged = batch(2);

@@ -382,3 +382,81 @@ fn a_body_voted_for_in_an_earlier_view_survives_later_views() {
         Message::BatchData { seq: 1, batch } if batch.digest() == a.digest()
     )));
 }
+
+/// A primary filling batches up to `max_batch_bytes` equal to the limit backups enforce sends
+/// only PRE-PREPAREs that backups accept: both sides size envelopes with one measure.
+#[test]
+fn a_full_batch_from_the_primary_passes_the_backups_limit() {
+    let c = TestCluster::new(1);
+    let mut config = ProtocolConfig::default();
+    config.limits.max_batch_bytes = 4096;
+    config.max_batch_bytes = config.limits.max_batch_bytes;
+    // One batch in flight, so the envelopes queue up behind the first and fill the second.
+    config.max_outstanding = 1;
+    let config = config.checked().unwrap();
+    let mut primary = Replica::new(
+        0,
+        c.committee.clone(),
+        config.clone(),
+        c.keys[0].clone(),
+        Box::new(KvStore::new()),
+    )
+    .unwrap();
+    primary.start(Duration::ZERO);
+    for client in 0..40u8 {
+        let key = KeyPair::from_seed(&[client + 1; 32]).unwrap();
+        let requests = (1..=3)
+            .map(|timestamp| messages::ClientRequest {
+                timestamp,
+                op: vec![client; 100],
+            })
+            .collect();
+        let envelope = messages::RequestEnvelope::new(&key, 1, requests);
+        let verified =
+            messages::verify_envelope(envelope, &config.limits, &mut StrictCheck).unwrap();
+        primary.handle_request(Duration::from_millis(1), verified);
+    }
+    let mut batches: Vec<Message> = Vec::new();
+    for seq in 1..=2 {
+        let ready = primary.poll_ready();
+        batches.extend(
+            ready
+                .messages
+                .iter()
+                .filter(|m| matches!(&*m.message, Message::PrePrepare { .. }))
+                .map(|m| (*m.message).clone()),
+        );
+        let Some(Message::PrePrepare { header, .. }) = batches.last() else {
+            panic!("no PRE-PREPARE for seq {seq}");
+        };
+        let digest = header.digest;
+        for backup in 1..=2 {
+            let prepare = c.prepare(0, seq, digest, backup);
+            c.deliver(&mut primary, Duration::from_millis(2), backup, prepare);
+        }
+        for backup in 1..=2 {
+            let commit = c.commit(0, seq, digest, backup);
+            c.deliver(&mut primary, Duration::from_millis(2), backup, commit);
+        }
+    }
+    assert_eq!(primary.last_executed(), 2);
+    let mut largest = 0;
+    for message in batches {
+        if let Message::PrePrepare { batch, .. } = &message {
+            largest = largest.max(batch.envelopes.iter().map(|e| e.encoded_len()).sum());
+        }
+        messages::verify(
+            message,
+            Sender::Replica(0),
+            &c.committee,
+            &config.limits,
+            &mut StrictCheck,
+        )
+        .expect("a backup accepts the primary's batch");
+    }
+    assert!(
+        largest > config.max_batch_bytes - 500,
+        "batches filled to {largest} of {} bytes",
+        config.max_batch_bytes
+    );
+}

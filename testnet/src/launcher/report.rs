@@ -16,9 +16,22 @@ pub const AGREE_RULE: &str = "\
 `agree` is true when every two correct replicas that are alive, answered, and report the same \
 last executed sequence number also report the same state digest. Correct replicas are those \
 started without a behaviour. Replicas report their current position, so two of them at \
-different sequence numbers are not compared; `compared_pairs` says how many pairs were, and \
-with none to compare `agree` is true. The Byzantine replicas' answers are shown but never \
-counted.";
+different sequence numbers are not compared; `compared_pairs` says how many pairs were. With \
+none to compare (replicas unreachable, or all at different sequence numbers) agreement is \
+unknown: `agreement` is \"unknown\" and `agree` false. The Byzantine replicas' answers are shown \
+but never counted.";
+
+/// The verdict of [`AGREE_RULE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Agreement {
+    /// At least one pair was compared, and every compared pair agrees.
+    Yes,
+    /// Two correct replicas at the same sequence number report different states.
+    No,
+    /// No pair of correct replicas could be compared.
+    Unknown,
+}
 
 /// One replica: what the state file records and what it answered.
 #[derive(Clone, Debug)]
@@ -39,13 +52,13 @@ pub struct ClusterReport {
     /// Every replica, in id order.
     pub nodes: Vec<NodeReport>,
     /// See [`AGREE_RULE`].
-    pub agree: bool,
+    pub agreement: Agreement,
     /// How many pairs of correct replicas were compared.
     pub compared_pairs: usize,
 }
 
 /// The verdict of [`AGREE_RULE`] over `nodes`, and the number of pairs compared.
-pub fn agreement(nodes: &[NodeReport]) -> (bool, usize) {
+pub fn agreement(nodes: &[NodeReport]) -> (Agreement, usize) {
     let mut by_seq: BTreeMap<u64, Vec<pbft_crypto::Digest>> = BTreeMap::new();
     for node in nodes {
         if node.record.behavior.is_some() || !node.alive {
@@ -64,7 +77,12 @@ pub fn agreement(nodes: &[NodeReport]) -> (bool, usize) {
         pairs += digests.len() * (digests.len() - 1) / 2;
         agree &= digests.windows(2).all(|w| w[0] == w[1]);
     }
-    (agree, pairs)
+    let verdict = match (agree, pairs) {
+        (false, _) => Agreement::No,
+        (true, 0) => Agreement::Unknown,
+        (true, _) => Agreement::Yes,
+    };
+    (verdict, pairs)
 }
 
 /// A client of the testnet with the key of `client.toml` (the only one its replicas admit); it
@@ -132,11 +150,11 @@ pub fn report(
             }
         })
         .collect();
-    let (agree, compared_pairs) = agreement(&nodes);
+    let (agreement, compared_pairs) = agreement(&nodes);
     ClusterReport {
         f: state.f,
         nodes,
-        agree,
+        agreement,
         compared_pairs,
     }
 }
@@ -171,11 +189,12 @@ struct ClusterJson<'a> {
     nodes: Vec<NodeJson<'a>>,
     agree: bool,
     compared_pairs: usize,
+    agreement: Agreement,
 }
 
 impl ClusterReport {
-    /// The object `testnet status --json` prints, on one line: `f`, `nodes`, `agree`, then
-    /// further fields.
+    /// The object `testnet status --json` prints, on one line: `f`, `nodes`, `agree`,
+    /// `compared_pairs`, `agreement` (`"yes"`, `"no"` or `"unknown"`).
     pub fn to_json(&self, layout: &Layout) -> String {
         let nodes = self
             .nodes
@@ -207,8 +226,9 @@ impl ClusterReport {
         serde_json::to_string(&ClusterJson {
             f: self.f,
             nodes,
-            agree: self.agree,
+            agree: self.agreement == Agreement::Yes,
             compared_pairs: self.compared_pairs,
+            agreement: self.agreement,
         })
         .expect("the report serializes")
     }
@@ -260,10 +280,10 @@ impl ClusterReport {
         out.push_str(&table(&rows));
         out.push_str(&format!(
             "agree: {} ({} pair{} of correct replicas at the same sequence number compared)\n",
-            if self.agree {
-                "yes"
-            } else {
-                "NO: correct replicas report different states"
+            match self.agreement {
+                Agreement::Yes => "yes",
+                Agreement::No => "NO: correct replicas report different states",
+                Agreement::Unknown => "unknown: no two correct replicas could be compared",
             },
             self.compared_pairs,
             if self.compared_pairs == 1 { "" } else { "s" }
@@ -326,7 +346,7 @@ pub fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// Runs `testnet status`: prints the report (as JSON if `json`) and returns the verdict.
-pub async fn status(layout: &Layout, json: bool) -> Result<bool, LaunchError> {
+pub async fn status(layout: &Layout, json: bool) -> Result<Agreement, LaunchError> {
     let state = State::load(layout)?;
     let any_alive = state.nodes.iter().any(|n| node_alive(layout, n));
     let report = if any_alive {
@@ -342,7 +362,7 @@ pub async fn status(layout: &Layout, json: bool) -> Result<bool, LaunchError> {
     } else {
         print!("{}", report.to_text(layout));
     }
-    Ok(report.agree)
+    Ok(report.agreement)
 }
 
 #[cfg(test)]
@@ -396,10 +416,10 @@ mod tests {
             node(3, None, true, 4, b"b"),
             node(4, None, false, 5, b"dead"),
         ];
-        assert_eq!(agreement(&nodes), (true, 1));
+        assert_eq!(agreement(&nodes), (Agreement::Yes, 1));
         let mut nodes = nodes;
         nodes.push(node(5, None, true, 4, b"c"));
-        assert_eq!(agreement(&nodes), (false, 2));
-        assert_eq!(agreement(&[]), (true, 0));
+        assert_eq!(agreement(&nodes), (Agreement::No, 2));
+        assert_eq!(agreement(&[]), (Agreement::Unknown, 0));
     }
 }

@@ -85,10 +85,23 @@ impl RequestEnvelope {
         self.requests.last().map_or(0, |r| r.timestamp)
     }
 
-    fn payload_bytes(&self) -> usize {
-        self.requests.iter().map(|r| r.op.len() + 8).sum::<usize>() + 104
+    /// The envelope's encoded size: what it adds to a batch. The primary fills batches and
+    /// backups check them with this one measure, so an honest batch is never refused as too
+    /// large.
+    pub fn encoded_len(&self) -> usize {
+        ENVELOPE_OVERHEAD
+            + self
+                .requests
+                .iter()
+                .map(|r| REQUEST_OVERHEAD + r.op.len())
+                .sum::<usize>()
     }
 }
+
+/// Encoded bytes of an envelope besides its requests: key, session, request count, signature.
+const ENVELOPE_OVERHEAD: usize = 32 + 8 + 8 + 64;
+/// Encoded bytes of a request besides its operation: timestamp and operation length.
+const REQUEST_OVERHEAD: usize = 8 + 8;
 
 /// The requests the primary orders at one sequence number. An empty batch is the null request.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +261,10 @@ fn check_envelope_shape(envelope: &RequestEnvelope, limits: &Limits) -> Result<(
         }
         last = request.timestamp;
     }
+    // Refused here rather than proposed alone: no correct backup would accept a batch holding it.
+    if envelope.encoded_len() > limits.max_batch_bytes {
+        return Err(Rejection::TooLarge("envelope larger than a batch may be"));
+    }
     Ok(())
 }
 
@@ -291,7 +308,7 @@ pub(super) fn check_batch(
     let bytes: usize = batch
         .envelopes
         .iter()
-        .map(RequestEnvelope::payload_bytes)
+        .map(RequestEnvelope::encoded_len)
         .sum();
     if bytes > limits.max_batch_bytes {
         return Err(Rejection::TooLarge("batch bytes"));

@@ -77,6 +77,10 @@ pub struct ProtocolConfig {
     pub limits: Limits,
 }
 
+/// Room for everything in an encoded PRE-PREPARE besides its batch's envelopes: message tag,
+/// signed vote header and the envelope count (about 150 bytes), with margin.
+const PRE_PREPARE_HEADER_BYTES: u64 = 1024;
+
 impl Default for ProtocolConfig {
     fn default() -> Self {
         ProtocolConfig {
@@ -212,6 +216,17 @@ impl ProtocolConfig {
                     "{} exceeds protocol.limits.max_batch_bytes ({}): backups would refuse this \
                      replica's batches when it is primary",
                     self.max_batch_bytes, limits.max_batch_bytes
+                ),
+            );
+        }
+        // A PRE-PREPARE is its batch plus a signed header; the slack covers the header.
+        if limits.max_batch_bytes as u64 + PRE_PREPARE_HEADER_BYTES > limits.max_message_bytes {
+            return error(
+                "limits.max_batch_bytes",
+                format!(
+                    "{} plus {PRE_PREPARE_HEADER_BYTES} bytes of PRE-PREPARE header exceeds \
+                     protocol.limits.max_message_bytes ({}): a full batch could not be sent",
+                    limits.max_batch_bytes, limits.max_message_bytes
                 ),
             );
         }

@@ -125,7 +125,7 @@ impl Replica {
             let mut requests = 0;
             let mut bytes = 0;
             while let Some((envelope, _)) = self.pending.front() {
-                let size: usize = envelope.requests.iter().map(|r| r.op.len() + 8).sum();
+                let size = envelope.encoded_len();
                 let count = envelope.requests.len();
                 if !batch.envelopes.is_empty()
                     && (requests + count > self.config.max_batch_requests
