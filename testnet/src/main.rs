@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use pbft_core::byzantine::ClientAttack;
 use pbft_core::messages::ReplicaId;
+use testnet::launcher::attack::{self, AttackOptions};
 use testnet::launcher::report::{Agreement, AGREE_RULE};
 use testnet::launcher::setup::BEHAVIOR_NAMES;
 use testnet::launcher::{self, BehaviorChoice, LaunchError, NodeOverrides, UpOptions};
@@ -54,6 +56,23 @@ enum Command {
         /// "evidence_against", ...}], "agree", "compared_pairs"}.
         #[arg(long)]
         json: bool,
+    },
+    /// Run a faulty client against the testnet: one of the named strategies the simulator
+    /// also runs. Prints one JSON line of what it sent: {"attack", "ticks", "messages",
+    /// "identities", "dropped", "handshake_failures"}.
+    Attack {
+        /// oversized-envelope (envelopes larger than a batch may be), reused-timestamps (one
+        /// timestamp with different operations, and stale ones), many-identities (a fresh key
+        /// per request), flood (64 envelopes per tick without waiting for replies).
+        strategy: ClientAttack,
+        #[command(flatten)]
+        dir: DirArg,
+        /// Seconds to keep attacking.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        duration: f64,
+        /// Milliseconds between two actions of the strategy.
+        #[arg(long, value_name = "MS", default_value_t = 100)]
+        interval_ms: u64,
     },
     /// Crash a replica (SIGKILL).
     Kill {
@@ -99,9 +118,9 @@ enum Command {
 const SIM_HELP: &str = "Run the randomized simulation of the PBFT core.\n\n\
 Each seed draws a whole scenario: f from 1 to 3; up to f Byzantine replicas of random kinds, \
 often the primaries of consecutive views; a network that drops, duplicates, reorders and delays; \
-isolated replicas, splits, one-way cuts, clogged links, crashes and restarts of correct replicas. \
-Then \
-everything heals and every request must complete. After every step the checkers test agreement, \
+isolated replicas, splits, one-way cuts, clogged links, crashes and restarts of correct replicas; \
+in some seeds faulty clients (oversized envelopes, reused timestamps, many identities, floods). \
+Then everything heals and every request must complete. After every step the checkers test agreement, \
 equal state at checkpoints and after state transfers, client validity, at-most-once execution, \
 execution order and accountability. A seed replays exactly.\n\n\
 Exit status: 0 when every seed passed, 1 when one failed, 2 on bad usage.";
@@ -356,6 +375,27 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
                 Agreement::No => return Ok(ExitCode::from(1)),
                 Agreement::Unknown => return Ok(ExitCode::from(3)),
             }
+        }
+        Command::Attack {
+            strategy,
+            dir,
+            duration,
+            interval_ms,
+        } => {
+            let layout = launcher::Layout::new(&dir.dir)?;
+            if interval_ms == 0 {
+                return Err(LaunchError::Usage("--interval-ms must be positive".into()));
+            }
+            let options = AttackOptions {
+                attack: strategy,
+                duration: seconds(duration, "--duration")?,
+                interval: Duration::from_millis(interval_ms),
+            };
+            let report = attack::attack(&layout, options).await?;
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("the report serializes")
+            );
         }
         Command::Kill { id, dir } => launcher::kill(&dir.dir, id)?,
         Command::Restart { id, dir, timeout } => {

@@ -515,6 +515,76 @@ fn a_replica_whose_disk_fills_up_stops_with_a_clear_error() {
     });
 }
 
+/// Every faulty-client strategy at once, as separate `testnet attack` processes, while an
+/// honest client writes: every honest write completes with its value, every replica refuses
+/// the oversized envelopes itself (the primary never proposes one) and the unlisted
+/// identities at the handshake, and the correct replicas agree.
+#[test]
+fn faulty_clients_do_not_keep_the_honest_client_from_being_served() {
+    one_at_a_time(async {
+        let net = Testnet::up(1, &["--byzantine", "0"]);
+        let client = net.client().await;
+        workload(&client, "before", 20, 4).await;
+        let attacks: Vec<_> = [
+            "oversized-envelope",
+            "reused-timestamps",
+            "many-identities",
+            "flood",
+        ]
+        .into_iter()
+        .map(|strategy| {
+            Command::new(BIN)
+                .args(["attack", strategy, "--dir", net.dir(), "--duration", "6"])
+                .args(["--interval-ms", "200"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("testnet attack starts")
+        })
+        .collect();
+        workload(&client, "honest", 200, 8).await;
+        let mut oversized_delivered = 0;
+        for attack in attacks {
+            let output = attack.wait_with_output().unwrap();
+            assert!(output.status.success(), "{}", text(&output));
+            let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+            let messages = report["messages"].as_u64().unwrap();
+            assert!(messages > 0, "{report}");
+            if report["attack"] == "oversized-envelope" {
+                oversized_delivered = messages - report["dropped"].as_u64().unwrap();
+            }
+        }
+        assert!(oversized_delivered > 0);
+        check_values(&client, "honest", 200, 1).await;
+
+        for (id, status) in client.status_all(Duration::from_secs(10)).await {
+            let status = status.unwrap_or_else(|e| panic!("replica {id}: {e}"));
+            let count = |label: &str| {
+                status
+                    .rejected
+                    .iter()
+                    .find(|(l, _)| l == label)
+                    .map_or(0, |(_, n)| *n)
+            };
+            // Each replica refuses every oversized envelope it receives, itself: none is left
+            // for a primary to propose and the backups to refuse.
+            assert!(
+                count("too_large") >= oversized_delivered,
+                "replica {id} refused fewer than the {oversized_delivered} oversized envelopes: \
+                 {:?}",
+                status.rejected
+            );
+            assert!(
+                count("client_not_admitted") > 0,
+                "replica {id}: {:?}",
+                status.rejected
+            );
+        }
+        converged(&net, &client).await;
+        client.close().await;
+    });
+}
+
 #[test]
 fn a_second_up_in_a_used_directory_is_refused_clearly() {
     let _serial = serial();

@@ -7,6 +7,7 @@
 //!   workload ([`Load`]).
 //! - [`status`] asks every replica for its status and judges whether the correct ones agree
 //!   ([`report::AGREE_RULE`]).
+//! - [`attack::attack`] runs a named faulty-client strategy against a running testnet.
 //! - [`kill`], [`restart`] and [`down`] crash, restart and stop replicas of a running testnet,
 //!   found through the state file that `up` wrote.
 //!
@@ -15,6 +16,7 @@
 
 #![deny(missing_docs)]
 
+pub mod attack;
 pub mod layout;
 pub mod process;
 pub mod report;

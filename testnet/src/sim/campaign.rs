@@ -17,7 +17,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use pbft_core::byzantine::BehaviorKind;
+use pbft_core::byzantine::{BehaviorKind, ClientAttack};
 use pbft_core::messages::ReplicaId;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -181,6 +181,18 @@ impl Scenario {
             .into_iter()
             .map(|id| (id, if one_kind { shared } else { pick(&mut rng) }))
             .collect();
+        // Faulty clients come from their own stream, so that adding them left every other part
+        // of a seed's scenario as it was.
+        let mut attack_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc11e_47a7_7ac4_0000);
+        if attack_rng.random_bool(0.4) {
+            for _ in 0..attack_rng.random_range(1..=2) {
+                let attack = ClientAttack::ALL[attack_rng.random_range(0..ClientAttack::ALL.len())];
+                config.attackers.push(attack);
+            }
+            config.attack_interval = ms(attack_rng.random_range(100..=500));
+            config.attack_until = ms(attack_rng.random_range(2_000..=20_000));
+        }
+
         let correct: Vec<ReplicaId> = (0..n as ReplicaId)
             .filter(|id| !faulty.iter().any(|(f, _)| f == id))
             .collect();
@@ -332,6 +344,12 @@ impl Scenario {
         ];
         for (id, kind) in &self.faulty {
             lines.push(format!("replica {id} is {kind}"));
+        }
+        for attack in &c.attackers {
+            lines.push(format!(
+                "a faulty client runs {attack} every {:?} until {:?}",
+                c.attack_interval, c.attack_until
+            ));
         }
         lines.extend(self.steps.iter().map(Step::to_string));
         lines.push("heal, recover every replica, and run until every request completes".into());

@@ -24,14 +24,14 @@ use std::time::Duration;
 
 use pbft_client::session::Target;
 use pbft_core::app::KvStore;
-use pbft_core::byzantine::{BehaviorKind, Payload};
+use pbft_core::byzantine::{BehaviorKind, ClientAttack, FaultyClient, Payload};
 use pbft_core::driver::{Driver, Effects, Flushed};
 use pbft_core::messages::{
     self, Limits, Message, ReplicaId, Reply, Sender, SessionKey, SignatureCache,
 };
 use pbft_core::protocol::{segment_released, Durable, ProtocolConfig, Replica, Timer};
 use pbft_core::Committee;
-use pbft_crypto::{Digest, KeyPair};
+use pbft_crypto::{Digest, KeyPair, PublicKey};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -56,6 +56,11 @@ pub struct SimConfig {
     pub client_tick: Duration,
     pub network: NetworkConfig,
     pub protocol: ProtocolConfig,
+    /// Faulty clients (see [`ClientAttack`]), each acting every `attack_interval` until
+    /// `attack_until`.
+    pub attackers: Vec<ClientAttack>,
+    pub attack_interval: Duration,
+    pub attack_until: Duration,
 }
 
 impl SimConfig {
@@ -87,6 +92,9 @@ impl SimConfig {
                 },
                 ..ProtocolConfig::default()
             },
+            attackers: Vec::new(),
+            attack_interval: Duration::from_millis(250),
+            attack_until: Duration::from_secs(20),
         }
     }
 }
@@ -105,6 +113,9 @@ enum Event {
     },
     ClientTick {
         client: usize,
+    },
+    AttackTick {
+        attacker: usize,
     },
     /// A Byzantine replica's behaviour has held-back sends due.
     Wake {
@@ -254,6 +265,10 @@ pub struct Simulation {
     queue: BinaryHeap<Reverse<Queued>>,
     replicas: Vec<SimReplica>,
     pub clients: Vec<SimClient>,
+    attackers: Vec<FaultyClient>,
+    /// The keys attackers sent with, indexed by `Node::Attacker`.
+    attacker_keys: Vec<PublicKey>,
+    attacker_index: BTreeMap<PublicKey, usize>,
     pub network: Network,
     committee: Committee,
     limits: Limits,
@@ -308,6 +323,15 @@ impl Simulation {
                 )
             })
             .collect();
+        let attackers = config
+            .attackers
+            .iter()
+            .enumerate()
+            .map(|(i, attack)| {
+                let key = key_from(config.seed, b'a', i as u64);
+                FaultyClient::new(*attack, key, i as u64 + 1, config.protocol.limits.clone())
+            })
+            .collect();
         let mut sim = Simulation {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             now: Duration::ZERO,
@@ -315,6 +339,9 @@ impl Simulation {
             queue: BinaryHeap::new(),
             replicas,
             clients,
+            attackers,
+            attacker_keys: Vec::new(),
+            attacker_index: BTreeMap::new(),
             network: Network::new(config.network.clone()),
             committee,
             limits: config.protocol.limits.clone(),
@@ -333,6 +360,10 @@ impl Simulation {
         for client in 0..sim.clients.len() {
             let at = Duration::from_micros(client as u64 * 137);
             sim.schedule(at, Event::ClientTick { client });
+        }
+        for attacker in 0..sim.attackers.len() {
+            let at = Duration::from_micros(attacker as u64 * 211 + 50);
+            sim.schedule(at, Event::AttackTick { attacker });
         }
         sim
     }
@@ -627,6 +658,25 @@ impl Simulation {
                     self.schedule_wake(replica);
                 }
             }
+            Event::AttackTick { attacker } => {
+                for sent in self.attackers[attacker].tick(&mut self.rng) {
+                    let key = sent.from.public();
+                    let next = self.attacker_keys.len();
+                    let index = *self.attacker_index.entry(key).or_insert(next);
+                    if index == next {
+                        self.attacker_keys.push(key);
+                    }
+                    let from = Node::Attacker(index);
+                    let message = Payload::Message(Arc::new(sent.message));
+                    for id in 0..self.n() as ReplicaId {
+                        self.transmit(from, Node::Replica(id), message.clone());
+                    }
+                }
+                let at = self.now + self.config.attack_interval;
+                if at < self.config.attack_until {
+                    self.schedule(at, Event::AttackTick { attacker });
+                }
+            }
             Event::ClientTick { client } => {
                 for (target, frame) in self.clients[client].tick(self.now) {
                     // What the client library sends is what the replicas decode.
@@ -653,6 +703,8 @@ impl Simulation {
 
     fn deliver(&mut self, from: Node, to: Node, payload: Payload) -> Result<(), Violation> {
         match to {
+            // An attacker's replies are of no interest.
+            Node::Attacker(_) => Ok(()),
             Node::Client(index) => {
                 let Node::Replica(replica) = from else {
                     return Ok(());
@@ -680,6 +732,7 @@ impl Simulation {
                 let sender = match from {
                     Node::Replica(r) => Sender::Replica(r),
                     Node::Client(c) => Sender::Client(self.clients[c].key),
+                    Node::Attacker(index) => Sender::Client(self.attacker_keys[index]),
                 };
                 let message = match payload {
                     Payload::Message(message) => (*message).clone(),
@@ -894,6 +947,7 @@ impl Simulation {
                 Event::Deliver { .. } => "garbage",
                 Event::Timer { .. } => "timer",
                 Event::ClientTick { .. } => "client tick",
+                Event::AttackTick { .. } => "attack tick",
                 Event::Wake { .. } => "wake-up",
             };
             *kinds.entry(kind).or_default() += 1;

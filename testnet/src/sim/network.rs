@@ -12,6 +12,9 @@ use rand_chacha::ChaCha8Rng;
 pub enum Node {
     Replica(u32),
     Client(usize),
+    /// A faulty client's connection, authenticated with the key of this index in the
+    /// simulation's table of attacker identities.
+    Attacker(usize),
 }
 
 /// How the network treats messages.

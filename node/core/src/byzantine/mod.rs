@@ -16,6 +16,7 @@
 //! Behaviours draw randomness only from [`Context::rng`] and read no clock, so a simulation with a
 //! faulty replica still replays from its seed.
 
+pub mod clients;
 pub mod corrupt;
 pub mod equivocating_backup;
 pub mod equivocating_primary;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use pbft_crypto::{Digest, Domain, KeyPair, Signature};
 use rand::{Rng, RngCore};
 
+pub use clients::{AttackMessage, ClientAttack, FaultyClient, UnknownAttack};
 pub use corrupt::Corrupt;
 pub use equivocating_backup::EquivocatingBackup;
 pub use equivocating_primary::{EquivocatingPrimary, EquivocationMode};
