@@ -303,6 +303,10 @@ fn behavior_help() -> String {
          (after 20 batches) well past it, so that the backups suspect it.\n\
          mixed: cycles through equivocate, silent, corrupt and slow over the Byzantine \
          replicas.\n\
+         Crafting their own signed messages: selective-view-change (VIEW-CHANGEs to f peers, \
+         NEW-VIEWs to f+1), wrong-new-view (a NEW-VIEW ordering batches its proof does not \
+         name), far-future (votes and VIEW-CHANGEs far beyond the watermarks and views), \
+         unsolicited (batch bodies and status claims nobody asked for).\n\
          Default: equivocate for one Byzantine replica, mixed for more."
     )
 }

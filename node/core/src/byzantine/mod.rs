@@ -18,6 +18,7 @@
 
 pub mod clients;
 pub mod corrupt;
+pub mod crafted;
 pub mod equivocating_backup;
 pub mod equivocating_primary;
 pub mod equivocator;
@@ -40,6 +41,7 @@ use rand::{Rng, RngCore};
 
 pub use clients::{AttackMessage, ClientAttack, FaultyClient, UnknownAttack};
 pub use corrupt::Corrupt;
+pub use crafted::{FarFuture, SelectiveViewChange, Unsolicited, WrongNewView};
 pub use equivocating_backup::EquivocatingBackup;
 pub use equivocating_primary::{EquivocatingPrimary, EquivocationMode};
 pub use equivocator::Equivocator;
@@ -200,11 +202,19 @@ pub enum BehaviorKind {
     EquivocateMinority,
     /// [`Slow`].
     Slow,
+    /// [`SelectiveViewChange`].
+    SelectiveViewChange,
+    /// [`WrongNewView`].
+    WrongNewView,
+    /// [`FarFuture`].
+    FarFuture,
+    /// [`Unsolicited`].
+    Unsolicited,
 }
 
 impl BehaviorKind {
     /// Every behaviour, in declaration order.
-    pub const ALL: [BehaviorKind; 11] = [
+    pub const ALL: [BehaviorKind; 15] = [
         BehaviorKind::Silent,
         BehaviorKind::EquivocatePrimarySplit,
         BehaviorKind::EquivocatePrimaryMinority,
@@ -216,6 +226,10 @@ impl BehaviorKind {
         BehaviorKind::Equivocate,
         BehaviorKind::EquivocateMinority,
         BehaviorKind::Slow,
+        BehaviorKind::SelectiveViewChange,
+        BehaviorKind::WrongNewView,
+        BehaviorKind::FarFuture,
+        BehaviorKind::Unsolicited,
     ];
 
     /// The kebab-case name, which [`FromStr`] parses back.
@@ -232,6 +246,10 @@ impl BehaviorKind {
             BehaviorKind::Equivocate => "equivocate",
             BehaviorKind::EquivocateMinority => "equivocate-minority",
             BehaviorKind::Slow => "slow",
+            BehaviorKind::SelectiveViewChange => "selective-view-change",
+            BehaviorKind::WrongNewView => "wrong-new-view",
+            BehaviorKind::FarFuture => "far-future",
+            BehaviorKind::Unsolicited => "unsolicited",
         }
     }
 
@@ -261,6 +279,10 @@ impl BehaviorKind {
                 Box::new(Equivocator::new(EquivocationMode::Minority))
             }
             BehaviorKind::Slow => Box::new(Slow::new(protocol.view_change_timeout)),
+            BehaviorKind::SelectiveViewChange => Box::new(SelectiveViewChange),
+            BehaviorKind::WrongNewView => Box::new(WrongNewView),
+            BehaviorKind::FarFuture => Box::new(FarFuture),
+            BehaviorKind::Unsolicited => Box::new(Unsolicited::default()),
         }
     }
 }

@@ -905,3 +905,131 @@ fn slow_primary_holds_pre_prepares_until_due_then_stalls_past_the_timeout() {
     assert_eq!(run(&mut behavior, start, input).sends.len(), 2);
     assert_eq!(behavior.next_wakeup(), None);
 }
+
+/// Feeds everything `kind` makes of `input` (as replica `faulty`) to a fresh correct replica 2,
+/// keeping only what passes its boundary, and returns that replica afterwards.
+fn crafted_into_a_correct_replica(
+    cluster: &Cluster,
+    kind: BehaviorKind,
+    faulty: ReplicaId,
+    input: Vec<(Destination, Message)>,
+) -> (crate::protocol::Replica, usize) {
+    let mut behavior = kind.build();
+    let mut rng = seeded(5);
+    let out = cluster.run(behavior.as_mut(), faulty, ready(input), &mut rng);
+    let mut correct = cluster.replica(2);
+    let mut accepted = 0;
+    for (to, payload) in deliveries(&out, faulty, &cluster.committee) {
+        if to != 2 {
+            continue;
+        }
+        if let Ok(verified) = cluster.verify_from(faulty, message_of(&payload)) {
+            accepted += 1;
+            correct.handle_message(Duration::from_secs(1), verified);
+            correct.poll_ready();
+        }
+    }
+    (correct, accepted)
+}
+
+#[test]
+fn crafted_messages_move_no_correct_replica_and_accuse_nobody() {
+    let cluster = Cluster::new(1);
+    let digest = batch(1).digest();
+    let cases = [
+        (
+            BehaviorKind::FarFuture,
+            vec![
+                broadcast(cluster.commit(0, 1, digest, 1)),
+                broadcast(Message::ViewChange(cluster.sample_view_change(1, 1))),
+            ],
+        ),
+        (
+            BehaviorKind::WrongNewView,
+            vec![broadcast(Message::NewView(cluster.sample_new_view(1)))],
+        ),
+        (
+            BehaviorKind::Unsolicited,
+            vec![broadcast(cluster.commit(0, 1, digest, 1))],
+        ),
+        (
+            BehaviorKind::SelectiveViewChange,
+            vec![broadcast(Message::ViewChange(
+                cluster.sample_view_change(1, 1),
+            ))],
+        ),
+    ];
+    for (kind, input) in cases {
+        let (correct, accepted) = crafted_into_a_correct_replica(&cluster, kind, 1, input);
+        assert!(
+            accepted > 0 || kind == BehaviorKind::SelectiveViewChange,
+            "{kind}: nothing valid reached the replica"
+        );
+        assert_eq!(correct.view(), 0, "{kind} moved a correct replica's view");
+        assert_eq!(
+            correct.last_executed(),
+            0,
+            "{kind} made a correct replica execute"
+        );
+        assert!(
+            correct.halted().is_none(),
+            "{kind} halted a correct replica"
+        );
+        assert!(
+            correct.evidence().keys().all(|&accused| accused == 1),
+            "{kind}: a correct replica accused another correct one: {:?}",
+            correct.evidence().keys()
+        );
+    }
+}
+
+#[test]
+fn far_future_claims_reach_beyond_every_window_and_view() {
+    let cluster = Cluster::new(1);
+    let mut behavior = BehaviorKind::FarFuture.build();
+    let mut rng = seeded(3);
+    let input = ready(vec![
+        broadcast(cluster.commit(2, 5, batch(1).digest(), 1)),
+        broadcast(Message::ViewChange(cluster.sample_view_change(3, 1))),
+    ]);
+    let out = cluster.run(behavior.as_mut(), 1, input, &mut rng);
+    let mut seqs = BTreeSet::new();
+    let mut views = BTreeSet::new();
+    for send in &out.sends {
+        match message_of(&send.payload) {
+            Message::Commit(vote) => {
+                seqs.insert(vote.seq);
+                views.insert(vote.view);
+            }
+            Message::ViewChange(view_change) => {
+                views.insert(view_change.new_view);
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        seqs.contains(&Seq::MAX) && seqs.contains(&(5 + (1 << 32))),
+        "{seqs:?}"
+    );
+    assert!(
+        views.contains(&View::MAX) && views.contains(&(3 + (1 << 20))),
+        "{views:?}"
+    );
+}
+
+#[test]
+fn selective_view_change_reaches_only_f_peers() {
+    let cluster = Cluster::new(2);
+    let mut behavior = BehaviorKind::SelectiveViewChange.build();
+    let mut rng = seeded(9);
+    let input = ready(vec![broadcast(Message::ViewChange(
+        cluster.sample_view_change(1, 3),
+    ))]);
+    let out = cluster.run(behavior.as_mut(), 3, input, &mut rng);
+    let recipients: BTreeSet<ReplicaId> = deliveries(&out, 3, &cluster.committee)
+        .into_iter()
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(recipients.len(), cluster.f(), "{recipients:?}");
+    assert!(!recipients.contains(&3));
+}
