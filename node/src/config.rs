@@ -217,6 +217,9 @@ pub struct TransportSection {
     /// Frames waiting per destination before new ones are dropped. Positive.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_capacity: Option<usize>,
+    /// Bytes waiting per destination before new frames are dropped. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_bytes: Option<usize>,
     /// Received frames waiting per kind of sender before reading pauses. Positive.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incoming_capacity: Option<usize>,
@@ -235,9 +238,35 @@ pub struct TransportSection {
     /// The longest delay between dial attempts, in milliseconds. At least `backoff_min_ms`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff_max_ms: Option<u64>,
-    /// Accepted connections beyond which new ones are refused. Positive.
+    /// Accepted connections from anyone but the replicas beyond which new ones are refused,
+    /// unless a silent client makes way. Positive.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Of those, the most from one IP address. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_address: Option<usize>,
+    /// Connections kept per client key (processes sharing a key). Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_client: Option<usize>,
+    /// Connections accepted from each replica's address besides `max_connections`. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections_per_replica: Option<usize>,
+    /// The largest frame accepted from a client. Defaults to what one request envelope of
+    /// `protocol.limits.max_batch_bytes` needs, and may not be smaller.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_client_frame: Option<usize>,
+    /// Bytes of received frames waiting per kind of sender before reading pauses. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incoming_bytes: Option<usize>,
+    /// With the room for clients full, a client silent this long (milliseconds) makes way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_idle_eviction_ms: Option<u64>,
+    /// How long (milliseconds) a client that sent invalid input is disconnected and refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ban_ms: Option<u64>,
+    /// Handshakes in progress beyond which new connections must prove their address first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_above_handshakes: Option<usize>,
 }
 
 impl TransportSection {
@@ -256,6 +285,9 @@ impl TransportSection {
             .unwrap_or_else(|| usize::try_from(max_message).unwrap_or(usize::MAX));
         if let Some(v) = self.queue_capacity {
             config.queue_capacity = v;
+        }
+        if let Some(v) = self.queue_bytes {
+            config.queue_bytes = v;
         }
         if let Some(v) = self.incoming_capacity {
             config.incoming_capacity = v;
@@ -278,6 +310,31 @@ impl TransportSection {
         if let Some(v) = self.max_connections {
             config.max_connections = v;
         }
+        if let Some(v) = self.max_connections_per_address {
+            config.max_connections_per_address = v;
+        }
+        if let Some(v) = self.max_connections_per_client {
+            config.max_connections_per_client = v;
+        }
+        if let Some(v) = self.connections_per_replica {
+            config.connections_per_replica = v;
+        }
+        let max_client_message = protocol.limits.max_client_message_bytes();
+        config.max_client_frame = self
+            .max_client_frame
+            .unwrap_or_else(|| usize::try_from(max_client_message).unwrap_or(usize::MAX));
+        if let Some(v) = self.incoming_bytes {
+            config.incoming_bytes = v;
+        }
+        if let Some(v) = self.client_idle_eviction_ms {
+            config.client_idle_eviction = ms(v);
+        }
+        if let Some(v) = self.client_ban_ms {
+            config.client_ban = ms(v);
+        }
+        if let Some(v) = self.retry_above_handshakes {
+            config.retry_above_handshakes = v;
+        }
 
         if u32::try_from(config.max_frame).is_err() {
             return Err(ConfigError::invalid(
@@ -295,10 +352,34 @@ impl TransportSection {
                 ),
             ));
         }
-        let counts: [(&str, usize); 3] = [
+        if (config.max_client_frame as u64) < max_client_message {
+            return Err(ConfigError::invalid(
+                "transport.max_client_frame",
+                format!(
+                    "{} is smaller than the {max_client_message} bytes one request envelope of \
+                     protocol.limits.max_batch_bytes needs",
+                    config.max_client_frame
+                ),
+            ));
+        }
+        let counts: [(&str, usize); 8] = [
             ("transport.queue_capacity", config.queue_capacity),
+            ("transport.queue_bytes", config.queue_bytes),
             ("transport.incoming_capacity", config.incoming_capacity),
+            ("transport.incoming_bytes", config.incoming_bytes),
             ("transport.max_connections", config.max_connections),
+            (
+                "transport.max_connections_per_address",
+                config.max_connections_per_address,
+            ),
+            (
+                "transport.max_connections_per_client",
+                config.max_connections_per_client,
+            ),
+            (
+                "transport.connections_per_replica",
+                config.connections_per_replica,
+            ),
         ];
         for (field, value) in counts {
             positive(field, value as u64)?;

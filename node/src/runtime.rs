@@ -124,10 +124,59 @@ enum Input {
     },
     /// A local status request (tests, tools).
     Status(oneshot::Sender<NodeStatus>),
+    /// A client sent what no correct client sends on this connection; it is cut off for a
+    /// while.
+    Misbehaved(PublicKey, usize),
+}
+
+/// Rejection labels that only a faulty client earns: an honest client's messages always decode,
+/// carry its own key and are signed with it.
+const CLIENT_FAULTS: [&str; 3] = ["undecodable", "bad_signature", "wrong_sender"];
+
+/// Status queries answered per second to clients, all together; more are dropped and counted.
+const STATUS_QUERIES_PER_SECOND: f64 = 200.0;
+
+/// A token bucket: `rate` per second, bursts of up to one second's worth.
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: f64) -> RateLimit {
+        RateLimit {
+            rate,
+            tokens: rate,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Counters of refused messages by reason, shared by the verifiers and the protocol task.
 type Rejections = Arc<Mutex<BTreeMap<String, u64>>>;
+
+fn count_rejection(metrics: &Metrics, rejections: &Rejections, reason: &'static str) {
+    metrics.rejected(reason);
+    *rejections
+        .lock()
+        .expect("poisoned")
+        .entry(reason.to_string())
+        .or_default() += 1;
+}
 
 /// A replica running on the tokio runtime.
 pub struct RunningNode {
@@ -195,6 +244,7 @@ impl RunningNode {
             arrivals: HashMap::new(),
             committed_requests: 0,
             last_view: 0,
+            status_queries: RateLimit::new(STATUS_QUERIES_PER_SECOND),
         };
         let task = tokio::spawn(driver.run(input_rx, stop_rx));
         Ok(RunningNode {
@@ -336,12 +386,17 @@ fn spawn_verifiers(
                         }
                     }
                     Err(reason) => {
-                        metrics.rejected(reason);
-                        *rejections
-                            .lock()
-                            .expect("poisoned")
-                            .entry(reason.to_string())
-                            .or_default() += 1;
+                        if let Peer::Client(key) = incoming.from {
+                            if CLIENT_FAULTS.contains(&reason)
+                                && inputs
+                                    .send(Input::Misbehaved(key, incoming.connection))
+                                    .await
+                                    .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        count_rejection(&metrics, &rejections, reason);
                         tracing::debug!(?incoming.from, reason, "message refused");
                     }
                 }
@@ -388,6 +443,7 @@ struct ProtocolTask {
     arrivals: HashMap<(PublicKey, Timestamp), Instant>,
     committed_requests: u64,
     last_view: u64,
+    status_queries: RateLimit,
 }
 
 const MAX_TRACKED_ARRIVALS: usize = 100_000;
@@ -471,12 +527,20 @@ impl ProtocolTask {
                 self.driver.replica_mut().handle_message(now, message);
             }
             Input::StatusQuery { from, nonce } => {
+                if matches!(from, Peer::Client(_)) && !self.status_queries.allow(Instant::now()) {
+                    count_rejection(&self.metrics, &self.rejections, "status_rate_limited");
+                    return;
+                }
                 let status = self.status(nonce);
                 let frame = Bytes::from(Message::StatusReport(status).encode());
                 match from {
                     Peer::Client(key) => self.transport.send_to_client(&key, frame),
                     Peer::Replica(id) => self.transport.send_to_replica(id, frame),
                 }
+            }
+            Input::Misbehaved(key, connection) => {
+                tracing::info!(client = %key, "client sent invalid input; disconnected for a while");
+                self.transport.ban_client(&key, connection);
             }
             Input::Status(reply) => {
                 let _ = reply.send(self.status(0));
@@ -490,9 +554,18 @@ impl ProtocolTask {
         for (reason, count) in self.driver.replica().ignored() {
             *rejected.entry(reason.label().to_string()).or_default() += count;
         }
-        let refused = self.transport.stats().clients_refused;
-        if refused > 0 {
-            rejected.insert("client_not_admitted".into(), refused);
+        let transport = self.transport.stats();
+        for (label, count) in [
+            ("client_not_admitted", transport.clients_refused),
+            ("client_banned", transport.clients_banned),
+            ("client_refused_while_banned", transport.banned_refused),
+            ("frame_too_large", transport.rejected_oversized_in),
+            ("connection_refused", transport.connections_refused),
+            ("client_evicted", transport.clients_evicted),
+        ] {
+            if count > 0 {
+                rejected.insert(label.into(), count);
+            }
         }
         NodeStatus {
             nonce,

@@ -152,6 +152,10 @@ fn a_valid_config_loads_into_the_expected_setup() {
         setup.transport.max_frame as u64,
         defaults.limits.max_message_bytes
     );
+    assert_eq!(
+        setup.transport.max_client_frame as u64,
+        protocol.limits.max_client_message_bytes()
+    );
 }
 
 #[test]
@@ -440,7 +444,7 @@ fn an_unknown_behavior_is_refused() {
 
 #[test]
 fn bad_protocol_and_transport_values_are_named() {
-    let cases: [(&str, &str, &str); 13] = [
+    let cases: [(&str, &str, &str); 17] = [
         (
             "[protocol]\ncheckpoint_interval = 0",
             "protocol.checkpoint_interval",
@@ -505,6 +509,26 @@ fn bad_protocol_and_transport_values_are_named() {
             "[transport]\nkeep_alive_ms = 5000\nidle_timeout_ms = 5000",
             "transport.idle_timeout_ms",
             "must exceed transport.keep_alive_ms (5000)",
+        ),
+        (
+            "[transport]\nmax_client_frame = 4096",
+            "transport.max_client_frame",
+            "smaller than the 8388672 bytes one request envelope",
+        ),
+        (
+            "[transport]\nmax_connections_per_address = 0",
+            "transport.max_connections_per_address",
+            "must be positive",
+        ),
+        (
+            "[transport]\nconnections_per_replica = 0",
+            "transport.connections_per_replica",
+            "must be positive",
+        ),
+        (
+            "[transport]\nincoming_bytes = 0",
+            "transport.incoming_bytes",
+            "must be positive",
         ),
     ];
     let fixture = Fixture::new();

@@ -63,7 +63,9 @@ enum Command {
     Attack {
         /// oversized-envelope (envelopes larger than a batch may be), reused-timestamps (one
         /// timestamp with different operations, and stale ones), many-identities (a fresh key
-        /// per request), flood (64 envelopes per tick without waiting for replies).
+        /// per request), flood (64 envelopes per tick without waiting for replies),
+        /// bad-signatures (envelopes whose signature fails: the replicas cut the client off for
+        /// a while).
         strategy: ClientAttack,
         #[command(flatten)]
         dir: DirArg,
@@ -119,7 +121,7 @@ const SIM_HELP: &str = "Run the randomized simulation of the PBFT core.\n\n\
 Each seed draws a whole scenario: f from 1 to 3; up to f Byzantine replicas of random kinds, \
 often the primaries of consecutive views; a network that drops, duplicates, reorders and delays; \
 isolated replicas, splits, one-way cuts, clogged links, crashes and restarts of correct replicas; \
-in some seeds faulty clients (oversized envelopes, reused timestamps, many identities, floods). \
+in some seeds faulty clients (oversized envelopes, reused timestamps, many identities, floods, bad signatures). \
 Then everything heals and every request must complete. After every step the checkers test agreement, \
 equal state at checkpoints and after state transfers, client validity, at-most-once execution, \
 execution order and accountability. A seed replays exactly.\n\n\

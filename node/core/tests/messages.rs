@@ -882,6 +882,41 @@ fn envelope_size_is_its_encoding_and_an_envelope_larger_than_a_batch_is_refused(
 }
 
 #[test]
+fn the_largest_envelope_a_batch_holds_fits_the_client_message_limit() {
+    let limits = Limits {
+        max_batch_bytes: 1000,
+        max_op_bytes: 4096,
+        ..Limits::default()
+    };
+    let fits = |op_len: usize| {
+        let envelope = RequestEnvelope::new(&client(0), 1, vec![request(1, &vec![3; op_len])]);
+        (
+            envelope.encoded_len(),
+            Message::Request(envelope).encode().len() as u64,
+        )
+    };
+    let op_len = (0..limits.max_batch_bytes)
+        .rev()
+        .find(|&len| fits(len).0 <= limits.max_batch_bytes)
+        .unwrap();
+    let (envelope_len, message_len) = fits(op_len);
+    assert_eq!(envelope_len, limits.max_batch_bytes);
+    assert!(
+        message_len <= limits.max_client_message_bytes(),
+        "{message_len}"
+    );
+    assert!(limits.max_client_message_bytes() < limits.max_message_bytes);
+
+    let read = Message::Read(pbft_core::messages::ReadRequest {
+        client: client(7).public(),
+        session: u64::MAX,
+        timestamp: u64::MAX,
+        op: vec![1; limits.max_op_bytes],
+    });
+    assert!(read.encode().len() as u64 <= limits.max_client_message_bytes());
+}
+
+#[test]
 fn a_forged_client_signature_is_refused_even_inside_a_batch() {
     let c = cluster();
     let mut forged = batch(2);

@@ -10,7 +10,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use quinn::Endpoint;
 use tokio::sync::mpsc;
 
-use crate::frame::{enqueue, CLOSE_SHUTDOWN};
+use crate::frame::CLOSE_SHUTDOWN;
 use crate::link::Link;
 use crate::stats::{bump, Counters};
 use crate::tls::{self, Identity};
@@ -23,7 +23,6 @@ use crate::{endpoint, validate_cluster, NetError, PeerInfo, TransportConfig, Tra
 pub struct ClientTransport {
     endpoint: Endpoint,
     links: HashMap<u32, Link>,
-    cfg: Arc<TransportConfig>,
     counters: Arc<Counters>,
 }
 
@@ -85,7 +84,6 @@ impl ClientTransport {
         let transport = ClientTransport {
             endpoint,
             links,
-            cfg,
             counters,
         };
         Ok((transport, received))
@@ -97,7 +95,7 @@ impl ClientTransport {
     pub fn send(&self, replica: u32, frame: Bytes) {
         match self.links.get(&replica) {
             Some(link) => {
-                enqueue(&link.queue, frame, self.cfg.max_frame, &self.counters);
+                link.queue.push(frame, &self.counters);
             }
             None => bump(&self.counters.dropped_not_connected, 1),
         }
@@ -106,12 +104,7 @@ impl ClientTransport {
     /// Queues `frame` for every replica, as [`ClientTransport::send`] does.
     pub fn broadcast(&self, frame: Bytes) {
         for link in self.links.values() {
-            enqueue(
-                &link.queue,
-                frame.clone(),
-                self.cfg.max_frame,
-                &self.counters,
-            );
+            link.queue.push(frame.clone(), &self.counters);
         }
     }
 

@@ -2,9 +2,13 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::stats::{bump, Counters};
+use crate::TransportConfig;
 
 /// Written by the dialer on its stream right after the handshake.
 pub(crate) const HELLO: [u8; 8] = *b"pbft1-hi";
@@ -16,6 +20,8 @@ pub(crate) const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
 pub(crate) const CLOSE_PROTOCOL: VarInt = VarInt::from_u32(1);
 pub(crate) const CLOSE_FRAME_TOO_LARGE: VarInt = VarInt::from_u32(2);
 pub(crate) const CLOSE_REPLACED: VarInt = VarInt::from_u32(3);
+pub(crate) const CLOSE_EVICTED: VarInt = VarInt::from_u32(4);
+pub(crate) const CLOSE_BANNED: VarInt = VarInt::from_u32(5);
 
 /// The most bytes read from a stream beyond the frame being assembled.
 const READ_CHUNK: usize = 64 << 10;
@@ -108,27 +114,109 @@ pub(crate) async fn write_frames(
     stream.write_all_chunks(&mut chunks).await
 }
 
-/// Queues `frame` without waiting: oversized frames and frames for a full queue are dropped and
-/// counted. Returns whether the frame was queued.
-pub(crate) fn enqueue(
-    queue: &mpsc::Sender<Bytes>,
-    frame: Bytes,
+/// The sending side of one destination's queue: at most [`TransportConfig::queue_capacity`]
+/// frames and [`TransportConfig::queue_bytes`] bytes (a larger frame is taken only into an
+/// empty queue), so a peer that does not read pins a bounded amount of memory.
+pub(crate) struct FrameQueue {
+    frames: mpsc::Sender<Bytes>,
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
     max_frame: usize,
-    counters: &Counters,
-) -> bool {
-    if frame.len() > max_frame {
-        bump(&counters.rejected_oversized_out, 1);
-        return false;
-    }
-    match queue.try_send(frame) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
+}
+
+/// The receiving side of a [`FrameQueue`].
+pub(crate) struct QueuedFrames {
+    frames: mpsc::Receiver<Bytes>,
+    bytes: Arc<AtomicUsize>,
+}
+
+/// A queue for one destination, sized by `cfg`.
+pub(crate) fn frame_queue(cfg: &TransportConfig) -> (FrameQueue, QueuedFrames) {
+    let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let queue = FrameQueue {
+        frames: tx,
+        bytes: bytes.clone(),
+        max_bytes: cfg.queue_bytes,
+        max_frame: cfg.max_frame,
+    };
+    (queue, QueuedFrames { frames: rx, bytes })
+}
+
+impl FrameQueue {
+    /// Queues `frame` without waiting: oversized frames and frames for a full queue are dropped
+    /// and counted. Returns whether the frame was queued.
+    pub(crate) fn push(&self, frame: Bytes, counters: &Counters) -> bool {
+        let len = frame.len();
+        if len > self.max_frame {
+            bump(&counters.rejected_oversized_out, 1);
+            return false;
+        }
+        let before = self.bytes.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before + len > self.max_bytes {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
             bump(&counters.dropped_queue_full, 1);
-            false
+            return false;
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            bump(&counters.dropped_not_connected, 1);
-            false
+        match self.frames.try_send(frame) {
+            Ok(()) => true,
+            Err(error) => {
+                self.bytes.fetch_sub(len, Ordering::AcqRel);
+                match error {
+                    mpsc::error::TrySendError::Full(_) => bump(&counters.dropped_queue_full, 1),
+                    mpsc::error::TrySendError::Closed(_) => {
+                        bump(&counters.dropped_not_connected, 1)
+                    }
+                }
+                false
+            }
         }
+    }
+}
+
+impl QueuedFrames {
+    /// Appends up to `limit` waiting frames to `batch`, waiting for at least one; 0 once the
+    /// sending side is gone.
+    pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Bytes>, limit: usize) -> usize {
+        let start = batch.len();
+        let n = self.frames.recv_many(batch, limit).await;
+        let taken: usize = batch[start..].iter().map(Bytes::len).sum();
+        self.bytes.fetch_sub(taken, Ordering::AcqRel);
+        n
+    }
+}
+
+/// Bytes of received frames that may wait for the caller; taken before a frame is handed on
+/// and given back when the caller takes it. A frame larger than the whole budget takes all of it.
+#[derive(Clone, Debug)]
+pub(crate) struct ByteBudget {
+    available: Arc<Semaphore>,
+    total: usize,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(total: usize) -> ByteBudget {
+        let total = total.clamp(1, u32::MAX as usize);
+        ByteBudget {
+            available: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    fn cost(&self, len: usize) -> u32 {
+        // `total` fits in a u32 (see `new`).
+        len.clamp(1, self.total) as u32
+    }
+
+    /// Waits until `len` bytes may be buffered and takes them.
+    pub(crate) async fn take(&self, len: usize) {
+        if let Ok(permit) = self.available.acquire_many(self.cost(len)).await {
+            permit.forget();
+        }
+    }
+
+    /// Gives back what [`ByteBudget::take`] took for a frame of `len` bytes.
+    pub(crate) fn give_back(&self, len: usize) {
+        self.available.add_permits(self.cost(len) as usize);
     }
 }

@@ -45,12 +45,12 @@
 //!
 //! # Queues and loss
 //!
-//! Sending never blocks. Each destination has a bounded queue; when it is full the newest frame
-//! is dropped and counted in [`TransportStats::dropped_queue_full`]. Frames may also be lost when
-//! a connection breaks. The protocol above retransmits, so the transport does not. A replica's
-//! received frames go to its [`Inbox`], which buffers frames from replicas and from clients
-//! separately, each bounded; when a buffer is full, reading stops, and QUIC flow control pushes
-//! back on the senders.
+//! Sending never blocks. Each destination has a queue bounded in frames and in bytes; when it is
+//! full the newest frame is dropped and counted in [`TransportStats::dropped_queue_full`].
+//! Frames may also be lost when a connection breaks. The protocol above retransmits, so the
+//! transport does not. A replica's received frames go to its [`Inbox`], which buffers frames
+//! from replicas and from clients separately, each bounded in frames and in bytes; when a buffer
+//! is full, reading stops, and QUIC flow control pushes back on the senders.
 //!
 //! # Reconnection
 //!
@@ -67,6 +67,7 @@
 
 #![deny(missing_docs)]
 
+mod admission;
 mod client;
 pub mod cluster;
 mod frame;
@@ -121,6 +122,8 @@ pub struct Incoming {
     pub from: Peer,
     /// The frame, at most [`TransportConfig::max_frame`] bytes.
     pub frame: Bytes,
+    /// The connection it came on, as [`ReplicaTransport::ban_client`] names it.
+    pub connection: usize,
 }
 
 /// Which clients a replica admits, decided at the TLS handshake from the key the client's
@@ -148,11 +151,21 @@ impl ClientPolicy {
 pub struct TransportConfig {
     /// The largest frame sent or accepted, in bytes (at most `u32::MAX`). Default 16 MiB.
     pub max_frame: usize,
+    /// The largest frame a replica accepts from a client (one request envelope); a longer
+    /// length prefix closes the connection. `max_frame` applies where it is smaller. Default
+    /// 8 MiB + 64 bytes.
+    pub max_client_frame: usize,
     /// Frames waiting per destination before new ones are dropped. Default 1024.
     pub queue_capacity: usize,
+    /// Bytes waiting per destination before new frames are dropped; a larger frame is taken
+    /// only into an empty queue. Default 64 MiB.
+    pub queue_bytes: usize,
     /// Received frames waiting for the caller before reading pauses (per kind of sender in an
     /// [`Inbox`]). Default 1024.
     pub incoming_capacity: usize,
+    /// Bytes of received frames waiting for the caller before reading pauses (per kind of
+    /// sender in an [`Inbox`]; a larger frame waits alone). Default 128 MiB.
+    pub incoming_bytes: usize,
     /// How often an idle connection sends a keep-alive. Default 1 s.
     pub keep_alive: Duration,
     /// How long without any packet from the peer before a connection is dead. Must exceed
@@ -164,27 +177,49 @@ pub struct TransportConfig {
     pub backoff_min: Duration,
     /// The largest delay between dial attempts. Default 2 s.
     pub backoff_max: Duration,
-    /// Accepted connections (including handshakes in progress) beyond which new ones are
-    /// refused. Default 1024.
+    /// Accepted connections from anyone but the replicas (handshakes in progress included)
+    /// beyond which new ones are refused, unless a silent client makes way. Default 1024.
     pub max_connections: usize,
+    /// Of those, the most from one IP address. Default 256.
+    pub max_connections_per_address: usize,
     /// Accepted connections kept per client key (several processes may share a key); a newer
     /// one beyond this closes the oldest. Default 64.
     pub max_connections_per_client: usize,
+    /// Connections accepted from each replica's listed address, beside `max_connections`, so
+    /// that other parties can never lock a replica out. Default 4.
+    pub connections_per_replica: usize,
+    /// When the room for clients is full, a client connection silent for this long is closed
+    /// to admit a new one. Default 5 s.
+    pub client_idle_eviction: Duration,
+    /// How long a client that sent an undecodable or wrongly signed message is disconnected
+    /// and refused. Default 10 s.
+    pub client_ban: Duration,
+    /// Handshakes in progress beyond which a new connection must first prove its address with
+    /// a QUIC Retry round trip. Default 64.
+    pub retry_above_handshakes: usize,
 }
 
 impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             max_frame: 16 << 20,
+            max_client_frame: (8 << 20) + 64,
             queue_capacity: 1024,
+            queue_bytes: 64 << 20,
             incoming_capacity: 1024,
+            incoming_bytes: 128 << 20,
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             max_connections: 1024,
+            max_connections_per_address: 256,
             max_connections_per_client: 64,
+            connections_per_replica: 4,
+            client_idle_eviction: Duration::from_secs(5),
+            client_ban: Duration::from_secs(10),
+            retry_above_handshakes: 64,
         }
     }
 }
@@ -195,14 +230,22 @@ impl TransportConfig {
         if self.max_frame == 0 || u32::try_from(self.max_frame).is_err() {
             return fail("max_frame must be between 1 and u32::MAX");
         }
+        if self.max_client_frame == 0 {
+            return fail("max_client_frame must be positive");
+        }
         if self.queue_capacity == 0
+            || self.queue_bytes == 0
             || self.incoming_capacity == 0
+            || self.incoming_bytes == 0
             || self.max_connections == 0
+            || self.max_connections_per_address == 0
             || self.max_connections_per_client == 0
+            || self.connections_per_replica == 0
         {
             return fail(
-                "queue_capacity, incoming_capacity, max_connections and \
-                 max_connections_per_client must be positive",
+                "queue_capacity, queue_bytes, incoming_capacity, incoming_bytes, max_connections, \
+                 max_connections_per_address, max_connections_per_client and \
+                 connections_per_replica must be positive",
             );
         }
         if self.keep_alive.is_zero() || self.idle_timeout <= self.keep_alive {

@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::frame::{
-    write_frames, FrameError, FrameReader, ACK, CLOSE_FRAME_TOO_LARGE, CLOSE_PROTOCOL,
-    CLOSE_SHUTDOWN, HELLO, WRITE_BATCH,
+    frame_queue, write_frames, ByteBudget, FrameError, FrameQueue, FrameReader, QueuedFrames, ACK,
+    CLOSE_FRAME_TOO_LARGE, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, HELLO, WRITE_BATCH,
 };
 use crate::stats::{bump, Counters};
 use crate::tls::SERVER_NAME;
@@ -21,7 +21,7 @@ use crate::TransportConfig;
 
 /// The sending side of an outgoing link, owned by the transport.
 pub(crate) struct Link {
-    pub(crate) queue: mpsc::Sender<Bytes>,
+    pub(crate) queue: FrameQueue,
     connected: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -38,7 +38,7 @@ impl Link {
         counters: Arc<Counters>,
         inbound: Option<mpsc::Sender<(u32, Bytes)>>,
     ) -> Link {
-        let (queue, queued) = mpsc::channel(cfg.queue_capacity);
+        let (queue, queued) = frame_queue(&cfg);
         let connected = Arc::new(AtomicBool::new(false));
         let dialer = Dialer {
             endpoint,
@@ -103,7 +103,7 @@ struct Dialer {
 }
 
 impl Dialer {
-    async fn run(self, mut queue: mpsc::Receiver<Bytes>) {
+    async fn run(self, mut queue: QueuedFrames) {
         let mut backoff = self.cfg.backoff_min;
         loop {
             match self.establish().await {
@@ -162,7 +162,7 @@ impl Dialer {
         conn: &Connection,
         send: SendStream,
         recv: RecvStream,
-        queue: &mut mpsc::Receiver<Bytes>,
+        queue: &mut QueuedFrames,
     ) -> PumpEnd {
         let writing = pump(conn, send, queue, &self.counters);
         match &self.inbound {
@@ -174,6 +174,7 @@ impl Dialer {
                     self.cfg.max_frame,
                     &self.counters,
                     inbound,
+                    None,
                     |frame| (replica, frame),
                 );
                 tokio::select! {
@@ -202,7 +203,7 @@ pub(crate) enum PumpEnd {
 pub(crate) async fn pump(
     conn: &Connection,
     mut send: SendStream,
-    queue: &mut mpsc::Receiver<Bytes>,
+    queue: &mut QueuedFrames,
     counters: &Counters,
 ) -> PumpEnd {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
@@ -227,14 +228,15 @@ pub(crate) async fn pump(
 }
 
 /// Reads frames from `recv` into `out` until the stream ends, the connection fails, or `out`
-/// is dropped. Waiting on a full `out` stops reading, which pushes back on the peer. An
-/// oversized length prefix closes the connection.
+/// is dropped. Waiting on a full `out` or on `budget` stops reading, which pushes back on the
+/// peer. An oversized length prefix closes the connection.
 pub(crate) async fn read_frames<T>(
     conn: &Connection,
     recv: RecvStream,
     max_frame: usize,
     counters: &Counters,
     out: &mpsc::Sender<T>,
+    budget: Option<&ByteBudget>,
     wrap: impl Fn(Bytes) -> T,
 ) {
     let mut reader = FrameReader::new(recv, max_frame);
@@ -254,13 +256,29 @@ pub(crate) async fn read_frames<T>(
             }
         };
         bump(&counters.frames_in, 1);
+        let len = frame.len();
+        if let Some(budget) = budget {
+            tokio::select! {
+                () = budget.take(len) => {}
+                _ = conn.closed() => return,
+            }
+        }
+        let give_back = || {
+            if let Some(budget) = budget {
+                budget.give_back(len);
+            }
+        };
         tokio::select! {
             sent = out.send(wrap(frame)) => {
                 if sent.is_err() {
+                    give_back();
                     return;
                 }
             }
-            _ = conn.closed() => return,
+            _ = conn.closed() => {
+                give_back();
+                return;
+            }
         }
     }
 }

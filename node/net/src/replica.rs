@@ -2,9 +2,10 @@
 //! connections.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use pbft_crypto::{KeyPair, PublicKey};
@@ -15,7 +16,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-use crate::frame::{enqueue, ACK, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_SHUTDOWN, HELLO};
+use crate::admission::{Admission, Bans, Full, Slot};
+use crate::frame::{
+    frame_queue, ByteBudget, FrameQueue, ACK, CLOSE_BANNED, CLOSE_EVICTED, CLOSE_PROTOCOL,
+    CLOSE_REPLACED, CLOSE_SHUTDOWN, HELLO,
+};
 use crate::link::{pump, read_frames, Link, PumpEnd};
 use crate::stats::{bump, Counters};
 use crate::tls::{self, public_key_of, Identity};
@@ -37,13 +42,16 @@ pub struct ReplicaTransport {
 
 /// The frames a replica received, from replicas and from clients.
 ///
-/// Each kind of sender has its own buffer of [`TransportConfig::incoming_capacity`] frames, and
-/// [`Inbox::recv`] alternates between the two when both have frames waiting, so neither
-/// flooding clients nor faulty replicas can hold back the other kind. When a buffer is full, the
-/// connections feeding it stop being read until there is room.
+/// Each kind of sender has its own buffer of [`TransportConfig::incoming_capacity`] frames and
+/// [`TransportConfig::incoming_bytes`] bytes, and [`Inbox::recv`] alternates between the two
+/// when both have frames waiting, so neither flooding clients nor faulty replicas can hold back
+/// the other kind. When a buffer is full, the connections feeding it stop being read until
+/// there is room.
 pub struct Inbox {
     replicas: mpsc::Receiver<Incoming>,
     clients: mpsc::Receiver<Incoming>,
+    replica_bytes: ByteBudget,
+    client_bytes: ByteBudget,
     clients_first: bool,
 }
 
@@ -57,12 +65,13 @@ impl Inbox {
         } else {
             (&mut self.replicas, &mut self.clients)
         };
-        tokio::select! {
+        let incoming = tokio::select! {
             biased;
-            Some(incoming) = first.recv() => Some(incoming),
-            Some(incoming) = second.recv() => Some(incoming),
-            else => None,
-        }
+            Some(incoming) = first.recv() => incoming,
+            Some(incoming) = second.recv() => incoming,
+            else => return None,
+        };
+        Some(self.taken(incoming))
     }
 
     /// A frame if one is waiting, without waiting.
@@ -73,7 +82,18 @@ impl Inbox {
         } else {
             (&mut self.replicas, &mut self.clients)
         };
-        first.try_recv().or_else(|_| second.try_recv()).ok()
+        let incoming = first.try_recv().or_else(|_| second.try_recv()).ok()?;
+        Some(self.taken(incoming))
+    }
+
+    /// Returns the bytes `incoming` held in its sender kind's budget.
+    fn taken(&self, incoming: Incoming) -> Incoming {
+        let budget = match incoming.from {
+            Peer::Replica(_) => &self.replica_bytes,
+            Peer::Client(_) => &self.client_bytes,
+        };
+        budget.give_back(incoming.frame.len());
+        incoming
     }
 }
 
@@ -88,9 +108,13 @@ struct Shared {
     /// Frames from replicas and from clients, kept apart so neither can crowd out the other.
     from_replicas: mpsc::Sender<Incoming>,
     from_clients: mpsc::Sender<Incoming>,
+    replica_bytes: ByteBudget,
+    client_bytes: ByteBudget,
     accepted: Mutex<Accepted>,
-    /// Accepted connections alive, handshakes included.
-    open: AtomicUsize,
+    admission: Arc<Admission>,
+    bans: Arc<Bans>,
+    /// Client activity is timed from here.
+    started: Instant,
 }
 
 /// The accepted connections: one per replica (a newer one replaces the older), and up to
@@ -105,7 +129,9 @@ struct Accepted {
 /// The sending side of an accepted client connection.
 struct ClientLink {
     conn: Connection,
-    queue: mpsc::Sender<Bytes>,
+    queue: FrameQueue,
+    /// When the client last sent a frame, in milliseconds since the transport started.
+    last_active: Arc<AtomicU64>,
 }
 
 impl ReplicaTransport {
@@ -140,9 +166,11 @@ impl ReplicaTransport {
             |e: quinn::crypto::rustls::NoInitialCipherSuite| NetError::Tls(e.to_string());
 
         let counters = Arc::new(Counters::default());
+        let bans = Arc::new(Bans::default());
         let admitted = tls::AdmittedPeer::new(
             cluster.iter().map(|peer| peer.public_key).collect(),
             clients,
+            bans.clone(),
             counters.clone(),
         );
         let server_crypto = QuicServerConfig::try_from(tls::server_config(&identity, admitted)?)
@@ -174,6 +202,16 @@ impl ReplicaTransport {
 
         let (from_replicas, replica_frames) = mpsc::channel(cfg.incoming_capacity);
         let (from_clients, client_frames) = mpsc::channel(cfg.incoming_capacity);
+        let replica_bytes = ByteBudget::new(cfg.incoming_bytes);
+        let client_bytes = ByteBudget::new(cfg.incoming_bytes);
+        let admission = Arc::new(Admission::new(
+            &cfg,
+            cluster
+                .iter()
+                .filter(|peer| peer.id != id)
+                .map(|peer| peer.addr)
+                .collect(),
+        ));
         let shared = Arc::new(Shared {
             cfg,
             counters,
@@ -184,8 +222,12 @@ impl ReplicaTransport {
             links,
             from_replicas,
             from_clients,
+            replica_bytes: replica_bytes.clone(),
+            client_bytes: client_bytes.clone(),
             accepted: Mutex::new(Accepted::default()),
-            open: AtomicUsize::new(0),
+            admission,
+            bans,
+            started: Instant::now(),
         });
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
         info!(replica = id, addr = ?endpoint.local_addr().ok(), "replica transport listening");
@@ -198,6 +240,8 @@ impl ReplicaTransport {
         let inbox = Inbox {
             replicas: replica_frames,
             clients: client_frames,
+            replica_bytes,
+            client_bytes,
             clients_first: false,
         };
         Ok((transport, inbox))
@@ -221,12 +265,7 @@ impl ReplicaTransport {
     pub fn send_to_replica(&self, id: u32, frame: Bytes) {
         match self.shared.links.get(&id) {
             Some(link) => {
-                enqueue(
-                    &link.queue,
-                    frame,
-                    self.shared.cfg.max_frame,
-                    &self.shared.counters,
-                );
+                link.queue.push(frame, &self.shared.counters);
             }
             None => bump(&self.shared.counters.dropped_not_connected, 1),
         }
@@ -235,12 +274,7 @@ impl ReplicaTransport {
     /// Queues `frame` for every other replica, as [`ReplicaTransport::send_to_replica`] does.
     pub fn broadcast(&self, frame: Bytes) {
         for link in self.shared.links.values() {
-            enqueue(
-                &link.queue,
-                frame.clone(),
-                self.shared.cfg.max_frame,
-                &self.shared.counters,
-            );
+            link.queue.push(frame.clone(), &self.shared.counters);
         }
     }
 
@@ -252,12 +286,7 @@ impl ReplicaTransport {
         match accepted.clients.get(client) {
             Some(links) => {
                 for link in links {
-                    enqueue(
-                        &link.queue,
-                        frame.clone(),
-                        self.shared.cfg.max_frame,
-                        &self.shared.counters,
-                    );
+                    link.queue.push(frame.clone(), &self.shared.counters);
                 }
             }
             None => bump(&self.shared.counters.dropped_not_connected, 1),
@@ -273,6 +302,38 @@ impl ReplicaTransport {
             .collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// Closes `connection` of the client holding `client`, which sent on it what no correct
+    /// client sends, and refuses new handshakes with that key for
+    /// [`TransportConfig::client_ban`]. Other connections of the key (processes sharing it that
+    /// behaved) stay. Replicas' keys are never refused.
+    pub fn ban_client(&self, client: &PublicKey, connection: usize) {
+        if self.shared.replicas.contains_key(client) {
+            return;
+        }
+        self.shared
+            .bans
+            .ban(*client, Instant::now() + self.shared.cfg.client_ban);
+        bump(&self.shared.counters.clients_banned, 1);
+        let offending = {
+            let mut accepted = self.shared.accepted.lock().expect("accepted table lock");
+            let Some(links) = accepted.clients.get_mut(client) else {
+                return;
+            };
+            let position = links
+                .iter()
+                .position(|link| link.conn.stable_id() == connection);
+            let offending = position.map(|i| links.remove(i));
+            if links.is_empty() {
+                accepted.clients.remove(client);
+            }
+            offending
+        };
+        if let Some(link) = offending {
+            link.conn
+                .close(CLOSE_BANNED, b"invalid input; refused for a while");
+        }
     }
 
     /// The clients with a live accepted connection.
@@ -310,17 +371,85 @@ impl Drop for ReplicaTransport {
 
 async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
-        if shared.open.load(Ordering::Relaxed) >= shared.cfg.max_connections {
+        let remote = incoming.remote_address();
+        let admission = &shared.admission;
+        if !admission.is_replica_address(&remote)
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+            && admission.handshaking() >= shared.cfg.retry_above_handshakes
+        {
+            bump(&shared.counters.retries_sent, 1);
+            if incoming.retry().is_err() {
+                debug!(%remote, "could not ask for a retry");
+            }
+            continue;
+        }
+        let slot = match admission.admit(remote, false) {
+            Ok(slot) => Some(slot),
+            Err(Full::Replica) => None,
+            Err(Full::Total) => shared
+                .evict_silent_client(None)
+                .then(|| admission.admit(remote, true).ok())
+                .flatten(),
+            Err(Full::Address(ip)) => shared
+                .evict_silent_client(Some(ip))
+                .then(|| admission.admit(remote, true).ok())
+                .flatten(),
+        };
+        let Some(slot) = slot else {
             bump(&shared.counters.connections_refused, 1);
             incoming.refuse();
             continue;
-        }
-        shared.open.fetch_add(1, Ordering::Relaxed);
+        };
         let shared = shared.clone();
-        tokio::spawn(async move {
-            serve(incoming, &shared).await;
-            shared.open.fetch_sub(1, Ordering::Relaxed);
-        });
+        tokio::spawn(async move { serve(incoming, slot, &shared).await });
+    }
+}
+
+impl Shared {
+    fn millis_since_start(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Closes the client connection (from `ip`, if given) that has been silent longest, if it
+    /// has been silent for at least `client_idle_eviction`. Returns whether one was closed.
+    fn evict_silent_client(&self, ip: Option<IpAddr>) -> bool {
+        let now = self.millis_since_start();
+        let quiet_enough = self.cfg.client_idle_eviction.as_millis() as u64;
+        let mut accepted = self.accepted.lock().expect("accepted table lock");
+        let oldest = accepted
+            .clients
+            .iter()
+            .flat_map(|(key, links)| links.iter().map(move |link| (key, link)))
+            .filter(|(_, link)| ip.is_none_or(|ip| link.conn.remote_address().ip() == ip))
+            .map(|(key, link)| {
+                (
+                    link.last_active.load(Ordering::Relaxed),
+                    *key,
+                    link.conn.stable_id(),
+                )
+            })
+            .filter(|(last, _, _)| now.saturating_sub(*last) >= quiet_enough)
+            .min();
+        let Some((_, key, stable_id)) = oldest else {
+            return false;
+        };
+        let links = accepted
+            .clients
+            .get_mut(&key)
+            .expect("the key was just found");
+        let position = links
+            .iter()
+            .position(|link| link.conn.stable_id() == stable_id)
+            .expect("the link was just found");
+        let link = links.remove(position);
+        if links.is_empty() {
+            accepted.clients.remove(&key);
+        }
+        drop(accepted);
+        link.conn.close(CLOSE_EVICTED, b"silent while others wait");
+        bump(&self.counters.clients_evicted, 1);
+        true
     }
 }
 
@@ -377,8 +506,8 @@ fn peer_key(conn: &Connection) -> Option<PublicKey> {
     public_key_of(chain.first()?).ok()
 }
 
-/// Runs one accepted connection until it ends.
-async fn serve(incoming: quinn::Incoming, shared: &Shared) {
+/// Runs one accepted connection until it ends; its admission `slot` is held until then.
+async fn serve(incoming: quinn::Incoming, mut slot: Slot, shared: &Shared) {
     let remote = incoming.remote_address();
     let (conn, peer, mut send, recv) = match accept(incoming, shared).await {
         Ok(accepted) => accepted,
@@ -388,10 +517,9 @@ async fn serve(incoming: quinn::Incoming, shared: &Shared) {
             return;
         }
     };
+    slot.established();
     debug!(%remote, ?peer, "incoming connection");
-    let max_frame = shared.cfg.max_frame;
     let counters = &shared.counters;
-    let wrap = |frame| Incoming { from: peer, frame };
     match peer {
         Peer::Replica(id) => {
             let replaced = {
@@ -404,20 +532,38 @@ async fn serve(incoming: quinn::Incoming, shared: &Shared) {
             // Replicas receive only on accepted connections: nothing is sent back.
             let _ = send.finish();
             let out = &shared.from_replicas;
-            read_frames(&conn, recv, max_frame, counters, out, wrap).await;
+            let budget = Some(&shared.replica_bytes);
+            let connection = conn.stable_id();
+            let wrap = |frame| Incoming {
+                from: peer,
+                frame,
+                connection,
+            };
+            read_frames(
+                &conn,
+                recv,
+                shared.cfg.max_frame,
+                counters,
+                out,
+                budget,
+                wrap,
+            )
+            .await;
             let mut accepted = shared.accepted.lock().expect("accepted table lock");
             if accepted.replicas.get(&id).map(Connection::stable_id) == Some(conn.stable_id()) {
                 accepted.replicas.remove(&id);
             }
         }
         Peer::Client(key) => {
-            let (queue, mut queued) = mpsc::channel(shared.cfg.queue_capacity);
+            let (queue, mut queued) = frame_queue(&shared.cfg);
+            let last_active = Arc::new(AtomicU64::new(shared.millis_since_start()));
             let evicted = {
                 let mut accepted = shared.accepted.lock().expect("accepted table lock");
                 let links = accepted.clients.entry(key).or_default();
                 links.push(ClientLink {
                     conn: conn.clone(),
                     queue,
+                    last_active: last_active.clone(),
                 });
                 let over = links
                     .len()
@@ -429,8 +575,18 @@ async fn serve(incoming: quinn::Incoming, shared: &Shared) {
                     .close(CLOSE_REPLACED, b"replaced by a newer connection");
             }
             let out = &shared.from_clients;
+            let budget = Some(&shared.client_bytes);
+            let max_frame = shared.cfg.max_client_frame.min(shared.cfg.max_frame);
+            let wrap = |frame| {
+                last_active.store(shared.millis_since_start(), Ordering::Relaxed);
+                Incoming {
+                    from: peer,
+                    frame,
+                    connection: conn.stable_id(),
+                }
+            };
             tokio::select! {
-                () = read_frames(&conn, recv, max_frame, counters, out, wrap) => {}
+                () = read_frames(&conn, recv, max_frame, counters, out, budget, wrap) => {}
                 end = pump(&conn, send, &mut queued, counters) => {
                     if let PumpEnd::Lost(reason) = end {
                         debug!(%remote, %reason, "client connection lost");

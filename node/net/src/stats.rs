@@ -25,8 +25,19 @@ pub struct TransportStats {
     pub handshake_failures: u64,
     /// Outgoing dial attempts that did not end in an established link.
     pub dial_failures: u64,
-    /// Incoming connections refused because `max_connections` were open.
+    /// Incoming connections refused because their room was full (`max_connections`,
+    /// `max_connections_per_address`, or `connections_per_replica`) and no silent client could
+    /// make way.
     pub connections_refused: u64,
+    /// Silent client connections closed to make way for new ones.
+    pub clients_evicted: u64,
+    /// Incoming connections asked to prove their address (QUIC Retry) because handshakes
+    /// piled up.
+    pub retries_sent: u64,
+    /// Clients disconnected for sending undecodable or wrongly signed messages.
+    pub clients_banned: u64,
+    /// Handshakes refused because the client's key is serving a ban.
+    pub banned_refused: u64,
     /// Incoming connections refused during the handshake because their key is neither a
     /// replica's nor admitted by the client policy.
     pub clients_refused: u64,
@@ -45,6 +56,10 @@ pub(crate) struct Counters {
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) dial_failures: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
+    pub(crate) clients_evicted: AtomicU64,
+    pub(crate) retries_sent: AtomicU64,
+    pub(crate) clients_banned: AtomicU64,
+    pub(crate) banned_refused: AtomicU64,
     pub(crate) clients_refused: AtomicU64,
 }
 
@@ -67,6 +82,10 @@ impl Counters {
             handshake_failures: get(&self.handshake_failures),
             dial_failures: get(&self.dial_failures),
             connections_refused: get(&self.connections_refused),
+            clients_evicted: get(&self.clients_evicted),
+            retries_sent: get(&self.retries_sent),
+            clients_banned: get(&self.clients_banned),
+            banned_refused: get(&self.banned_refused),
             clients_refused: get(&self.clients_refused),
         }
     }

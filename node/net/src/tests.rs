@@ -98,6 +98,7 @@ async fn a_server_showing_a_copied_certificate_is_refused() {
         .with_client_cert_verifier(Arc::new(AdmittedPeer::new(
             Default::default(),
             ClientPolicy::Open,
+            Default::default(),
             Arc::new(Counters::default()),
         )))
         .with_cert_resolver(Arc::new(Mismatched::new(&victim, &impostor)));

@@ -20,6 +20,7 @@ use rustls::{
     SignatureScheme,
 };
 
+use crate::admission::Bans;
 use crate::stats::{bump, Counters};
 use crate::{ClientPolicy, NetError};
 
@@ -187,6 +188,7 @@ pub(crate) struct AdmittedPeer {
     algorithms: WebPkiSupportedAlgorithms,
     replicas: HashSet<PublicKey>,
     clients: ClientPolicy,
+    bans: Arc<Bans>,
     counters: Arc<Counters>,
 }
 
@@ -194,12 +196,14 @@ impl AdmittedPeer {
     pub(crate) fn new(
         replicas: HashSet<PublicKey>,
         clients: ClientPolicy,
+        bans: Arc<Bans>,
         counters: Arc<Counters>,
     ) -> Self {
         AdmittedPeer {
             algorithms: provider().signature_verification_algorithms,
             replicas,
             clients,
+            bans,
             counters,
         }
     }
@@ -221,7 +225,14 @@ impl ClientCertVerifier for AdmittedPeer {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
         let key = public_key_of(end_entity)?;
-        if self.replicas.contains(&key) || self.clients.admits(&key) {
+        if self.replicas.contains(&key) {
+            return Ok(ClientCertVerified::assertion());
+        }
+        if self.bans.is_banned(&key) {
+            bump(&self.counters.banned_refused, 1);
+            return Err(TlsError::General("client key refused for a while".into()));
+        }
+        if self.clients.admits(&key) {
             return Ok(ClientCertVerified::assertion());
         }
         bump(&self.counters.clients_refused, 1);
@@ -323,6 +334,7 @@ mod tests {
         let verifier = AdmittedPeer::new(
             Default::default(),
             ClientPolicy::Open,
+            Default::default(),
             Arc::new(Counters::default()),
         );
         assert!(verifier

@@ -158,7 +158,7 @@ async fn four_replicas_exchange_frames_in_order() {
     for (to, (node, rx)) in nodes.iter_mut().enumerate() {
         let mut next = [0usize; 4];
         for _ in 0..3 * PER_LINK {
-            let Incoming { from, frame } = recv(rx).await;
+            let Incoming { from, frame, .. } = recv(rx).await;
             let Peer::Replica(from) = from else {
                 panic!("replica {to} got a frame from {from:?}")
             };
@@ -221,7 +221,7 @@ async fn an_unlisted_key_is_a_client_never_a_replica() {
     let (rogue, _rogue_rx) = bind(3, &rogue_keys, &addrs, config()).await;
 
     rogue.send_to_replica(0, Bytes::from_static(b"i am replica 3"));
-    let Incoming { from, frame } = recv(&mut honest_rx).await;
+    let Incoming { from, frame, .. } = recv(&mut honest_rx).await;
     assert_eq!(from, Peer::Client(rogue_key.public()));
     assert_eq!(frame, &b"i am replica 3"[..]);
     assert!(honest.connected_clients().contains(&rogue_key.public()));
@@ -413,6 +413,45 @@ async fn a_full_queue_drops_the_newest_frames() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_is_bounded_in_bytes_but_takes_one_large_frame_when_empty() {
+    let keys: Vec<KeyPair> = (1..=3).map(key).collect();
+    let addrs = free_addrs(3);
+    let cfg = TransportConfig {
+        queue_bytes: 1000,
+        ..config()
+    };
+    // Replicas 1 and 2 are not running yet, so nothing drains the queues.
+    let (zero, _rx0) = bind(0, &keys, &addrs, cfg).await;
+    for i in 0..3 {
+        zero.send_to_replica(1, Bytes::from(vec![i; 400]));
+    }
+    assert_eq!(
+        zero.stats().dropped_queue_full,
+        1,
+        "two 400-byte frames fit, not three"
+    );
+    zero.send_to_replica(1, Bytes::from(vec![9; 5000]));
+    assert_eq!(
+        zero.stats().dropped_queue_full,
+        2,
+        "no large frame into a queue in use"
+    );
+    zero.send_to_replica(2, Bytes::from(vec![7; 5000]));
+    zero.send_to_replica(2, Bytes::from(vec![8; 10]));
+    assert_eq!(
+        zero.stats().dropped_queue_full,
+        3,
+        "a large frame fills an empty queue"
+    );
+
+    let (_one, mut rx1) = bind(1, &keys, &addrs, config()).await;
+    let (_two, mut rx2) = bind(2, &keys, &addrs, config()).await;
+    assert_eq!(recv(&mut rx1).await.frame, vec![0; 400]);
+    assert_eq!(recv(&mut rx1).await.frame, vec![1; 400]);
+    assert_eq!(recv(&mut rx2).await.frame, vec![7; 5000]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_address_is_a_clear_error() {
     let keys = vec![key(1)];
     let addrs = free_addrs(1);
@@ -541,6 +580,8 @@ async fn connections_beyond_the_limit_are_refused() {
     let addrs = free_addrs(1);
     let cfg = TransportConfig {
         max_connections: 1,
+        // The first client never counts as silent here.
+        client_idle_eviction: Duration::from_secs(3600),
         ..config()
     };
     let (replica, mut rx) = bind(0, &keys, &addrs, cfg).await;
@@ -661,4 +702,214 @@ async fn a_client_key_not_admitted_is_refused_at_the_handshake_and_counted() {
     while let Some(incoming) = inbox.try_recv() {
         assert_ne!(incoming.from, Peer::Client(stranger.public()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_get_in_when_clients_hold_every_other_place() {
+    let keys: Vec<KeyPair> = (1..=2).map(key).collect();
+    let addrs = free_addrs(2);
+    let cfg = TransportConfig {
+        max_connections: 1,
+        max_connections_per_address: 1,
+        client_idle_eviction: Duration::from_secs(3600),
+        ..config()
+    };
+    let (zero, mut inbox) = bind(0, &keys, &addrs, cfg).await;
+    let (client, _replies) =
+        ClientTransport::connect(&key(30), cluster(&keys, &addrs)[..1].to_vec(), config())
+            .await
+            .unwrap();
+    resend_until(
+        "the client's frame",
+        &mut inbox,
+        || client.send(0, Bytes::from_static(b"held")),
+        |incoming| incoming.from == Peer::Client(key(30).public()),
+    )
+    .await;
+    let (other, _other_rx) =
+        ClientTransport::connect(&key(31), cluster(&keys, &addrs)[..1].to_vec(), config())
+            .await
+            .unwrap();
+    wait_until("the other client's refusal", || {
+        zero.stats().connections_refused >= 1
+    })
+    .await;
+    assert!(other.connected_replicas().is_empty());
+
+    let (one, _inbox1) = bind(1, &keys, &addrs, config()).await;
+    resend_until(
+        "the replica's frame",
+        &mut inbox,
+        || one.send_to_replica(0, Bytes::from_static(b"prepare")),
+        |incoming| incoming.from == Peer::Replica(1),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_makes_way_when_the_room_is_full() {
+    let keys = vec![key(1)];
+    let addrs = free_addrs(1);
+    let quiet = Duration::from_millis(200);
+    let cfg = TransportConfig {
+        max_connections: 1,
+        client_idle_eviction: quiet,
+        ..config()
+    };
+    let (replica, mut rx) = bind(0, &keys, &addrs, cfg).await;
+    let cluster = cluster(&keys, &addrs);
+    let (first, _first_rx) = ClientTransport::connect(&key(20), cluster.clone(), config())
+        .await
+        .unwrap();
+    resend_until(
+        "the first client's frame",
+        &mut rx,
+        || first.send(0, Bytes::from_static(b"first")),
+        |incoming| incoming.frame == b"first"[..],
+    )
+    .await;
+    // Silent for longer than the eviction threshold.
+    tokio::time::sleep(quiet * 2).await;
+    let (second, _second_rx) = ClientTransport::connect(&key(21), cluster, config())
+        .await
+        .unwrap();
+    resend_until(
+        "the second client's frame",
+        &mut rx,
+        || second.send(0, Bytes::from_static(b"second")),
+        |incoming| incoming.frame == b"second"[..],
+    )
+    .await;
+    assert!(replica.stats().clients_evicted >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_client_is_disconnected_and_refused_others_are_not() {
+    let keys = vec![key(1)];
+    let addrs = free_addrs(1);
+    let cfg = TransportConfig {
+        client_ban: Duration::from_secs(3600),
+        ..config()
+    };
+    let (replica, mut rx) = bind(0, &keys, &addrs, cfg).await;
+    let cluster = cluster(&keys, &addrs);
+    let (bad, _bad_rx) = ClientTransport::connect(&key(20), cluster.clone(), config())
+        .await
+        .unwrap();
+    let garbage = resend_until(
+        "the client's frame",
+        &mut rx,
+        || bad.send(0, Bytes::from_static(b"garbage")),
+        |incoming| incoming.frame == b"garbage"[..],
+    )
+    .await;
+    replica.ban_client(&key(20).public(), garbage.connection);
+    replica.ban_client(&keys[0].public(), garbage.connection);
+    assert_eq!(
+        replica.stats().clients_banned,
+        1,
+        "a replica's key is never banned"
+    );
+    wait_until("the ban to refuse a redial", || {
+        replica.stats().banned_refused >= 1
+    })
+    .await;
+    assert!(!replica.connected_clients().contains(&key(20).public()));
+
+    let (good, _good_rx) = ClientTransport::connect(&key(21), cluster, config())
+        .await
+        .unwrap();
+    resend_until(
+        "another client's frame",
+        &mut rx,
+        || good.send(0, Bytes::from_static(b"fine")),
+        |incoming| incoming.frame == b"fine"[..],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_frames_have_their_own_limit() {
+    let keys: Vec<KeyPair> = (1..=2).map(key).collect();
+    let addrs = free_addrs(2);
+    let cfg = TransportConfig {
+        max_client_frame: 1024,
+        ..config()
+    };
+    let (zero, mut inbox) = bind(0, &keys, &addrs, cfg).await;
+    let (one, _inbox1) = bind(1, &keys, &addrs, config()).await;
+    let big = Bytes::from(vec![7u8; 4096]);
+    let from_replica = resend_until(
+        "a replica's large frame",
+        &mut inbox,
+        || one.send_to_replica(0, big.clone()),
+        |incoming| incoming.from == Peer::Replica(1),
+    )
+    .await;
+    assert_eq!(from_replica.frame.len(), 4096);
+
+    let (client, _replies) =
+        ClientTransport::connect(&key(30), cluster(&keys, &addrs)[..1].to_vec(), config())
+            .await
+            .unwrap();
+    client.send(0, Bytes::from(vec![7u8; 1025]));
+    wait_until("the client's connection to close", || {
+        zero.stats().rejected_oversized_in >= 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_frames_are_bounded_in_bytes() {
+    let keys = vec![key(1)];
+    let addrs = free_addrs(1);
+    let cfg = TransportConfig {
+        incoming_bytes: 1000,
+        ..config()
+    };
+    let (replica, mut inbox) = bind(0, &keys, &addrs, cfg).await;
+    let (client, _replies) = ClientTransport::connect(&key(30), cluster(&keys, &addrs), config())
+        .await
+        .unwrap();
+    wait_until("the client's link", || {
+        !client.connected_replicas().is_empty()
+    })
+    .await;
+    for i in 0..10u8 {
+        client.send(0, Bytes::from(vec![i; 600]));
+    }
+    // One frame fits in the budget; the second is read and waits for room.
+    wait_until("two frames read", || replica.stats().frames_in >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        replica.stats().frames_in,
+        2,
+        "reading stops at the byte budget"
+    );
+    for i in 0..10u8 {
+        assert_eq!(recv(&mut inbox).await.frame, vec![i; 600]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_prove_their_address_once_handshakes_pile_up() {
+    let keys = vec![key(1)];
+    let addrs = free_addrs(1);
+    let cfg = TransportConfig {
+        // Every client handshake counts as piling up.
+        retry_above_handshakes: 0,
+        ..config()
+    };
+    let (replica, mut rx) = bind(0, &keys, &addrs, cfg).await;
+    let (client, _replies) = ClientTransport::connect(&key(30), cluster(&keys, &addrs), config())
+        .await
+        .unwrap();
+    resend_until(
+        "the client's frame",
+        &mut rx,
+        || client.send(0, Bytes::from_static(b"after retry")),
+        |incoming| incoming.frame == b"after retry"[..],
+    )
+    .await;
+    assert!(replica.stats().retries_sent >= 1);
 }

@@ -30,15 +30,19 @@ pub enum ClientAttack {
     /// Many small envelopes per tick without waiting for replies: bounded by the pending
     /// queues per client and in total.
     Flood,
+    /// Envelopes whose signature does not verify: refused at the boundary, and the sender's
+    /// connections cut off for a while.
+    BadSignatures,
 }
 
 impl ClientAttack {
     /// Every strategy, in declaration order.
-    pub const ALL: [ClientAttack; 4] = [
+    pub const ALL: [ClientAttack; 5] = [
         ClientAttack::OversizedEnvelope,
         ClientAttack::ReusedTimestamps,
         ClientAttack::ManyIdentities,
         ClientAttack::Flood,
+        ClientAttack::BadSignatures,
     ];
 
     /// The kebab-case name, which [`FromStr`] parses back.
@@ -48,6 +52,7 @@ impl ClientAttack {
             ClientAttack::ReusedTimestamps => "reused-timestamps",
             ClientAttack::ManyIdentities => "many-identities",
             ClientAttack::Flood => "flood",
+            ClientAttack::BadSignatures => "bad-signatures",
         }
     }
 }
@@ -60,7 +65,7 @@ impl fmt::Display for ClientAttack {
 
 /// A strategy name that [`ClientAttack`] does not know.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown client attack {0:?}; known: oversized-envelope, reused-timestamps, many-identities, flood")]
+#[error("unknown client attack {0:?}; known: oversized-envelope, reused-timestamps, many-identities, flood, bad-signatures")]
 pub struct UnknownAttack(pub String);
 
 impl FromStr for ClientAttack {
@@ -140,6 +145,15 @@ impl FaultyClient {
                     self.envelope(vec![request(timestamp, op)])
                 })
                 .collect(),
+            ClientAttack::BadSignatures => {
+                let timestamp = self.take_timestamp();
+                let op = put(format!("attack/forged/{timestamp}"), b"x");
+                let mut forged = self.envelope(vec![request(timestamp, op)]);
+                if let Message::Request(envelope) = &mut forged.message {
+                    envelope.signature.0[0] ^= 1;
+                }
+                vec![forged]
+            }
         }
     }
 

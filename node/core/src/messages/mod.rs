@@ -174,6 +174,24 @@ impl Default for Limits {
     }
 }
 
+/// Bytes a message adds around the one envelope a client's request carries (its variant tag,
+/// with room to spare).
+const CLIENT_MESSAGE_OVERHEAD: usize = 64;
+/// Bytes a read adds to its operation (client key, session, timestamp, lengths), with room.
+const READ_OVERHEAD: usize = 256;
+
+impl Limits {
+    /// The largest message a correct client sends: one request envelope as large as a batch
+    /// may be (a larger envelope is refused anyway), or a read of one operation.
+    pub fn max_client_message_bytes(&self) -> u64 {
+        let largest = self
+            .max_batch_bytes
+            .max(self.max_op_bytes.saturating_add(READ_OVERHEAD))
+            .saturating_add(CLIENT_MESSAGE_OVERHEAD);
+        (largest as u64).min(self.max_message_bytes)
+    }
+}
+
 /// Why a message was refused at the boundary; a counter label.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
