@@ -62,3 +62,8 @@ PY
     # Let bans and evictions of this phase end before the next.
     sleep 11
 done
+"$BIN/testnet" status --dir "$DIR" --json | python3 -c '
+import json, sys
+status = json.load(sys.stdin)
+views = sorted({n["view"] for n in status["nodes"] if n.get("view") is not None})
+print(f"views after all phases: {views}; agreement: {status.get(\"agreement\")}")'

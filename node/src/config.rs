@@ -220,6 +220,9 @@ pub struct TransportSection {
     /// Bytes waiting per destination before new frames are dropped. Positive.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_bytes: Option<usize>,
+    /// Bytes of replies waiting per client connection before new ones are dropped. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_queue_bytes: Option<usize>,
     /// Received frames waiting per kind of sender before reading pauses. Positive.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incoming_capacity: Option<usize>,
@@ -258,6 +261,12 @@ pub struct TransportSection {
     /// Bytes of received frames waiting per kind of sender before reading pauses. Positive.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incoming_bytes: Option<usize>,
+    /// Bytes of frames being received from all clients together. Positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_assembly_bytes: Option<usize>,
+    /// How long (milliseconds) a client frame may take from its first byte to its last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_frame_timeout_ms: Option<u64>,
     /// With the room for clients full, a client silent this long (milliseconds) makes way.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_idle_eviction_ms: Option<u64>,
@@ -288,6 +297,9 @@ impl TransportSection {
         }
         if let Some(v) = self.queue_bytes {
             config.queue_bytes = v;
+        }
+        if let Some(v) = self.client_queue_bytes {
+            config.client_queue_bytes = v;
         }
         if let Some(v) = self.incoming_capacity {
             config.incoming_capacity = v;
@@ -326,6 +338,12 @@ impl TransportSection {
         if let Some(v) = self.incoming_bytes {
             config.incoming_bytes = v;
         }
+        if let Some(v) = self.client_assembly_bytes {
+            config.client_assembly_bytes = v;
+        }
+        if let Some(v) = self.client_frame_timeout_ms {
+            config.client_frame_timeout = ms(v);
+        }
         if let Some(v) = self.client_idle_eviction_ms {
             config.client_idle_eviction = ms(v);
         }
@@ -362,9 +380,14 @@ impl TransportSection {
                 ),
             ));
         }
-        let counts: [(&str, usize); 8] = [
+        let counts: [(&str, usize); 10] = [
             ("transport.queue_capacity", config.queue_capacity),
             ("transport.queue_bytes", config.queue_bytes),
+            ("transport.client_queue_bytes", config.client_queue_bytes),
+            (
+                "transport.client_assembly_bytes",
+                config.client_assembly_bytes,
+            ),
             ("transport.incoming_capacity", config.incoming_capacity),
             ("transport.incoming_bytes", config.incoming_bytes),
             ("transport.max_connections", config.max_connections),
@@ -389,6 +412,10 @@ impl TransportSection {
         positive(
             "transport.handshake_timeout_ms",
             millis(config.handshake_timeout),
+        )?;
+        positive(
+            "transport.client_frame_timeout_ms",
+            millis(config.client_frame_timeout),
         )?;
         positive("transport.backoff_min_ms", millis(config.backoff_min))?;
         if config.idle_timeout <= config.keep_alive {

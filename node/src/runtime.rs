@@ -560,6 +560,7 @@ impl ProtocolTask {
             ("client_banned", transport.clients_banned),
             ("client_refused_while_banned", transport.banned_refused),
             ("frame_too_large", transport.rejected_oversized_in),
+            ("frame_too_slow", transport.frames_too_slow),
             ("connection_refused", transport.connections_refused),
             ("client_evicted", transport.clients_evicted),
         ] {

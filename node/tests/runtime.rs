@@ -110,9 +110,13 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
         .values()
         .all(|r| KvResult::decode(r).unwrap() == KvResult::Done));
 
-    // A request with a broken signature is refused and counted.
+    // A request with a broken signature, random bytes, and a frame as large as a client may
+    // send but undecodable, each from a client of its own: each is refused and counted, and
+    // each sender's connection is cut off.
+    let forger = KeyPair::generate();
+    let (forging, _) = connect(&cluster, &forger).await;
     let mut forged = RequestEnvelope::new(
-        &client,
+        &forger,
         1,
         vec![ClientRequest {
             timestamp: 50,
@@ -120,10 +124,16 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
         }],
     );
     forged.signature.0[0] ^= 1;
-    transport.send(0, Bytes::from(Message::Request(forged).encode()));
-    // Random bytes and a frame as large as allowed but undecodable.
-    transport.send(0, Bytes::from_static(b"\x07\x00\x00\x00garbage"));
-    transport.send(0, Bytes::from(vec![0xAB; 1 << 20]));
+    forging.send(0, Bytes::from(Message::Request(forged).encode()));
+    let mut garbage_senders = Vec::new();
+    for garbage in [
+        Bytes::from_static(b"\x07\x00\x00\x00garbage"),
+        Bytes::from(vec![0xAB; 1 << 20]),
+    ] {
+        let (sender, _) = connect(&cluster, &KeyPair::generate()).await;
+        sender.send(0, garbage);
+        garbage_senders.push(sender);
+    }
 
     // The node keeps serving: a new request still commits.
     let next = RequestEnvelope::new(
@@ -148,7 +158,10 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
     let status = tokio::time::timeout(PATIENCE, async {
         loop {
             let status = cluster.nodes[0].status().await.unwrap();
-            if count(&status, "bad_signature") >= 1 && count(&status, "undecodable") >= 2 {
+            if count(&status, "bad_signature") >= 1
+                && count(&status, "undecodable") >= 2
+                && count(&status, "client_banned") >= 3
+            {
                 return status;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

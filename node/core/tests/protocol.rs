@@ -460,3 +460,68 @@ fn a_full_batch_from_the_primary_passes_the_backups_limit() {
         config.max_batch_bytes
     );
 }
+
+/// A peer reporting it is far behind gets committed batches back, but no more bytes of them
+/// per retransmission interval than one message may hold: asking costs it little, so answers
+/// are metered in bytes, not only in number.
+#[test]
+fn help_to_a_lagging_peer_is_metered_in_bytes() {
+    let c = TestCluster::new(1);
+    let mut config = ProtocolConfig::default();
+    config.limits.max_batch_bytes = 1100;
+    config.max_batch_bytes = 1100;
+    config.limits.max_message_bytes = 2200;
+    let config = config.checked().unwrap();
+    let interval = config.retransmit_interval;
+    let mut helper = c.replica_with(2, config);
+    let batches: Vec<Batch> = (0..6u8)
+        .map(|i| {
+            let key = KeyPair::from_seed(&[i + 50; 32]).unwrap();
+            let request = messages::ClientRequest {
+                timestamp: 1,
+                op: vec![i; 900],
+            };
+            Batch {
+                envelopes: vec![messages::RequestEnvelope::new(&key, 1, vec![request])],
+            }
+        })
+        .collect();
+    let size = batches[0].encoded_len();
+    assert!(2 * size <= 2200 && 3 * size > 2200, "{size}");
+    let now = Duration::from_millis(10);
+    for (i, batch) in batches.iter().enumerate() {
+        c.deliver(&mut helper, now, 1, c.committed(0, i as u64 + 1, batch));
+    }
+    assert_eq!(helper.last_executed(), 6);
+    helper.poll_ready();
+
+    let answers = |helper: &mut Replica, at: Duration| {
+        let status = Message::Status {
+            replica: 3,
+            view: 0,
+            last_executed: 0,
+        };
+        c.deliver(helper, at, 3, status);
+        helper
+            .poll_ready()
+            .messages
+            .iter()
+            .filter(|m| matches!(&*m.message, Message::Committed { .. }))
+            .count()
+    };
+    assert_eq!(
+        answers(&mut helper, now),
+        2,
+        "two batches fit in the budget"
+    );
+    assert_eq!(
+        answers(&mut helper, now),
+        0,
+        "nothing more in the same interval"
+    );
+    assert_eq!(
+        answers(&mut helper, now + interval),
+        2,
+        "a new interval, a new budget"
+    );
+}

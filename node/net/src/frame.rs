@@ -2,8 +2,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
 
@@ -22,6 +24,7 @@ pub(crate) const CLOSE_FRAME_TOO_LARGE: VarInt = VarInt::from_u32(2);
 pub(crate) const CLOSE_REPLACED: VarInt = VarInt::from_u32(3);
 pub(crate) const CLOSE_EVICTED: VarInt = VarInt::from_u32(4);
 pub(crate) const CLOSE_BANNED: VarInt = VarInt::from_u32(5);
+pub(crate) const CLOSE_TOO_SLOW: VarInt = VarInt::from_u32(6);
 
 /// The most bytes read from a stream beyond the frame being assembled.
 const READ_CHUNK: usize = 64 << 10;
@@ -37,8 +40,19 @@ pub(crate) enum FrameError {
     Oversized { len: usize, max: usize },
     #[error("stream ended inside a frame")]
     Truncated,
+    #[error("a frame took longer than {0:?} to arrive")]
+    TooSlow(std::time::Duration),
     #[error(transparent)]
     Read(#[from] quinn::ReadError),
+}
+
+/// Limits on frames being assembled from clients: room for all of them together, and a
+/// deadline for each once its first byte arrived, so that connections sending large frames
+/// slowly, or never finishing them, neither pin memory nor hold the room for long.
+#[derive(Clone, Debug)]
+pub(crate) struct Assembly {
+    pub(crate) room: ByteBudget,
+    pub(crate) deadline: Duration,
 }
 
 /// Reads frames from a stream, holding at most one frame plus [`READ_CHUNK`] bytes.
@@ -46,20 +60,37 @@ pub(crate) struct FrameReader {
     stream: RecvStream,
     buf: BytesMut,
     max_frame: usize,
+    assembly: Option<Assembly>,
+    /// The length of the frame in progress whose room is taken.
+    reserved: Option<usize>,
+    /// When the frame in progress began to arrive.
+    started: Option<Instant>,
 }
 
 impl FrameReader {
-    pub(crate) fn new(stream: RecvStream, max_frame: usize) -> Self {
+    pub(crate) fn new(stream: RecvStream, max_frame: usize, assembly: Option<Assembly>) -> Self {
         FrameReader {
             stream,
             buf: BytesMut::new(),
             max_frame,
+            assembly,
+            reserved: None,
+            started: None,
         }
+    }
+
+    /// When the frame in progress must have arrived, and the allowance it was given.
+    fn deadline(&self) -> Option<(Instant, Duration)> {
+        let assembly = self.assembly.as_ref()?;
+        Some((self.started? + assembly.deadline, assembly.deadline))
     }
 
     /// The next frame, or `None` when the peer finished the stream between frames.
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, FrameError> {
         loop {
+            if !self.buf.is_empty() && self.started.is_none() {
+                self.started = Some(Instant::now());
+            }
             let mut want = 4;
             if self.buf.len() >= 4 {
                 let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
@@ -70,24 +101,54 @@ impl FrameReader {
                         max: self.max_frame,
                     });
                 }
+                if let (Some(assembly), None) = (&self.assembly, self.reserved) {
+                    in_time(self.deadline(), assembly.room.take(len)).await?;
+                    self.reserved = Some(len);
+                }
                 if self.buf.len() >= 4 + len {
+                    self.release();
+                    self.started = None;
                     self.buf.advance(4);
                     return Ok(Some(self.buf.split_to(len).freeze()));
                 }
                 want = 4 + len;
             }
             let missing = want - self.buf.len();
-            match self
-                .stream
-                .read_chunk(missing.max(READ_CHUNK), true)
-                .await?
-            {
+            let deadline = self.deadline();
+            let read = self.stream.read_chunk(missing.max(READ_CHUNK), true);
+            match in_time(deadline, read).await?? {
                 // The buffer grows with the data that arrived, never to a claimed length.
                 Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
                 None if self.buf.is_empty() => return Ok(None),
                 None => return Err(FrameError::Truncated),
             }
         }
+    }
+
+    /// Gives back the room of the frame in progress.
+    fn release(&mut self) {
+        if let (Some(assembly), Some(len)) = (&self.assembly, self.reserved.take()) {
+            assembly.room.give_back(len);
+        }
+    }
+}
+
+/// Waits for `work`, until `deadline` if there is one.
+async fn in_time<T>(
+    deadline: Option<(Instant, Duration)>,
+    work: impl Future<Output = T>,
+) -> Result<T, FrameError> {
+    match deadline {
+        Some((at, allowance)) => tokio::time::timeout_at(at.into(), work)
+            .await
+            .map_err(|_| FrameError::TooSlow(allowance)),
+        None => Ok(work.await),
+    }
+}
+
+impl Drop for FrameReader {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -115,7 +176,8 @@ pub(crate) async fn write_frames(
 }
 
 /// The sending side of one destination's queue: at most [`TransportConfig::queue_capacity`]
-/// frames and [`TransportConfig::queue_bytes`] bytes (a larger frame is taken only into an
+/// frames and a number of bytes ([`TransportConfig::queue_bytes`] to a replica,
+/// [`TransportConfig::client_queue_bytes`] to a client; a larger frame is taken only into an
 /// empty queue), so a peer that does not read pins a bounded amount of memory.
 pub(crate) struct FrameQueue {
     frames: mpsc::Sender<Bytes>,
@@ -130,14 +192,14 @@ pub(crate) struct QueuedFrames {
     bytes: Arc<AtomicUsize>,
 }
 
-/// A queue for one destination, sized by `cfg`.
-pub(crate) fn frame_queue(cfg: &TransportConfig) -> (FrameQueue, QueuedFrames) {
+/// A queue for one destination of `cfg.queue_capacity` frames and `max_bytes` bytes.
+pub(crate) fn frame_queue(cfg: &TransportConfig, max_bytes: usize) -> (FrameQueue, QueuedFrames) {
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
     let bytes = Arc::new(AtomicUsize::new(0));
     let queue = FrameQueue {
         frames: tx,
         bytes: bytes.clone(),
-        max_bytes: cfg.queue_bytes,
+        max_bytes,
         max_frame: cfg.max_frame,
     };
     (queue, QueuedFrames { frames: rx, bytes })

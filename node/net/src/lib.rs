@@ -155,11 +155,20 @@ pub struct TransportConfig {
     /// length prefix closes the connection. `max_frame` applies where it is smaller. Default
     /// 8 MiB + 64 bytes.
     pub max_client_frame: usize,
+    /// Bytes of frames being received from all clients together: each frame takes the room
+    /// its length prefix claims until it has arrived, and reading waits for room. Default
+    /// 256 MiB.
+    pub client_assembly_bytes: usize,
+    /// How long a client frame may take from its first byte to its last before the
+    /// connection is closed, so unfinished frames do not hold that room. Default 20 s.
+    pub client_frame_timeout: Duration,
     /// Frames waiting per destination before new ones are dropped. Default 1024.
     pub queue_capacity: usize,
     /// Bytes waiting per destination before new frames are dropped; a larger frame is taken
     /// only into an empty queue. Default 64 MiB.
     pub queue_bytes: usize,
+    /// The same for each accepted client connection (its replies). Default 1 MiB.
+    pub client_queue_bytes: usize,
     /// Received frames waiting for the caller before reading pauses (per kind of sender in an
     /// [`Inbox`]). Default 1024.
     pub incoming_capacity: usize,
@@ -204,8 +213,11 @@ impl Default for TransportConfig {
         TransportConfig {
             max_frame: 16 << 20,
             max_client_frame: (8 << 20) + 64,
+            client_assembly_bytes: 256 << 20,
+            client_frame_timeout: Duration::from_secs(20),
             queue_capacity: 1024,
             queue_bytes: 64 << 20,
+            client_queue_bytes: 1 << 20,
             incoming_capacity: 1024,
             incoming_bytes: 128 << 20,
             keep_alive: Duration::from_secs(1),
@@ -235,6 +247,8 @@ impl TransportConfig {
         }
         if self.queue_capacity == 0
             || self.queue_bytes == 0
+            || self.client_queue_bytes == 0
+            || self.client_assembly_bytes == 0
             || self.incoming_capacity == 0
             || self.incoming_bytes == 0
             || self.max_connections == 0
@@ -243,7 +257,9 @@ impl TransportConfig {
             || self.connections_per_replica == 0
         {
             return fail(
-                "queue_capacity, queue_bytes, incoming_capacity, incoming_bytes, max_connections, \
+                "queue_capacity, queue_bytes, client_queue_bytes, client_assembly_bytes, \
+                 incoming_capacity, \
+                 incoming_bytes, max_connections, \
                  max_connections_per_address, max_connections_per_client and \
                  connections_per_replica must be positive",
             );
@@ -251,8 +267,8 @@ impl TransportConfig {
         if self.keep_alive.is_zero() || self.idle_timeout <= self.keep_alive {
             return fail("keep_alive must be positive and shorter than idle_timeout");
         }
-        if self.handshake_timeout.is_zero() {
-            return fail("handshake_timeout must be positive");
+        if self.handshake_timeout.is_zero() || self.client_frame_timeout.is_zero() {
+            return fail("handshake_timeout and client_frame_timeout must be positive");
         }
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return fail("backoff_min must be positive and at most backoff_max");

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::frame::{
     frame_queue, write_frames, ByteBudget, FrameError, FrameQueue, FrameReader, QueuedFrames, ACK,
-    CLOSE_FRAME_TOO_LARGE, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, HELLO, WRITE_BATCH,
+    CLOSE_FRAME_TOO_LARGE, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_SLOW, HELLO, WRITE_BATCH,
 };
 use crate::stats::{bump, Counters};
 use crate::tls::SERVER_NAME;
@@ -38,7 +38,7 @@ impl Link {
         counters: Arc<Counters>,
         inbound: Option<mpsc::Sender<(u32, Bytes)>>,
     ) -> Link {
-        let (queue, queued) = frame_queue(&cfg);
+        let (queue, queued) = frame_queue(&cfg, cfg.queue_bytes);
         let connected = Arc::new(AtomicBool::new(false));
         let dialer = Dialer {
             endpoint,
@@ -170,8 +170,7 @@ impl Dialer {
                 let replica = self.replica;
                 let reading = read_frames(
                     conn,
-                    recv,
-                    self.cfg.max_frame,
+                    FrameReader::new(recv, self.cfg.max_frame, None),
                     &self.counters,
                     inbound,
                     None,
@@ -232,14 +231,12 @@ pub(crate) async fn pump(
 /// peer. An oversized length prefix closes the connection.
 pub(crate) async fn read_frames<T>(
     conn: &Connection,
-    recv: RecvStream,
-    max_frame: usize,
+    mut reader: FrameReader,
     counters: &Counters,
     out: &mpsc::Sender<T>,
     budget: Option<&ByteBudget>,
     wrap: impl Fn(Bytes) -> T,
 ) {
-    let mut reader = FrameReader::new(recv, max_frame);
     loop {
         let frame = match reader.next().await {
             Ok(Some(frame)) => frame,
@@ -248,6 +245,12 @@ pub(crate) async fn read_frames<T>(
                 warn!(remote = %conn.remote_address(), len, max, "oversized frame; closing the connection");
                 bump(&counters.rejected_oversized_in, 1);
                 conn.close(CLOSE_FRAME_TOO_LARGE, b"frame too large");
+                return;
+            }
+            Err(FrameError::TooSlow(allowance)) => {
+                debug!(remote = %conn.remote_address(), ?allowance, "frame too slow; closing the connection");
+                bump(&counters.frames_too_slow, 1);
+                conn.close(CLOSE_TOO_SLOW, b"frame too slow");
                 return;
             }
             Err(e) => {

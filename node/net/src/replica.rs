@@ -18,8 +18,8 @@ use tracing::{debug, info};
 
 use crate::admission::{Admission, Bans, Full, Slot};
 use crate::frame::{
-    frame_queue, ByteBudget, FrameQueue, ACK, CLOSE_BANNED, CLOSE_EVICTED, CLOSE_PROTOCOL,
-    CLOSE_REPLACED, CLOSE_SHUTDOWN, HELLO,
+    frame_queue, Assembly, ByteBudget, FrameQueue, FrameReader, ACK, CLOSE_BANNED, CLOSE_EVICTED,
+    CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_SHUTDOWN, HELLO,
 };
 use crate::link::{pump, read_frames, Link, PumpEnd};
 use crate::stats::{bump, Counters};
@@ -110,6 +110,8 @@ struct Shared {
     from_clients: mpsc::Sender<Incoming>,
     replica_bytes: ByteBudget,
     client_bytes: ByteBudget,
+    /// Room and deadline for frames clients are sending.
+    assembly: Assembly,
     accepted: Mutex<Accepted>,
     admission: Arc<Admission>,
     bans: Arc<Bans>,
@@ -212,6 +214,10 @@ impl ReplicaTransport {
                 .map(|peer| peer.addr)
                 .collect(),
         ));
+        let assembly = Assembly {
+            room: ByteBudget::new(cfg.client_assembly_bytes),
+            deadline: cfg.client_frame_timeout,
+        };
         let shared = Arc::new(Shared {
             cfg,
             counters,
@@ -224,6 +230,7 @@ impl ReplicaTransport {
             from_clients,
             replica_bytes: replica_bytes.clone(),
             client_bytes: client_bytes.clone(),
+            assembly,
             accepted: Mutex::new(Accepted::default()),
             admission,
             bans,
@@ -539,23 +546,15 @@ async fn serve(incoming: quinn::Incoming, mut slot: Slot, shared: &Shared) {
                 frame,
                 connection,
             };
-            read_frames(
-                &conn,
-                recv,
-                shared.cfg.max_frame,
-                counters,
-                out,
-                budget,
-                wrap,
-            )
-            .await;
+            let reader = FrameReader::new(recv, shared.cfg.max_frame, None);
+            read_frames(&conn, reader, counters, out, budget, wrap).await;
             let mut accepted = shared.accepted.lock().expect("accepted table lock");
             if accepted.replicas.get(&id).map(Connection::stable_id) == Some(conn.stable_id()) {
                 accepted.replicas.remove(&id);
             }
         }
         Peer::Client(key) => {
-            let (queue, mut queued) = frame_queue(&shared.cfg);
+            let (queue, mut queued) = frame_queue(&shared.cfg, shared.cfg.client_queue_bytes);
             let last_active = Arc::new(AtomicU64::new(shared.millis_since_start()));
             let evicted = {
                 let mut accepted = shared.accepted.lock().expect("accepted table lock");
@@ -577,6 +576,7 @@ async fn serve(incoming: quinn::Incoming, mut slot: Slot, shared: &Shared) {
             let out = &shared.from_clients;
             let budget = Some(&shared.client_bytes);
             let max_frame = shared.cfg.max_client_frame.min(shared.cfg.max_frame);
+            let reader = FrameReader::new(recv, max_frame, Some(shared.assembly.clone()));
             let wrap = |frame| {
                 last_active.store(shared.millis_since_start(), Ordering::Relaxed);
                 Incoming {
@@ -586,7 +586,7 @@ async fn serve(incoming: quinn::Incoming, mut slot: Slot, shared: &Shared) {
                 }
             };
             tokio::select! {
-                () = read_frames(&conn, recv, max_frame, counters, out, budget, wrap) => {}
+                () = read_frames(&conn, reader, counters, out, budget, wrap) => {}
                 end = pump(&conn, send, &mut queued, counters) => {
                     if let PumpEnd::Lost(reason) = end {
                         debug!(%remote, %reason, "client connection lost");

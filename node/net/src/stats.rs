@@ -20,6 +20,9 @@ pub struct TransportStats {
     pub rejected_oversized_in: u64,
     /// Frames the caller asked to send that were above the maximum frame size.
     pub rejected_oversized_out: u64,
+    /// Client connections closed because a frame did not arrive within
+    /// `client_frame_timeout` of its first byte.
+    pub frames_too_slow: u64,
     /// Incoming connections whose handshake or hello failed (bad or missing certificate, wrong
     /// protocol, timeout).
     pub handshake_failures: u64,
@@ -53,6 +56,7 @@ pub(crate) struct Counters {
     pub(crate) lost_on_disconnect: AtomicU64,
     pub(crate) rejected_oversized_in: AtomicU64,
     pub(crate) rejected_oversized_out: AtomicU64,
+    pub(crate) frames_too_slow: AtomicU64,
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) dial_failures: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
@@ -79,6 +83,7 @@ impl Counters {
             lost_on_disconnect: get(&self.lost_on_disconnect),
             rejected_oversized_in: get(&self.rejected_oversized_in),
             rejected_oversized_out: get(&self.rejected_oversized_out),
+            frames_too_slow: get(&self.frames_too_slow),
             handshake_failures: get(&self.handshake_failures),
             dial_failures: get(&self.dial_failures),
             connections_refused: get(&self.connections_refused),

@@ -172,3 +172,143 @@ async fn a_huge_length_prefix_closes_the_connection_without_allocating() {
     }
     assert_eq!(transport.stats().rejected_oversized_in, 1);
 }
+
+#[tokio::test]
+async fn an_unfinished_client_frame_holds_the_room_only_until_its_deadline() {
+    let pair = key(1);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    drop(socket);
+    let cluster = vec![PeerInfo {
+        id: 0,
+        addr,
+        public_key: pair.public(),
+    }];
+    let cfg = TransportConfig {
+        max_client_frame: 1 << 20,
+        client_assembly_bytes: 1 << 20,
+        client_frame_timeout: Duration::from_millis(500),
+        ..TransportConfig::default()
+    };
+    let (transport, mut inbox) =
+        ReplicaTransport::bind(0, &pair, addr, cluster.clone(), ClientPolicy::Open, cfg)
+            .await
+            .unwrap();
+
+    // Claims a frame as large as all the room, sends ten bytes of it, and stops.
+    let me = Identity::new(&key(7)).unwrap();
+    let config = quic_client(tls::client_config(&me, pair.public()).unwrap());
+    let slow = client_endpoint()
+        .connect_with(config, addr, SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let mut send = hello(&slow).await.unwrap();
+    send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+    send.write_all(&[0; 10]).await.unwrap();
+
+    let (honest, _replies) =
+        crate::ClientTransport::connect(&key(8), cluster, TransportConfig::default())
+            .await
+            .unwrap();
+    let arrived = tokio::time::timeout(PATIENCE, async {
+        loop {
+            honest.send(0, bytes::Bytes::from_static(b"small"));
+            if let Ok(Some(incoming)) =
+                tokio::time::timeout(Duration::from_millis(100), inbox.recv()).await
+            {
+                return incoming;
+            }
+        }
+    })
+    .await
+    .expect("the honest frame arrives once the unfinished one is given up");
+    assert_eq!(arrived.frame, &b"small"[..]);
+    // Counted before the room was given back, so before anything else could be read.
+    assert_eq!(
+        transport.stats().frames_too_slow,
+        1,
+        "the honest frame waited for room"
+    );
+    match tokio::time::timeout(PATIENCE, slow.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, crate::frame::CLOSE_TOO_SLOW)
+        }
+        other => panic!("unexpected close: {other}"),
+    }
+}
+
+/// A faulty replica that completes the handshake and then never reads: what is sent to it
+/// stops at its send queue's byte bound (plus QUIC's flow-control windows), and the rest is
+/// dropped and counted, however long it goes on.
+#[tokio::test]
+async fn a_replica_that_never_reads_pins_no_more_than_its_queue() {
+    let (zero, one) = (key(1), key(2));
+    let addrs: Vec<SocketAddr> = (0..2)
+        .map(|_| {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.local_addr().unwrap()
+        })
+        .collect();
+    let cluster = vec![
+        PeerInfo {
+            id: 0,
+            addr: addrs[0],
+            public_key: zero.public(),
+        },
+        PeerInfo {
+            id: 1,
+            addr: addrs[1],
+            public_key: one.public(),
+        },
+    ];
+    let identity = Identity::new(&one).unwrap();
+    let admitted = AdmittedPeer::new(
+        [zero.public()].into_iter().collect(),
+        ClientPolicy::Open,
+        Default::default(),
+        Arc::new(Counters::default()),
+    );
+    let crypto = tls::server_config(&identity, admitted).unwrap();
+    let server_config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(crypto).unwrap()));
+    let server = Endpoint::server(server_config, addrs[1]).unwrap();
+    let (held_tx, mut held) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let mut hello = [0u8; HELLO.len()];
+        recv.read_exact(&mut hello).await.unwrap();
+        send.write_all(&ACK).await.unwrap();
+        // Keeps everything open and reads nothing more.
+        held_tx.send(()).await.unwrap();
+        std::future::pending::<()>().await;
+        drop((conn, send, recv, server));
+    });
+    let cfg = TransportConfig {
+        queue_bytes: 4 << 20,
+        ..TransportConfig::default()
+    };
+    let (transport, _inbox) =
+        ReplicaTransport::bind(0, &zero, addrs[0], cluster, ClientPolicy::Open, cfg)
+            .await
+            .unwrap();
+    tokio::time::timeout(PATIENCE, held.recv()).await.unwrap();
+    let frame = bytes::Bytes::from(vec![5u8; 1 << 20]);
+    let mut offered = 0u64;
+    for _round in 0..20 {
+        for _ in 0..50 {
+            transport.send_to_replica(1, frame.clone());
+            offered += 1;
+        }
+        // Lets the link write what flow control allows.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = transport.stats();
+    let kept = offered - stats.dropped_queue_full;
+    // 4 frames in the queue, and QUIC's windows (a few MiB) in flight.
+    assert!(
+        kept <= 4 + 16,
+        "{kept} of {offered} MiB frames kept: {stats:?}"
+    );
+}

@@ -115,6 +115,14 @@ impl Batch {
         Batch::default()
     }
 
+    /// The bytes its envelopes take encoded.
+    pub fn encoded_len(&self) -> usize {
+        self.envelopes
+            .iter()
+            .map(RequestEnvelope::encoded_len)
+            .sum()
+    }
+
     /// `d` in ⟨PRE-PREPARE, v, n, d⟩: covers every envelope's signed content.
     pub fn digest(&self) -> Digest {
         Batch::digest_of(&self.envelope_digests())

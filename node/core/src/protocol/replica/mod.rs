@@ -193,8 +193,9 @@ struct OwnCheckpoint {
 }
 
 /// Help a replica gives a peer on request (catch-up, new views, batches, state). Answers cost
-/// far more than the asking, so each peer gets a bounded amount per retransmission interval and
-/// a faulty peer cannot turn this replica into an amplifier.
+/// far more than the asking, so each peer gets a bounded number of answers of each kind, and a
+/// bounded number of bytes of batches and state in all, per retransmission interval: a faulty
+/// peer cannot turn this replica into an amplifier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Help {
     CatchUp,
@@ -258,6 +259,8 @@ pub struct Replica {
     evidence: BTreeMap<ReplicaId, Conflict>,
     /// Per peer and kind of help: the interval it was last given in, and how often then.
     help_given: BTreeMap<(ReplicaId, Help), (u64, u32)>,
+    /// Per peer: the interval it was last sent batches or state in, and how many bytes then.
+    help_bytes: BTreeMap<ReplicaId, (u64, usize)>,
     state_transfers: u64,
     ignored: BTreeMap<Ignored, u64>,
     /// The state digest and the sequence number it was computed at (the state is a function of
@@ -312,6 +315,7 @@ impl Replica {
             last_new_view: None,
             evidence: BTreeMap::new(),
             help_given: BTreeMap::new(),
+            help_bytes: BTreeMap::new(),
             state_transfers: 0,
             ignored: BTreeMap::new(),
             state_digest_cache: Cell::new(None),
@@ -541,10 +545,32 @@ impl Replica {
         self.ready.timers.push(TimerCommand::Cancel(timer));
     }
 
+    /// The retransmission interval `now` falls in: help is metered per interval.
+    fn help_interval(&self) -> u64 {
+        (self.now.as_micros() / self.config.retransmit_interval.as_micros().max(1)) as u64
+    }
+
+    /// Whether `peer` may be sent `bytes` more of batches or state in this interval (the first
+    /// answer of an interval always may, however large); counts them if so. The budget is one
+    /// message's worth, `limits.max_message_bytes`.
+    fn may_send_help_bytes(&mut self, peer: ReplicaId, bytes: usize) -> bool {
+        let interval = self.help_interval();
+        let budget = usize::try_from(self.config.limits.max_message_bytes).unwrap_or(usize::MAX);
+        let given = self.help_bytes.entry(peer).or_insert((interval, 0));
+        if given.0 != interval {
+            *given = (interval, 0);
+        }
+        if given.1 > 0 && given.1.saturating_add(bytes) > budget {
+            self.ignore(Ignored::HelpRateLimited);
+            return false;
+        }
+        given.1 = given.1.saturating_add(bytes);
+        true
+    }
+
     /// Whether `peer` may get another answer of kind `help` in this interval; counts it if so.
     fn may_help(&mut self, peer: ReplicaId, help: Help) -> bool {
-        let interval =
-            (self.now.as_micros() / self.config.retransmit_interval.as_micros().max(1)) as u64;
+        let interval = self.help_interval();
         let given = self.help_given.entry((peer, help)).or_insert((interval, 0));
         if given.0 != interval {
             *given = (interval, 0);

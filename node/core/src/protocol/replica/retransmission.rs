@@ -29,7 +29,8 @@ impl Replica {
         let Some(batch) = entry.body_for(digest) else {
             return;
         };
-        if self.may_help(requester, Help::Batch) {
+        let bytes = batch.batch.encoded_len();
+        if self.may_help(requester, Help::Batch) && self.may_send_help_bytes(requester, bytes) {
             let batch = batch.batch.clone();
             self.send(
                 Destination::Replica(requester),
@@ -67,22 +68,27 @@ impl Replica {
             return;
         }
         const MAX_CATCH_UP_BATCHES: usize = 16;
-        let mut sent = 0;
+        let mut answers = Vec::new();
         for (_, entry) in self.log.range(last_executed.saturating_add(1)..) {
-            if sent >= MAX_CATCH_UP_BATCHES || !entry.committed {
+            if answers.len() >= MAX_CATCH_UP_BATCHES || !entry.committed {
                 break;
             }
             if let (Some(batch), Some(commits)) = (&entry.batch, &entry.commit_cert) {
-                let message = Message::Committed {
-                    batch: batch.batch.clone(),
-                    commits: commits.clone(),
-                };
-                self.ready.messages.push(Outgoing {
-                    to: Destination::Replica(from),
-                    message: Arc::new(message),
-                });
-                sent += 1;
+                answers.push((batch.clone(), commits.clone()));
             }
+        }
+        for (batch, commits) in answers {
+            if !self.may_send_help_bytes(from, batch.batch.encoded_len()) {
+                break;
+            }
+            let message = Message::Committed {
+                batch: batch.batch.clone(),
+                commits,
+            };
+            self.ready.messages.push(Outgoing {
+                to: Destination::Replica(from),
+                message: Arc::new(message),
+            });
         }
     }
 

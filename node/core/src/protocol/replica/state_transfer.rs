@@ -29,7 +29,16 @@ impl Replica {
             self.ignore(Ignored::StateNotHeld);
             return;
         }
-        if !self.may_help(requester, Help::State) {
+        let snapshot_len = self
+            .checkpoints
+            .own
+            .get(&stable)
+            .expect("checked above")
+            .snapshot
+            .len();
+        if !self.may_help(requester, Help::State)
+            || !self.may_send_help_bytes(requester, snapshot_len)
+        {
             return;
         }
         let own = self.checkpoints.own.get(&stable).expect("checked above");
