@@ -62,7 +62,11 @@ fn quic_client(crypto: rustls::ClientConfig) -> quinn::ClientConfig {
     quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(crypto).unwrap()))
 }
 
-async fn replica(seed: u8, cfg: TransportConfig) -> (ReplicaTransport, KeyPair, SocketAddr) {
+/// A one-replica cluster: its transport, inbox, key and address.
+async fn replica_with_inbox(
+    seed: u8,
+    cfg: TransportConfig,
+) -> (ReplicaTransport, crate::Inbox, KeyPair, SocketAddr) {
     let pair = key(seed);
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();
@@ -72,10 +76,34 @@ async fn replica(seed: u8, cfg: TransportConfig) -> (ReplicaTransport, KeyPair, 
         addr,
         public_key: pair.public(),
     }];
-    let (transport, _rx) = ReplicaTransport::bind(0, &pair, addr, cluster, ClientPolicy::Open, cfg)
+    let (transport, inbox) =
+        ReplicaTransport::bind(0, &pair, addr, cluster, ClientPolicy::Open, cfg)
+            .await
+            .unwrap();
+    (transport, inbox, pair, addr)
+}
+
+async fn replica(seed: u8, cfg: TransportConfig) -> (ReplicaTransport, KeyPair, SocketAddr) {
+    let (transport, _inbox, pair, addr) = replica_with_inbox(seed, cfg).await;
+    (transport, pair, addr)
+}
+
+/// A raw client connection with key `seed` to the replica holding `server` at `addr`, past
+/// the hello exchange, and its stream.
+async fn raw_client(
+    seed: u8,
+    server: &KeyPair,
+    addr: SocketAddr,
+) -> (Connection, quinn::SendStream) {
+    let me = Identity::new(&key(seed)).unwrap();
+    let config = quic_client(tls::client_config(&me, server.public()).unwrap());
+    let conn = client_endpoint()
+        .connect_with(config, addr, SERVER_NAME)
+        .unwrap()
         .await
         .unwrap();
-    (transport, pair, addr)
+    let send = hello(&conn).await.unwrap();
+    (conn, send)
 }
 
 /// Dials, sends the hello and waits for the acknowledgement, as a correct dialer does.
@@ -154,14 +182,7 @@ async fn a_client_showing_a_copied_certificate_is_refused() {
 #[tokio::test]
 async fn a_huge_length_prefix_closes_the_connection_without_allocating() {
     let (transport, replica_key, addr) = replica(1, TransportConfig::default()).await;
-    let me = Identity::new(&key(7)).unwrap();
-    let config = quic_client(tls::client_config(&me, replica_key.public()).unwrap());
-    let conn = client_endpoint()
-        .connect_with(config, addr, SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
-    let mut send = hello(&conn).await.unwrap();
+    let (conn, mut send) = raw_client(7, &replica_key, addr).await;
     send.write_all(&[0xff; 4]).await.unwrap();
     let reason = tokio::time::timeout(PATIENCE, conn.closed()).await.unwrap();
     match reason {
@@ -175,35 +196,21 @@ async fn a_huge_length_prefix_closes_the_connection_without_allocating() {
 
 #[tokio::test]
 async fn an_unfinished_client_frame_holds_the_room_only_until_its_deadline() {
-    let pair = key(1);
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = socket.local_addr().unwrap();
-    drop(socket);
-    let cluster = vec![PeerInfo {
-        id: 0,
-        addr,
-        public_key: pair.public(),
-    }];
     let cfg = TransportConfig {
         max_client_frame: 1 << 20,
         client_assembly_bytes: 1 << 20,
         client_frame_timeout: Duration::from_millis(500),
         ..TransportConfig::default()
     };
-    let (transport, mut inbox) =
-        ReplicaTransport::bind(0, &pair, addr, cluster.clone(), ClientPolicy::Open, cfg)
-            .await
-            .unwrap();
+    let (transport, mut inbox, pair, addr) = replica_with_inbox(1, cfg).await;
+    let cluster = vec![PeerInfo {
+        id: 0,
+        addr,
+        public_key: pair.public(),
+    }];
 
     // Claims a frame as large as all the room, sends ten bytes of it, and stops.
-    let me = Identity::new(&key(7)).unwrap();
-    let config = quic_client(tls::client_config(&me, pair.public()).unwrap());
-    let slow = client_endpoint()
-        .connect_with(config, addr, SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
-    let mut send = hello(&slow).await.unwrap();
+    let (slow, mut send) = raw_client(7, &pair, addr).await;
     send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
     send.write_all(&[0; 10]).await.unwrap();
 
