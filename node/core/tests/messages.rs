@@ -88,16 +88,18 @@ fn variant(message: &Message) -> usize {
         Message::FetchBatch { .. } => 8,
         Message::BatchData { .. } => 9,
         Message::FetchState { .. } => 10,
-        Message::StateData { .. } => 11,
+        Message::StateManifest { .. } => 11,
         Message::Status { .. } => 12,
         Message::Committed { .. } => 13,
         Message::StatusQuery { .. } => 14,
         Message::StatusReport(_) => 15,
         Message::Read(_) => 16,
+        Message::FetchStateChunk { .. } => 17,
+        Message::StateChunk { .. } => 18,
     }
 }
 
-const VARIANTS: usize = 17;
+const VARIANTS: usize = 19;
 
 /// The f = 1 cluster the samples are signed in.
 fn cluster() -> &'static Cluster {
@@ -177,14 +179,7 @@ fn samples() -> &'static [(Sender, Message)] {
                     replica: 3,
                 },
             ),
-            (
-                Sender::Replica(0),
-                Message::StateData {
-                    seq: 128,
-                    proof: c.proof(128),
-                    snapshot: vec![7; 300],
-                },
-            ),
+            (Sender::Replica(0), c.manifest(128, &[7; 300])),
             (
                 Sender::Replica(1),
                 Message::Status {
@@ -225,6 +220,22 @@ fn samples() -> &'static [(Sender, Message)] {
                     behavior: Some("silent".into()),
                     ..Default::default()
                 }),
+            ),
+            (
+                Sender::Replica(3),
+                Message::FetchStateChunk {
+                    seq: 128,
+                    index: 2,
+                    replica: 3,
+                },
+            ),
+            (
+                Sender::Replica(0),
+                Message::StateChunk {
+                    seq: 128,
+                    index: 2,
+                    data: vec![9; 300],
+                },
             ),
         ]
     })
@@ -321,7 +332,7 @@ fn messages_over_the_byte_limit_are_rejected() {
         ..Limits::default()
     };
     let (_, state) = &samples()[13];
-    assert!(matches!(state, Message::StateData { .. }));
+    assert!(matches!(state, Message::StateManifest { .. }));
     let bytes = state.encode();
     assert!(bytes.len() > 256);
     assert!(Message::decode(&bytes, &limits).is_err());
@@ -555,10 +566,11 @@ fn replica_ids_outside_the_committee_are_refused() {
 
     let mut proof = c.proof(128);
     proof[2] = Checkpoint::new(&outsider, 128, state_digest(128), n);
-    let state = Message::StateData {
+    let state = Message::StateManifest {
         seq: 128,
         proof,
-        snapshot: Vec::new(),
+        len: 0,
+        chunks: Vec::new(),
     };
     assert_eq!(
         c.check(Sender::Replica(0), state),
@@ -1036,13 +1048,63 @@ fn checkpoints_and_commit_certificates_verify_their_signatures() {
         Err(Rejection::BadSignature)
     );
 
-    let state = Message::StateData {
+    let state = Message::StateManifest {
         seq: 0,
         proof: Vec::new(),
-        snapshot: Vec::new(),
+        len: 0,
+        chunks: Vec::new(),
     };
     assert!(matches!(
         c.check(Sender::Replica(0), state),
         Err(Rejection::Malformed(_))
+    ));
+}
+
+#[test]
+fn a_state_layout_must_match_its_proof_and_chunks_their_size() {
+    let c = cluster();
+    let mut state = vec![3u8; (2 << 20) + 5];
+    state[1 << 20] = 4;
+    let good = c.manifest(128, &state);
+    c.check(Sender::Replica(0), good.clone()).unwrap();
+    let Message::StateManifest {
+        seq,
+        proof,
+        len,
+        chunks,
+    } = good
+    else {
+        unreachable!()
+    };
+    let mut swapped = chunks.clone();
+    swapped.swap(0, 1);
+    let wrong = Message::StateManifest {
+        seq,
+        proof: proof.clone(),
+        len,
+        chunks: swapped,
+    };
+    assert_eq!(
+        c.check(Sender::Replica(0), wrong),
+        Err(Rejection::DigestMismatch)
+    );
+    let short = Message::StateManifest {
+        seq,
+        proof,
+        len,
+        chunks: chunks[..2].to_vec(),
+    };
+    assert!(matches!(
+        c.check(Sender::Replica(0), short),
+        Err(Rejection::Malformed(_))
+    ));
+    let oversized = Message::StateChunk {
+        seq,
+        index: 0,
+        data: vec![0; pbft_core::messages::state::STATE_CHUNK_BYTES + 1],
+    };
+    assert!(matches!(
+        c.check(Sender::Replica(0), oversized),
+        Err(Rejection::TooLarge(_))
     ));
 }

@@ -353,7 +353,9 @@ fn with_forged_signature(message: &Message, rng: &mut dyn RngCore) -> Option<Mes
         | Message::FetchBatch { .. }
         | Message::BatchData { .. }
         | Message::FetchState { .. }
-        | Message::StateData { .. } => return None,
+        | Message::FetchStateChunk { .. }
+        | Message::StateChunk { .. }
+        | Message::StateManifest { .. } => return None,
     };
     flip_bit(signature, rng);
     Some(forged)

@@ -485,12 +485,21 @@ fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
                     .collect(),
             },
         ),
+        (Destination::Replica(3), cluster.manifest(128, &[1, 2, 3])),
         (
             Destination::Replica(3),
-            Message::StateData {
+            Message::FetchStateChunk {
                 seq: 128,
-                proof: cluster.proof(128),
-                snapshot: vec![1, 2, 3],
+                index: 0,
+                replica: id,
+            },
+        ),
+        (
+            Destination::Replica(3),
+            Message::StateChunk {
+                seq: 128,
+                index: 0,
+                data: vec![1, 2, 3],
             },
         ),
     ]
@@ -502,7 +511,9 @@ fn is_signed(message: &Message) -> bool {
         Message::FetchBatch { .. }
             | Message::FetchState { .. }
             | Message::BatchData { .. }
-            | Message::StateData { .. }
+            | Message::StateManifest { .. }
+            | Message::FetchStateChunk { .. }
+            | Message::StateChunk { .. }
             | Message::Status { .. }
     )
 }

@@ -11,6 +11,7 @@
 mod certificate;
 mod checkpoint;
 mod request;
+pub mod state;
 mod status;
 mod view_change;
 mod vote;
@@ -94,16 +95,30 @@ pub enum Message {
         seq: Seq,
         replica: ReplicaId,
     },
-    /// The state at checkpoint `seq`, with the proof that it is stable. The receiver checks the
-    /// snapshot's digest against the proof before installing it.
-    StateData {
+    /// The layout of the state at checkpoint `seq` (see [`state`]): its length and the digest of
+    /// each chunk, with the proof that the checkpoint is stable, whose digest covers them.
+    StateManifest {
         seq: Seq,
         proof: Vec<Checkpoint>,
-        #[serde(with = "serde_bytes")]
-        snapshot: Vec<u8>,
+        len: u64,
+        chunks: Vec<Digest>,
     },
     /// A client's read-only request, to every replica.
     Read(ReadRequest),
+    /// Asks for chunk `index` of the state at stable checkpoint `seq`.
+    FetchStateChunk {
+        seq: Seq,
+        index: u64,
+        replica: ReplicaId,
+    },
+    /// Chunk `index` of the state at checkpoint `seq`; the receiver checks it against the
+    /// manifest it holds.
+    StateChunk {
+        seq: Seq,
+        index: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 impl Message {
@@ -126,7 +141,9 @@ impl Message {
             Message::StatusQuery { .. } => "status-query",
             Message::StatusReport(_) => "status-report",
             Message::Committed { .. } => "committed",
-            Message::StateData { .. } => "state-data",
+            Message::StateManifest { .. } => "state-manifest",
+            Message::FetchStateChunk { .. } => "fetch-state-chunk",
+            Message::StateChunk { .. } => "state-chunk",
         }
     }
 
@@ -463,6 +480,7 @@ pub fn verify(
         }
         Message::FetchBatch { replica, .. }
         | Message::FetchState { replica, .. }
+        | Message::FetchStateChunk { replica, .. }
         | Message::Status { replica, .. } => {
             // Unsigned: the authenticated channel names the asker.
             check.signed_by(*replica)?;
@@ -471,8 +489,26 @@ pub fn verify(
         // Used only if its digest is one the receiver is waiting for (the core checks); its
         // requests are checked like a PRE-PREPARE's.
         Message::BatchData { batch, .. } => request::verify_batch(&mut check, batch)?,
-        Message::StateData { seq, proof, .. } => {
+        Message::StateManifest {
+            seq,
+            proof,
+            len,
+            chunks,
+        } => {
             checkpoint::verify_state_data(&mut check, *seq, proof)?;
+            if state::chunk_count(*len) != chunks.len() as u64 {
+                return Err(Rejection::Malformed("chunk list does not match the length"));
+            }
+            if state::state_digest(*len, chunks) != proof[0].state_digest {
+                return Err(Rejection::DigestMismatch);
+            }
+            Vec::new()
+        }
+        // Checked against the manifest by the core.
+        Message::StateChunk { data, .. } => {
+            if data.len() > state::STATE_CHUNK_BYTES {
+                return Err(Rejection::TooLarge("state chunk"));
+            }
             Vec::new()
         }
     };

@@ -15,11 +15,7 @@ impl Replica {
     pub(super) fn take_checkpoint(&mut self, seq: Seq) {
         let (digest, snapshot) = self.take_snapshot();
         let checkpoint = Checkpoint::new(&self.key, seq, digest, self.id);
-        let own = OwnCheckpoint {
-            digest,
-            snapshot,
-            message: Some(checkpoint.clone()),
-        };
+        let own = OwnCheckpoint::new(digest, snapshot, Some(checkpoint.clone()));
         self.checkpoints.own.insert(seq, own);
         self.ready
             .persist

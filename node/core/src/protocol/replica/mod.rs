@@ -37,8 +37,9 @@ use crate::app::StateMachine;
 use crate::codec;
 use crate::committee::Committee;
 use crate::messages::{
-    Batch, Checkpoint, Message, NewView, Outcome, Phase, PreparedCert, ReadRequest, ReplicaId,
-    Reply, RequestEnvelope, RequestResult, Seq, SessionKey, Verified, View, ViewChange, Vote,
+    state, Batch, Checkpoint, Message, NewView, Outcome, Phase, PreparedCert, ReadRequest,
+    ReplicaId, Reply, RequestEnvelope, RequestResult, Seq, SessionKey, Verified, View, ViewChange,
+    Vote,
 };
 
 /// The state a checkpoint certifies: the application and the client table. Its encoding is
@@ -188,8 +189,26 @@ struct Checkpoints {
 struct OwnCheckpoint {
     digest: Digest,
     snapshot: Arc<Vec<u8>>,
+    /// The digests of the snapshot's chunks, once a peer asked for them.
+    chunks: std::cell::OnceCell<Vec<Digest>>,
     /// Its signed CHECKPOINT, if it took the checkpoint itself.
     message: Option<Checkpoint>,
+}
+
+impl OwnCheckpoint {
+    fn new(digest: Digest, snapshot: Arc<Vec<u8>>, message: Option<Checkpoint>) -> OwnCheckpoint {
+        OwnCheckpoint {
+            digest,
+            snapshot,
+            chunks: std::cell::OnceCell::new(),
+            message,
+        }
+    }
+
+    fn chunks(&self) -> &[Digest] {
+        self.chunks
+            .get_or_init(|| state::chunk_digests(&self.snapshot))
+    }
 }
 
 /// Help a replica gives a peer on request (catch-up, new views, batches, state). Answers cost
@@ -220,6 +239,22 @@ struct StateFetch {
     /// Which signer of the proof to ask next.
     next_source: usize,
     sources: Vec<ReplicaId>,
+    /// The layout of the state at `seq`, once a peer sent it, and the chunks so far.
+    manifest: Option<Manifest>,
+}
+
+/// A certified state layout being fetched chunk by chunk.
+#[derive(Debug)]
+struct Manifest {
+    proof: Vec<Checkpoint>,
+    digest: Digest,
+    len: u64,
+    chunks: Vec<Digest>,
+    received: Vec<Option<Vec<u8>>>,
+    missing: usize,
+    /// The next chunk to ask for; it starts again at the first missing one on every
+    /// retransmission.
+    next_request: u64,
 }
 
 /// A PBFT replica. See the module documentation of [`crate::protocol`] for how to drive it.
@@ -326,14 +361,10 @@ impl Replica {
         };
         let (digest, snapshot) = replica.take_snapshot();
         replica.checkpoints.stable_digest = digest;
-        replica.checkpoints.own.insert(
-            0,
-            OwnCheckpoint {
-                digest,
-                snapshot,
-                message: None,
-            },
-        );
+        replica
+            .checkpoints
+            .own
+            .insert(0, OwnCheckpoint::new(digest, snapshot, None));
         Ok(replica)
     }
 
@@ -469,11 +500,18 @@ impl Replica {
             Message::Committed { batch, commits } => {
                 self.on_committed(BatchBody::verified(batch, envelope_digests), commits)
             }
-            Message::StateData {
+            Message::StateManifest {
                 seq,
                 proof,
-                snapshot,
-            } => self.on_state_data(seq, proof, snapshot),
+                len,
+                chunks,
+            } => self.on_state_manifest(seq, proof, len, chunks),
+            Message::FetchStateChunk {
+                seq,
+                index,
+                replica,
+            } => self.on_fetch_state_chunk(seq, index, replica),
+            Message::StateChunk { seq, index, data } => self.on_state_chunk(seq, index, data),
             Message::Read(read) => self.on_read(read),
             Message::Reply(_) | Message::StatusQuery { .. } | Message::StatusReport(_) => {
                 self.ignore(Ignored::NotProtocolMessage)
@@ -647,5 +685,5 @@ impl Replica {
 }
 
 fn snapshot_digest(bytes: &[u8]) -> Digest {
-    pbft_crypto::Digest::of(Domain::Content, bytes)
+    state::state_digest(bytes.len() as u64, &state::chunk_digests(bytes))
 }

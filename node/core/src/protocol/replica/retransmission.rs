@@ -182,15 +182,6 @@ impl Replica {
         if let Some(checkpoint) = newest {
             self.broadcast(Message::Checkpoint(checkpoint));
         }
-        if let Some(fetch) = &mut self.state_fetch {
-            let source = fetch.sources[fetch.next_source % fetch.sources.len()];
-            fetch.next_source += 1;
-            let seq = fetch.seq;
-            let replica = self.id;
-            self.send(
-                Destination::Replica(source),
-                Message::FetchState { seq, replica },
-            );
-        }
+        self.retransmit_state_fetch();
     }
 }

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Chunks asked for at once while fetching state.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
 impl Replica {
     pub(super) fn start_state_fetch(&mut self, seq: Seq, sources: Vec<ReplicaId>) {
         if sources.is_empty() {
@@ -14,6 +17,7 @@ impl Replica {
             seq,
             next_source: (self.id as usize + 1) % sources.len(),
             sources,
+            manifest: None,
         });
         let replica = self.id;
         self.send(
@@ -22,59 +26,219 @@ impl Replica {
         );
     }
 
-    pub(super) fn on_fetch_state(&mut self, seq: Seq, requester: ReplicaId) {
+    /// The stable checkpoint's own state, if `seq` asks for it (or for an older one).
+    fn servable_state(&mut self, seq: Seq) -> Option<Seq> {
         // Only the stable checkpoint is served: it is the one with a proof to send along.
         let stable = self.checkpoints.stable_seq;
         if stable == 0 || seq > stable || !self.checkpoints.own.contains_key(&stable) {
             self.ignore(Ignored::StateNotHeld);
-            return;
+            return None;
         }
-        let snapshot_len = self
-            .checkpoints
-            .own
-            .get(&stable)
-            .expect("checked above")
-            .snapshot
-            .len();
-        if !self.may_help(requester, Help::State)
-            || !self.may_send_help_bytes(requester, snapshot_len)
-        {
+        Some(stable)
+    }
+
+    /// Answers with the layout of the stable state; its chunks are fetched one by one.
+    pub(super) fn on_fetch_state(&mut self, seq: Seq, requester: ReplicaId) {
+        let Some(stable) = self.servable_state(seq) else {
+            return;
+        };
+        if !self.may_help(requester, Help::State) {
             return;
         }
         let own = self.checkpoints.own.get(&stable).expect("checked above");
-        let message = Message::StateData {
+        let message = Message::StateManifest {
             seq: stable,
             proof: self.checkpoints.stable_proof.clone(),
-            snapshot: (*own.snapshot).clone(),
+            len: own.snapshot.len() as u64,
+            chunks: own.chunks().to_vec(),
         };
         self.send(Destination::Replica(requester), message);
     }
 
-    pub(super) fn on_state_data(&mut self, seq: Seq, proof: Vec<Checkpoint>, snapshot: Vec<u8>) {
+    pub(super) fn on_fetch_state_chunk(&mut self, seq: Seq, index: u64, requester: ReplicaId) {
+        if self.servable_state(seq) != Some(seq) {
+            return;
+        }
+        let own = self.checkpoints.own.get(&seq).expect("checked above");
+        let Some(range) = state::chunk_range(own.snapshot.len() as u64, index) else {
+            self.ignore(Ignored::StateNotHeld);
+            return;
+        };
+        if !self.may_send_help_bytes(requester, range.len()) {
+            return;
+        }
+        let own = self.checkpoints.own.get(&seq).expect("checked above");
+        let data = own.snapshot[range].to_vec();
+        self.send(
+            Destination::Replica(requester),
+            Message::StateChunk { seq, index, data },
+        );
+    }
+
+    /// A certified layout for the state being fetched (or a newer one): fetch its chunks.
+    pub(super) fn on_state_manifest(
+        &mut self,
+        seq: Seq,
+        proof: Vec<Checkpoint>,
+        len: u64,
+        chunks: Vec<Digest>,
+    ) {
         let Some(expected) = proof.first().map(|c| c.state_digest) else {
             return;
         };
-        if seq <= self.last_executed || seq < self.checkpoints.stable_seq {
+        // A newer layout replaces one being fetched; nobody else's is wanted.
+        let wanted = match &self.state_fetch {
+            Some(fetch) if fetch.manifest.is_some() => seq > fetch.seq,
+            Some(fetch) => seq >= fetch.seq,
+            None => false,
+        };
+        if !wanted || seq <= self.last_executed || seq < self.checkpoints.stable_seq {
             self.ignore(Ignored::StateNotNeeded);
             return;
         }
-        if snapshot_digest(&snapshot) != expected {
+        // The boundary checked this against the proof; a cheap second look keeps the core
+        // independent of that.
+        if state::chunk_count(len) != chunks.len() as u64
+            || state::state_digest(len, &chunks) != expected
+        {
             self.ignore(Ignored::StateMismatch);
             return;
         }
-        let snapshot = Arc::new(snapshot);
-        if let Err(error) = self.install_state(seq, expected, snapshot) {
-            // The digest matched 2f+1 signed checkpoints, so only a broken application gets
-            // here; keep the old state.
+        let fetch = self.state_fetch.as_mut().expect("checked above");
+        if seq != fetch.seq {
+            fetch.seq = seq;
+            let signers: Vec<ReplicaId> = proof.iter().map(|c| c.replica).collect();
+            fetch.sources = signers.into_iter().filter(|&r| r != self.id).collect();
+            fetch.next_source = 0;
+        }
+        fetch.manifest = Some(Manifest {
+            proof,
+            digest: expected,
+            len,
+            received: vec![None; chunks.len()],
+            missing: chunks.len(),
+            chunks,
+            next_request: 0,
+        });
+        tracing::info!(replica = self.id, seq, len, "fetching state in chunks");
+        self.request_chunks(CHUNKS_IN_FLIGHT);
+        self.maybe_finish_state_fetch();
+    }
+
+    /// A chunk of the state being fetched: kept if it matches the layout.
+    pub(super) fn on_state_chunk(&mut self, seq: Seq, index: u64, data: Vec<u8>) {
+        let Some(manifest) = self
+            .state_fetch
+            .as_mut()
+            .filter(|fetch| fetch.seq == seq)
+            .and_then(|fetch| fetch.manifest.as_mut())
+        else {
+            self.ignore(Ignored::StateNotNeeded);
+            return;
+        };
+        let Some(slot) = manifest.received.get_mut(index as usize) else {
+            self.ignore(Ignored::StateMismatch);
+            return;
+        };
+        if slot.is_some() {
+            return;
+        }
+        if state::chunk_digest(&data) != manifest.chunks[index as usize] {
+            self.ignore(Ignored::StateMismatch);
+            return;
+        }
+        *slot = Some(data);
+        manifest.missing -= 1;
+        self.request_chunks(1);
+        self.maybe_finish_state_fetch();
+    }
+
+    /// Asks for up to `count` more missing chunks, each from the next source in turn.
+    pub(super) fn request_chunks(&mut self, count: usize) {
+        let replica = self.id;
+        let Some(fetch) = &mut self.state_fetch else {
+            return;
+        };
+        let Some(manifest) = &mut fetch.manifest else {
+            return;
+        };
+        if fetch.sources.is_empty() {
+            return;
+        }
+        let mut requests = Vec::new();
+        while requests.len() < count && (manifest.next_request as usize) < manifest.received.len() {
+            let index = manifest.next_request;
+            manifest.next_request += 1;
+            if manifest.received[index as usize].is_some() {
+                continue;
+            }
+            let source = fetch.sources[fetch.next_source % fetch.sources.len()];
+            fetch.next_source += 1;
+            requests.push((source, index));
+        }
+        let seq = fetch.seq;
+        for (source, index) in requests {
+            self.send(
+                Destination::Replica(source),
+                Message::FetchStateChunk {
+                    seq,
+                    index,
+                    replica,
+                },
+            );
+        }
+    }
+
+    /// On the retransmission timer: asks again for what has not arrived, from other sources.
+    pub(super) fn retransmit_state_fetch(&mut self) {
+        let replica = self.id;
+        let Some(fetch) = self.state_fetch.as_mut().filter(|f| !f.sources.is_empty()) else {
+            return;
+        };
+        match &mut fetch.manifest {
+            None => {
+                let source = fetch.sources[fetch.next_source % fetch.sources.len()];
+                fetch.next_source += 1;
+                let seq = fetch.seq;
+                self.send(
+                    Destination::Replica(source),
+                    Message::FetchState { seq, replica },
+                );
+            }
+            Some(manifest) => {
+                manifest.next_request = 0;
+                self.request_chunks(CHUNKS_IN_FLIGHT);
+            }
+        }
+    }
+
+    /// Installs the fetched state once every chunk has arrived.
+    fn maybe_finish_state_fetch(&mut self) {
+        let complete = matches!(
+            &self.state_fetch,
+            Some(StateFetch { manifest: Some(manifest), .. }) if manifest.missing == 0
+        );
+        if !complete {
+            return;
+        }
+        let fetch = self.state_fetch.take().expect("checked above");
+        let manifest = fetch.manifest.expect("checked above");
+        let mut snapshot = Vec::with_capacity(manifest.len as usize);
+        for chunk in manifest.received.into_iter().flatten() {
+            snapshot.extend_from_slice(&chunk);
+        }
+        let (seq, digest) = (fetch.seq, manifest.digest);
+        if let Err(error) = self.install_state(seq, digest, Arc::new(snapshot)) {
+            // Every chunk matched a layout certified by 2f+1 signed checkpoints, so only a
+            // broken application gets here; keep the old state.
             tracing::error!(replica = self.id, seq, %error, "certified snapshot failed to install");
             self.ignore(Ignored::StateUndecodable);
             return;
         }
-        tracing::info!(replica = self.id, seq, "installed state from a peer");
+        tracing::info!(replica = self.id, seq, "installed state from peers");
         self.state_transfers += 1;
-        self.state_fetch = None;
         if seq > self.checkpoints.stable_seq {
-            self.make_stable(seq, expected, proof);
+            self.make_stable(seq, digest, manifest.proof);
         } else {
             self.persist_stable();
         }
@@ -106,11 +270,7 @@ impl Replica {
         self.ready
             .persist
             .push(Durable::Checkpoint(checkpoint.clone()));
-        let own = OwnCheckpoint {
-            digest,
-            snapshot,
-            message: Some(checkpoint),
-        };
+        let own = OwnCheckpoint::new(digest, snapshot, Some(checkpoint));
         self.checkpoints.own.insert(seq, own);
         self.log = self.log.split_off(&(seq + 1));
         self.next_seq = self.next_seq.max(seq + 1);

@@ -1,0 +1,157 @@
+//! State transfer of a large state: in chunks checked against the certified layout, from
+//! several replicas, resumed across retransmission intervals when the helpers' byte budgets
+//! run out.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pbft_core::app::{SnapshotError, StateMachine};
+use pbft_core::fixtures::TestCluster;
+use pbft_core::messages::{self, Batch, ClientRequest, Message, ReplicaId, Sender};
+use pbft_core::protocol::{Destination, Ignored, ProtocolConfig, Replica, Timer};
+use pbft_crypto::{Digest, Domain, KeyPair};
+
+/// An application whose state is a byte string that each operation (a little-endian `u64`)
+/// grows by that many deterministic bytes: a large state from a few small requests.
+#[derive(Default)]
+struct Blob {
+    bytes: Vec<u8>,
+}
+
+impl StateMachine for Blob {
+    fn execute(&mut self, op: &[u8]) -> Vec<u8> {
+        if let Ok(grow) = <[u8; 8]>::try_from(op) {
+            let grow = u64::from_le_bytes(grow).min(1 << 28) as usize;
+            let start = self.bytes.len();
+            self.bytes
+                .extend((start..start + grow).map(|i| (i % 251) as u8));
+        }
+        (self.bytes.len() as u64).to_le_bytes().to_vec()
+    }
+
+    fn query(&self, _op: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn digest(&self) -> Digest {
+        Digest::of(Domain::Content, &self.bytes)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.bytes.clone()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        self.bytes = snapshot.to_vec();
+        Ok(())
+    }
+}
+
+fn grow(client: u8, bytes: u64) -> Batch {
+    let key = KeyPair::from_seed(&[client; 32]).unwrap();
+    let request = ClientRequest {
+        timestamp: 1,
+        op: bytes.to_le_bytes().to_vec(),
+    };
+    Batch {
+        envelopes: vec![messages::RequestEnvelope::new(&key, 1, vec![request])],
+    }
+}
+
+#[test]
+fn a_200_mb_state_moves_in_chunks_from_several_replicas() {
+    let c = TestCluster::new(1);
+    let config = ProtocolConfig {
+        checkpoint_interval: 2,
+        log_window: 4,
+        ..ProtocolConfig::default()
+    }
+    .checked()
+    .unwrap();
+    let interval = config.retransmit_interval;
+    let mut replicas: Vec<Replica> = (0..4)
+        .map(|id| {
+            let mut replica = Replica::new(
+                id,
+                c.committee.clone(),
+                config.clone(),
+                c.keys[id as usize].clone(),
+                Box::new(Blob::default()),
+            )
+            .unwrap();
+            replica.start(Duration::ZERO);
+            replica.poll_ready();
+            replica
+        })
+        .collect();
+
+    // Replicas 0 to 2 execute two batches that grow the state to 200 MiB; replica 3 hears
+    // nothing of them.
+    let mut now = Duration::from_millis(1);
+    let batches = [grow(1, 100 << 20), grow(2, 100 << 20)];
+    for (seq, batch) in (1..).zip(&batches) {
+        for (id, replica) in replicas.iter_mut().enumerate().take(3) {
+            let from = 3 - id as ReplicaId;
+            c.deliver(replica, now, from, c.committed(0, seq, batch));
+        }
+    }
+    assert!((0..3).all(|id| replicas[id].last_executed() == 2));
+
+    // Then everyone talks: the checkpoint at 2 becomes stable, and replica 3 fetches it.
+    let mut chunk_senders = BTreeSet::new();
+    let mut chunks = 0;
+    let mut intervals = 0;
+    while replicas[3].last_executed() < 2 {
+        assert!(intervals < 100, "replica 3 never caught up");
+        let mut queue: VecDeque<(ReplicaId, ReplicaId, Arc<Message>)> = VecDeque::new();
+        loop {
+            for (id, replica) in replicas.iter_mut().enumerate() {
+                let from = id as ReplicaId;
+                for out in replica.poll_ready().messages {
+                    let to: Vec<ReplicaId> = match out.to {
+                        Destination::AllReplicas => (0..4).filter(|&r| r != from).collect(),
+                        Destination::Replica(r) => vec![r],
+                    };
+                    for r in to {
+                        queue.push_back((from, r, out.message.clone()));
+                    }
+                }
+            }
+            let Some((from, to, message)) = queue.pop_front() else {
+                break;
+            };
+            if let Message::StateChunk { .. } = &*message {
+                chunk_senders.insert(from);
+                chunks += 1;
+            }
+            let verified = c
+                .verify(Sender::Replica(from), (*message).clone())
+                .unwrap_or_else(|e| panic!("{} refused: {e}", message.kind()));
+            replicas[to as usize].handle_message(now, verified);
+        }
+        now += interval;
+        intervals += 1;
+        for replica in &mut replicas {
+            replica.handle_timer(now, Timer::Retransmit);
+        }
+    }
+
+    assert_eq!(replicas[3].state_transfers(), 1);
+    assert_eq!(replicas[3].state_digest(), replicas[0].state_digest());
+    assert!(chunks >= 200, "{chunks} chunks");
+    assert!(
+        chunk_senders.len() >= 2,
+        "chunks came from {chunk_senders:?}"
+    );
+    // One interval's budget per helper is one message's worth (64 MiB): the transfer had to
+    // resume in later intervals.
+    assert!(intervals >= 2, "{intervals} intervals");
+    let limited: u64 = (0..3)
+        .map(|id| {
+            let ignored: &BTreeMap<Ignored, u64> = replicas[id].ignored();
+            ignored.get(&Ignored::HelpRateLimited).copied().unwrap_or(0)
+        })
+        .sum();
+    assert!(limited > 0);
+}
