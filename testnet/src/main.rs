@@ -308,7 +308,7 @@ fn behavior_help() -> String {
          Crafting their own signed messages: selective-view-change (VIEW-CHANGEs to f peers, \
          NEW-VIEWs to f+1), wrong-new-view (a NEW-VIEW ordering batches its proof does not \
          name), far-future (votes and VIEW-CHANGEs far beyond the watermarks and views), \
-         unsolicited (batch bodies and status claims nobody asked for).\n\
+         unsolicited (batch bodies, state chunks and status claims nobody asked for).\n\
          Default: equivocate for one Byzantine replica, mixed for more."
     )
 }

@@ -7,8 +7,8 @@
 //!   view changes prove, plus a slot beyond them.
 //! - [`FarFuture`] adds copies of its votes at sequence numbers far beyond the watermarks and at
 //!   the largest ones, and VIEW-CHANGEs and votes for views far ahead, up to the largest view.
-//! - [`Unsolicited`] sends batch bodies nobody asked for, for slots in and beyond the window,
-//!   and status messages claiming a position far ahead.
+//! - [`Unsolicited`] sends batch bodies and state chunks nobody asked for, for slots in and
+//!   beyond the window, and status messages claiming a position far ahead.
 //!
 //! Correct replicas must refuse or ignore all of it without moving, stalling, or accusing a
 //! correct replica.
@@ -206,8 +206,8 @@ impl Behavior for FarFuture {
     }
 }
 
-/// Sends everything honestly and, with each of its own COMMITs, a batch body nobody asked for
-/// and a status claiming a position far ahead. (Tied to its votes, not to every input, so two
+/// Sends everything honestly and, with each of its own COMMITs, a batch body and a state chunk
+/// nobody asked for, and a status claiming a position far ahead. (Tied to its votes, not to every input, so two
 /// such replicas do not keep each other busy.)
 #[derive(Clone, Debug, Default)]
 pub struct Unsolicited {
@@ -249,6 +249,16 @@ impl Behavior for Unsolicited {
         out.sends.push(FaultySend::message(
             Destination::AllReplicas,
             Arc::new(Message::BatchData { seq, batch }),
+        ));
+        // Matches no layout a correct replica fetches; at most one chunk's worth of bytes.
+        let data = ctx.random_digest().as_bytes().repeat(8);
+        out.sends.push(FaultySend::message(
+            Destination::AllReplicas,
+            Arc::new(Message::StateChunk {
+                seq,
+                index: ctx.rng.random_range(0..4),
+                data,
+            }),
         ));
         out.sends.push(FaultySend::message(
             Destination::AllReplicas,
