@@ -65,6 +65,21 @@ async fn bind(
     .unwrap()
 }
 
+/// A client with key `seed` dialing `peers`.
+async fn client(seed: u8, peers: &[PeerInfo]) -> (ClientTransport, mpsc::Receiver<(u32, Bytes)>) {
+    ClientTransport::connect(&key(seed), peers.to_vec(), config())
+        .await
+        .unwrap()
+}
+
+/// A one-replica cluster with `cfg`: its transport, inbox and listing.
+async fn lone_replica(cfg: TransportConfig) -> (ReplicaTransport, Inbox, Vec<PeerInfo>) {
+    let keys = vec![key(1)];
+    let addrs = free_addrs(1);
+    let (replica, inbox) = bind(0, &keys, &addrs, cfg).await;
+    (replica, inbox, cluster(&keys, &addrs))
+}
+
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, future)
         .await
@@ -748,19 +763,14 @@ async fn replicas_get_in_when_clients_hold_every_other_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_makes_way_when_the_room_is_full() {
-    let keys = vec![key(1)];
-    let addrs = free_addrs(1);
     let quiet = Duration::from_millis(200);
     let cfg = TransportConfig {
         max_connections: 1,
         client_idle_eviction: quiet,
         ..config()
     };
-    let (replica, mut rx) = bind(0, &keys, &addrs, cfg).await;
-    let cluster = cluster(&keys, &addrs);
-    let (first, _first_rx) = ClientTransport::connect(&key(20), cluster.clone(), config())
-        .await
-        .unwrap();
+    let (replica, mut rx, cluster) = lone_replica(cfg).await;
+    let (first, _first_rx) = client(20, &cluster).await;
     resend_until(
         "the first client's frame",
         &mut rx,
@@ -770,9 +780,7 @@ async fn a_silent_client_makes_way_when_the_room_is_full() {
     .await;
     // Silent for longer than the eviction threshold.
     tokio::time::sleep(quiet * 2).await;
-    let (second, _second_rx) = ClientTransport::connect(&key(21), cluster, config())
-        .await
-        .unwrap();
+    let (second, _second_rx) = client(21, &cluster).await;
     resend_until(
         "the second client's frame",
         &mut rx,
@@ -785,17 +793,12 @@ async fn a_silent_client_makes_way_when_the_room_is_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_banned_client_is_disconnected_and_refused_others_are_not() {
-    let keys = vec![key(1)];
-    let addrs = free_addrs(1);
     let cfg = TransportConfig {
         client_ban: Duration::from_secs(3600),
         ..config()
     };
-    let (replica, mut rx) = bind(0, &keys, &addrs, cfg).await;
-    let cluster = cluster(&keys, &addrs);
-    let (bad, _bad_rx) = ClientTransport::connect(&key(20), cluster.clone(), config())
-        .await
-        .unwrap();
+    let (replica, mut rx, cluster) = lone_replica(cfg).await;
+    let (bad, _bad_rx) = client(20, &cluster).await;
     let garbage = resend_until(
         "the client's frame",
         &mut rx,
@@ -804,7 +807,7 @@ async fn a_banned_client_is_disconnected_and_refused_others_are_not() {
     )
     .await;
     replica.ban_client(&key(20).public(), garbage.connection);
-    replica.ban_client(&keys[0].public(), garbage.connection);
+    replica.ban_client(&key(1).public(), garbage.connection);
     assert_eq!(
         replica.stats().clients_banned,
         1,
@@ -816,9 +819,7 @@ async fn a_banned_client_is_disconnected_and_refused_others_are_not() {
     .await;
     assert!(!replica.connected_clients().contains(&key(20).public()));
 
-    let (good, _good_rx) = ClientTransport::connect(&key(21), cluster, config())
-        .await
-        .unwrap();
+    let (good, _good_rx) = client(21, &cluster).await;
     resend_until(
         "another client's frame",
         &mut rx,
@@ -861,16 +862,12 @@ async fn client_frames_have_their_own_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_frames_are_bounded_in_bytes() {
-    let keys = vec![key(1)];
-    let addrs = free_addrs(1);
     let cfg = TransportConfig {
         incoming_bytes: 1000,
         ..config()
     };
-    let (replica, mut inbox) = bind(0, &keys, &addrs, cfg).await;
-    let (client, _replies) = ClientTransport::connect(&key(30), cluster(&keys, &addrs), config())
-        .await
-        .unwrap();
+    let (replica, mut inbox, cluster) = lone_replica(cfg).await;
+    let (client, _replies) = client(30, &cluster).await;
     wait_until("the client's link", || {
         !client.connected_replicas().is_empty()
     })
@@ -893,17 +890,13 @@ async fn waiting_frames_are_bounded_in_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_prove_their_address_once_handshakes_pile_up() {
-    let keys = vec![key(1)];
-    let addrs = free_addrs(1);
     let cfg = TransportConfig {
         // Every client handshake counts as piling up.
         retry_above_handshakes: 0,
         ..config()
     };
-    let (replica, mut rx) = bind(0, &keys, &addrs, cfg).await;
-    let (client, _replies) = ClientTransport::connect(&key(30), cluster(&keys, &addrs), config())
-        .await
-        .unwrap();
+    let (replica, mut rx, cluster) = lone_replica(cfg).await;
+    let (client, _replies) = client(30, &cluster).await;
     resend_until(
         "the client's frame",
         &mut rx,
