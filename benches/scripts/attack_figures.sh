@@ -66,4 +66,5 @@ done
 import json, sys
 status = json.load(sys.stdin)
 views = sorted({n["view"] for n in status["nodes"] if n.get("view") is not None})
-print(f"views after all phases: {views}; agreement: {status.get(\"agreement\")}")'
+agreement = status.get("agreement")
+print(f"views after all phases: {views}; agreement: {agreement}")'
