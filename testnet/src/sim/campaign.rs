@@ -4,7 +4,8 @@
 //! replayed exactly.
 //!
 //! The mix, per seed:
-//! - f from 1 to 3; 1 to 4 clients with 20 to 140 requests each and 1 to 8 outstanding;
+//! - f from 1 to 3; 1 to 4 clients with 20 to 140 requests each and 1 to 8 outstanding; in most
+//!   runs the clients also write, compare-and-swap and read (read-only) keys they share;
 //! - a network that loses up to 20 % of messages, duplicates up to 10 %, reorders up to 30 % and
 //!   delays up to 60 ms, changed for a while now and then;
 //! - up to f Byzantine replicas of random kinds, often the primaries of consecutive views;
@@ -23,7 +24,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{NetworkConfig, Node, SimConfig, Simulation, Violation};
+use super::{NetworkConfig, Node, SimConfig, Simulation, Violation, Workload};
 
 /// How long, in simulated time, the cluster has after healing to complete every request.
 pub const LIVENESS_LIMIT: Duration = Duration::from_secs(1800);
@@ -193,6 +194,12 @@ impl Scenario {
             config.attack_until = ms(attack_rng.random_range(2_000..=20_000));
         }
 
+        // So is the workload.
+        let mut workload_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0bad_c0de_5eed_0001);
+        if workload_rng.random_bool(0.6) {
+            config.workload = Workload::Mixed;
+        }
+
         let correct: Vec<ReplicaId> = (0..n as ReplicaId)
             .filter(|id| !faulty.iter().any(|(f, _)| f == id))
             .collect();
@@ -337,8 +344,8 @@ impl Scenario {
         let c = &self.config;
         let mut lines = vec![
             format!(
-                "seed {}: f = {}, {} clients x {} requests, window {}",
-                c.seed, c.f, c.clients, c.requests_per_client, c.client_window
+                "seed {}: f = {}, {} clients x {} requests ({:?}), window {}",
+                c.seed, c.f, c.clients, c.requests_per_client, c.workload, c.client_window
             ),
             format!("{}", Step::Network(c.network.clone())),
         ];

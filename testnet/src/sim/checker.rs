@@ -2,9 +2,12 @@
 
 use std::collections::BTreeMap;
 
+use pbft_core::app::{KvOp, KvResult, KvStore};
 use pbft_core::messages::{Outcome, ReplicaId, Seq, SessionKey, Timestamp};
 use pbft_core::protocol::Executed;
 use pbft_crypto::Digest;
+
+use super::client::Issued;
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +31,107 @@ pub struct Checker {
     /// The result correct replicas computed for each request.
     results: BTreeMap<(SessionKey, Timestamp), Outcome>,
     pub accepted_count: usize,
+    /// The committed history, replayed on a model store.
+    model: Model,
+}
+
+/// A key's value (`None`: absent) after a sequence number.
+type KeyChange = (Seq, Option<Vec<u8>>);
+
+/// The correct clients' operations applied in the order correct replicas first executed them:
+/// what each ordered request must return, and what each key held after each sequence number.
+#[derive(Debug, Default)]
+struct Model {
+    /// The operations correct clients issued.
+    issued: BTreeMap<(SessionKey, Timestamp), Issued>,
+    store: KvStore,
+    /// The last sequence number applied.
+    seq: Seq,
+    /// Where each applied request executed, and its result.
+    results: BTreeMap<(SessionKey, Timestamp), (Seq, Vec<u8>)>,
+    /// Each key's value after each sequence number that changed it.
+    history: BTreeMap<Vec<u8>, Vec<KeyChange>>,
+    /// The highest sequence number of an ordered request some client accepted.
+    completed: Seq,
+    /// For each read-only request, `completed` when it was issued: the oldest state it may see.
+    read_floor: BTreeMap<(SessionKey, Timestamp), Seq>,
+}
+
+impl Model {
+    fn apply(&mut self, executed: &Executed) -> Result<(), Violation> {
+        if executed.seq != self.seq + 1 {
+            return Err(Violation(format!(
+                "history: seq {} executed first, before any correct replica executed seq {}",
+                executed.seq,
+                self.seq + 1
+            )));
+        }
+        self.seq = executed.seq;
+        for request in &executed.requests {
+            let Some(issued) = self.issued.get(request) else {
+                continue;
+            };
+            let key = match &issued.op {
+                KvOp::Put { key, .. }
+                | KvOp::Get { key }
+                | KvOp::Delete { key }
+                | KvOp::Cas { key, .. } => key.clone(),
+            };
+            let result = self.store.apply(issued.op.clone()).encode();
+            self.results.insert(*request, (executed.seq, result));
+            let value = self.store.get(&key).cloned();
+            let changes = self.history.entry(key).or_default();
+            match changes.last_mut() {
+                Some((seq, last)) if *seq == executed.seq => *last = value,
+                Some((_, last)) if *last == value => {}
+                _ => changes.push((executed.seq, value)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Linearizable read: `value` is what `key` held after some sequence number from the read's
+    /// floor (every ordered request accepted before the read was issued) to the last applied.
+    fn check_read(
+        &self,
+        request: (SessionKey, Timestamp),
+        key: &[u8],
+        outcome: &Outcome,
+    ) -> Result<(), Violation> {
+        let floor = self.read_floor.get(&request).copied().unwrap_or(0);
+        let value = match outcome {
+            Outcome::Done(bytes) => match KvResult::decode(bytes) {
+                Ok(KvResult::Value(value)) => value,
+                other => {
+                    return Err(Violation(format!(
+                        "read: timestamp {} of client {:?} accepted {other:?}",
+                        request.1, request.0
+                    )))
+                }
+            },
+            _ => return Ok(()),
+        };
+        let changes = self.history.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        let at_floor = changes
+            .iter()
+            .rev()
+            .find(|(seq, _)| *seq <= floor)
+            .and_then(|(_, value)| value.clone());
+        let later = changes
+            .iter()
+            .any(|(seq, held)| *seq > floor && *seq <= self.seq && *held == value);
+        if at_floor == value || later {
+            return Ok(());
+        }
+        Err(Violation(format!(
+            "linearizability: read {} of client {:?} returned {:?} for {:?}, which the key did not hold between seq {floor} and seq {}",
+            request.1,
+            request.0,
+            value.as_deref().map(String::from_utf8_lossy),
+            String::from_utf8_lossy(key),
+            self.seq
+        )))
+    }
 }
 
 impl Checker {
@@ -57,6 +161,7 @@ impl Checker {
             None => {
                 self.batches
                     .insert(executed.seq, (executed.digest, replica));
+                self.model.apply(executed)?;
             }
         }
         let done = self.executions.entry(replica).or_default();
@@ -154,7 +259,20 @@ impl Checker {
         }
     }
 
-    /// Client validity: an accepted result is what the correct replicas computed.
+    /// A correct client issued `issued` under `timestamp`.
+    pub fn on_issued(&mut self, client: SessionKey, timestamp: Timestamp, issued: Issued) {
+        let model = &mut self.model;
+        if issued.read_only {
+            model
+                .read_floor
+                .insert((client, timestamp), model.completed);
+        }
+        model.issued.insert((client, timestamp), issued);
+    }
+
+    /// Client validity: an accepted result is what the correct replicas computed, and what the
+    /// committed history gives; a read-only result is a value the key held since every ordered
+    /// request accepted before the read was issued.
     pub fn on_accepted(
         &mut self,
         client: SessionKey,
@@ -162,19 +280,167 @@ impl Checker {
         result: &Outcome,
     ) -> Result<(), Violation> {
         self.accepted_count += 1;
-        match self.results.get(&(client, timestamp)) {
-            Some(expected) if expected == result => Ok(()),
-            Some(_) => Err(Violation(format!(
-                "client validity: client {client:?} accepted a result for timestamp {timestamp} that correct replicas did not compute"
-            ))),
-            None => Err(Violation(format!(
-                "client validity: client {client:?} accepted timestamp {timestamp} that no correct replica answered"
-            ))),
+        let request = (client, timestamp);
+        let ordered = self.results.get(&request);
+        if let Some(Issued {
+            op: KvOp::Get { key },
+            read_only: true,
+        }) = self.model.issued.get(&request)
+        {
+            if ordered != Some(result) {
+                self.model.check_read(request, key, result)?;
+            }
+            return Ok(());
         }
+        match ordered {
+            Some(expected) if expected == result => {}
+            Some(_) => {
+                return Err(Violation(format!(
+                    "client validity: client {client:?} accepted a result for timestamp {timestamp} that correct replicas did not compute"
+                )))
+            }
+            None => {
+                return Err(Violation(format!(
+                    "client validity: client {client:?} accepted timestamp {timestamp} that no correct replica answered"
+                )))
+            }
+        }
+        if !self.model.issued.contains_key(&request) {
+            return Ok(());
+        }
+        let Some((seq, expected)) = self.model.results.get(&request) else {
+            return Err(Violation(format!(
+                "history: client {client:?} accepted timestamp {timestamp}, which no correct replica executed"
+            )));
+        };
+        if let Outcome::Done(bytes) = result {
+            if bytes != expected {
+                return Err(Violation(format!(
+                    "history: client {client:?} accepted {:?} for timestamp {timestamp}, but the committed history gives {:?}",
+                    KvResult::decode(bytes),
+                    KvResult::decode(expected)
+                )));
+            }
+        }
+        self.model.completed = self.model.completed.max(*seq);
+        Ok(())
+    }
+
+    /// What the committed history left at `key`, and the last sequence number it covers.
+    pub fn model_value(&self, key: &[u8]) -> (Option<&Vec<u8>>, Seq) {
+        (self.model.store.get(key), self.model.seq)
     }
 
     /// The highest sequence number any correct replica executed.
     pub fn max_executed(&self) -> Seq {
         self.batches.keys().next_back().copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pbft_crypto::KeyPair;
+
+    use super::*;
+
+    fn session() -> SessionKey {
+        let key = KeyPair::from_seed(&[7; 32]).expect("valid seed");
+        SessionKey {
+            client: key.public(),
+            session: 1,
+        }
+    }
+
+    fn executed(seq: Seq, timestamps: &[Timestamp]) -> Executed {
+        Executed {
+            seq,
+            view: 0,
+            digest: Digest::default(),
+            requests: timestamps.iter().map(|t| (session(), *t)).collect(),
+        }
+    }
+
+    fn put(key: &str, value: &str) -> Issued {
+        Issued {
+            op: KvOp::Put {
+                key: key.into(),
+                value: value.into(),
+            },
+            read_only: false,
+        }
+    }
+
+    fn done(result: KvResult) -> Outcome {
+        Outcome::Done(result.encode())
+    }
+
+    /// Writes x=1 (seq 1), reads, then writes x=2 (seq 2), both accepted before the second read.
+    fn history() -> Checker {
+        let mut checker = Checker::default();
+        checker.on_issued(session(), 1, put("x", "1"));
+        checker.on_executed(0, &executed(1, &[1])).unwrap();
+        checker
+            .on_correct_result(session(), 1, &done(KvResult::Done))
+            .unwrap();
+        checker
+            .on_accepted(session(), 1, &done(KvResult::Done))
+            .unwrap();
+        let get = Issued {
+            op: KvOp::Get { key: "x".into() },
+            read_only: true,
+        };
+        checker.on_issued(session(), 2, get.clone());
+        checker.on_issued(session(), 3, put("x", "2"));
+        checker.on_executed(0, &executed(2, &[3])).unwrap();
+        checker
+            .on_correct_result(session(), 3, &done(KvResult::Done))
+            .unwrap();
+        checker
+            .on_accepted(session(), 3, &done(KvResult::Done))
+            .unwrap();
+        checker.on_issued(session(), 4, get);
+        checker
+    }
+
+    #[test]
+    fn a_read_may_return_any_value_since_it_was_issued_but_nothing_older() {
+        let mut checker = history();
+        let value = |v: &str| done(KvResult::Value(Some(v.into())));
+        // Issued between the writes: either value is linearizable.
+        checker.on_accepted(session(), 2, &value("1")).unwrap();
+        checker.on_accepted(session(), 2, &value("2")).unwrap();
+        // Issued after x=2 was accepted: x=1 is stale, and a value never written is invented.
+        checker.on_accepted(session(), 4, &value("2")).unwrap();
+        assert!(checker.on_accepted(session(), 4, &value("1")).is_err());
+        assert!(checker.on_accepted(session(), 4, &value("3")).is_err());
+        assert!(checker
+            .on_accepted(session(), 4, &done(KvResult::Value(None)))
+            .is_err());
+    }
+
+    #[test]
+    fn an_ordered_result_must_be_what_the_history_gives() {
+        let mut checker = Checker::default();
+        let cas = Issued {
+            op: KvOp::Cas {
+                key: "x".into(),
+                expected: None,
+                new: "1".into(),
+            },
+            read_only: false,
+        };
+        checker.on_issued(session(), 1, cas);
+        checker.on_executed(0, &executed(1, &[1])).unwrap();
+        // Correct replicas agreeing on a result the history does not give is still caught.
+        let wrong = done(KvResult::CasFailed(None));
+        checker.on_correct_result(session(), 1, &wrong).unwrap();
+        assert!(checker.on_accepted(session(), 1, &wrong).is_err());
+    }
+
+    #[test]
+    fn a_sequence_number_first_executed_out_of_order_is_a_violation() {
+        let mut checker = Checker::default();
+        checker.on_executed(0, &executed(1, &[])).unwrap();
+        assert!(checker.on_executed(0, &executed(3, &[])).is_err());
     }
 }

@@ -11,6 +11,10 @@
 //! are lost; when it recovers it is rebuilt from its disk by [`Replica::recover`]. A crash can
 //! also hit in the middle of a write ([`Simulation::crash_during_next_write`]): part of the
 //! step's records reach the disk and none of its messages leave.
+//!
+//! A replica given the [`BehaviorKind::Twin`] behaviour gets a second instance with the same
+//! key and a state of its own, as two processes sharing one replica's key and port would: each
+//! node that sends to the replica reaches one of the two, drawn once per sender.
 
 pub mod campaign;
 mod checker;
@@ -36,7 +40,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use checker::{Checker, Violation};
-pub use client::SimClient;
+pub use client::{SimClient, Workload};
 pub use network::{Network, NetworkConfig, Node};
 
 /// More events than this in flight means messages multiply without bound.
@@ -51,6 +55,7 @@ pub struct SimConfig {
     pub requests_per_client: usize,
     /// Requests a client keeps outstanding.
     pub client_window: usize,
+    pub workload: Workload,
     pub client_retransmit: Duration,
     /// How often clients issue requests.
     pub client_tick: Duration,
@@ -74,6 +79,7 @@ impl SimConfig {
             clients: 3,
             requests_per_client: 30,
             client_window: 4,
+            workload: Workload::UniquePuts,
             client_retransmit: Duration::from_millis(600),
             client_tick: Duration::from_millis(10),
             network: NetworkConfig::default(),
@@ -85,7 +91,6 @@ impl SimConfig {
                 view_change_timeout: Duration::from_millis(500),
                 max_view_change_timeout: Duration::from_secs(8),
                 retransmit_interval: Duration::from_millis(200),
-                client_window: 64,
                 limits: Limits {
                     log_window,
                     ..Limits::default()
@@ -188,6 +193,8 @@ impl SimDisk {
 }
 
 struct SimReplica {
+    /// The replica id this instance signs as; only a twin's differs from its place.
+    identity: ReplicaId,
     /// The replica, its behaviour and its timers.
     driver: Driver,
     key: KeyPair,
@@ -279,6 +286,10 @@ pub struct Simulation {
     pub stats: SimStats,
     /// Each replica's last executed sequence number and state-transfer count when last checked.
     last_seen: Vec<(u64, u64)>,
+    /// The place in `replicas` of each twin, by the replica id it shares.
+    twins: BTreeMap<ReplicaId, ReplicaId>,
+    /// Which of a replica and its twin each sender reaches (`true`: the twin).
+    twin_sides: BTreeMap<(Node, ReplicaId), bool>,
 }
 
 impl Simulation {
@@ -302,6 +313,7 @@ impl Simulation {
                 )
                 .expect("valid replica");
                 SimReplica {
+                    identity: i as ReplicaId,
                     driver: Driver::new(replica, key.clone(), None),
                     key,
                     crashed: false,
@@ -320,6 +332,8 @@ impl Simulation {
                     config.requests_per_client,
                     config.client_window,
                     config.client_retransmit,
+                    config.workload,
+                    config.seed,
                 )
             })
             .collect();
@@ -349,6 +363,8 @@ impl Simulation {
             checker: Checker::default(),
             stats: SimStats::default(),
             last_seen: vec![(0, 0); n],
+            twins: BTreeMap::new(),
+            twin_sides: BTreeMap::new(),
             config,
         };
         for id in 0..n {
@@ -370,13 +386,48 @@ impl Simulation {
 
     // ----- fault injection -----
 
-    /// Makes replica `id` Byzantine with `kind` from now on.
+    /// Makes replica `id` Byzantine with `kind` from now on. A [`BehaviorKind::Twin`] starts
+    /// the replica's twin, fresh, now.
     pub fn set_behavior(&mut self, id: ReplicaId, kind: BehaviorKind) {
         let replica = &mut self.replicas[id as usize];
         replica
             .driver
             .set_behavior(Some(kind.build_with(&self.config.protocol)));
         replica.wake_at = None;
+        if kind == BehaviorKind::Twin && !self.twins.contains_key(&id) {
+            self.start_twin(id);
+        }
+    }
+
+    fn start_twin(&mut self, id: ReplicaId) {
+        let key = self.replicas[id as usize].key.clone();
+        let replica = Replica::new(
+            id,
+            self.committee.clone(),
+            self.config.protocol.clone(),
+            key.clone(),
+            Box::new(KvStore::new()),
+        )
+        .expect("valid replica");
+        let behavior = Some(BehaviorKind::Twin.build_with(&self.config.protocol));
+        let place = self.replicas.len() as ReplicaId;
+        self.replicas.push(SimReplica {
+            identity: id,
+            driver: Driver::new(replica, key.clone(), behavior),
+            key,
+            crashed: false,
+            disk: SimDisk::default(),
+            crash_in_write: None,
+            wake_at: None,
+        });
+        self.twins.insert(id, place);
+        let now = self.now;
+        self.replicas[place as usize]
+            .driver
+            .replica_mut()
+            .start(now);
+        // A twin is faulty: what it does is not checked, only carried out.
+        let _ = self.flush(place);
     }
 
     /// Makes replica `id` correct again.
@@ -483,8 +534,9 @@ impl Simulation {
         self.now
     }
 
+    /// The committee's size (twins not counted).
     pub fn n(&self) -> usize {
-        self.replicas.len()
+        self.committee.n()
     }
 
     pub fn replica(&self, id: ReplicaId) -> &Replica {
@@ -570,8 +622,9 @@ impl Simulation {
         Ok(())
     }
 
-    /// Checks that every accepted write is in every correct replica's state, once the correct
-    /// replicas have caught up with each other.
+    /// Checks that every accepted write of a key of one client's own is in every correct
+    /// replica's state, and that each shared key holds what the committed history left there at
+    /// every correct replica that executed all of it.
     pub fn check_final_state(&mut self) -> Result<(), Violation> {
         for id in self.correct_ids() {
             let replica = self.replica(id);
@@ -588,9 +641,27 @@ impl Simulation {
             let entries: BTreeMap<Vec<u8>, Vec<u8>> =
                 pbft_core::codec::decode(&replica.app().snapshot(), u64::MAX)
                     .expect("own snapshot decodes");
+            if replica.last_executed() == self.checker.max_executed() {
+                for index in 0..client::SHARED_KEYS {
+                    let key = client::shared_key(index);
+                    let (expected, seq) = self.checker.model_value(&key);
+                    if entries.get(&key) != expected {
+                        return Err(Violation(format!(
+                            "history: replica {id} holds {:?} at {:?} after seq {}, the committed history {expected:?} after seq {seq}: {}",
+                            entries.get(&key),
+                            String::from_utf8_lossy(&key),
+                            replica.last_executed(),
+                            self.describe()
+                        )));
+                    }
+                }
+            }
             for client in &self.clients {
                 for (timestamp, (op, _)) in &client.accepted {
                     if let pbft_core::app::KvOp::Put { key, value } = op {
+                        if key.starts_with(client::SHARED_PREFIX.as_bytes()) {
+                            continue;
+                        }
                         if entries.get(key) != Some(value) {
                             return Err(Violation(format!(
                                 "client validity: accepted write {timestamp} of client {} missing at replica {id}: {}",
@@ -606,7 +677,7 @@ impl Simulation {
     }
 
     fn all_nodes(&self) -> Vec<Node> {
-        let mut nodes: Vec<Node> = (0..self.n() as u32).map(Node::Replica).collect();
+        let mut nodes: Vec<Node> = (0..self.replicas.len() as u32).map(Node::Replica).collect();
         nodes.extend((0..self.clients.len()).map(Node::Client));
         nodes
     }
@@ -678,7 +749,12 @@ impl Simulation {
                 }
             }
             Event::ClientTick { client } => {
-                for (target, frame) in self.clients[client].tick(self.now) {
+                let (issued, frames) = self.clients[client].tick(self.now);
+                let session = self.clients[client].session;
+                for (timestamp, issued) in issued {
+                    self.checker.on_issued(session, timestamp, issued);
+                }
+                for (target, frame) in frames {
                     // What the client library sends is what the replicas decode.
                     let message = match Message::decode(&frame, &self.limits) {
                         Ok(message) => Payload::Message(Arc::new(message)),
@@ -706,9 +782,10 @@ impl Simulation {
             // An attacker's replies are of no interest.
             Node::Attacker(_) => Ok(()),
             Node::Client(index) => {
-                let Node::Replica(replica) = from else {
+                let Node::Replica(place) = from else {
                     return Ok(());
                 };
+                let replica = self.replicas[place as usize].identity;
                 let Payload::Message(message) = payload else {
                     return Ok(());
                 };
@@ -730,7 +807,7 @@ impl Simulation {
                     return Ok(());
                 }
                 let sender = match from {
-                    Node::Replica(r) => Sender::Replica(r),
+                    Node::Replica(r) => Sender::Replica(self.replicas[r as usize].identity),
                     Node::Client(c) => Sender::Client(self.clients[c].key),
                     Node::Attacker(index) => Sender::Client(self.attacker_keys[index]),
                 };
@@ -897,6 +974,7 @@ impl Simulation {
 
     fn transmit(&mut self, from: Node, to: Node, payload: Payload) {
         self.stats.messages_sent += 1;
+        let to = self.twin_route(from, to);
         for delay in self.network.deliveries(from, to, &mut self.rng) {
             let at = self.now + delay;
             self.schedule(
@@ -933,6 +1011,27 @@ impl Simulation {
                 .map_err(|v| self.annotate(v))?;
         }
         Ok(())
+    }
+
+    /// Where a message from `from` to `to` arrives: at `to`, or at its twin if `from` reaches
+    /// that one.
+    fn twin_route(&mut self, from: Node, to: Node) -> Node {
+        let Node::Replica(id) = to else {
+            return to;
+        };
+        let Some(&twin) = self.twins.get(&id) else {
+            return to;
+        };
+        let rng = &mut self.rng;
+        let reaches_twin = *self
+            .twin_sides
+            .entry((from, id))
+            .or_insert_with(|| rng.random_bool(0.5));
+        if reaches_twin {
+            Node::Replica(twin)
+        } else {
+            to
+        }
     }
 
     /// Counts in-flight messages by kind, for diagnosing a storm.

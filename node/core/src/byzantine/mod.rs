@@ -27,6 +27,7 @@ pub mod replay;
 pub mod silent;
 pub mod slow;
 pub mod stale_view;
+pub mod twin;
 
 #[cfg(test)]
 mod tests;
@@ -50,6 +51,7 @@ pub use replay::Replay;
 pub use silent::Silent;
 pub use slow::Slow;
 pub use stale_view::StaleView;
+pub use twin::Twin;
 
 use crate::committee::Committee;
 use crate::messages::{Message, ReplicaId, Reply};
@@ -210,11 +212,13 @@ pub enum BehaviorKind {
     FarFuture,
     /// [`Unsolicited`].
     Unsolicited,
+    /// [`Twin`]: a second process shares the replica's key.
+    Twin,
 }
 
 impl BehaviorKind {
     /// Every behaviour, in declaration order.
-    pub const ALL: [BehaviorKind; 15] = [
+    pub const ALL: [BehaviorKind; 16] = [
         BehaviorKind::Silent,
         BehaviorKind::EquivocatePrimarySplit,
         BehaviorKind::EquivocatePrimaryMinority,
@@ -230,6 +234,7 @@ impl BehaviorKind {
         BehaviorKind::WrongNewView,
         BehaviorKind::FarFuture,
         BehaviorKind::Unsolicited,
+        BehaviorKind::Twin,
     ];
 
     /// The kebab-case name, which [`FromStr`] parses back.
@@ -250,6 +255,7 @@ impl BehaviorKind {
             BehaviorKind::WrongNewView => "wrong-new-view",
             BehaviorKind::FarFuture => "far-future",
             BehaviorKind::Unsolicited => "unsolicited",
+            BehaviorKind::Twin => "twin",
         }
     }
 
@@ -283,6 +289,7 @@ impl BehaviorKind {
             BehaviorKind::WrongNewView => Box::new(WrongNewView),
             BehaviorKind::FarFuture => Box::new(FarFuture),
             BehaviorKind::Unsolicited => Box::new(Unsolicited::default()),
+            BehaviorKind::Twin => Box::new(Twin),
         }
     }
 }
