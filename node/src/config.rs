@@ -152,13 +152,15 @@ impl NodeConfigFile {
             .clone()
             .checked()
             .map_err(|e| ConfigError::invalid(format!("protocol.{}", e.field), e.reason))?;
-        let transport = self.transport.to_config(&protocol)?;
+        let mut transport = self.transport.to_config(&protocol)?;
         let behavior = self
             .behavior
             .as_deref()
             .map(BehaviorKind::from_str)
             .transpose()
             .map_err(|e| ConfigError::invalid("behavior", e.to_string()))?;
+        // A twin's port is shared with the other process that holds the replica's key.
+        transport.share_port = behavior == Some(BehaviorKind::Twin);
 
         let key = load_key_file(config_path, &self.key_file)?;
         if key.public() != listed.public_key {
@@ -276,6 +278,9 @@ pub struct TransportSection {
     /// Handshakes in progress beyond which new connections must prove their address first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_above_handshakes: Option<usize>,
+    /// Bytes a client connection may have in flight unread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_receive_window: Option<u32>,
 }
 
 impl TransportSection {
@@ -353,6 +358,9 @@ impl TransportSection {
         if let Some(v) = self.retry_above_handshakes {
             config.retry_above_handshakes = v;
         }
+        if let Some(v) = self.client_receive_window {
+            config.client_receive_window = v;
+        }
 
         if u32::try_from(config.max_frame).is_err() {
             return Err(ConfigError::invalid(
@@ -380,7 +388,7 @@ impl TransportSection {
                 ),
             ));
         }
-        let counts: [(&str, usize); 10] = [
+        let counts: [(&str, usize); 11] = [
             ("transport.queue_capacity", config.queue_capacity),
             ("transport.queue_bytes", config.queue_bytes),
             ("transport.client_queue_bytes", config.client_queue_bytes),
@@ -402,6 +410,10 @@ impl TransportSection {
             (
                 "transport.connections_per_replica",
                 config.connections_per_replica,
+            ),
+            (
+                "transport.client_receive_window",
+                config.client_receive_window as usize,
             ),
         ];
         for (field, value) in counts {

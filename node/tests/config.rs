@@ -444,7 +444,7 @@ fn an_unknown_behavior_is_refused() {
 
 #[test]
 fn bad_protocol_and_transport_values_are_named() {
-    let cases: [(&str, &str, &str); 17] = [
+    let cases: [(&str, &str, &str); 18] = [
         (
             "[protocol]\ncheckpoint_interval = 0",
             "protocol.checkpoint_interval",
@@ -528,6 +528,11 @@ fn bad_protocol_and_transport_values_are_named() {
         (
             "[transport]\nincoming_bytes = 0",
             "transport.incoming_bytes",
+            "must be positive",
+        ),
+        (
+            "[transport]\nclient_receive_window = 0",
+            "transport.client_receive_window",
             "must be positive",
         ),
     ];

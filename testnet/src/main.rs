@@ -281,6 +281,10 @@ struct UpArgs {
     /// How the replicas keep their durable state in DIR/data.
     #[arg(long, value_enum, default_value_t, help_heading = "Advanced")]
     storage: launcher::Durability,
+    /// Admit any client key, as a public service does (default: only the testnet's client
+    /// key, DIR/client.key).
+    #[arg(long, help_heading = "Advanced")]
+    open_clients: bool,
     /// Seconds to wait until every replica is connected to all others.
     #[arg(
         long,
@@ -367,6 +371,7 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
                     view_change_timeout_ms: args.view_change_timeout_ms,
                     checkpoint_interval: args.checkpoint_interval,
                     storage: args.storage,
+                    open_clients: args.open_clients,
                 },
                 up_timeout: seconds(args.up_timeout, "--up-timeout")?,
                 detach: args.detach,

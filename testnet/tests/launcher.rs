@@ -244,8 +244,21 @@ async fn scenario(f: usize, byzantine: usize, behavior: &str, expect: Expect) {
         "{status:#}"
     );
 
+    // A twinned replica runs as two processes; both must still be running.
+    let layout = Layout::new(&net.path).unwrap();
+    let state = State::load(&layout).unwrap();
+    let twins = if behavior == "twin" { byzantine } else { 0 };
+    assert_eq!(state.twins.len(), twins, "{state:?}");
+
     let client = net.client().await;
     workload(&client, "key", 500, 16).await;
+    for twin in &state.twins {
+        assert!(
+            launcher::process::node_alive(&layout, twin),
+            "replica {}'s twin exited",
+            twin.id
+        );
+    }
     if expect.view_change {
         until_view_changed(&net, &client).await;
     }
@@ -329,6 +342,17 @@ fn two_mixed_byzantine_replicas_of_seven() {
         evidence_against: &[0],
     };
     one_at_a_time(scenario(2, 2, "mixed", expect));
+}
+
+/// Two processes hold the primary's key and share its port: each peer's and client's packets
+/// reach one of them, so each runs the protocol with part of the cluster, in replica 0's name.
+#[test]
+fn twins_sharing_the_primarys_key_and_port_do_not_stop_the_service() {
+    let expect = Expect {
+        view_change: false,
+        evidence_against: &[],
+    };
+    one_at_a_time(scenario(1, 1, "twin", expect));
 }
 
 /// Puts keys `{prefix}-{i}` in the background with `concurrency` requests outstanding, and

@@ -222,3 +222,57 @@ fn campaign_seed_3217_stale_primary_behind_one_way_cuts() {
     };
     check(scenario.run().map(|_| ()));
 }
+
+/// Campaign seed 103148 (f = 1, replica 1 twinned, a flooding client): replica 0 in view 13
+/// forwarded requests to replica 1, the primary; the twin that received them, still in view 12,
+/// forwarded them to its primary, replica 0, which forwarded them again. Every copy was
+/// forwarded, and duplicated messages multiplied them past 200,000 in flight. A backup now
+/// forwards a request once.
+#[test]
+fn campaign_seed_103148_requests_forwarded_back_and_forth() {
+    use Step::*;
+    let mut config = SimConfig::new(103148, 1);
+    config.clients = 3;
+    config.requests_per_client = 57;
+    config.client_window = 6;
+    config.network = network(38, 0.10, 0.10, 0.27);
+    config.attackers = vec![pbft_core::byzantine::ClientAttack::Flood];
+    config.attack_interval = ms(277);
+    config.attack_until = ms(14_857);
+    let calm = config.network.clone();
+    let scenario = Scenario {
+        config,
+        faulty: vec![(1, BehaviorKind::Twin)],
+        steps: vec![
+            Run(ms(57)),
+            IsolatePrimary,
+            Run(ms(8085)),
+            Heal,
+            Run(ms(1834)),
+            Network(NetworkConfig {
+                max_delay: ms(2),
+                ..network(2, 0.04, 0.07, 0.02)
+            }),
+            Run(ms(5672)),
+            Network(calm),
+            Run(ms(1360)),
+            Cut(1, 0),
+            Run(ms(4122)),
+            Heal,
+            Run(ms(1289)),
+            Isolate(3),
+            Run(ms(11824)),
+            Reconnect(3),
+            Run(ms(370)),
+            Split(vec![3], vec![2, 0, 1]),
+            Run(ms(5076)),
+            Heal,
+            Run(ms(1659)),
+            Isolate(3),
+            Run(ms(9844)),
+            Reconnect(3),
+            Run(ms(1631)),
+        ],
+    };
+    check(scenario.run().map(|_| ()));
+}

@@ -525,3 +525,37 @@ fn help_to_a_lagging_peer_is_metered_in_bytes() {
         "a new interval, a new budget"
     );
 }
+
+/// A backup forwards a client's request to the primary once, however often the request
+/// reaches it again (client retransmissions, other backups' forwards). Forwarding every copy
+/// let two replicas that each took the other for the primary pass one request back and forth
+/// without end, multiplying it whenever the network duplicated a message.
+#[test]
+fn a_backup_forwards_a_request_to_the_primary_once() {
+    let c = TestCluster::new(1);
+    let config = ProtocolConfig::default();
+    let mut backup = Replica::new(
+        1,
+        c.committee.clone(),
+        config.clone(),
+        c.keys[1].clone(),
+        Box::new(KvStore::new()),
+    )
+    .unwrap();
+    backup.start(Duration::ZERO);
+    let _ = backup.poll_ready();
+    let envelope = batch_of(1, b"k").envelopes.remove(0);
+    let mut forwards = 0;
+    for copy in 0..5 {
+        let verified =
+            messages::verify_envelope(envelope.clone(), &config.limits, &mut StrictCheck).unwrap();
+        backup.handle_request(Duration::from_millis(copy + 1), verified);
+        forwards += backup
+            .poll_ready()
+            .messages
+            .iter()
+            .filter(|m| matches!(&*m.message, Message::Request(_)))
+            .count();
+    }
+    assert_eq!(forwards, 1);
+}

@@ -58,7 +58,7 @@ impl ClientTransport {
             )));
         }
         let identity = Identity::new(key)?;
-        let endpoint = endpoint(key, None, local)?;
+        let endpoint = endpoint(key, None, local, false)?;
         let cfg = Arc::new(cfg);
         let counters = Arc::new(Counters::default());
         let transport = Arc::new(cfg.quic(0)?);

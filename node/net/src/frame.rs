@@ -28,6 +28,10 @@ pub(crate) const CLOSE_TOO_SLOW: VarInt = VarInt::from_u32(6);
 
 /// The most bytes read from a stream beyond the frame being assembled.
 const READ_CHUNK: usize = 64 << 10;
+/// Client frames up to this long are assembled without taking room from [`Assembly`]: each
+/// connection holds at most one, so the connection limits bound them, and small requests never
+/// wait behind large frames that are slow to arrive or never finish.
+pub(crate) const UNMETERED_FRAME: usize = 64 << 10;
 /// Frames up to this size are copied into one buffer with their headers; larger ones are
 /// written as their own chunk without copying.
 const COALESCE: usize = 4 << 10;
@@ -46,9 +50,10 @@ pub(crate) enum FrameError {
     Read(#[from] quinn::ReadError),
 }
 
-/// Limits on frames being assembled from clients: room for all of them together, and a
-/// deadline for each once its first byte arrived, so that connections sending large frames
-/// slowly, or never finishing them, neither pin memory nor hold the room for long.
+/// Limits on frames being assembled from clients: room for all of them together (those longer
+/// than [`UNMETERED_FRAME`]), and a deadline for each once its first byte arrived, so that
+/// connections sending large frames slowly, or never finishing them, neither pin memory nor
+/// hold the room for long.
 #[derive(Clone, Debug)]
 pub(crate) struct Assembly {
     pub(crate) room: ByteBudget,
@@ -101,7 +106,9 @@ impl FrameReader {
                         max: self.max_frame,
                     });
                 }
-                if let (Some(assembly), None) = (&self.assembly, self.reserved) {
+                if let (Some(assembly), None, true) =
+                    (&self.assembly, self.reserved, len > UNMETERED_FRAME)
+                {
                     in_time(self.deadline(), assembly.room.take(len)).await?;
                     self.reserved = Some(len);
                 }

@@ -72,6 +72,7 @@ mod client;
 pub mod cluster;
 mod frame;
 mod link;
+pub mod raw;
 mod replica;
 mod stats;
 mod tls;
@@ -89,6 +90,7 @@ use quinn::Endpoint;
 
 pub use client::ClientTransport;
 pub use cluster::{ClientAccess, ClusterConfig, ConfigError, ReplicaEntry};
+pub use link::DialError;
 pub use replica::{Inbox, ReplicaTransport};
 pub use stats::TransportStats;
 
@@ -206,6 +208,15 @@ pub struct TransportConfig {
     /// Handshakes in progress beyond which a new connection must first prove its address with
     /// a QUIC Retry round trip. Default 64.
     pub retry_above_handshakes: usize,
+    /// Bytes a connection from anywhere but a replica's listed address may have in flight
+    /// unread (its QUIC stream and connection receive windows): with `max_connections`, this
+    /// bounds what clients can make a replica buffer before the frame reader takes anything.
+    /// Default 128 KiB.
+    pub client_receive_window: u32,
+    /// Binds the listening port so that another process may bind it too (`SO_REUSEPORT`); the
+    /// kernel then hands each peer's packets to one of them. Only for two processes that share
+    /// one replica's key on purpose (the `twin` test behaviour). Default false.
+    pub share_port: bool,
 }
 
 impl Default for TransportConfig {
@@ -232,6 +243,8 @@ impl Default for TransportConfig {
             client_idle_eviction: Duration::from_secs(5),
             client_ban: Duration::from_secs(10),
             retry_above_handshakes: 64,
+            client_receive_window: 128 << 10,
+            share_port: false,
         }
     }
 }
@@ -255,13 +268,14 @@ impl TransportConfig {
             || self.max_connections_per_address == 0
             || self.max_connections_per_client == 0
             || self.connections_per_replica == 0
+            || self.client_receive_window == 0
         {
             return fail(
                 "queue_capacity, queue_bytes, client_queue_bytes, client_assembly_bytes, \
                  incoming_capacity, \
                  incoming_bytes, max_connections, \
-                 max_connections_per_address, max_connections_per_client and \
-                 connections_per_replica must be positive",
+                 max_connections_per_address, max_connections_per_client, \
+                 connections_per_replica and client_receive_window must be positive",
             );
         }
         if self.keep_alive.is_zero() || self.idle_timeout <= self.keep_alive {
@@ -333,6 +347,7 @@ fn endpoint(
     key: &KeyPair,
     server: Option<quinn::ServerConfig>,
     addr: SocketAddr,
+    share_port: bool,
 ) -> Result<Endpoint, NetError> {
     use ring::hmac;
     let master = hmac::Key::new(hmac::HMAC_SHA256, &key.secret_seed());
@@ -344,9 +359,22 @@ fn endpoint(
     config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    let socket = std::net::UdpSocket::bind(addr).map_err(|e| NetError::bind(addr, e))?;
+    let socket = if share_port {
+        shared_socket(addr).map_err(|e| NetError::bind(addr, e))?
+    } else {
+        std::net::UdpSocket::bind(addr).map_err(|e| NetError::bind(addr, e))?
+    };
     Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime))
         .map_err(|e| NetError::bind(addr, e))
+}
+
+/// A UDP socket bound to `addr` with `SO_REUSEPORT`, which other processes may bind too.
+fn shared_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Checks that ids and keys are unique across the cluster.

@@ -75,20 +75,53 @@ impl Drop for Link {
     }
 }
 
+/// Why a connection to a replica could not be set up.
 #[derive(Debug, thiserror::Error)]
-enum DialError {
+pub enum DialError {
+    /// The dial could not start.
     #[error(transparent)]
     Connect(#[from] quinn::ConnectError),
+    /// The handshake failed or the connection broke.
     #[error(transparent)]
     Connection(#[from] quinn::ConnectionError),
+    /// The hello could not be written.
     #[error(transparent)]
     Write(#[from] quinn::WriteError),
+    /// The acknowledgement could not be read.
     #[error(transparent)]
     Read(#[from] quinn::ReadExactError),
+    /// The peer answered the hello with something else.
     #[error("the peer did not acknowledge the hello")]
     BadAck,
+    /// The handshake and hello took longer than allowed.
     #[error("timed out")]
     TimedOut,
+}
+
+/// Dials `addr`, then exchanges hello and acknowledgement, within `timeout`; see the crate docs
+/// for why a link only counts once the acknowledgement arrived.
+pub(crate) async fn dial(
+    endpoint: &Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<(Connection, SendStream, RecvStream), DialError> {
+    let connecting = endpoint.connect_with(config, addr, SERVER_NAME)?;
+    let handshake = async {
+        let conn = connecting.await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&HELLO).await?;
+        let mut ack = [0u8; ACK.len()];
+        recv.read_exact(&mut ack).await?;
+        if ack != ACK {
+            conn.close(CLOSE_PROTOCOL, b"bad acknowledgement");
+            return Err(DialError::BadAck);
+        }
+        Ok((conn, send, recv))
+    };
+    tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| DialError::TimedOut)?
 }
 
 struct Dialer {
@@ -134,27 +167,9 @@ impl Dialer {
         }
     }
 
-    /// Dials, then exchanges hello and acknowledgement; see the crate docs for why the link
-    /// only counts once the acknowledgement arrived.
     async fn establish(&self) -> Result<(Connection, SendStream, RecvStream), DialError> {
-        let connecting = self
-            .endpoint
-            .connect_with(self.config.clone(), self.addr, SERVER_NAME)?;
-        let handshake = async {
-            let conn = connecting.await?;
-            let (mut send, mut recv) = conn.open_bi().await?;
-            send.write_all(&HELLO).await?;
-            let mut ack = [0u8; ACK.len()];
-            recv.read_exact(&mut ack).await?;
-            if ack != ACK {
-                conn.close(CLOSE_PROTOCOL, b"bad acknowledgement");
-                return Err(DialError::BadAck);
-            }
-            Ok((conn, send, recv))
-        };
-        tokio::time::timeout(self.cfg.handshake_timeout, handshake)
-            .await
-            .map_err(|_| DialError::TimedOut)?
+        let timeout = self.cfg.handshake_timeout;
+        dial(&self.endpoint, self.config.clone(), self.addr, timeout).await
     }
 
     async fn serve(

@@ -112,6 +112,8 @@ struct Shared {
     client_bytes: ByteBudget,
     /// Room and deadline for frames clients are sending.
     assembly: Assembly,
+    /// The server settings for connections from elsewhere than a replica's listed address.
+    client_server: Arc<quinn::ServerConfig>,
     accepted: Mutex<Accepted>,
     admission: Arc<Admission>,
     bans: Arc<Bans>,
@@ -179,7 +181,15 @@ impl ReplicaTransport {
             .map_err(tls_error)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(Arc::new(cfg.quic(1)?));
-        let endpoint = endpoint(key, Some(server), listen)?;
+        // Connections from elsewhere than a replica's address get small receive windows.
+        let mut client_server = server.clone();
+        let window = quinn::VarInt::from_u32(cfg.client_receive_window);
+        let mut client_quic = cfg.quic(1)?;
+        client_quic
+            .stream_receive_window(window)
+            .receive_window(window);
+        client_server.transport_config(Arc::new(client_quic));
+        let endpoint = endpoint(key, Some(server), listen, cfg.share_port)?;
 
         let cfg = Arc::new(cfg);
         let dial_transport = Arc::new(cfg.quic(0)?);
@@ -231,6 +241,7 @@ impl ReplicaTransport {
             replica_bytes: replica_bytes.clone(),
             client_bytes: client_bytes.clone(),
             assembly,
+            client_server: Arc::new(client_server),
             accepted: Mutex::new(Accepted::default()),
             admission,
             bans,
@@ -483,7 +494,15 @@ async fn accept(
 ) -> Result<(Connection, Peer, SendStream, RecvStream), AcceptError> {
     let handshake = async {
         // Resolves only once the client's certificate and Finished were verified.
-        let conn = incoming.accept()?.await?;
+        let connecting = if shared
+            .admission
+            .is_replica_address(&incoming.remote_address())
+        {
+            incoming.accept()?
+        } else {
+            incoming.accept_with(shared.client_server.clone())?
+        };
+        let conn = connecting.await?;
         let key = peer_key(&conn).ok_or(AcceptError::NoCertificate)?;
         let peer = match shared.replicas.get(&key) {
             Some(id) => Peer::Replica(*id),

@@ -203,39 +203,41 @@ async fn an_unfinished_client_frame_holds_the_room_only_until_its_deadline() {
         ..TransportConfig::default()
     };
     let (transport, mut inbox, pair, addr) = replica_with_inbox(1, cfg).await;
-    let cluster = vec![PeerInfo {
-        id: 0,
-        addr,
-        public_key: pair.public(),
-    }];
 
     // Claims a frame as large as all the room, sends ten bytes of it, and stops.
     let (slow, mut send) = raw_client(7, &pair, addr).await;
     send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
     send.write_all(&[0; 10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let (honest, _replies) =
-        crate::ClientTransport::connect(&key(8), cluster, TransportConfig::default())
-            .await
-            .unwrap();
-    let arrived = tokio::time::timeout(PATIENCE, async {
-        loop {
-            honest.send(0, bytes::Bytes::from_static(b"small"));
-            if let Ok(Some(incoming)) =
-                tokio::time::timeout(Duration::from_millis(100), inbox.recv()).await
-            {
-                return incoming;
-            }
-        }
-    })
-    .await
-    .expect("the honest frame arrives once the unfinished one is given up");
+    // A small frame does not wait for the room.
+    let (_small, mut send) = raw_client(8, &pair, addr).await;
+    send.write_all(&5u32.to_be_bytes()).await.unwrap();
+    send.write_all(b"small").await.unwrap();
+    let arrived = tokio::time::timeout(PATIENCE, inbox.recv())
+        .await
+        .expect("a small frame arrives at once")
+        .unwrap();
     assert_eq!(arrived.frame, &b"small"[..]);
-    // Counted before the room was given back, so before anything else could be read.
+    assert_eq!(transport.stats().frames_too_slow, 0);
+
+    // A large one waits until the unfinished frame is given up.
+    let (_large, mut send) = raw_client(9, &pair, addr).await;
+    let large = vec![1u8; (1 << 20) - 1];
+    send.write_all(&(large.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    send.write_all(&large).await.unwrap();
+    let arrived = tokio::time::timeout(PATIENCE, inbox.recv())
+        .await
+        .expect("the large frame arrives once the unfinished one is given up")
+        .unwrap();
+    assert_eq!(arrived.frame.len(), large.len());
+    // Counted before the room was given back, so before the large frame could be read.
     assert_eq!(
         transport.stats().frames_too_slow,
         1,
-        "the honest frame waited for room"
+        "the large frame waited for room"
     );
     match tokio::time::timeout(PATIENCE, slow.closed()).await.unwrap() {
         quinn::ConnectionError::ApplicationClosed(close) => {
@@ -243,6 +245,36 @@ async fn an_unfinished_client_frame_holds_the_room_only_until_its_deadline() {
         }
         other => panic!("unexpected close: {other}"),
     }
+}
+
+/// While a client's frame waits for room, QUIC flow control stops its sender after
+/// `client_receive_window` bytes: the replica buffers no more for it.
+#[tokio::test]
+async fn a_client_waiting_for_room_can_send_no_more_than_its_window() {
+    let cfg = TransportConfig {
+        max_client_frame: 4 << 20,
+        client_assembly_bytes: 4 << 20,
+        client_frame_timeout: Duration::from_secs(30),
+        client_receive_window: 64 << 10,
+        ..TransportConfig::default()
+    };
+    let (_transport, _inbox, pair, addr) = replica_with_inbox(1, cfg).await;
+    // Takes all the room and stalls.
+    let (_hog, mut send) = raw_client(7, &pair, addr).await;
+    send.write_all(&(4u32 << 20).to_be_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (_waiting, mut send) = raw_client(8, &pair, addr).await;
+    let frame = vec![0u8; 2 << 20];
+    let written = tokio::time::timeout(Duration::from_secs(2), async {
+        send.write_all(&(frame.len() as u32).to_be_bytes()).await?;
+        send.write_all(&frame).await
+    })
+    .await;
+    assert!(
+        written.is_err(),
+        "2 MiB went through a 64 KiB window while nothing was read"
+    );
 }
 
 /// A faulty replica that completes the handshake and then never reads: what is sent to it

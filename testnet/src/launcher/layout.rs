@@ -85,6 +85,21 @@ impl Layout {
         PathBuf::from(format!("data/replica-{id}"))
     }
 
+    /// The configuration file of the second process of twinned replica `id`, relative to DIR.
+    pub fn twin_config(id: ReplicaId) -> PathBuf {
+        PathBuf::from(format!("node-{id}-twin.toml"))
+    }
+
+    /// The log file of the second process of twinned replica `id`, relative to DIR.
+    pub fn twin_log_file(id: ReplicaId) -> PathBuf {
+        PathBuf::from(format!("logs/node-{id}-twin.log"))
+    }
+
+    /// The data directory of the second process of twinned replica `id`, relative to DIR.
+    pub fn twin_data_dir(id: ReplicaId) -> PathBuf {
+        PathBuf::from(format!("data/replica-{id}-twin"))
+    }
+
     /// The client configuration file, relative to DIR.
     pub fn client_config() -> PathBuf {
         PathBuf::from("client.toml")
@@ -149,6 +164,10 @@ pub struct State {
     pub program: NodeProgram,
     /// Every replica, in id order.
     pub nodes: Vec<NodeRecord>,
+    /// The second process of each replica with the `twin` behaviour: the same key and port,
+    /// its own data directory, configuration and log.
+    #[serde(default)]
+    pub twins: Vec<NodeRecord>,
     /// The client configuration file, relative to DIR.
     pub client_config: PathBuf,
 }
@@ -209,5 +228,10 @@ impl State {
     /// The number of replicas.
     pub fn n(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Every process of the testnet: the replicas, then the twins.
+    pub fn processes(&self) -> Vec<NodeRecord> {
+        self.nodes.iter().chain(&self.twins).cloned().collect()
     }
 }

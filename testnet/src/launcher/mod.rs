@@ -179,12 +179,18 @@ pub async fn restart(dir: &Path, id: ReplicaId, timeout: Duration) -> Result<(),
 pub fn down(dir: &Path) -> Result<(), LaunchError> {
     let layout = Layout::new(dir)?;
     let state = State::load(&layout)?;
-    let outcomes = process::stop(&layout, &state.nodes, process::STOP_GRACE);
+    let processes = state.processes();
+    let outcomes = process::stop(&layout, &processes, process::STOP_GRACE);
     let mut stopped = 0;
-    for (id, outcome) in outcomes {
+    for (node, (id, outcome)) in processes.iter().zip(outcomes) {
+        let which = if node.config == Layout::twin_config(id) {
+            format!("replica {id}'s twin")
+        } else {
+            format!("replica {id}")
+        };
         match outcome {
-            process::Stopped::Terminated => println!("replica {id} stopped"),
-            process::Stopped::Killed => println!("replica {id} killed (it ignored SIGTERM)"),
+            process::Stopped::Terminated => println!("{which} stopped"),
+            process::Stopped::Killed => println!("{which} killed (it ignored SIGTERM)"),
             process::Stopped::NotRunning => continue,
         }
         stopped += 1;

@@ -64,7 +64,7 @@ impl fmt::Display for BehaviorChoice {
 
 /// The names `--behavior` documents; every [`BehaviorKind`] name is accepted too.
 pub const BEHAVIOR_NAMES: &str = "equivocate (the same as equivocate-split), equivocate-minority, \
-                                  silent, corrupt, slow, mixed";
+                                  silent, corrupt, slow, twin, mixed";
 
 impl FromStr for BehaviorChoice {
     type Err = String;
@@ -277,6 +277,9 @@ pub struct NodeOverrides {
     pub checkpoint_interval: Option<u64>,
     /// How replicas keep their durable state.
     pub storage: Durability,
+    /// Admit any client key (`clients = "open"`), as a public service does; otherwise only the
+    /// testnet's client key.
+    pub open_clients: bool,
 }
 
 /// How replicas keep their durable state (the `[storage]` table of their configuration).
@@ -320,14 +323,23 @@ impl NodeOverrides {
     }
 }
 
-/// Writes keys and configuration files for `plan` into DIR and returns the nodes' records
+/// The processes a new testnet runs, as [`generate`] wrote them (without pids).
+#[derive(Clone, Debug)]
+pub struct Generated {
+    /// One per replica, in id order.
+    pub nodes: Vec<NodeRecord>,
+    /// The second process of each replica with the `twin` behaviour.
+    pub twins: Vec<NodeRecord>,
+}
+
+/// Writes keys and configuration files for `plan` into DIR and returns the processes' records
 /// (without pids). DIR must hold none of a testnet's files.
 pub fn generate(
     layout: &Layout,
     plan: &Plan,
     ports: &Ports,
     protocol: NodeOverrides,
-) -> Result<Vec<NodeRecord>, LaunchError> {
+) -> Result<Generated, LaunchError> {
     let failure = |what: String| LaunchError::Failure(what);
     for sub in ["keys", "logs", "data"] {
         let path = layout.dir.join(sub);
@@ -358,6 +370,7 @@ pub fn generate(
     // The testnet's clients all use the one key it creates; replicas admit no other.
     let client_key = KeyPair::generate();
     let mut records = Vec::with_capacity(n);
+    let mut twins = Vec::new();
     for id in 0..n {
         let rid = id as ReplicaId;
         let config = NodeConfigFile {
@@ -371,13 +384,38 @@ pub fn generate(
             protocol: protocol.protocol_section(),
             transport: Default::default(),
             storage: protocol.storage_section(),
-            clients: ClientAccess::listed([client_key.public()]),
+            clients: if protocol.open_clients {
+                ClientAccess::open()
+            } else {
+                ClientAccess::listed([client_key.public()])
+            },
             replicas: replicas.clone(),
         };
         let text = toml::to_string(&config).expect("a node configuration serializes");
         write(&Layout::node_config(rid), text)?;
         std::fs::create_dir_all(layout.path(&Layout::data_dir(rid)))
             .map_err(|e| failure(format!("cannot create a data directory: {e}")))?;
+        if plan.behaviors[id] == Some(BehaviorKind::Twin) {
+            // The same key and port; a state, log and configuration of its own.
+            let twin = NodeConfigFile {
+                data_dir: Layout::twin_data_dir(rid),
+                metrics: None,
+                ..config
+            };
+            let text = toml::to_string(&twin).expect("a node configuration serializes");
+            write(&Layout::twin_config(rid), text)?;
+            std::fs::create_dir_all(layout.path(&Layout::twin_data_dir(rid)))
+                .map_err(|e| failure(format!("cannot create a data directory: {e}")))?;
+            twins.push(NodeRecord {
+                id: rid,
+                address: ports.replicas[id],
+                metrics: None,
+                pid: None,
+                behavior: Some(BehaviorKind::Twin.name().to_string()),
+                config: Layout::twin_config(rid),
+                log: Layout::twin_log_file(rid),
+            });
+        }
         records.push(NodeRecord {
             id: rid,
             address: ports.replicas[id],
@@ -399,7 +437,10 @@ pub fn generate(
     };
     let text = toml::to_string(&client).expect("a client configuration serializes");
     write(&Layout::client_config(), text)?;
-    Ok(records)
+    Ok(Generated {
+        nodes: records,
+        twins,
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pbft_client::Client;
+use pbft_core::byzantine::BehaviorKind;
 use pbft_core::messages::ReplicaId;
 use tokio::sync::Semaphore;
 
@@ -108,12 +109,13 @@ pub async fn up(options: UpOptions) -> Result<(), LaunchError> {
             plan.f
         );
     }
-    let nodes = setup::generate(&layout, &plan, &ports, options.protocol)?;
+    let generated = setup::generate(&layout, &plan, &ports, options.protocol)?;
     let mut state = State {
         f: plan.f,
         allow_unsafe: options.allow_unsafe,
         program,
-        nodes,
+        nodes: generated.nodes,
+        twins: generated.twins,
         client_config: Layout::client_config(),
     };
     // The nodes bind the ports themselves.
@@ -145,7 +147,7 @@ pub async fn up(options: UpOptions) -> Result<(), LaunchError> {
     let (client, first) = match up {
         Ok(up) => up,
         Err(message) => {
-            process::stop(&layout, &state.nodes, STOP_GRACE);
+            process::stop(&layout, &state.processes(), STOP_GRACE);
             reap(children);
             return Err(LaunchError::Failure(format!(
                 "{message}\nstopped the replicas; their logs are in {} (`testnet up --force --dir \
@@ -206,21 +208,34 @@ fn prepare_dir(layout: &Layout, force: bool) -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// Starts every node and records the pids; on a failure stops those already started.
+/// Starts every node (and twin) and records the pids; on a failure stops those already started.
 fn start_all(layout: &Layout, state: &mut State) -> Result<Vec<Child>, LaunchError> {
     let mut children = Vec::with_capacity(state.n());
-    for index in 0..state.nodes.len() {
-        match process::spawn(layout, &state.program, &state.nodes[index]) {
-            Ok(child) => {
-                state.nodes[index].pid = Some(child.id());
-                children.push(child);
+    let program = state.program.clone();
+    for twins in [false, true] {
+        let records = if twins {
+            &mut state.twins
+        } else {
+            &mut state.nodes
+        };
+        let mut failed = None;
+        for record in records.iter_mut() {
+            match process::spawn(layout, &program, record) {
+                Ok(child) => {
+                    record.pid = Some(child.id());
+                    children.push(child);
+                }
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
             }
-            Err(error) => {
-                let _ = state.save(layout);
-                process::stop(layout, &state.nodes, STOP_GRACE);
-                reap(children);
-                return Err(error);
-            }
+        }
+        if let Some(error) = failed {
+            let _ = state.save(layout);
+            process::stop(layout, &state.processes(), STOP_GRACE);
+            reap(children);
+            return Err(error);
         }
     }
     state.save(layout)?;
@@ -234,13 +249,17 @@ fn reap(children: Vec<Child>) {
     }
 }
 
-/// Why a node is not up yet, or `None` if it is connected to every other replica.
+/// Why a node is not up yet, or `None` if it is connected to every other replica. A twinned
+/// replica's two processes share its peers (each peer's packets reach one of them), so it is up
+/// once it answers.
 fn not_up(report: &report::NodeReport, n: usize) -> Option<String> {
     if !report.alive {
         return Some("its process exited".into());
     }
+    let twinned = report.record.behavior.as_deref() == Some(BehaviorKind::Twin.name());
     match &report.status {
         Err(reason) => Some(format!("does not answer status queries ({reason})")),
+        Ok(_) if twinned => None,
         Ok(status) if status.connected_peers.len() + 1 < n => Some(format!(
             "connected to {} of its {} peers",
             status.connected_peers.len(),

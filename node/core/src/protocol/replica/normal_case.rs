@@ -29,13 +29,17 @@ impl Replica {
         }
         // A backup waits for the request even if it is already ordered: it is not executed yet.
         let forward = envelope.get().clone();
-        if !self.pending.contains(&digest) && !self.pending.push(envelope, digest) {
+        let first_seen = !self.pending.contains(&digest);
+        if first_seen && !self.pending.push(envelope, digest) {
             self.ignore(Ignored::PendingFull);
             return;
         }
         if !self.is_primary() && self.view_active {
-            if !ordered {
-                // The client may have sent it only to us, or the primary may have missed it.
+            // The client may have sent it only to us. Forwarded once: two replicas that each
+            // take the other for the primary would otherwise pass it back and forth without
+            // end. Retransmissions reach the primary from the client, and a new view hands
+            // every waiting request to its primary.
+            if first_seen && !ordered {
                 let primary = self.primary();
                 self.send(Destination::Replica(primary), Message::Request(forward));
             }
