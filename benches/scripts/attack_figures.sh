@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Each replica's peak memory and the honest client's latency while each faulty-client strategy
-# runs, next to the quiet figures. One testnet (f = 1, no faulty replica); per phase, an
-# attack process (`testnet attack STRATEGY`) and `pbft-client bench` run side by side for
-# SECS seconds while the replicas' resident memory is sampled every 200 ms.
+# runs, next to the quiet figures. One testnet (f = 1, no faulty replica, `--open-clients` so
+# that the attackers' fresh identities get past the handshake); per phase, an attack process
+# (`testnet attack STRATEGY`) and `pbft-client bench` run side by side for SECS seconds while
+# the replicas' resident memory is sampled every 200 ms.
 #
 #   benches/scripts/attack_figures.sh [SECS]     (default 10)
 #
@@ -16,7 +17,7 @@ SECS=${1:-10}
 DIR=$(mktemp -d /tmp/pbft-attack.XXXXXX)
 trap '"$BIN/testnet" down --dir "$DIR" >/dev/null 2>&1 || true' EXIT
 
-"$BIN/testnet" up --f 1 --byzantine 0 --detach --dir "$DIR" >/dev/null
+"$BIN/testnet" up --f 1 --byzantine 0 --open-clients --detach --dir "$DIR" >/dev/null
 "$BIN/pbft-client" --config "$DIR/client.toml" put warm up >/dev/null
 PIDS=$(python3 -c 'import json,sys; print(" ".join(str(n["pid"]) for n in json.load(open(sys.argv[1]))["nodes"] if n.get("pid")))' "$DIR/testnet.json")
 
@@ -34,7 +35,8 @@ sample_rss() {
 }
 
 printf "%-20s %10s %12s %9s %9s %7s\n" phase "peak RSS" "requests/s" "p50 ms" "p99 ms" errors
-for phase in quiet oversized-envelope reused-timestamps many-identities flood bad-signatures; do
+for phase in quiet oversized-envelope reused-timestamps many-identities flood bad-signatures \
+    connection-flood unfinished-frames; do
     done_file="$DIR/$phase.done"
     sample_rss "$done_file" >"$DIR/$phase.rss" &
     sampler=$!

@@ -10,9 +10,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use pbft_core::byzantine::ClientAttack;
 use pbft_core::messages::ReplicaId;
-use testnet::launcher::attack::{self, AttackOptions};
+use testnet::launcher::attack::{self, AttackOptions, Strategy};
 use testnet::launcher::report::{Agreement, AGREE_RULE};
 use testnet::launcher::setup::BEHAVIOR_NAMES;
 use testnet::launcher::{self, BehaviorChoice, LaunchError, NodeOverrides, UpOptions};
@@ -58,15 +57,20 @@ enum Command {
         json: bool,
     },
     /// Run a faulty client against the testnet: one of the named strategies the simulator
-    /// also runs. Prints one JSON line of what it sent: {"attack", "ticks", "messages",
-    /// "identities", "dropped", "handshake_failures"}.
+    /// also runs, or an attack on the transport. Prints one JSON line of what it sent:
+    /// {"attack", "ticks", "messages", "identities", "dropped", "handshake_failures",
+    /// "connections_opened", "connections_failed"}.
     Attack {
         /// oversized-envelope (envelopes larger than a batch may be), reused-timestamps (one
         /// timestamp with different operations, and stale ones), many-identities (a fresh key
         /// per request), flood (64 envelopes per tick without waiting for replies),
         /// bad-signatures (envelopes whose signature fails: the replicas cut the client off for
-        /// a while).
-        strategy: ClientAttack,
+        /// a while); on the transport, with 16 fresh identities (admitted only by a testnet
+        /// started with --open-clients): connection-flood (new connections every tick, held
+        /// open and silent, up to 4,096), unfinished-frames (a new connection per replica every
+        /// tick announcing the longest frame a client may send, sending 1 MiB of it, then
+        /// nothing).
+        strategy: Strategy,
         #[command(flatten)]
         dir: DirArg,
         /// Seconds to keep attacking.
@@ -307,6 +311,9 @@ fn behavior_help() -> String {
          corrupt: sends messages with invalid signatures, wrong digests, and random bytes.\n\
          slow: as primary, delays every PRE-PREPARE just under the view-change timeout, then \
          (after 20 batches) well past it, so that the backups suspect it.\n\
+         twin: a second process with the replica's key, its own state and the same port \
+         (SO_REUSEPORT): each peer and client reaches one of the two, and both run the \
+         protocol in the replica's name.\n\
          mixed: cycles through equivocate, silent, corrupt and slow over the Byzantine \
          replicas.\n\
          Crafting their own signed messages: selective-view-change (VIEW-CHANGEs to f peers, \

@@ -619,6 +619,109 @@ fn faulty_clients_do_not_keep_the_honest_client_from_being_served() {
     });
 }
 
+/// The most memory (peak resident set) a replica may reach in the transport attack tests.
+const REPLICA_MEMORY_BOUND_MIB: u64 = 1024;
+
+/// Replica `id`'s peak resident set so far, in MiB (`VmHWM`), or `None` off Linux.
+fn peak_memory_mib(net: &Testnet, id: u32) -> Option<u64> {
+    let layout = Layout::new(&net.path).unwrap();
+    let state = State::load(&layout).unwrap();
+    let pid = state.node(id).unwrap().pid?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+fn assert_memory_bounded(net: &Testnet) {
+    for id in 0..4 {
+        if let Some(peak) = peak_memory_mib(net, id) {
+            assert!(
+                peak < REPLICA_MEMORY_BOUND_MIB,
+                "replica {id} peaked at {peak} MiB"
+            );
+        }
+    }
+}
+
+/// Starts `testnet attack STRATEGY` for `secs` seconds in the background.
+fn start_attack(net: &Testnet, strategy: &str, secs: u64) -> std::process::Child {
+    Command::new(BIN)
+        .args(["attack", strategy, "--dir", net.dir()])
+        .args(["--duration", &secs.to_string(), "--interval-ms", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("testnet attack starts")
+}
+
+/// Waits for an attack process and returns its report, which must show it got connections in.
+fn attack_report(attack: std::process::Child) -> Value {
+    let output = attack.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["connections_opened"].as_u64().unwrap() > 0, "{report}");
+    report
+}
+
+/// Anonymous parties hold every connection they can get at every replica while a backup
+/// crashes and restarts: the restarted replica gets in (connections from replicas' addresses
+/// have room of their own), catches up, the honest client's writes keep completing, nothing
+/// committed is lost, and no replica's memory passes the bound.
+#[test]
+fn a_connection_flood_while_a_replica_restarts() {
+    one_at_a_time(async {
+        let net = Testnet::up(1, &["--open-clients"]);
+        let client = net.client().await;
+        let (running, acknowledged) = background_workload(&client, "flood", 400, 8);
+        until_acknowledged(&acknowledged, 50).await;
+        let attack = start_attack(&net, "connection-flood", 25);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let output = net.run(&["kill", "2"]);
+        assert!(output.status.success(), "{}", text(&output));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let output = net.run(&["restart", "2", "--timeout", "60"]);
+        assert!(
+            output.status.success(),
+            "the restarted replica did not get in: {}",
+            text(&output)
+        );
+        let report = attack_report(attack);
+        running.await.unwrap();
+
+        check_values(&client, "flood", 400, 1).await;
+        let status = converged(&net, &client).await;
+        assert_eq!(correct(&status).len(), 4, "{status:#}");
+        assert!(
+            report["connections_failed"].as_u64().unwrap() > 0,
+            "the connection limits refused nothing: {report}"
+        );
+        assert_memory_bounded(&net);
+        client.close().await;
+    });
+}
+
+/// Many connections each announce the longest frame a client may send, send 1 MiB of it and
+/// stop: the honest client's small requests do not wait behind them, and the replicas' memory
+/// stays bounded.
+#[test]
+fn unfinished_frames_from_many_connections_do_not_stall_honest_writes() {
+    one_at_a_time(async {
+        let net = Testnet::up(1, &["--open-clients"]);
+        let client = net.client().await;
+        let attack = start_attack(&net, "unfinished-frames", 15);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        workload(&client, "unfinished", 300, 8).await;
+        let report = attack_report(attack);
+        assert!(report["messages"].as_u64().unwrap() > 0, "{report}");
+        check_values(&client, "unfinished", 300, 1).await;
+        converged(&net, &client).await;
+        assert_memory_bounded(&net);
+        client.close().await;
+    });
+}
+
 #[test]
 fn a_second_up_in_a_used_directory_is_refused_clearly() {
     let _serial = serial();

@@ -4,17 +4,26 @@
 //! simulator runs) over real QUIC connections: the strategy's own identity is the key of the
 //! testnet's `client.toml`, a client the replicas admit; fresh identities get connections of
 //! their own, which a testnet that lists its clients refuses at the handshake.
+//!
+//! Two more strategies attack the transport itself, which the simulator does not model:
+//! `connection-flood` and `unfinished-frames` ([`Strategy`]). They use fresh identities, so they
+//! get past the handshake only on a testnet started with `--open-clients`.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pbft_client::session::new_session_id;
 use pbft_core::byzantine::{ClientAttack, FaultyClient};
 use pbft_core::messages::Limits;
-use pbft_crypto::PublicKey;
-use pbft_net::ClientTransport;
+use pbft_client::ClientSetup;
+use pbft_crypto::{KeyPair, PublicKey};
+use pbft_net::raw::{RawConnection, RawDialer};
+use pbft_net::{ClientTransport, PeerInfo};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
@@ -24,12 +33,78 @@ use super::LaunchError;
 
 /// Connections kept open at once for fresh identities; older ones are closed.
 const MAX_OPEN_IDENTITIES: usize = 64;
+/// Fresh identities a transport attack dials from.
+const RAW_IDENTITIES: usize = 16;
+/// Connections a transport attack keeps open at once; older ones are closed.
+const MAX_RAW_CONNECTIONS: usize = 4096;
+/// Bytes of each announced frame that `unfinished-frames` sends before it stops.
+const UNFINISHED_SENT: usize = 1 << 20;
+/// How long `unfinished-frames` tries to write those bytes; a replica that reads no more
+/// leaves the connection stalled, which is the point.
+const UNFINISHED_WRITE_TIME: Duration = Duration::from_secs(1);
+
+/// What `testnet attack` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// A faulty client's strategy, as the simulator runs it.
+    Client(ClientAttack),
+    /// Every tick, one new connection from each of 16 fresh identities to every replica, held
+    /// open without a frame, up to 4,096 at once: bounded by the connection limits, where
+    /// silent clients make way; replicas keep their reserved room.
+    ConnectionFlood,
+    /// Every tick, one new connection per replica from one of 16 fresh identities, announcing
+    /// a frame of the largest length a client may send and sending 1 MiB of it, then nothing:
+    /// bounded by the assembly room, the frame deadline and the client receive window; small
+    /// requests do not wait for it.
+    UnfinishedFrames,
+}
+
+impl Strategy {
+    /// The transport attacks' names; every [`ClientAttack`] name is a strategy too.
+    pub const TRANSPORT: [(&'static str, Strategy); 2] = [
+        ("connection-flood", Strategy::ConnectionFlood),
+        ("unfinished-frames", Strategy::UnfinishedFrames),
+    ];
+
+    /// The kebab-case name, which [`FromStr`] parses back.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Client(attack) => attack.name(),
+            Strategy::ConnectionFlood => "connection-flood",
+            Strategy::UnfinishedFrames => "unfinished-frames",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Strategy, String> {
+        if let Some((_, strategy)) = Strategy::TRANSPORT.iter().find(|(name, _)| *name == text) {
+            return Ok(*strategy);
+        }
+        ClientAttack::from_str(text).map(Strategy::Client).map_err(|_| {
+            let names: Vec<&str> = ClientAttack::ALL
+                .iter()
+                .map(|a| a.name())
+                .chain(Strategy::TRANSPORT.iter().map(|(name, _)| *name))
+                .collect();
+            format!("unknown attack {text:?}; known: {}", names.join(", "))
+        })
+    }
+}
 
 /// How an attack is run.
 #[derive(Clone, Debug)]
 pub struct AttackOptions {
     /// The strategy.
-    pub attack: ClientAttack,
+    pub attack: Strategy,
     /// How long to keep attacking.
     pub duration: Duration,
     /// How often the strategy acts.
@@ -51,6 +126,11 @@ pub struct AttackReport {
     pub dropped: u64,
     /// Handshakes that failed, as when replicas refuse a key they do not admit.
     pub handshake_failures: u64,
+    /// Connections a transport attack got past the hello.
+    pub connections_opened: u64,
+    /// Connections a transport attack could not open (refused, timed out, or closed before
+    /// the hello was answered).
+    pub connections_failed: u64,
 }
 
 impl AttackReport {
@@ -68,6 +148,17 @@ impl AttackReport {
 pub async fn attack(layout: &Layout, options: AttackOptions) -> Result<AttackReport, LaunchError> {
     let state = State::load(layout)?;
     let setup = fresh_client_setup(layout, &state)?;
+    match options.attack {
+        Strategy::Client(attack) => client_attack(setup, attack, options).await,
+        transport => transport_attack(setup, transport, options).await,
+    }
+}
+
+async fn client_attack(
+    setup: ClientSetup,
+    attack: ClientAttack,
+    options: AttackOptions,
+) -> Result<AttackReport, LaunchError> {
     let micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -75,7 +166,7 @@ pub async fn attack(layout: &Layout, options: AttackOptions) -> Result<AttackRep
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let session = new_session_id(micros, rng.random());
     let mut client = FaultyClient::new(
-        options.attack,
+        attack,
         setup.key.clone(),
         session,
         Limits::default(),
@@ -83,7 +174,7 @@ pub async fn attack(layout: &Layout, options: AttackOptions) -> Result<AttackRep
     let mut transports: HashMap<PublicKey, ClientTransport> = HashMap::new();
     let mut opened: VecDeque<PublicKey> = VecDeque::new();
     let mut report = AttackReport {
-        attack: options.attack.name().to_string(),
+        attack: attack.name().to_string(),
         ..AttackReport::default()
     };
     let own = setup.key.public();
@@ -126,6 +217,77 @@ pub async fn attack(layout: &Layout, options: AttackOptions) -> Result<AttackRep
     for (_, transport) in transports {
         report.count(&transport);
         transport.shutdown().await;
+    }
+    Ok(report)
+}
+
+/// Runs `connection-flood` or `unfinished-frames` (see [`Strategy`]).
+async fn transport_attack(
+    setup: ClientSetup,
+    strategy: Strategy,
+    options: AttackOptions,
+) -> Result<AttackReport, LaunchError> {
+    let ipv6 = setup.replicas.first().is_some_and(|r| r.addr.is_ipv6());
+    let dialers = (0..RAW_IDENTITIES)
+        .map(|_| RawDialer::new(&KeyPair::generate(), ipv6, setup.transport.clone()).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LaunchError::Failure(format!("cannot start a connection: {e}")))?;
+    // The longest frame replicas take from a client: one envelope of a full batch.
+    let announced = Limits::default().max_client_message_bytes() as u32;
+    let mut report = AttackReport {
+        attack: strategy.name().to_string(),
+        identities: dialers.len() as u64,
+        ..AttackReport::default()
+    };
+    let mut open: VecDeque<RawConnection> = VecDeque::new();
+    let start = Instant::now();
+    let mut ticker = tokio::time::interval(options.interval);
+    while start.elapsed() < options.duration {
+        ticker.tick().await;
+        let tick = report.ticks as usize;
+        report.ticks += 1;
+        let mut attempts = tokio::task::JoinSet::new();
+        for replica in &setup.replicas {
+            let senders: Vec<Arc<RawDialer>> = match strategy {
+                Strategy::UnfinishedFrames => vec![dialers[tick % dialers.len()].clone()],
+                _ => dialers.clone(),
+            };
+            for dialer in senders {
+                let replica: PeerInfo = replica.clone();
+                attempts.spawn(async move {
+                    let mut conn = dialer.open(&replica).await.ok()?;
+                    if strategy == Strategy::UnfinishedFrames {
+                        let mut begun = announced.to_be_bytes().to_vec();
+                        begun.resize(4 + UNFINISHED_SENT, 0);
+                        // Whatever did not fit stays unsent: the frame never finishes.
+                        let _ = tokio::time::timeout(UNFINISHED_WRITE_TIME, conn.write(&begun))
+                            .await;
+                    }
+                    Some(conn)
+                });
+            }
+        }
+        while let Some(attempt) = attempts.join_next().await {
+            match attempt.ok().flatten() {
+                Some(conn) => {
+                    report.connections_opened += 1;
+                    if strategy == Strategy::UnfinishedFrames {
+                        report.messages += 1;
+                    }
+                    open.push_back(conn);
+                }
+                None => report.connections_failed += 1,
+            }
+        }
+        open.retain(|conn| !conn.is_closed());
+        while open.len() > MAX_RAW_CONNECTIONS {
+            if let Some(oldest) = open.pop_front() {
+                oldest.close();
+            }
+        }
+    }
+    for conn in open {
+        conn.close();
     }
     Ok(report)
 }
