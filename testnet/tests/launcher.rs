@@ -722,6 +722,34 @@ fn unfinished_frames_from_many_connections_do_not_stall_honest_writes() {
     });
 }
 
+/// A replica process that stops reading (SIGSTOP: it neither reads its socket nor acknowledges
+/// anything) while the honest client writes: the others' queues to it stop at their byte
+/// bounds, the writes complete without it, and once it reads again it catches up.
+#[test]
+fn a_replica_that_stops_reading_does_not_stall_the_others() {
+    use nix::sys::signal::Signal;
+    one_at_a_time(async {
+        let net = Testnet::up(1, &[]);
+        let client = net.client().await;
+        workload(&client, "before", 20, 4).await;
+        let layout = Layout::new(&net.path).unwrap();
+        let state = State::load(&layout).unwrap();
+        let pid = state.node(3).unwrap().pid.unwrap();
+        launcher::process::send_signal(pid, Signal::SIGSTOP).unwrap();
+        let stopped = Instant::now();
+        workload(&client, "stopped", 400, 16).await;
+        // Long enough for the others' connections to it to time out.
+        let idle = Duration::from_secs(8).saturating_sub(stopped.elapsed());
+        tokio::time::sleep(idle).await;
+        assert_memory_bounded(&net);
+        launcher::process::send_signal(pid, Signal::SIGCONT).unwrap();
+        check_values(&client, "stopped", 400, 1).await;
+        let status = converged(&net, &client).await;
+        assert_eq!(correct(&status).len(), 4, "{status:#}");
+        client.close().await;
+    });
+}
+
 #[test]
 fn a_second_up_in_a_used_directory_is_refused_clearly() {
     let _serial = serial();
