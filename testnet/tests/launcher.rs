@@ -660,7 +660,10 @@ fn attack_report(attack: std::process::Child) -> Value {
     let output = attack.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", text(&output));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert!(report["connections_opened"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["connections_opened"].as_u64().unwrap() > 0,
+        "{report}"
+    );
     report
 }
 

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pbft_client::session::new_session_id;
+use pbft_client::ClientSetup;
 use pbft_core::byzantine::{ClientAttack, FaultyClient};
 use pbft_core::messages::Limits;
-use pbft_client::ClientSetup;
 use pbft_crypto::{KeyPair, PublicKey};
 use pbft_net::raw::{RawConnection, RawDialer};
 use pbft_net::{ClientTransport, PeerInfo};
@@ -89,14 +89,16 @@ impl FromStr for Strategy {
         if let Some((_, strategy)) = Strategy::TRANSPORT.iter().find(|(name, _)| *name == text) {
             return Ok(*strategy);
         }
-        ClientAttack::from_str(text).map(Strategy::Client).map_err(|_| {
-            let names: Vec<&str> = ClientAttack::ALL
-                .iter()
-                .map(|a| a.name())
-                .chain(Strategy::TRANSPORT.iter().map(|(name, _)| *name))
-                .collect();
-            format!("unknown attack {text:?}; known: {}", names.join(", "))
-        })
+        ClientAttack::from_str(text)
+            .map(Strategy::Client)
+            .map_err(|_| {
+                let names: Vec<&str> = ClientAttack::ALL
+                    .iter()
+                    .map(|a| a.name())
+                    .chain(Strategy::TRANSPORT.iter().map(|(name, _)| *name))
+                    .collect();
+                format!("unknown attack {text:?}; known: {}", names.join(", "))
+            })
     }
 }
 
@@ -165,12 +167,7 @@ async fn client_attack(
         .as_micros() as u64;
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let session = new_session_id(micros, rng.random());
-    let mut client = FaultyClient::new(
-        attack,
-        setup.key.clone(),
-        session,
-        Limits::default(),
-    );
+    let mut client = FaultyClient::new(attack, setup.key.clone(), session, Limits::default());
     let mut transports: HashMap<PublicKey, ClientTransport> = HashMap::new();
     let mut opened: VecDeque<PublicKey> = VecDeque::new();
     let mut report = AttackReport {
@@ -260,8 +257,8 @@ async fn transport_attack(
                         let mut begun = announced.to_be_bytes().to_vec();
                         begun.resize(4 + UNFINISHED_SENT, 0);
                         // Whatever did not fit stays unsent: the frame never finishes.
-                        let _ = tokio::time::timeout(UNFINISHED_WRITE_TIME, conn.write(&begun))
-                            .await;
+                        let _ =
+                            tokio::time::timeout(UNFINISHED_WRITE_TIME, conn.write(&begun)).await;
                     }
                     Some(conn)
                 });
