@@ -1,12 +1,12 @@
 //! Micro benchmarks: ed25519 sign and strict verify, SHA-256, the wire codec, the boundary check
-//! with real signature checks, and the protocol core per committed batch without network or
-//! signature verification.
+//! with real signature checks, the protocol core per committed batch without network or
+//! signature verification, and how the core's cost grows with n.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use pbft_benches::pure_core::CoreCluster;
+use pbft_benches::pure_core::{CoreCluster, Signatures};
 use pbft_benches::thread_cpu_time;
 use pbft_core::app::KvOp;
 use pbft_core::messages::{
@@ -228,20 +228,52 @@ fn core(c: &mut Criterion) {
     let envelopes = cluster.envelopes();
     cluster.commit(envelopes);
     group.bench_function(BenchmarkId::new("commit_batch_n4", requests), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let envelopes = cluster.envelopes();
-                let started = thread_cpu_time();
-                let committed = cluster.commit(envelopes);
-                total += thread_cpu_time() - started;
-                assert_eq!(committed, requests);
-            }
-            total
-        })
+        b.iter_custom(|iters| cpu_per_batch(&mut cluster, iters, requests))
     });
     group.finish();
 }
 
-criterion_group!(micro, crypto, sha256, codec, boundary, core);
+/// How the core's CPU per committed request grows with n: batches of 64 requests, with every
+/// signature taken as valid (the core alone) and with every signature verified once by each
+/// replica that receives it (the core plus the boundary's checks, as deployed, without network).
+fn scaling(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scaling");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let requests = (ENVELOPES * PER_ENVELOPE) as u64;
+    group.throughput(Throughput::Elements(requests));
+    for (name, signatures) in [
+        ("core_trusted_signatures", Signatures::Trusted),
+        ("core_verified_signatures", Signatures::Verified),
+    ] {
+        for f in [1, 2, 3, 4, 5, 10] {
+            let n = 3 * f + 1;
+            let mut cluster =
+                CoreCluster::with_signatures(f, ENVELOPES, PER_ENVELOPE, VALUE, signatures);
+            let envelopes = cluster.envelopes();
+            cluster.commit(envelopes);
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter_custom(|iters| cpu_per_batch(&mut cluster, iters, requests))
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Thread CPU time of `iters` committed batches, each of `requests` requests.
+fn cpu_per_batch(cluster: &mut CoreCluster, iters: u64, requests: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let envelopes = cluster.envelopes();
+        let started = thread_cpu_time();
+        let committed = cluster.commit(envelopes);
+        total += thread_cpu_time() - started;
+        assert_eq!(committed, requests);
+    }
+    total
+}
+
+criterion_group!(micro, crypto, sha256, codec, boundary, core, scaling);
 criterion_main!(micro);

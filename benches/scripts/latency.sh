@@ -5,7 +5,8 @@
 #   benches/scripts/latency.sh [F...]            (default: 1 2 3)
 #
 # Environment: WINDOWS (default "128 32 8 2"), CLIENTS (4), PAYLOAD (512), DURATION (8 s),
-# STORAGE (fsync, no-fsync or off: `testnet up --storage`; default fsync), BIN (target/release),
+# STORAGE (fsync, no-fsync or off: `testnet up --storage`; default fsync), KEYS (unset: every put
+# writes a new key; N: `pbft-client bench --keys N`, so the state stays small), BIN (target/release),
 # DIR (a temporary directory). Every run gets a fresh cluster, so the
 # state the clients' distinct keys accumulate does not carry over from one run to the next.
 # Needs `cargo build --release -p pbft-node -p pbft-client -p testnet` first.
@@ -18,6 +19,8 @@ PAYLOAD=${PAYLOAD:-512}
 DURATION=${DURATION:-8}
 STORAGE=${STORAGE:-fsync}
 DIR=${DIR:-$(mktemp -d /tmp/pbft-latency.XXXXXX)}
+KEYS_ARG=()
+[ -n "${KEYS:-}" ] && KEYS_ARG=(--keys "$KEYS")
 FS=("$@")
 [ ${#FS[@]} -eq 0 ] && FS=(1 2 3)
 
@@ -54,7 +57,7 @@ for f in "${FS[@]}"; do
         read -r r0 b0 e0 < <(primary_counters "$tn")
         cpu0=$(node_cpu "$tn")
         report=$("$BIN/pbft-client" --config "$tn/client.toml" bench --clients "$CLIENTS" \
-            --window "$window" --duration "$DURATION" --payload "$PAYLOAD" --json)
+            --window "$window" --duration "$DURATION" --payload "$PAYLOAD" "${KEYS_ARG[@]}" --json)
         cpu1=$(node_cpu "$tn")
         read -r r1 b1 e1 < <(primary_counters "$tn")
         "$BIN/testnet" down --dir "$tn" >/dev/null
@@ -62,7 +65,7 @@ for f in "${FS[@]}"; do
             --argjson requests "$((r1 - r0))" --argjson batches "$((b1 - b0))" \
             --argjson envelopes "$((e1 - e0))" --argjson cpu_ticks "$((cpu1 - cpu0))" \
             --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg storage "$STORAGE" '{
-                f: $f, n: (3 * $f + 1), storage: $storage, clients, window, payload,
+                f: $f, n: (3 * $f + 1), storage: $storage, clients, window, payload, keys,
                 throughput: (.throughput | round), p50_ms, p99_ms, errors,
                 requests_per_batch: (if $batches > 0 then (($requests / $batches * 10 | round) / 10) else null end),
                 requests_per_envelope: (if $envelopes > 0 then (($requests / $envelopes * 10 | round) / 10) else null end),

@@ -1,10 +1,12 @@
-//! The protocol core of 3f+1 replicas in one thread, messages handed over directly: no network,
-//! no encoding, no signature verification.
+//! The protocol core of 3f+1 replicas in one thread, messages handed over directly: no network
+//! and no encoding.
 //!
-//! Every message still goes through [`messages::verify`] (shape, limits, digests), but with a
-//! checker that accepts every signature, so verification costs nothing. Signing still happens
-//! inside the core (every PRE-PREPARE, PREPARE, COMMIT and CHECKPOINT is signed with ed25519),
-//! so the figure includes 2n signatures per batch.
+//! Every message goes through [`messages::verify`] (shape, limits, digests). With
+//! [`Signatures::Trusted`] its checker accepts every signature, so verification costs nothing;
+//! with [`Signatures::Verified`] clients sign their envelopes and every replica checks each
+//! signature it receives once, remembering answers as the node runtime does. Signing always
+//! happens inside the core (every PRE-PREPARE, PREPARE, COMMIT and CHECKPOINT is signed with
+//! ed25519), so the figure includes 2n signatures per batch.
 //!
 //! The primary may have one batch in flight (`max_outstanding = 1`), and the envelopes of the
 //! next batch are handed to it while the previous one is being ordered: each
@@ -20,11 +22,12 @@ use pbft_core::byzantine::Payload;
 use pbft_core::driver::{Driver, Effects};
 use pbft_core::fixtures::TrustAll;
 use pbft_core::messages::{
-    self, ClientRequest, Limits, Message, ReplicaId, Reply, RequestEnvelope, Sender, Timestamp,
+    self, ClientRequest, Limits, Message, ReplicaId, Reply, RequestEnvelope, Sender,
+    SignatureCache, Timestamp,
 };
 use pbft_core::protocol::{Durable, ProtocolConfig, Replica};
 use pbft_core::Committee;
-use pbft_crypto::{KeyPair, PublicKey, Signature};
+use pbft_crypto::{KeyPair, Signature};
 use rand::SeedableRng;
 
 /// Distinct keys each client cycles through, so the state stays small.
@@ -54,12 +57,24 @@ impl Effects for Queue<'_> {
     fn reply(&mut self, _: Reply) {}
 }
 
+/// Whether the cluster checks signatures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signatures {
+    /// Every signature is taken as valid and envelopes are not signed: the core's own cost.
+    Trusted,
+    /// Clients sign envelopes and each replica verifies every signature it receives once.
+    Verified,
+}
+
 /// 3f+1 replicas and a set of clients, driven synchronously.
 pub struct CoreCluster {
     replicas: Vec<Driver>,
     committee: Committee,
     limits: Limits,
-    clients: Vec<(PublicKey, Timestamp)>,
+    signatures: Signatures,
+    /// Each replica's remembered signature checks (used with [`Signatures::Verified`]).
+    caches: Vec<SignatureCache>,
+    clients: Vec<(KeyPair, Timestamp)>,
     per_envelope: usize,
     value: Vec<u8>,
     /// (from, to, message) in delivery order.
@@ -74,8 +89,19 @@ pub struct CoreCluster {
 
 impl CoreCluster {
     /// A cluster whose batches hold `clients` envelopes of `per_envelope` puts of `payload`
-    /// bytes each. Already primed: one batch is in flight.
+    /// bytes each, with signatures taken as valid. Already primed: one batch is in flight.
     pub fn new(f: usize, clients: usize, per_envelope: usize, payload: usize) -> CoreCluster {
+        CoreCluster::with_signatures(f, clients, per_envelope, payload, Signatures::Trusted)
+    }
+
+    /// [`CoreCluster::new`] with the given signature checking.
+    pub fn with_signatures(
+        f: usize,
+        clients: usize,
+        per_envelope: usize,
+        payload: usize,
+        signatures: Signatures,
+    ) -> CoreCluster {
         let n = 3 * f + 1;
         let keys: Vec<KeyPair> = (0..n)
             .map(|i| KeyPair::from_seed(&[i as u8 + 1; 32]).expect("valid seed"))
@@ -107,13 +133,15 @@ impl CoreCluster {
         let clients = (0..clients)
             .map(|c| {
                 let key = KeyPair::from_seed(&[200 - c as u8; 32]).expect("valid seed");
-                (key.public(), 1)
+                (key, 1)
             })
             .collect();
         let mut cluster = CoreCluster {
             replicas,
             committee,
             limits,
+            signatures,
+            caches: (0..n).map(|_| SignatureCache::default()).collect(),
             clients,
             per_envelope,
             value: vec![b'v'; payload],
@@ -129,7 +157,7 @@ impl CoreCluster {
         cluster
     }
 
-    /// The next batch's envelopes: one per client, unsigned (signatures are not checked here).
+    /// The next batch's envelopes: one per client, signed only when signatures are verified.
     pub fn envelopes(&mut self) -> Vec<RequestEnvelope> {
         (0..self.clients.len()).map(|c| self.envelope(c)).collect()
     }
@@ -151,11 +179,14 @@ impl CoreCluster {
                 }
             })
             .collect();
-        RequestEnvelope {
-            client: *client,
-            session: 1,
-            requests,
-            signature: Signature::EMPTY,
+        match self.signatures {
+            Signatures::Trusted => RequestEnvelope {
+                client: client.public(),
+                session: 1,
+                requests,
+                signature: Signature::EMPTY,
+            },
+            Signatures::Verified => RequestEnvelope::new(client, 1, requests),
         }
     }
 
@@ -171,14 +202,9 @@ impl CoreCluster {
                 .queue
                 .pop_front()
                 .expect("messages left until the batch executes everywhere");
-            let verified = messages::verify(
-                (*message).clone(),
-                Sender::Replica(from),
-                &self.committee,
-                &self.limits,
-                &mut TrustAll,
-            )
-            .expect("a correct replica's message passes the boundary");
+            let verified = self
+                .verify(to, (*message).clone(), Sender::Replica(from))
+                .expect("a correct replica's message passes the boundary");
             self.replicas[to as usize]
                 .replica_mut()
                 .handle_message(self.now, verified);
@@ -191,18 +217,38 @@ impl CoreCluster {
         let primary = self.committee.primary(self.replicas[0].replica().view());
         for envelope in envelopes {
             let sender = Sender::Client(envelope.client);
-            let verified = messages::verify(
-                Message::Request(envelope),
-                sender,
-                &self.committee,
-                &self.limits,
-                &mut TrustAll,
-            )
-            .expect("a well-formed envelope passes the boundary");
+            let verified = self
+                .verify(primary, Message::Request(envelope), sender)
+                .expect("a well-formed envelope passes the boundary");
             self.replicas[primary as usize]
                 .replica_mut()
                 .handle_message(self.now, verified);
             self.collect(primary);
+        }
+    }
+
+    /// The boundary check of `message` arriving at replica `at`.
+    fn verify(
+        &mut self,
+        at: ReplicaId,
+        message: Message,
+        sender: Sender,
+    ) -> Result<messages::Verified<Message>, messages::Rejection> {
+        match self.signatures {
+            Signatures::Trusted => messages::verify(
+                message,
+                sender,
+                &self.committee,
+                &self.limits,
+                &mut TrustAll,
+            ),
+            Signatures::Verified => messages::verify(
+                message,
+                sender,
+                &self.committee,
+                &self.limits,
+                &mut self.caches[at as usize],
+            ),
         }
     }
 
@@ -243,5 +289,18 @@ mod tests {
             .replicas
             .iter()
             .all(|r| r.replica().stable_checkpoint() >= 256));
+    }
+
+    #[test]
+    fn verified_signatures_commit_the_same_batches() {
+        let mut cluster = CoreCluster::with_signatures(2, 2, 8, 64, Signatures::Verified);
+        let envelopes = cluster.envelopes();
+        assert_eq!(cluster.commit(envelopes), 8);
+        for _ in 0..20 {
+            let envelopes = cluster.envelopes();
+            assert_eq!(cluster.commit(envelopes), 16);
+        }
+        // Every replica verified what it received: its cache holds the signatures it checked.
+        assert!(cluster.caches.iter().all(|cache| cache.len() > 20));
     }
 }

@@ -1,5 +1,5 @@
 //! A closed-loop load generator: C clients, each with its own key and W requests outstanding,
-//! putting values to distinct keys.
+//! putting values to distinct keys (or overwriting a few, with `keys`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,9 @@ pub struct BenchOptions {
     pub stop: BenchStop,
     /// The size of each value put, in bytes.
     pub payload: usize,
+    /// Keys each outstanding slot overwrites in turn; `None` puts every value to a new key, so
+    /// the replicated state grows for the whole run.
+    pub keys: Option<u64>,
 }
 
 /// Latency percentiles and throughput of a run.
@@ -59,6 +62,9 @@ pub struct BenchReport {
     pub window: usize,
     /// Value size in bytes.
     pub payload: usize,
+    /// Keys each outstanding slot overwrites in turn (absent: every put writes a new key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
     /// The first error seen, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
@@ -110,6 +116,7 @@ pub async fn run(
         BenchStop::Duration(_) => u64::MAX,
     };
     let value = vec![b'v'; options.payload];
+    let keys = options.keys;
     let mut workers = tokio::task::JoinSet::new();
     for (c, client) in clients.iter().enumerate() {
         let prefix = format!("bench-{}-{c}-", &client.public_key().to_hex()[..8]);
@@ -129,7 +136,7 @@ pub async fn run(
                     {
                         break;
                     }
-                    let key = format!("{prefix}{w}-{i}");
+                    let key = slot_key(&prefix, w, i, keys);
                     i += 1;
                     let sent = Instant::now();
                     match client.put(key, value.clone()).await {
@@ -161,6 +168,11 @@ pub async fn run(
     }
     let errors = progress.failed.load(Ordering::Relaxed);
     report(latencies, errors, end - start, options, first_error)
+}
+
+/// The key of outstanding slot `slot`'s `i`-th put: a new one each time, or one of `keys`.
+fn slot_key(prefix: &str, slot: usize, i: u64, keys: Option<u64>) -> String {
+    format!("{prefix}{slot}-{}", keys.map_or(i, |keys| i % keys))
 }
 
 /// Summarises latencies of completed requests over a run of `elapsed`.
@@ -197,6 +209,7 @@ pub fn report(
         clients: options.clients,
         window: options.window,
         payload: options.payload,
+        keys: options.keys,
         first_error,
     }
 }
@@ -213,6 +226,16 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_write_new_keys_or_cycle_through_theirs() {
+        let distinct: std::collections::BTreeSet<String> =
+            (0..10).map(|i| slot_key("p-", 3, i, None)).collect();
+        assert_eq!(distinct.len(), 10);
+        let cycled: Vec<String> = (0..5).map(|i| slot_key("p-", 3, i, Some(2))).collect();
+        assert_eq!(cycled, ["p-3-0", "p-3-1", "p-3-0", "p-3-1", "p-3-0"]);
+        assert_ne!(slot_key("p-", 1, 0, Some(2)), slot_key("p-", 2, 0, Some(2)));
+    }
 
     fn ms(values: &[u64]) -> Vec<Duration> {
         values.iter().map(|v| Duration::from_millis(*v)).collect()
@@ -236,6 +259,7 @@ mod tests {
             window: 1,
             stop: BenchStop::Requests(4),
             payload: 8,
+            keys: None,
         };
         let report = report(ms(&[4, 1, 3, 2]), 1, Duration::from_secs(2), &options, None);
         assert_eq!(report.requests, 4);

@@ -58,7 +58,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure throughput and latency with many clients putting values to distinct keys.
+    /// Measure throughput and latency with many clients putting values to distinct keys (or
+    /// overwriting a few with --keys).
     Bench(BenchArgs),
 }
 
@@ -91,6 +92,10 @@ struct BenchArgs {
     /// Bytes in each value.
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// Overwrite this many keys per outstanding request in turn, so the replicated state stays
+    /// small; by default every put writes a new key.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: Option<u64>,
     /// Print one JSON object instead of text, without a progress bar.
     #[arg(long)]
     json: bool,
@@ -407,6 +412,7 @@ async fn run_bench(setup: ClientSetup, args: &BenchArgs) -> Result<(), Failure> 
         window: args.window,
         stop,
         payload: args.payload,
+        keys: args.keys,
     };
     let clients = bench::connect_clients(&setup, &options).await?;
     let progress = Arc::new(BenchProgress::default());

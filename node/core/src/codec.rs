@@ -26,6 +26,29 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
         .expect("serializing an in-memory value cannot fail")
 }
 
+/// Appends the encoding of a value to `out`: the same bytes as [`encode`], without a buffer of
+/// its own.
+pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) {
+    let size = options()
+        .serialized_size(value)
+        .expect("sizing an in-memory value cannot fail");
+    out.reserve(size as usize);
+    options()
+        .serialize_into(out, value)
+        .expect("serializing an in-memory value cannot fail");
+}
+
+/// Appends the encoding of a byte string (as `serde_bytes` encodes one) whose contents `write`
+/// appends to `out`, so that bytes produced by another encoder need no copy of their own.
+pub fn encode_bytes_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    // Fixed-width encoding: the length is a u64, little-endian, before the bytes.
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    write(out);
+    let len = (out.len() - start - 8) as u64;
+    out[start..start + 8].copy_from_slice(&len.to_le_bytes());
+}
+
 /// Decodes `bytes`, refusing anything longer than `limit` or with bytes left over.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: u64) -> Result<T, CodecError> {
     if bytes.len() as u64 > limit {
@@ -74,5 +97,30 @@ pub mod millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Nested {
+        #[serde(with = "serde_bytes")]
+        inner: Vec<u8>,
+        after: Vec<u32>,
+    }
+
+    #[test]
+    fn writing_in_place_gives_the_bytes_encode_gives() {
+        let value = Nested {
+            inner: encode(&(7u64, "state")),
+            after: vec![1, 2, 3],
+        };
+        let mut out = vec![9];
+        encode_bytes_with(&mut out, |out| encode_into(out, &(7u64, "state")));
+        encode_into(&mut out, &value.after);
+        assert_eq!(out[0], 9);
+        assert_eq!(&out[1..], encode(&value).as_slice());
     }
 }

@@ -59,7 +59,8 @@ impl ReplicaStore {
                 self.wal.rotate(*seq);
                 stable = Some(*seq);
             }
-            self.wal.append(&codec::encode(record))?;
+            self.wal
+                .append_with(|frames| codec::encode_into(frames, record))?;
         }
         self.wal.sync()?;
         if let Some(seq) = stable {

@@ -219,10 +219,15 @@ impl Wal {
 
     /// Buffers one record; nothing touches the disk until [`Wal::sync`].
     pub fn append(&mut self, record: &[u8]) -> Result<(), StorageError> {
+        self.append_with(|frames| frames.extend_from_slice(record))
+    }
+
+    /// Buffers one record that `write` appends to the given buffer, so a large record is
+    /// encoded straight into the frames waiting for [`Wal::sync`] instead of being copied there.
+    pub fn append_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), StorageError> {
         if self.poisoned {
             return Err(StorageError::Poisoned);
         }
-        let len = payload_len(record.len())?;
         let pending = match self.pending.last_mut() {
             Some(pending) if pending.start == self.head => pending,
             _ => {
@@ -235,13 +240,22 @@ impl Wal {
                 &mut self.pending[last]
             }
         };
-        pending.frames.reserve(HEADER_LEN + record.len());
-        pending.frames.extend_from_slice(&FRAME_MAGIC);
-        pending.frames.extend_from_slice(&len.to_le_bytes());
-        pending
-            .frames
-            .extend_from_slice(&crc32fast::hash(record).to_le_bytes());
-        pending.frames.extend_from_slice(record);
+        let frames = &mut pending.frames;
+        let start = frames.len();
+        frames.extend_from_slice(&[0; HEADER_LEN]);
+        write(frames);
+        let payload = start + HEADER_LEN;
+        let len = match payload_len(frames.len() - payload) {
+            Ok(len) => len,
+            Err(error) => {
+                frames.truncate(start);
+                return Err(error);
+            }
+        };
+        let crc = crc32fast::hash(&frames[payload..]);
+        frames[start..start + 4].copy_from_slice(&FRAME_MAGIC);
+        frames[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
+        frames[start + 8..payload].copy_from_slice(&crc.to_le_bytes());
         Ok(())
     }
 

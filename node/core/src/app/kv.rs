@@ -162,6 +162,10 @@ impl StateMachine for KvStore {
         codec::encode(&EntriesRef(&self.entries))
     }
 
+    fn snapshot_into(&self, out: &mut Vec<u8>) {
+        codec::encode_into(out, &EntriesRef(&self.entries));
+    }
+
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
         let entries: BTreeMap<ByteBuf, ByteBuf> = codec::decode(snapshot, MAX_SNAPSHOT_BYTES)
             .map_err(|e| SnapshotError(e.to_string()))?;
@@ -316,6 +320,9 @@ mod tests {
         });
         let mut b = KvStore::new();
         b.restore(&a.snapshot()).unwrap();
+        let mut appended = vec![1, 2];
+        a.snapshot_into(&mut appended);
+        assert_eq!(appended[2..], a.snapshot()[..]);
         assert_eq!(a, b);
         assert!(b.restore(&[1, 2, 3]).is_err());
     }

@@ -36,6 +36,12 @@ pub trait StateMachine: Send {
     /// The whole state as bytes, for checkpoints and state transfer.
     fn snapshot(&self) -> Vec<u8>;
 
+    /// Appends [`StateMachine::snapshot`] to `out`; a state machine with a large state can
+    /// write it there directly instead of into a buffer that is then copied.
+    fn snapshot_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.snapshot());
+    }
+
     /// Replaces the state with a snapshot taken by [`StateMachine::snapshot`]. The caller has
     /// already checked the snapshot against a certified digest, but it must still not panic.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;

@@ -303,6 +303,15 @@ impl SignatureCache {
             .copied()
     }
 
+    /// Answers remembered, in both generations.
+    pub fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Remembers an answer.
     pub fn insert(&mut self, question: SignatureQuestion, valid: bool) {
         if self.current.len() >= SignatureCache::GENERATION {
