@@ -7,7 +7,7 @@
 #
 # Environment: CLIENTS (16), WINDOW (64), PAYLOAD (512), KEYS (unset: every put writes a new key;
 # N: `pbft-client bench --keys N`), SAMPLE (seconds sampled, 6), HZ (perf's sampling rate, 199),
-# BIN (target/release), DIR (a temporary directory). Needs perf, jq, curl
+# BIN (target/release), DIR (a temporary directory). Needs perf, python3, jq, curl
 # and `cargo build --release -p pbft-node -p pbft-client -p testnet`.
 set -euo pipefail
 
