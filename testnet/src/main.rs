@@ -314,6 +314,9 @@ fn behavior_help() -> String {
          twin: a second process with the replica's key, its own state and the same port \
          (SO_REUSEPORT): each peer and client reaches one of the two, and both run the \
          protocol in the replica's name.\n\
+         shun: runs the protocol honestly but sends the next replica in id order nothing, so \
+         that, when primary, the shunned backup cannot commit and must catch up by state \
+         transfer.\n\
          mixed: cycles through equivocate, silent, corrupt and slow over the Byzantine \
          replicas.\n\
          Crafting their own signed messages: selective-view-change (VIEW-CHANGEs to f peers, \

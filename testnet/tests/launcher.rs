@@ -355,6 +355,30 @@ fn twins_sharing_the_primarys_key_and_port_do_not_stop_the_service() {
     one_at_a_time(scenario(1, 1, "twin", expect));
 }
 
+/// The primary sends replica 1 nothing, and replica 1 is stopped (SIGSTOP) while 400 writes
+/// complete without it. Once it runs again it is further behind than the others' logs reach,
+/// and it holds f+1 checkpoints past it but never the 2f+1 of a stable one: it must notice
+/// that it is stranded and fetch a stable state. The correct replicas then agree.
+#[test]
+fn a_backup_shunned_by_the_primary_catches_up_after_a_pause() {
+    use nix::sys::signal::Signal;
+    one_at_a_time(async {
+        let net = Testnet::up(1, &["--byzantine", "1", "--behavior", "shun"]);
+        let client = net.client().await;
+        workload(&client, "before", 20, 4).await;
+        let layout = Layout::new(&net.path).unwrap();
+        let state = State::load(&layout).unwrap();
+        let pid = state.node(1).unwrap().pid.unwrap();
+        launcher::process::send_signal(pid, Signal::SIGSTOP).unwrap();
+        workload(&client, "paused", 400, 16).await;
+        launcher::process::send_signal(pid, Signal::SIGCONT).unwrap();
+        let status = converged(&net, &client).await;
+        assert_eq!(correct(&status).len(), 3, "{status:#}");
+        check_values(&client, "paused", 400, 7).await;
+        client.close().await;
+    });
+}
+
 /// Puts keys `{prefix}-{i}` in the background with `concurrency` requests outstanding, and
 /// counts how many have been acknowledged so far.
 fn background_workload(

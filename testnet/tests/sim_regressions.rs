@@ -276,3 +276,42 @@ fn campaign_seed_103148_requests_forwarded_back_and_forth() {
     };
     check(scenario.run().map(|_| ()));
 }
+
+/// Campaign seed 1139 (f = 1, replica 0 twinned), once the simulator linked each peer to one
+/// twin in both directions, as a shared port does. Replica 1's link reached the twin that the
+/// others did not follow, so it saw only 2f votes per slot and f+1 checkpoints past it, while
+/// the others collected the batches it lacked. Clients whose link also reached that twin
+/// waited forever for a 2f+1th reply. A replica that executes nothing for a retransmission
+/// interval while f+1 replicas report checkpoints past it now asks them for a stable state.
+#[test]
+fn campaign_seed_1139_a_replica_stranded_behind_a_twin() {
+    use Step::*;
+    let mut config = SimConfig::new(1139, 1);
+    config.clients = 4;
+    config.requests_per_client = 38;
+    config.client_window = 8;
+    config.network = network(58, 0.15, 0.05, 0.26);
+    let scenario = Scenario {
+        config,
+        faulty: vec![(0, BehaviorKind::Twin)],
+        steps: vec![
+            Run(ms(615)),
+            Isolate(1),
+            Run(ms(11376)),
+            Reconnect(1),
+            Run(ms(733)),
+            Split(vec![3, 0, 2], vec![1]),
+            Run(ms(3521)),
+            Run(ms(1753)),
+            Clog(0, ms(1060)),
+            Run(ms(3195)),
+            Reconnect(0),
+            Run(ms(1878)),
+            Isolate(3),
+            Run(ms(8322)),
+            Reconnect(3),
+            Run(ms(1169)),
+        ],
+    };
+    check(scenario.run().map(|_| ()));
+}

@@ -251,6 +251,44 @@ fn partitioned_replica_catches_up_by_state_transfer() {
     );
 }
 
+/// A primary that sends one backup nothing: that backup never commits (it sees 2f votes per
+/// slot) and never holds the 2f+1 checkpoints of a stable one, while the others collect the
+/// batches it lacks. It notices that it is stranded and fetches a stable state with its proof.
+#[test]
+fn a_backup_shunned_by_the_primary_catches_up_by_state_transfer() {
+    for (f, seed) in [(1, 54), (2, 55)] {
+        let mut config = SimConfig::new(seed, f);
+        config.requests_per_client = 20;
+        // Batches of one from many clients, and help only every 2 s: the others commit
+        // batches faster than they send a lagging replica batches with commit certificates.
+        config.clients = 12;
+        config.client_window = 8;
+        config.protocol.max_batch_requests = 1;
+        config.protocol.retransmit_interval = secs(2);
+        let mut sim = Simulation::new(config);
+        sim.set_behavior(0, BehaviorKind::Shun);
+        let shunned = 1;
+        let log_window = sim.config.protocol.log_window;
+        while sim.replica(2).stable_checkpoint() < 2 * log_window {
+            for client in 0..sim.clients.len() {
+                sim.add_requests(client, 10);
+            }
+            sim.run_for(Duration::from_millis(500)).unwrap();
+            assert!(sim.now() < secs(300), "no progress: {}", sim.describe());
+        }
+        finish(&mut sim);
+        let top = sim.replica(2).last_executed();
+        let replica = sim.replica(shunned);
+        assert_eq!(replica.last_executed(), top, "f={f}: {}", sim.describe());
+        assert_eq!(replica.state_digest(), sim.replica(2).state_digest());
+        assert!(
+            replica.state_transfers() > 0,
+            "f={f}: caught up without a state transfer: {}",
+            sim.describe()
+        );
+    }
+}
+
 #[test]
 fn repeated_faulty_primaries_end_in_a_correct_view() {
     for f in 1..=3usize {
@@ -330,13 +368,16 @@ fn a_crashed_backup_recovers_and_catches_up() {
     );
 }
 
-/// Two processes with the primary's key, each reached by part of the cluster: each twin
-/// proposes its own batches, the correct replicas never execute two of them at one sequence
-/// number (every step checks it), they catch the conflicting PRE-PREPAREs as proof against the
-/// primary, replace it, and the requests complete.
+/// Two processes with the primary's key; each peer's link reaches one of them in both
+/// directions, as a shared port does. Whichever way the links fall, the correct replicas never
+/// execute two batches at one sequence number (every step checks it) and the requests
+/// complete. Where both processes reach correct replicas, each proposes its own batches and
+/// every correct replica ends up holding the conflicting PRE-PREPAREs as proof against the
+/// primary; where one reaches nobody, it is simply a replica the others never hear.
 #[test]
 fn twins_sharing_the_primarys_key_do_not_break_agreement() {
-    for (f, seed) in [(1, 71), (1, 72), (2, 73)] {
+    let (mut split, mut one_sided) = (0, 0);
+    for (f, seed) in [(1, 70), (1, 71), (1, 72), (1, 74), (2, 73)] {
         let mut config = SimConfig::new(seed, f);
         config.requests_per_client = 50;
         let mut sim = Simulation::new(config);
@@ -345,21 +386,28 @@ fn twins_sharing_the_primarys_key_do_not_break_agreement() {
         }
         finish(&mut sim);
         assert_correct_replicas_executed_everything(&sim);
-        for id in sim.correct_ids() {
-            let replica = sim.replica(id);
-            assert!(replica.view() >= 1, "f={f}: {}", sim.describe());
+        let (first, twin) = sim.twin_links(0);
+        let correct = sim.correct_ids();
+        let reaches = |side: &[u32]| side.iter().any(|id| correct.contains(id));
+        if !(reaches(&first) && reaches(&twin)) {
+            one_sided += 1;
+            continue;
+        }
+        split += 1;
+        for id in correct {
             assert!(
-                replica.evidence().contains_key(&0),
+                sim.replica(id).evidence().contains_key(&0),
                 "f={f}: replica {id} holds no proof against the twinned primary: {}",
                 sim.describe()
             );
         }
     }
+    assert!(
+        split >= 3 && one_sided >= 2,
+        "{split} split, {one_sided} one-sided"
+    );
 }
 
-/// Clients that share keys: puts, compare-and-swaps against what each last saw, and read-only
-/// gets, under a lossy network and an equivocating primary. Every accepted result is checked
-/// against the committed history (reads: a value the key held since the read was issued).
 #[test]
 fn shared_keys_reads_and_compare_and_swaps_follow_the_committed_history() {
     for f in 1..=2 {

@@ -155,3 +155,79 @@ fn a_200_mb_state_moves_in_chunks_from_several_replicas() {
         .sum();
     assert!(limited > 0);
 }
+
+/// The FETCH-STATE requests among `messages`, with whom each goes to.
+fn fetch_state_requests(messages: &[pbft_core::protocol::Outgoing]) -> Vec<(Destination, u64)> {
+    messages
+        .iter()
+        .filter_map(|out| match &*out.message {
+            Message::FetchState { seq, .. } => Some((out.to, *seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A replica that holds f+1 checkpoints past it but never 2f+1 (a faulty primary keeps its own
+/// from it) and executes nothing for a whole retransmission interval asks those replicas for
+/// their stable state; the layout that answers, with its 2f+1 signed checkpoints, makes the
+/// checkpoint stable and starts the fetch.
+#[test]
+fn a_stranded_replica_asks_for_a_stable_state_and_fetches_it() {
+    let c = TestCluster::new(1);
+    let config = ProtocolConfig {
+        checkpoint_interval: 8,
+        log_window: 16,
+        ..ProtocolConfig::default()
+    }
+    .checked()
+    .unwrap();
+    let interval = config.retransmit_interval;
+    let mut replica = c.replica_with(1, config);
+    let mut now = Duration::from_millis(1);
+    let mut tick = |replica: &mut Replica, now: &mut Duration| {
+        *now += interval;
+        replica.handle_timer(*now, Timer::Retransmit);
+        fetch_state_requests(&replica.poll_ready().messages)
+    };
+
+    // One replica past it proves nothing: it could be the faulty one.
+    c.deliver(
+        &mut replica,
+        now,
+        2,
+        Message::Checkpoint(c.checkpoint(8, 2)),
+    );
+    assert_eq!(tick(&mut replica, &mut now), vec![]);
+    assert_eq!(tick(&mut replica, &mut now), vec![]);
+
+    // f+1 are: it asks each of them for any stable state past what it executed.
+    c.deliver(
+        &mut replica,
+        now,
+        3,
+        Message::Checkpoint(c.checkpoint(16, 3)),
+    );
+    let asked = tick(&mut replica, &mut now);
+    assert_eq!(
+        asked,
+        vec![(Destination::Replica(2), 1), (Destination::Replica(3), 1)]
+    );
+    assert_eq!(replica.stable_checkpoint(), 0);
+
+    // A layout with its proof answers: stable here, and the chunks are asked for.
+    let state = vec![7u8; 3 << 20];
+    c.deliver(&mut replica, now, 2, c.manifest(16, &state));
+    assert_eq!(replica.stable_checkpoint(), 16);
+    let chunk_requests = replica
+        .poll_ready()
+        .messages
+        .iter()
+        .filter(|out| matches!(&*out.message, Message::FetchStateChunk { seq: 16, .. }))
+        .count();
+    assert_eq!(chunk_requests, 3);
+    // No chunk arrived within an interval: the helpers may have moved on, so it also asks one
+    // of them for a newer layout.
+    let asked = tick(&mut replica, &mut now);
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].1, 17);
+}

@@ -64,7 +64,7 @@ impl fmt::Display for BehaviorChoice {
 
 /// The names `--behavior` documents; every [`BehaviorKind`] name is accepted too.
 pub const BEHAVIOR_NAMES: &str = "equivocate (the same as equivocate-split), equivocate-minority, \
-                                  silent, corrupt, slow, twin, mixed";
+                                  silent, corrupt, slow, twin, shun, mixed";
 
 impl FromStr for BehaviorChoice {
     type Err = String;

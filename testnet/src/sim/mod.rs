@@ -288,7 +288,7 @@ pub struct Simulation {
     last_seen: Vec<(u64, u64)>,
     /// The place in `replicas` of each twin, by the replica id it shares.
     twins: BTreeMap<ReplicaId, ReplicaId>,
-    /// Which of a replica and its twin each sender reaches (`true`: the twin).
+    /// Which process of a twinned replica each node's link reaches (`true`: the twin).
     twin_sides: BTreeMap<(Node, ReplicaId), bool>,
 }
 
@@ -974,7 +974,9 @@ impl Simulation {
 
     fn transmit(&mut self, from: Node, to: Node, payload: Payload) {
         self.stats.messages_sent += 1;
-        let to = self.twin_route(from, to);
+        let Some(to) = self.twin_route(from, to) else {
+            return;
+        };
         for delay in self.network.deliveries(from, to, &mut self.rng) {
             let at = self.now + delay;
             self.schedule(
@@ -1013,25 +1015,60 @@ impl Simulation {
         Ok(())
     }
 
-    /// Where a message from `from` to `to` arrives: at `to`, or at its twin if `from` reaches
-    /// that one.
-    fn twin_route(&mut self, from: Node, to: Node) -> Node {
+    /// Where a message from `from` to `to` arrives, if anywhere. A node's link to a twinned
+    /// replica reaches one of its two processes, in both directions, as a shared UDP port does:
+    /// messages to the replica go to that process, and the other one's messages to the node are
+    /// lost (its handshake answers reach the wrong process).
+    fn twin_route(&mut self, from: Node, to: Node) -> Option<Node> {
+        if let Node::Replica(place) = from {
+            let identity = self.replicas[place as usize].identity;
+            if let Some(&twin) = self.twins.get(&identity) {
+                if self.reaches_twin(to, identity) != (place == twin) {
+                    return None;
+                }
+            }
+        }
         let Node::Replica(id) = to else {
-            return to;
+            return Some(to);
         };
         let Some(&twin) = self.twins.get(&id) else {
-            return to;
+            return Some(to);
         };
-        let rng = &mut self.rng;
-        let reaches_twin = *self
-            .twin_sides
-            .entry((from, id))
-            .or_insert_with(|| rng.random_bool(0.5));
-        if reaches_twin {
+        Some(if self.reaches_twin(from, id) {
             Node::Replica(twin)
         } else {
             to
+        })
+    }
+
+    /// The replicas whose link to twinned replica `id` reaches the first process, and those
+    /// whose link reaches the twin (links are drawn when first used).
+    pub fn twin_links(&self, id: ReplicaId) -> (Vec<ReplicaId>, Vec<ReplicaId>) {
+        let mut sides = (Vec::new(), Vec::new());
+        for (&(node, to), &reaches_twin) in &self.twin_sides {
+            if let (Node::Replica(from), true) = (node, to == id) {
+                if reaches_twin {
+                    sides.1.push(from);
+                } else {
+                    sides.0.push(from);
+                }
+            }
         }
+        sides
+    }
+
+    /// Whether `node`'s link to twinned replica `id` reaches the twin; drawn once per link.
+    fn reaches_twin(&mut self, node: Node, id: ReplicaId) -> bool {
+        // A process of a twinned replica links as the replica it runs for.
+        let node = match node {
+            Node::Replica(place) => Node::Replica(self.replicas[place as usize].identity),
+            other => other,
+        };
+        let rng = &mut self.rng;
+        *self
+            .twin_sides
+            .entry((node, id))
+            .or_insert_with(|| rng.random_bool(0.5))
     }
 
     /// Counts in-flight messages by kind, for diagnosing a storm.

@@ -24,6 +24,7 @@ pub mod equivocating_primary;
 pub mod equivocator;
 pub mod forged_signatures;
 pub mod replay;
+pub mod shun;
 pub mod silent;
 pub mod slow;
 pub mod stale_view;
@@ -48,6 +49,7 @@ pub use equivocating_primary::{EquivocatingPrimary, EquivocationMode};
 pub use equivocator::Equivocator;
 pub use forged_signatures::ForgedSignatures;
 pub use replay::Replay;
+pub use shun::Shun;
 pub use silent::Silent;
 pub use slow::Slow;
 pub use stale_view::StaleView;
@@ -214,11 +216,13 @@ pub enum BehaviorKind {
     Unsolicited,
     /// [`Twin`]: a second process shares the replica's key.
     Twin,
+    /// [`Shun`].
+    Shun,
 }
 
 impl BehaviorKind {
     /// Every behaviour, in declaration order.
-    pub const ALL: [BehaviorKind; 16] = [
+    pub const ALL: [BehaviorKind; 17] = [
         BehaviorKind::Silent,
         BehaviorKind::EquivocatePrimarySplit,
         BehaviorKind::EquivocatePrimaryMinority,
@@ -235,6 +239,7 @@ impl BehaviorKind {
         BehaviorKind::FarFuture,
         BehaviorKind::Unsolicited,
         BehaviorKind::Twin,
+        BehaviorKind::Shun,
     ];
 
     /// The kebab-case name, which [`FromStr`] parses back.
@@ -256,6 +261,7 @@ impl BehaviorKind {
             BehaviorKind::FarFuture => "far-future",
             BehaviorKind::Unsolicited => "unsolicited",
             BehaviorKind::Twin => "twin",
+            BehaviorKind::Shun => "shun",
         }
     }
 
@@ -290,6 +296,7 @@ impl BehaviorKind {
             BehaviorKind::FarFuture => Box::new(FarFuture),
             BehaviorKind::Unsolicited => Box::new(Unsolicited::default()),
             BehaviorKind::Twin => Box::new(Twin),
+            BehaviorKind::Shun => Box::new(Shun),
         }
     }
 }

@@ -255,6 +255,8 @@ struct Manifest {
     /// The next chunk to ask for; it starts again at the first missing one on every
     /// retransmission.
     next_request: u64,
+    /// Whether a chunk arrived since the last retransmission.
+    progressed: bool,
 }
 
 /// A PBFT replica. See the module documentation of [`crate::protocol`] for how to drive it.
@@ -275,6 +277,8 @@ pub struct Replica {
     next_seq: Seq,
     checkpoints: Checkpoints,
     state_fetch: Option<StateFetch>,
+    /// `last_executed` at the previous retransmission tick, to tell a stranded replica.
+    executed_at_last_probe: Seq,
 
     pending: PendingRequests,
     /// Envelopes in log slots above `last_executed` (the primary does not order them twice).
@@ -344,6 +348,7 @@ impl Replica {
             next_seq: 1,
             checkpoints: Checkpoints::default(),
             state_fetch: None,
+            executed_at_last_probe: 0,
             in_log: HashSet::new(),
             watched: None,
             view_changes: BTreeMap::new(),

@@ -183,5 +183,6 @@ impl Replica {
             self.broadcast(Message::Checkpoint(checkpoint));
         }
         self.retransmit_state_fetch();
+        self.probe_if_stranded();
     }
 }

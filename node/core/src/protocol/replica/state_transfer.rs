@@ -86,6 +86,14 @@ impl Replica {
         let Some(expected) = proof.first().map(|c| c.state_digest) else {
             return;
         };
+        // Unasked for, or answering a probe: the proof makes it stable here, which starts the
+        // fetch. The boundary checked the proof.
+        if self.state_fetch.is_none()
+            && seq > self.last_executed
+            && seq > self.checkpoints.stable_seq
+        {
+            self.make_stable(seq, expected, proof.clone());
+        }
         // A newer layout replaces one being fetched; nobody else's is wanted.
         let wanted = match &self.state_fetch {
             Some(fetch) if fetch.manifest.is_some() => seq > fetch.seq,
@@ -119,6 +127,7 @@ impl Replica {
             missing: chunks.len(),
             chunks,
             next_request: 0,
+            progressed: false,
         });
         tracing::info!(replica = self.id, seq, len, "fetching state in chunks");
         self.request_chunks(CHUNKS_IN_FLIGHT);
@@ -149,6 +158,7 @@ impl Replica {
         }
         *slot = Some(data);
         manifest.missing -= 1;
+        manifest.progressed = true;
         self.request_chunks(1);
         self.maybe_finish_state_fetch();
     }
@@ -189,6 +199,49 @@ impl Replica {
         }
     }
 
+    /// On the retransmission timer: a replica that executed nothing for a whole interval while
+    /// f+1 replicas report checkpoints past it asks them for their stable state's layout, whose
+    /// proof starts a fetch ([`Replica::on_state_manifest`]). Without it a replica could wait
+    /// forever: the batches it lacks are collected everywhere once stable, and a faulty replica
+    /// (a primary that shuns it, or a twin on the other side of a shared port) can keep the
+    /// 2f+1th checkpoint from it.
+    pub(super) fn probe_if_stranded(&mut self) {
+        let stalled = self.last_executed == self.executed_at_last_probe;
+        self.executed_at_last_probe = self.last_executed;
+        if !stalled || self.state_fetch.is_some() {
+            return;
+        }
+        let mut ahead: Vec<ReplicaId> = Vec::new();
+        for by in self
+            .checkpoints
+            .votes
+            .range(self.last_executed + 1..)
+            .map(|(_, by)| by)
+        {
+            for replica in self.committee.ids() {
+                if replica != self.id && by.get(replica).is_some() && !ahead.contains(&replica) {
+                    ahead.push(replica);
+                }
+            }
+        }
+        // At least one of f+1 is correct, so someone is really past this replica.
+        if ahead.len() < self.committee.weak_quorum() {
+            return;
+        }
+        tracing::info!(
+            replica = self.id,
+            last_executed = self.last_executed,
+            "stranded; asking for a stable state"
+        );
+        let (seq, replica) = (self.last_executed + 1, self.id);
+        for source in ahead {
+            self.send(
+                Destination::Replica(source),
+                Message::FetchState { seq, replica },
+            );
+        }
+    }
+
     /// On the retransmission timer: asks again for what has not arrived, from other sources.
     pub(super) fn retransmit_state_fetch(&mut self) {
         let replica = self.id;
@@ -206,8 +259,19 @@ impl Replica {
                 );
             }
             Some(manifest) => {
+                // Peers serve only their stable state. When nothing arrived for an interval,
+                // they may have moved past this one: ask for a newer layout, which replaces it.
+                let newer = !std::mem::replace(&mut manifest.progressed, false);
                 manifest.next_request = 0;
+                let source = fetch.sources[fetch.next_source % fetch.sources.len()];
+                let seq = fetch.seq + 1;
                 self.request_chunks(CHUNKS_IN_FLIGHT);
+                if newer {
+                    self.send(
+                        Destination::Replica(source),
+                        Message::FetchState { seq, replica },
+                    );
+                }
             }
         }
     }
