@@ -184,7 +184,7 @@ fn a_stranded_replica_asks_for_a_stable_state_and_fetches_it() {
     let interval = config.retransmit_interval;
     let mut replica = c.replica_with(1, config);
     let mut now = Duration::from_millis(1);
-    let mut tick = |replica: &mut Replica, now: &mut Duration| {
+    let tick = |replica: &mut Replica, now: &mut Duration| {
         *now += interval;
         replica.handle_timer(*now, Timer::Retransmit);
         fetch_state_requests(&replica.poll_ready().messages)
