@@ -161,7 +161,7 @@ impl Client {
         let session = Session::new(
             setup.key.clone(),
             committee,
-            new_session_id(wall_clock_micros(), session_bits()),
+            new_session_id(wall_clock_millis(), session_bits()),
             setup.retransmit_interval,
             setup.max_retransmit_interval,
         );
@@ -240,7 +240,7 @@ impl Client {
         &self,
         timeout: Duration,
     ) -> Vec<(u32, Result<NodeStatus, StatusUnavailable>)> {
-        let nonce = NEXT_NONCE.fetch_add(1, Ordering::Relaxed) ^ (wall_clock_micros() << 20);
+        let nonce = NEXT_NONCE.fetch_add(1, Ordering::Relaxed) ^ (wall_clock_millis() << 20);
         let (reports, mut received) = mpsc::unbounded_channel();
         let mut answers: HashMap<u32, NodeStatus> = HashMap::new();
         if self
@@ -322,8 +322,8 @@ fn closed() -> ClientError {
     ClientError::Closed
 }
 
-/// Random low bits of a session id, so that processes starting in the same microsecond differ.
-fn session_bits() -> u16 {
+/// Random low bits of a session id, so that processes starting in the same millisecond differ.
+fn session_bits() -> u32 {
     use rand::{Rng, SeedableRng};
     rand::rngs::StdRng::from_os_rng().random()
 }
@@ -334,17 +334,18 @@ fn result_of(outcome: Outcome) -> Result<Bytes, ClientError> {
         Outcome::Done(result) => Ok(Bytes::from(result)),
         Outcome::Forgotten => Err(ClientError::ResultForgotten),
         Outcome::SessionExpired => Err(ClientError::SessionExpired),
+        Outcome::SessionsFull => Err(ClientError::SessionsFull),
         Outcome::NotReadOnly => Err(ClientError::Rejected(
             "the replicas refused to answer the operation unordered".into(),
         )),
     }
 }
 
-/// Microseconds since the Unix epoch: the start of a session id (see [`new_session_id`]).
-fn wall_clock_micros() -> u64 {
+/// Milliseconds since the Unix epoch: the start of a session id (see [`new_session_id`]).
+fn wall_clock_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64)
+        .map_or(1, |d| d.as_millis() as u64)
 }
 
 /// The background task: owns the session, the replies channel and the waiting callers.

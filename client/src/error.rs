@@ -31,6 +31,11 @@ pub enum ClientError {
     /// will. A new client starts a new session.
     #[error("the client session expired; the operation was not executed")]
     SessionExpired,
+    /// The replicas' client table is full of sessions active within the last checkpoint
+    /// interval, so this new session was not admitted; the operation was not executed and may
+    /// be tried again later.
+    #[error("the cluster holds as many active client sessions as it may; the operation was not executed, try again later")]
+    SessionsFull,
 }
 
 /// Why [`crate::Client::status_all`] has no status for a replica.

@@ -128,9 +128,8 @@ impl From<ClientError> for Failure {
             ClientError::Timeout
             | ClientError::Closed
             | ClientError::ResultForgotten
-            | ClientError::SessionExpired => {
-                Failure::Unavailable(format!("unavailable: {message}"))
-            }
+            | ClientError::SessionExpired
+            | ClientError::SessionsFull => Failure::Unavailable(format!("unavailable: {message}")),
             _ => Failure::Usage(format!("error: {message}")),
         }
     }

@@ -49,10 +49,16 @@ pub const MAX_TIMESTAMP_SPREAD: u64 = 512;
 /// others: under load the client signs fewer, larger envelopes.
 pub const MAX_ENVELOPES_IN_FLIGHT: usize = 4;
 
-/// A session id for a session starting `micros` after the Unix epoch, with `random` low bits
-/// so that processes starting in the same microsecond differ.
-pub fn new_session_id(micros: u64, random: u16) -> SessionId {
-    (micros << 16) | u64::from(random)
+/// Random low bits of a session id.
+const SESSION_RANDOM_BITS: u32 = 20;
+
+/// A session id for a session starting `millis` milliseconds after the Unix epoch, with 20
+/// random low bits so that processes starting in the same millisecond differ. Ids grow with
+/// time and do not wrap before the year 2527 (44 bits of milliseconds), so a key's new sessions
+/// stay above the ids of its expired ones (see `pbft_core::protocol::ClientTable`).
+pub fn new_session_id(millis: u64, random: u32) -> SessionId {
+    let random = u64::from(random) & ((1 << SESSION_RANDOM_BITS) - 1);
+    (millis << SESSION_RANDOM_BITS) | random
 }
 
 /// Where a frame goes.
@@ -507,9 +513,13 @@ mod tests {
     }
 
     #[test]
-    fn session_ids_grow_with_time_and_differ_within_a_microsecond() {
-        assert!(new_session_id(1_000, 0xffff) < new_session_id(1_001, 0));
+    fn session_ids_grow_with_time_and_differ_within_a_millisecond() {
+        assert!(new_session_id(1_000, u32::MAX) < new_session_id(1_001, 0));
         assert_ne!(new_session_id(1_000, 1), new_session_id(1_000, 2));
+        // Milliseconds of the year 2500 still grow without wrapping.
+        let year_2500 = 16_725_225_600_000;
+        assert!(new_session_id(year_2500, u32::MAX) < new_session_id(year_2500 + 1, 0));
+        assert!(new_session_id(year_2500, 0) > new_session_id(1_800_000_000_000, u32::MAX));
     }
 
     #[test]

@@ -71,7 +71,9 @@ impl Cluster {
         )
         .unwrap();
         for setup in &mut setups {
-            setup.clients = ClientPolicy::Allow([client_key.public()].into_iter().collect());
+            setup.committee = (setup.committee.clone()).with_clients(ClientPolicy::Allow(
+                [client_key.public()].into_iter().collect(),
+            ));
         }
         setups[0].behavior = primary_behavior;
         let nodes = runtime.block_on(async {

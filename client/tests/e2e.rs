@@ -62,7 +62,6 @@ impl Cluster {
                 transport: TransportConfig::default(),
                 data_dir: dirs.path().join(format!("replica-{i}")),
                 storage: Default::default(),
-                clients: pbft_net::ClientPolicy::Open,
                 metrics: None,
                 behavior: behaviors.iter().find(|(b, _)| *b == id).map(|(_, k)| *k),
             };

@@ -47,6 +47,8 @@ pub enum Domain {
     NewView = 8,
     /// Digests of data that is never signed by itself (batches, state, envelopes' contents).
     Content = 9,
+    /// Digests of a cluster's configuration (its replicas, f, its client list).
+    Configuration = 10,
 }
 
 /// The prefix of every signed byte string; changing the protocol's signing rules changes it.

@@ -47,7 +47,6 @@ pub fn loopback_cluster(
             transport: TransportConfig::default(),
             data_dir: data_dir.join(format!("replica-{id}")),
             storage: Default::default(),
-            clients: pbft_net::ClientPolicy::Open,
             metrics: None,
             behavior: None,
         })

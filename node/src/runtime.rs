@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
-use pbft_net::{ClientPolicy, Inbox, Peer, PeerInfo, ReplicaTransport, TransportConfig};
+use pbft_net::{Inbox, Peer, PeerInfo, ReplicaTransport, TransportConfig};
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -31,8 +31,8 @@ use pbft_core::byzantine::{BehaviorKind, Payload};
 use pbft_core::committee::Committee;
 use pbft_core::driver::{Driver, Effects, Flushed};
 use pbft_core::messages::{
-    self, Limits, Message, NodeStatus, ReplicaId, Reply, Sender, SignatureCache, SignatureCheck,
-    Timestamp, Verified,
+    self, Limits, Message, NodeStatus, Rejection, ReplicaId, Reply, Sender, SignatureCache,
+    SignatureCheck, Timestamp, Verified,
 };
 use pbft_core::protocol::{Durable, ProtocolConfig, Replica};
 
@@ -43,6 +43,8 @@ pub struct NodeSetup {
     pub key: KeyPair,
     /// The UDP address the replica's QUIC endpoint listens on.
     pub listen: SocketAddr,
+    /// The replicas, and the clients they serve (the transport admits those, and the core
+    /// refuses every other key's envelopes).
     pub committee: Committee,
     /// Every replica's id, address and key (this one included).
     pub peers: Vec<PeerInfo>,
@@ -51,8 +53,6 @@ pub struct NodeSetup {
     /// Where durable state lives.
     pub data_dir: PathBuf,
     pub storage: StorageConfig,
-    /// Which clients the transport admits.
-    pub clients: ClientPolicy,
     /// Where Prometheus metrics are served over HTTP, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// A named faulty behaviour, for test clusters only.
@@ -196,7 +196,7 @@ impl RunningNode {
             &setup.key,
             setup.listen,
             setup.peers.clone(),
-            setup.clients.clone(),
+            setup.committee.clients().clone(),
             setup.transport.clone(),
         )
         .await
@@ -365,6 +365,7 @@ fn spawn_verifiers(
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
     let limits = setup.protocol.limits.clone();
+    let mismatch_warned: MismatchWarnings = Arc::default();
     for _ in 0..workers {
         let inbox = inbox.clone();
         let inputs = inputs.clone();
@@ -373,6 +374,7 @@ fn spawn_verifiers(
         let cache = cache.clone();
         let rejections = rejections.clone();
         let metrics = metrics.clone();
+        let mismatch_warned = mismatch_warned.clone();
         tokio::spawn(async move {
             loop {
                 let incoming = { inbox.lock().await.recv().await };
@@ -385,7 +387,13 @@ fn spawn_verifiers(
                             return;
                         }
                     }
-                    Err(reason) => {
+                    Err(rejection) => {
+                        let reason = rejection.label();
+                        if let (Rejection::ConfigMismatch(part), Peer::Replica(peer)) =
+                            (&rejection, incoming.from)
+                        {
+                            warn_config_mismatch(&mismatch_warned, peer, part);
+                        }
                         if let Peer::Client(key) = incoming.from {
                             if CLIENT_FAULTS.contains(&reason)
                                 && inputs
@@ -405,14 +413,39 @@ fn spawn_verifiers(
     }
 }
 
+/// When each peer's configuration difference was last logged.
+type MismatchWarnings = Arc<std::sync::Mutex<BTreeMap<ReplicaId, Instant>>>;
+
+/// How often a peer whose configuration differs is named in the log.
+const MISMATCH_WARNING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Names a replica whose configuration differs from this one's, at most once per interval:
+/// its status messages arrive every retransmission interval.
+fn warn_config_mismatch(warned: &MismatchWarnings, peer: ReplicaId, part: &str) {
+    let now = Instant::now();
+    let mut warned = warned.lock().unwrap_or_else(|e| e.into_inner());
+    if warned
+        .get(&peer)
+        .is_some_and(|last| now.duration_since(*last) < MISMATCH_WARNING_INTERVAL)
+    {
+        return;
+    }
+    warned.insert(peer, now);
+    tracing::warn!(
+        peer,
+        "replica {peer} is configured differently: {part} differs from this replica's; every \
+         replica of a cluster needs the same f, replica keys and client list"
+    );
+}
+
 fn check_frame(
     from: Peer,
     frame: &Bytes,
     committee: &Committee,
     limits: &Limits,
     cache: &Mutex<SignatureCache>,
-) -> Result<Input, &'static str> {
-    let message = Message::decode(frame, limits).map_err(|_| "undecodable")?;
+) -> Result<Input, Rejection> {
+    let message = Message::decode(frame, limits).map_err(|_| Rejection::Undecodable)?;
     if let Message::StatusQuery { nonce } = message {
         return Ok(Input::StatusQuery { from, nonce });
     }
@@ -420,8 +453,7 @@ fn check_frame(
         Peer::Replica(id) => Sender::Replica(id),
         Peer::Client(key) => Sender::Client(key),
     };
-    let verified = messages::verify(message, sender, committee, limits, &mut SharedCheck(cache))
-        .map_err(|rejection| rejection.label())?;
+    let verified = messages::verify(message, sender, committee, limits, &mut SharedCheck(cache))?;
     Ok(Input::Message(verified, from))
 }
 

@@ -694,15 +694,15 @@ fn the_clients_admitted_are_a_choice_written_down() {
     let fixture = Fixture::new();
     let open = fixture.config();
     let setup = load_node_config(&fixture.write(&open)).unwrap();
-    assert_eq!(setup.clients, ClientPolicy::Open);
+    assert_eq!(setup.committee.clients(), &ClientPolicy::Open);
 
     let client = key(9).public();
     let mut listed = fixture.config();
     listed.clients = ClientAccess::listed([client]);
     let setup = load_node_config(&fixture.write(&listed)).unwrap();
     assert_eq!(
-        setup.clients,
-        ClientPolicy::Allow([client].into_iter().collect())
+        setup.committee.clients(),
+        &ClientPolicy::Allow([client].into_iter().collect())
     );
 
     // No default: a file without `clients` is refused, naming the field.

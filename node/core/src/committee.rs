@@ -1,14 +1,75 @@
-//! Who the replicas are and the quorum arithmetic of n = 3f+1.
+//! Who the replicas are, which clients they serve, and the quorum arithmetic of n = 3f+1.
 
-use pbft_crypto::PublicKey;
+use std::collections::BTreeSet;
+
+use pbft_crypto::{Digest, DigestBuilder, Domain, PublicKey};
+use serde::{Deserialize, Serialize};
 
 use crate::messages::{ReplicaId, View};
 
-/// The replicas of a cluster: replica `i` has key `replicas[i]`.
+/// Which client keys the cluster serves. Part of the replicated configuration: every correct
+/// replica checks it for every request envelope it accepts (in a REQUEST, a PRE-PREPARE, a
+/// fetched batch, a commit certificate), so all must hold the same one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientPolicy {
+    /// Anyone holding any ed25519 key.
+    Open,
+    /// Only these keys.
+    Allow(BTreeSet<PublicKey>),
+}
+
+impl ClientPolicy {
+    /// Whether a client presenting `key` is admitted.
+    pub fn admits(&self, key: &PublicKey) -> bool {
+        match self {
+            ClientPolicy::Open => true,
+            ClientPolicy::Allow(keys) => keys.contains(key),
+        }
+    }
+
+    fn digest(&self) -> Digest {
+        let builder = DigestBuilder::new(Domain::Configuration);
+        match self {
+            ClientPolicy::Open => builder.u8(0),
+            ClientPolicy::Allow(keys) => (keys.iter())
+                .fold(builder.u8(1).u64(keys.len() as u64), |b, key| {
+                    b.public_key(key)
+                }),
+        }
+        .finish()
+    }
+}
+
+/// Digests of the parts of the configuration that replicas of one cluster must share, sent in
+/// every status message so that replicas whose configurations differ find out which part does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// f and the replicas' keys, in id order.
+    pub replicas: Digest,
+    /// The client policy.
+    pub clients: Digest,
+}
+
+impl Fingerprint {
+    /// The first part in which `other` differs from `self`, named for a log line.
+    pub fn difference(&self, other: &Fingerprint) -> Option<&'static str> {
+        if self.replicas != other.replicas {
+            Some("the replicas' keys or f")
+        } else if self.clients != other.clients {
+            Some("the client list")
+        } else {
+            None
+        }
+    }
+}
+
+/// The replicas of a cluster: replica `i` has key `replicas[i]`; and the clients it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committee {
     replicas: Vec<PublicKey>,
     f: usize,
+    clients: ClientPolicy,
+    fingerprint: Fingerprint,
 }
 
 /// Why a committee cannot be formed.
@@ -23,7 +84,8 @@ pub enum CommitteeError {
 }
 
 impl Committee {
-    /// Forms a committee of `3f+1` distinct keys.
+    /// Forms a committee of `3f+1` distinct keys that serves any client (see
+    /// [`Committee::with_clients`]).
     pub fn new(replicas: Vec<PublicKey>, f: usize) -> Result<Committee, CommitteeError> {
         if f == 0 {
             return Err(CommitteeError::NoFaultTolerance);
@@ -39,7 +101,44 @@ impl Committee {
                 return Err(CommitteeError::DuplicateKey(j as ReplicaId, i as ReplicaId));
             }
         }
-        Ok(Committee { replicas, f })
+        let replicas_digest = (replicas.iter())
+            .fold(
+                DigestBuilder::new(Domain::Configuration).u64(f as u64),
+                |b, key| b.public_key(key),
+            )
+            .finish();
+        let clients = ClientPolicy::Open;
+        let fingerprint = Fingerprint {
+            replicas: replicas_digest,
+            clients: clients.digest(),
+        };
+        Ok(Committee {
+            replicas,
+            f,
+            clients,
+            fingerprint,
+        })
+    }
+
+    /// The same committee, serving only the clients `policy` admits.
+    pub fn with_clients(mut self, policy: ClientPolicy) -> Committee {
+        self.fingerprint.clients = policy.digest();
+        self.clients = policy;
+        self
+    }
+
+    pub fn clients(&self) -> &ClientPolicy {
+        &self.clients
+    }
+
+    /// Whether requests signed by `client` may be ordered and executed.
+    pub fn admits_client(&self, client: &PublicKey) -> bool {
+        self.clients.admits(client)
+    }
+
+    /// Digests of what replicas of this cluster must share.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
     }
 
     pub fn n(&self) -> usize {

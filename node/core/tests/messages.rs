@@ -186,6 +186,7 @@ fn samples() -> &'static [(Sender, Message)] {
                     replica: 1,
                     view: 3,
                     last_executed: 17,
+                    fingerprint: *c.committee.fingerprint(),
                 },
             ),
             (
@@ -1107,4 +1108,80 @@ fn a_state_layout_must_match_its_proof_and_chunks_their_size() {
         c.check(Sender::Replica(0), oversized),
         Err(Rejection::TooLarge(_))
     ));
+}
+
+/// The client list is replicated configuration: an envelope of a key it does not list is
+/// refused wherever it appears, whoever relays it, and a replica whose list differs is named.
+#[test]
+fn envelopes_of_unlisted_clients_are_refused_in_every_message_that_carries_them() {
+    use pbft_core::committee::ClientPolicy;
+    let open = Cluster::new(1);
+    // `batch` signs with client keys 0.., so listing only client 0 leaves client 1 out.
+    let listed = std::iter::once(client(0).public()).collect();
+    let mut c = Cluster::new(1);
+    c.committee = c
+        .committee
+        .clone()
+        .with_clients(ClientPolicy::Allow(listed));
+    let unlisted = RequestEnvelope::new(&client(1), 1, vec![request(1, b"put")]);
+    let two = batch(2);
+    assert!(two.envelopes.iter().any(|e| e.client == client(1).public()));
+
+    let carriers = [
+        (
+            Sender::Client(client(1).public()),
+            Message::Request(unlisted.clone()),
+        ),
+        // A faulty replica relaying it as if it were a client's forward.
+        (Sender::Replica(1), Message::Request(unlisted)),
+        (Sender::Replica(0), c.pre_prepare(0, 1, two.clone())),
+        (
+            Sender::Replica(2),
+            Message::BatchData {
+                seq: 1,
+                batch: two.clone(),
+            },
+        ),
+        (Sender::Replica(2), c.committed(0, 1, &two)),
+    ];
+    for (sender, message) in carriers {
+        let kind = message.kind();
+        assert_eq!(
+            c.check(sender, message.clone()),
+            Err(Rejection::ClientNotAdmitted),
+            "{kind}"
+        );
+        assert_eq!(
+            open.check(sender, message),
+            Ok(()),
+            "{kind} in an open cluster"
+        );
+    }
+    // The listed client's own envelope passes.
+    let own = RequestEnvelope::new(&client(0), 1, vec![request(1, b"put")]);
+    assert_eq!(
+        c.check(Sender::Client(client(0).public()), Message::Request(own)),
+        Ok(())
+    );
+
+    // A status from a replica configured with another list names the difference.
+    let status = |fingerprint| Message::Status {
+        replica: 1,
+        view: 0,
+        last_executed: 0,
+        fingerprint,
+    };
+    assert_eq!(
+        c.check(Sender::Replica(1), status(*open.committee.fingerprint())),
+        Err(Rejection::ConfigMismatch("the client list"))
+    );
+    let other_f = Cluster::new(2);
+    assert_eq!(
+        c.check(Sender::Replica(1), status(*other_f.committee.fingerprint())),
+        Err(Rejection::ConfigMismatch("the replicas' keys or f"))
+    );
+    assert_eq!(
+        c.check(Sender::Replica(1), status(*c.committee.fingerprint())),
+        Ok(())
+    );
 }

@@ -500,6 +500,7 @@ fn help_to_a_lagging_peer_is_metered_in_bytes() {
             replica: 3,
             view: 0,
             last_executed: 0,
+            fingerprint: *c.committee.fingerprint(),
         };
         c.deliver(helper, at, 3, status);
         helper

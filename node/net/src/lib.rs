@@ -128,25 +128,9 @@ pub struct Incoming {
     pub connection: usize,
 }
 
-/// Which clients a replica admits, decided at the TLS handshake from the key the client's
-/// certificate carries (replicas are always admitted).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientPolicy {
-    /// Anyone holding any ed25519 key.
-    Open,
-    /// Only these keys.
-    Allow(std::collections::BTreeSet<PublicKey>),
-}
-
-impl ClientPolicy {
-    /// Whether a client presenting `key` is admitted.
-    pub fn admits(&self, key: &PublicKey) -> bool {
-        match self {
-            ClientPolicy::Open => true,
-            ClientPolicy::Allow(keys) => keys.contains(key),
-        }
-    }
-}
+/// Which clients a replica admits: checked at the TLS handshake from the key the client's
+/// certificate carries (replicas are always admitted), and by the core for every envelope.
+pub use pbft_core::committee::ClientPolicy;
 
 /// Transport limits and timings. [`Default`] gives values suited to a LAN or a single host.
 #[derive(Clone, Debug)]

@@ -161,12 +161,12 @@ async fn client_attack(
     attack: ClientAttack,
     options: AttackOptions,
 ) -> Result<AttackReport, LaunchError> {
-    let micros = SystemTime::now()
+    let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_micros() as u64;
+        .as_millis() as u64;
     let mut rng = rand::rngs::StdRng::from_os_rng();
-    let session = new_session_id(micros, rng.random());
+    let session = new_session_id(millis, rng.random());
     let mut client = FaultyClient::new(attack, setup.key.clone(), session, Limits::default());
     let mut transports: HashMap<PublicKey, ClientTransport> = HashMap::new();
     let mut opened: VecDeque<PublicKey> = VecDeque::new();

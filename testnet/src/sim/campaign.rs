@@ -194,6 +194,10 @@ impl Scenario {
             config.attack_until = ms(attack_rng.random_range(2_000..=20_000));
         }
 
+        // So is whether the cluster lists its clients.
+        let mut clients_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0c11_e575_0be9_0001);
+        config.open_clients = clients_rng.random_bool(0.3);
+
         // So is the workload.
         let mut workload_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0bad_c0de_5eed_0001);
         if workload_rng.random_bool(0.6) {

@@ -29,6 +29,7 @@ use std::time::Duration;
 use pbft_client::session::Target;
 use pbft_core::app::KvStore;
 use pbft_core::byzantine::{BehaviorKind, ClientAttack, FaultyClient, Payload};
+use pbft_core::committee::ClientPolicy;
 use pbft_core::driver::{Driver, Effects, Flushed};
 use pbft_core::messages::{
     self, Limits, Message, ReplicaId, Reply, Sender, SessionKey, SignatureCache,
@@ -66,6 +67,9 @@ pub struct SimConfig {
     pub attackers: Vec<ClientAttack>,
     pub attack_interval: Duration,
     pub attack_until: Duration,
+    /// Serve any client key; otherwise only the honest clients' and the attackers' own keys
+    /// are listed.
+    pub open_clients: bool,
 }
 
 impl SimConfig {
@@ -91,6 +95,9 @@ impl SimConfig {
                 view_change_timeout: Duration::from_millis(500),
                 max_view_change_timeout: Duration::from_secs(8),
                 retransmit_interval: Duration::from_millis(200),
+                // Small enough that churning and fresh-key attackers reach the bounds.
+                max_client_sessions: 256,
+                max_sessions_per_client: 32,
                 limits: Limits {
                     log_window,
                     ..Limits::default()
@@ -100,6 +107,7 @@ impl SimConfig {
             attackers: Vec::new(),
             attack_interval: Duration::from_millis(250),
             attack_until: Duration::from_secs(20),
+            open_clients: false,
         }
     }
 }
@@ -298,8 +306,20 @@ impl Simulation {
         let keys: Vec<KeyPair> = (0..n)
             .map(|i| key_from(config.seed, b'r', i as u64))
             .collect();
-        let committee =
-            Committee::new(keys.iter().map(KeyPair::public).collect(), config.f).expect("n = 3f+1");
+        let listed = (0..config.clients)
+            .map(|i| key_from(config.seed, b'c', i as u64).public())
+            .chain(
+                (0..config.attackers.len()).map(|i| key_from(config.seed, b'a', i as u64).public()),
+            )
+            .collect();
+        let policy = if config.open_clients {
+            ClientPolicy::Open
+        } else {
+            ClientPolicy::Allow(listed)
+        };
+        let committee = Committee::new(keys.iter().map(KeyPair::public).collect(), config.f)
+            .expect("n = 3f+1")
+            .with_clients(policy);
         let replicas = keys
             .into_iter()
             .enumerate()
@@ -921,6 +941,15 @@ impl Simulation {
                     .map_err(|v| self.annotate(v))?;
             }
             for executed in &flushed.executed {
+                let unlisted = (executed.requests.iter())
+                    .find(|(session, _)| !self.committee.admits_client(&session.client));
+                if let Some((session, _)) = unlisted {
+                    let violation = Violation(format!(
+                        "client list: replica {id} executed a request of unlisted key {:?} at seq {}",
+                        session.client, executed.seq
+                    ));
+                    return Err(self.annotate(violation));
+                }
                 self.checker
                     .on_executed(id, executed)
                     .map_err(|v| self.annotate(v))?;

@@ -33,16 +33,21 @@ pub enum ClientAttack {
     /// Envelopes whose signature does not verify: refused at the boundary, and the sender's
     /// connections cut off for a while.
     BadSignatures,
+    /// One request in the largest session id, then many one-request sessions with fresh ids:
+    /// sessions and expiry marks are kept per key, so the churn expires only its own sessions
+    /// and every other key's new sessions still start.
+    SessionChurn,
 }
 
 impl ClientAttack {
     /// Every strategy, in declaration order.
-    pub const ALL: [ClientAttack; 5] = [
+    pub const ALL: [ClientAttack; 6] = [
         ClientAttack::OversizedEnvelope,
         ClientAttack::ReusedTimestamps,
         ClientAttack::ManyIdentities,
         ClientAttack::Flood,
         ClientAttack::BadSignatures,
+        ClientAttack::SessionChurn,
     ];
 
     /// The kebab-case name, which [`FromStr`] parses back.
@@ -53,6 +58,7 @@ impl ClientAttack {
             ClientAttack::ManyIdentities => "many-identities",
             ClientAttack::Flood => "flood",
             ClientAttack::BadSignatures => "bad-signatures",
+            ClientAttack::SessionChurn => "session-churn",
         }
     }
 }
@@ -65,7 +71,7 @@ impl fmt::Display for ClientAttack {
 
 /// A strategy name that [`ClientAttack`] does not know.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown client attack {0:?}; known: oversized-envelope, reused-timestamps, many-identities, flood, bad-signatures")]
+#[error("unknown client attack {0:?}; known: oversized-envelope, reused-timestamps, many-identities, flood, bad-signatures, session-churn")]
 pub struct UnknownAttack(pub String);
 
 impl FromStr for ClientAttack {
@@ -89,6 +95,8 @@ pub struct AttackMessage {
 const IDENTITIES_PER_TICK: usize = 8;
 /// Envelopes [`ClientAttack::Flood`] sends per tick.
 const FLOOD_PER_TICK: usize = 64;
+/// New sessions [`ClientAttack::SessionChurn`] opens per tick.
+const SESSIONS_PER_TICK: usize = 32;
 
 /// One attacking client: its strategy, key, session and the next timestamp it uses.
 pub struct FaultyClient {
@@ -153,6 +161,24 @@ impl FaultyClient {
                     envelope.signature.0[0] ^= 1;
                 }
                 vec![forged]
+            }
+            ClientAttack::SessionChurn => {
+                let mut out = Vec::with_capacity(SESSIONS_PER_TICK + 1);
+                if self.ticks == 1 {
+                    let op = put("attack/churn/last".into(), b"x");
+                    out.push(self.envelope_from(
+                        self.key.clone(),
+                        SessionId::MAX,
+                        vec![request(1, op)],
+                    ));
+                }
+                for _ in 0..SESSIONS_PER_TICK {
+                    // Each envelope opens a session of its own: the next id after the last.
+                    self.session = self.session.wrapping_add(1).max(1);
+                    let op = put(format!("attack/churn/{}", self.session), b"x");
+                    out.push(self.envelope(vec![request(1, op)]));
+                }
+                out
             }
         }
     }
@@ -278,6 +304,7 @@ mod tests {
             ClientAttack::ReusedTimestamps,
             ClientAttack::ManyIdentities,
             ClientAttack::Flood,
+            ClientAttack::SessionChurn,
         ] {
             let mut client = attacker(attack);
             let mut rng = StdRng::seed_from_u64(5);

@@ -266,6 +266,7 @@ impl Behavior for Unsolicited {
                 replica: ctx.id,
                 view: view.saturating_add(FAR_VIEWS),
                 last_executed: self.seen.saturating_add(1 << 32),
+                fingerprint: *ctx.committee.fingerprint(),
             }),
         ));
         out

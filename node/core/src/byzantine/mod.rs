@@ -29,6 +29,7 @@ pub mod silent;
 pub mod slow;
 pub mod stale_view;
 pub mod twin;
+pub mod unlisted;
 
 #[cfg(test)]
 mod tests;
@@ -54,6 +55,7 @@ pub use silent::Silent;
 pub use slow::Slow;
 pub use stale_view::StaleView;
 pub use twin::Twin;
+pub use unlisted::UnlistedClients;
 
 use crate::committee::Committee;
 use crate::messages::{Message, ReplicaId, Reply};
@@ -218,11 +220,13 @@ pub enum BehaviorKind {
     Twin,
     /// [`Shun`].
     Shun,
+    /// [`UnlistedClients`].
+    UnlistedClients,
 }
 
 impl BehaviorKind {
     /// Every behaviour, in declaration order.
-    pub const ALL: [BehaviorKind; 17] = [
+    pub const ALL: [BehaviorKind; 18] = [
         BehaviorKind::Silent,
         BehaviorKind::EquivocatePrimarySplit,
         BehaviorKind::EquivocatePrimaryMinority,
@@ -240,6 +244,7 @@ impl BehaviorKind {
         BehaviorKind::Unsolicited,
         BehaviorKind::Twin,
         BehaviorKind::Shun,
+        BehaviorKind::UnlistedClients,
     ];
 
     /// The kebab-case name, which [`FromStr`] parses back.
@@ -262,6 +267,7 @@ impl BehaviorKind {
             BehaviorKind::Unsolicited => "unsolicited",
             BehaviorKind::Twin => "twin",
             BehaviorKind::Shun => "shun",
+            BehaviorKind::UnlistedClients => "unlisted-clients",
         }
     }
 
@@ -297,6 +303,7 @@ impl BehaviorKind {
             BehaviorKind::Unsolicited => Box::new(Unsolicited::default()),
             BehaviorKind::Twin => Box::new(Twin),
             BehaviorKind::Shun => Box::new(Shun),
+            BehaviorKind::UnlistedClients => Box::new(UnlistedClients),
         }
     }
 }

@@ -475,6 +475,7 @@ fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
             replica: id,
             view: 1,
             last_executed: 2,
+            fingerprint: *cluster.committee.fingerprint(),
         }),
         (
             Destination::Replica(3),

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use pbft_crypto::{Digest, Domain, PublicKey, Signature};
 use serde::{Deserialize, Serialize};
 
-use crate::committee::Committee;
+use crate::committee::{Committee, Fingerprint};
 
 pub use certificate::PreparedCert;
 pub use checkpoint::Checkpoint;
@@ -76,6 +76,8 @@ pub enum Message {
         replica: ReplicaId,
         view: View,
         last_executed: Seq,
+        /// The sender's configuration, which must be the receiver's.
+        fingerprint: Fingerprint,
     },
     /// A batch with 2f+1 matching COMMITs for it: proof that it is committed at `seq`, for a
     /// replica that missed the ordering messages.
@@ -232,6 +234,10 @@ pub enum Rejection {
     InvalidCertificate(&'static str),
     #[error("only replicas may send this message")]
     NotFromReplica,
+    #[error("signed by a client key the cluster does not serve")]
+    ClientNotAdmitted,
+    #[error("the sender's configuration differs from this replica's: {0}")]
+    ConfigMismatch(&'static str),
 }
 
 impl Rejection {
@@ -248,6 +254,8 @@ impl Rejection {
             Rejection::Malformed(_) => "malformed",
             Rejection::InvalidCertificate(_) => "invalid_certificate",
             Rejection::NotFromReplica => "not_from_replica",
+            Rejection::ClientNotAdmitted => "client_not_admitted",
+            Rejection::ConfigMismatch(_) => "config_mismatch",
         }
     }
 }
@@ -487,10 +495,20 @@ pub fn verify(
         Message::Committed { batch, commits } => {
             certificate::verify_committed(&mut check, batch, commits)?
         }
+        Message::Status {
+            replica,
+            fingerprint,
+            ..
+        } => {
+            check.signed_by(*replica)?;
+            if let Some(part) = committee.fingerprint().difference(fingerprint) {
+                return Err(Rejection::ConfigMismatch(part));
+            }
+            Vec::new()
+        }
         Message::FetchBatch { replica, .. }
         | Message::FetchState { replica, .. }
-        | Message::FetchStateChunk { replica, .. }
-        | Message::Status { replica, .. } => {
+        | Message::FetchStateChunk { replica, .. } => {
             // Unsigned: the authenticated channel names the asker.
             check.signed_by(*replica)?;
             Vec::new()

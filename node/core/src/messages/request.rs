@@ -201,6 +201,9 @@ pub enum Outcome {
     SessionExpired,
     /// A read-only request whose operation is not read-only: order it instead.
     NotReadOnly,
+    /// A new session found the client table full of active sessions (see
+    /// [`crate::protocol::ClientTable`]): not executed; it may be sent again later.
+    SessionsFull,
 }
 
 /// Checks a client's envelope on its own (outside a message): shape, limits and the client's
@@ -229,9 +232,20 @@ pub(super) fn verify_request(
         }
     }
     check_envelope_shape(envelope, check.limits)?;
+    check_client_admitted(check, &envelope.client)?;
     let digest = envelope.signing_digest();
     check_client_signature(check.signatures, envelope, &digest)?;
     Ok(digest)
+}
+
+/// Every correct replica serves the same clients, so an envelope of another key is refused
+/// wherever it appears, alike at all of them.
+fn check_client_admitted(check: &Check<'_>, client: &PublicKey) -> Result<(), Rejection> {
+    check
+        .committee
+        .admits_client(client)
+        .then_some(())
+        .ok_or(Rejection::ClientNotAdmitted)
 }
 
 fn check_client_signature(
@@ -286,6 +300,7 @@ pub(super) fn verify_read(
         Sender::Client(client) if client == read.client => {}
         _ => return Err(Rejection::WrongSender),
     }
+    check_client_admitted(check, &read.client)?;
     if read.op.len() > check.limits.max_op_bytes {
         return Err(Rejection::TooLarge("operation"));
     }
@@ -323,6 +338,7 @@ pub(super) fn check_batch(
     }
     for (envelope, digest) in batch.envelopes.iter().zip(digests) {
         check_envelope_shape(envelope, limits)?;
+        check_client_admitted(check, &envelope.client)?;
         check_client_signature(check.signatures, envelope, digest)?;
     }
     Ok(())

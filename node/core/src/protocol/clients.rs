@@ -1,7 +1,7 @@
 //! Per-client bookkeeping that is part of the replicated state (at-most-once execution and the
 //! reply cache), and the bounded set of requests a replica is waiting to see executed.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
 
 use pbft_crypto::{Digest, PublicKey};
 use serde::{Deserialize, Serialize};
@@ -56,17 +56,43 @@ pub struct ClientRecord {
     pub last_active: Seq,
 }
 
+impl ClientRecord {
+    fn cached_bytes(&self) -> usize {
+        self.results.values().map(Vec::len).sum()
+    }
+}
+
+/// What every replica remembers of one client key, across its sessions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct KeyRecord {
+    /// Sessions of this key in the table.
+    sessions: usize,
+    /// Bytes of cached results of this key's sessions.
+    cached_bytes: usize,
+    /// The highest session id of this key that expired: a session of this key that is not in
+    /// the table with an id at or below it is refused.
+    expired_up_to: SessionId,
+    /// The sequence number at which one of its sessions last expired.
+    last_expiry: Seq,
+}
+
 /// The bounds of the client table; replicas must agree on them (they shape the replicated
 /// state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientBounds {
     /// How many timestamps below its highest executed one a session's request may carry.
     pub window: u64,
-    /// Most sessions remembered; beyond it the least recently active expire.
+    /// Most sessions remembered over all keys.
     pub max_sessions: usize,
-    /// Most bytes of cached results over all sessions; beyond it the results of the least
-    /// recently active sessions are dropped first.
+    /// Most sessions remembered of one key.
+    pub max_sessions_per_key: usize,
+    /// Most bytes of cached results over all sessions.
     pub max_cached_bytes: usize,
+    /// Most bytes of cached results of one key's sessions.
+    pub max_cached_bytes_per_key: usize,
+    /// A session that executed within this many sequence numbers is active: no other key's
+    /// new session may expire it.
+    pub active_interval: Seq,
 }
 
 /// The client table: decides at-most-once execution and answers retransmissions.
@@ -76,22 +102,34 @@ pub struct ClientBounds {
 /// one and has not executed yet; older timestamps are refused, so each timestamp executes at
 /// most once.
 ///
-/// The table is bounded, with rules every replica applies at the same point of the log (after
-/// each batch), so all of them keep and drop the same entries:
-/// - at most `max_sessions` sessions: when there are more, the least recently active ones (by
-///   the sequence number of their last execution, then by key) expire until 15/16 of the bound
-///   remain. `expired_up_to` becomes the highest expired session id, and a session that is not
-///   in the table with an id at or below it is refused as expired: an expired session never
-///   executes again, so no request of it can execute twice. Session ids grow with time, so new
-///   sessions are above the mark;
-/// - at most `max_cached_bytes` of cached results: beyond it, the results of the least recently
-///   active sessions are dropped (the requests stay marked executed, and a retransmission is
-///   answered [`Outcome::Forgotten`]).
+/// The table is bounded, with rules every replica applies at the same point of the log, so all
+/// of them keep and drop the same entries. Every bound applies to one key first, then to all:
+/// - A key has at most `max_sessions_per_key` sessions: a new session beyond it expires that
+///   key's least recently active session, whatever its activity. What one key does costs that
+///   key alone.
+/// - There are at most `max_sessions` sessions: after each batch, idle sessions (none executed
+///   within `active_interval`) expire until 15/16 of the bound remain, taken from the key that
+///   holds the most sessions first, its least recently active first. A new session that finds
+///   the table full of active sessions is refused ([`Outcome::SessionsFull`]) without
+///   executing, and may try again later.
+/// - Expiry is remembered per key: the key's highest expired session id. A session that is not
+///   in the table with an id at or below its key's mark is refused as expired, so an expired
+///   session never executes again. Clients number their sessions by time (see
+///   `pbft_client::session::new_session_id`), so a key's new sessions are above its mark; a
+///   client whose clock runs far ahead or behind refuses only its own key's sessions.
+/// - Marks of keys without sessions are kept up to `max_sessions` keys. Beyond that (a cluster
+///   open to any key), the lowest mark is forgotten into `forgotten_up_to`, the mark of every
+///   key the table does not know; dropping the lowest first keeps that common mark below every
+///   mark still held.
+/// - Cached results take at most `max_cached_bytes_per_key` per key and `max_cached_bytes` in
+///   all: beyond either, the oldest results of the key holding the most bytes go first (the
+///   requests stay marked executed, and a retransmission is answered [`Outcome::Forgotten`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientTable {
     bounds: ClientBounds,
     sessions: BTreeMap<SessionKey, ClientRecord>,
-    expired_up_to: SessionId,
+    keys: BTreeMap<PublicKey, KeyRecord>,
+    forgotten_up_to: SessionId,
     cached_bytes: usize,
 }
 
@@ -108,19 +146,28 @@ pub enum RequestStatus<'a> {
     Expired,
 }
 
+/// Whether a session may execute a request now (see [`ClientTable::admit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// The table is full of active sessions: not executed, may be sent again later.
+    Full,
+}
+
 impl ClientTable {
     pub fn new(bounds: ClientBounds) -> ClientTable {
         ClientTable {
             bounds,
             sessions: BTreeMap::new(),
-            expired_up_to: 0,
+            keys: BTreeMap::new(),
+            forgotten_up_to: 0,
             cached_bytes: 0,
         }
     }
 
     pub fn status(&self, session: &SessionKey, timestamp: Timestamp) -> RequestStatus<'_> {
         let Some(record) = self.sessions.get(session) else {
-            return if session.session <= self.expired_up_to {
+            return if session.session <= self.expired_up_to(&session.client) {
                 RequestStatus::Expired
             } else {
                 RequestStatus::New
@@ -129,7 +176,7 @@ impl ClientTable {
         if timestamp > record.max_timestamp {
             return RequestStatus::New;
         }
-        if timestamp.saturating_add(self.bounds.window) <= record.max_timestamp {
+        if record.max_timestamp - timestamp >= self.bounds.window {
             return RequestStatus::TooOld;
         }
         if record.executed.get(timestamp) {
@@ -170,73 +217,219 @@ impl ClientTable {
             .collect()
     }
 
-    /// Records the result of a request executed at `seq` (whose status was `New`).
+    /// Makes room for `session` before one of its requests executes at `seq` (its status was
+    /// `New`): a session already in the table is admitted as it is; a new one may expire
+    /// sessions of its own key, then idle sessions of the keys holding the most. Call it at
+    /// the same point of the log at every replica.
+    pub fn admit(&mut self, session: SessionKey, seq: Seq) -> Admission {
+        if self.sessions.contains_key(&session) {
+            return Admission::Admitted;
+        }
+        let per_key = self.bounds.max_sessions_per_key;
+        if self.key_record(&session.client).sessions >= per_key {
+            let excess = self.key_record(&session.client).sessions + 1 - (per_key - per_key / 16);
+            for old in self.least_recently_active_of(&session.client, excess) {
+                self.expire(old, seq);
+            }
+        }
+        let max = self.bounds.max_sessions;
+        if self.sessions.len() >= max {
+            self.expire_idle(seq, max - max / 16);
+            if self.sessions.len() >= max {
+                return Admission::Full;
+            }
+        }
+        self.open(session, seq);
+        Admission::Admitted
+    }
+
+    /// Records the result of a request executed at `seq` (whose status was `New` and whose
+    /// session was admitted).
     pub fn record(&mut self, session: SessionKey, timestamp: Timestamp, result: Vec<u8>, seq: Seq) {
+        if !self.sessions.contains_key(&session) {
+            self.open(session, seq);
+        }
         let window = self.bounds.window;
-        let record = self
-            .sessions
-            .entry(session)
-            .or_insert_with(|| ClientRecord {
-                max_timestamp: 0,
-                executed: ExecutedWindow::new(window),
-                results: BTreeMap::new(),
-                last_active: seq,
-            });
+        let record = self.sessions.get_mut(&session).expect("opened above");
+        let key = self.keys.get_mut(&session.client).expect("opened with it");
         record.last_active = seq;
         if timestamp > record.max_timestamp {
             // The new timestamps reuse the ring bits of those leaving the window: clear them.
+            // `fresh` is at least 1 and at most `timestamp`, so nothing overflows.
             let fresh = (timestamp - record.max_timestamp).min(record.executed.bits());
-            for reused in timestamp + 1 - fresh..=timestamp {
+            for reused in (timestamp - fresh + 1)..=timestamp {
                 record.executed.set(reused, false);
             }
             record.max_timestamp = timestamp;
             let floor = timestamp.saturating_sub(window);
             let kept = record.results.split_off(&(floor + 1));
-            let dropped: usize = record.results.values().map(Vec::len).sum();
+            let dropped = record.cached_bytes();
             record.results = kept;
+            key.cached_bytes -= dropped;
             self.cached_bytes -= dropped;
         }
         record.executed.set(timestamp, true);
+        key.cached_bytes += result.len();
         self.cached_bytes += result.len();
-        record.results.insert(timestamp, result);
+        if let Some(replaced) = record.results.insert(timestamp, result) {
+            key.cached_bytes -= replaced.len();
+            self.cached_bytes -= replaced.len();
+        }
+        let per_key = self.bounds.max_cached_bytes_per_key;
+        if key.cached_bytes > per_key {
+            let client = session.client;
+            self.drop_results(&client, |key_bytes, _| key_bytes <= per_key - per_key / 16);
+        }
     }
 
-    /// Applies the bounds (see the type's documentation). Call after every batch, at every
-    /// replica alike.
+    /// Applies the byte budgets of cached results and the bound on remembered keys (see the
+    /// type's documentation). Call after every batch, at every replica alike.
     pub fn enforce_bounds(&mut self) {
-        let bounds = self.bounds;
-        if self.sessions.len() > bounds.max_sessions {
-            let keep = bounds.max_sessions - bounds.max_sessions / 16;
-            for session in self.least_recently_active(self.sessions.len() - keep) {
-                if let Some(record) = self.sessions.remove(&session) {
-                    self.cached_bytes -= record.results.values().map(Vec::len).sum::<usize>();
+        let max = self.bounds.max_cached_bytes;
+        if self.cached_bytes > max {
+            let target = max - max / 16;
+            let mut by_bytes: BinaryHeap<(usize, PublicKey)> = (self.keys.iter())
+                .filter(|(_, key)| key.cached_bytes > 0)
+                .map(|(client, key)| (key.cached_bytes, *client))
+                .collect();
+            while self.cached_bytes > target {
+                let Some((_, client)) = by_bytes.pop() else {
+                    break;
+                };
+                // The key holding the most gives way until it no longer does.
+                let next = by_bytes.peek().map_or(0, |(bytes, _)| *bytes);
+                let left = self.drop_results(&client, |key_bytes, total| {
+                    key_bytes < next || total <= target
+                });
+                if left > 0 {
+                    by_bytes.push((left, client));
                 }
-                self.expired_up_to = self.expired_up_to.max(session.session);
             }
         }
-        if self.cached_bytes > bounds.max_cached_bytes {
-            let target = bounds.max_cached_bytes - bounds.max_cached_bytes / 16;
-            for session in self.least_recently_active(self.sessions.len()) {
-                if self.cached_bytes <= target {
-                    break;
+        self.forget_keys();
+    }
+
+    /// Drops the oldest cached results of `client`'s sessions, least recently active session
+    /// first, at least one, until `done(its bytes, all bytes)`. Returns the bytes it has left.
+    fn drop_results(&mut self, client: &PublicKey, done: impl Fn(usize, usize) -> bool) -> usize {
+        let sessions = self.least_recently_active_of(client, usize::MAX);
+        let key = self.keys.get_mut(client).expect("a key of the table");
+        'sessions: for session in sessions {
+            let record = self.sessions.get_mut(&session).expect("listed above");
+            while let Some((_, result)) = record.results.pop_first() {
+                key.cached_bytes -= result.len();
+                self.cached_bytes -= result.len();
+                if done(key.cached_bytes, self.cached_bytes) {
+                    break 'sessions;
                 }
-                if let Some(record) = self.sessions.get_mut(&session) {
-                    while self.cached_bytes > target {
-                        let Some((_, result)) = record.results.pop_first() else {
-                            break;
-                        };
-                        self.cached_bytes -= result.len();
-                    }
-                }
+            }
+        }
+        key.cached_bytes
+    }
+
+    /// Beyond `max_sessions` remembered keys (checked after every batch), forgets the marks of keys without sessions, the
+    /// lowest first, into the mark of every unknown key.
+    fn forget_keys(&mut self) {
+        let max = self.bounds.max_sessions;
+        if self.keys.len() <= max {
+            return;
+        }
+        let mut idle: Vec<(SessionId, PublicKey)> = (self.keys.iter())
+            .filter(|(_, key)| key.sessions == 0)
+            .map(|(client, key)| (key.expired_up_to, *client))
+            .collect();
+        idle.sort_unstable();
+        let excess = self.keys.len() - (max - max / 16);
+        for (mark, client) in idle.into_iter().take(excess) {
+            self.keys.remove(&client);
+            self.forgotten_up_to = self.forgotten_up_to.max(mark);
+        }
+    }
+
+    /// Expires idle sessions until `target` remain, each time from the key holding the most
+    /// sessions, its least recently active first.
+    fn expire_idle(&mut self, seq: Seq, target: usize) {
+        let active_since = seq.saturating_sub(self.bounds.active_interval);
+        let mut idle: BTreeMap<PublicKey, Vec<(Seq, SessionKey)>> = BTreeMap::new();
+        for (session, record) in &self.sessions {
+            if record.last_active <= active_since {
+                idle.entry(session.client)
+                    .or_default()
+                    .push((record.last_active, *session));
+            }
+        }
+        let mut by_count: BinaryHeap<(usize, PublicKey)> = BinaryHeap::new();
+        for (client, sessions) in &mut idle {
+            // Oldest last, to be popped first.
+            sessions.sort_unstable_by(|a, b| b.cmp(a));
+            by_count.push((self.key_record(client).sessions, *client));
+        }
+        while self.sessions.len() > target {
+            let Some((_, client)) = by_count.pop() else {
+                break;
+            };
+            let sessions = idle.get_mut(&client).expect("queued with its sessions");
+            let Some((_, session)) = sessions.pop() else {
+                continue;
+            };
+            self.expire(session, seq);
+            if !sessions.is_empty() {
+                by_count.push((self.key_record(&client).sessions, client));
             }
         }
     }
 
-    /// The `count` least recently active sessions, oldest first.
-    fn least_recently_active(&self, count: usize) -> Vec<SessionKey> {
-        let mut by_activity: Vec<(Seq, SessionKey)> = self
-            .sessions
-            .iter()
+    fn open(&mut self, session: SessionKey, seq: Seq) {
+        let floor = self.forgotten_up_to;
+        let key = self
+            .keys
+            .entry(session.client)
+            .or_insert_with(|| KeyRecord {
+                expired_up_to: floor,
+                ..KeyRecord::default()
+            });
+        key.sessions += 1;
+        self.sessions.insert(
+            session,
+            ClientRecord {
+                max_timestamp: 0,
+                executed: ExecutedWindow::new(self.bounds.window),
+                results: BTreeMap::new(),
+                last_active: seq,
+            },
+        );
+    }
+
+    fn expire(&mut self, session: SessionKey, seq: Seq) {
+        let Some(record) = self.sessions.remove(&session) else {
+            return;
+        };
+        let bytes = record.cached_bytes();
+        let key = self
+            .keys
+            .get_mut(&session.client)
+            .expect("a key of the table");
+        key.sessions -= 1;
+        key.cached_bytes -= bytes;
+        key.expired_up_to = key.expired_up_to.max(session.session);
+        key.last_expiry = seq;
+        self.cached_bytes -= bytes;
+    }
+
+    fn key_record(&self, client: &PublicKey) -> KeyRecord {
+        self.keys.get(client).cloned().unwrap_or_default()
+    }
+
+    /// The `count` least recently active sessions of `client`, oldest first.
+    fn least_recently_active_of(&self, client: &PublicKey, count: usize) -> Vec<SessionKey> {
+        let range = SessionKey {
+            client: *client,
+            session: 0,
+        }..=SessionKey {
+            client: *client,
+            session: SessionId::MAX,
+        };
+        let mut by_activity: Vec<(Seq, SessionKey)> = (self.sessions.range(range))
             .map(|(key, record)| (record.last_active, *key))
             .collect();
         by_activity.sort_unstable();
@@ -261,9 +454,12 @@ impl ClientTable {
         self.cached_bytes
     }
 
-    /// The highest session id that expired.
-    pub fn expired_up_to(&self) -> SessionId {
-        self.expired_up_to
+    /// The highest expired session id of `client`: its sessions not in the table at or below
+    /// it are refused.
+    pub fn expired_up_to(&self, client: &PublicKey) -> SessionId {
+        self.keys
+            .get(client)
+            .map_or(self.forgotten_up_to, |key| key.expired_up_to)
     }
 }
 
@@ -392,19 +588,46 @@ mod tests {
 
     use super::*;
 
-    fn session(id: SessionId) -> SessionKey {
+    fn client(index: u8) -> PublicKey {
+        KeyPair::from_seed(&[index; 32]).unwrap().public()
+    }
+
+    fn session_of(index: u8, id: SessionId) -> SessionKey {
         SessionKey {
-            client: KeyPair::from_seed(&[3; 32]).unwrap().public(),
+            client: client(index),
             session: id,
         }
     }
 
-    fn table(max_sessions: usize, max_cached_bytes: usize) -> ClientTable {
-        ClientTable::new(ClientBounds {
+    fn session(id: SessionId) -> SessionKey {
+        session_of(3, id)
+    }
+
+    fn bounds(max_sessions: usize, max_cached_bytes: usize) -> ClientBounds {
+        ClientBounds {
             window: 100,
             max_sessions,
+            max_sessions_per_key: usize::MAX,
             max_cached_bytes,
-        })
+            max_cached_bytes_per_key: usize::MAX,
+            active_interval: 10,
+        }
+    }
+
+    fn table(max_sessions: usize, max_cached_bytes: usize) -> ClientTable {
+        ClientTable::new(bounds(max_sessions, max_cached_bytes))
+    }
+
+    /// Executes one request of `session` at `seq` as a replica does; false if refused.
+    fn execute(t: &mut ClientTable, session: SessionKey, timestamp: Timestamp, seq: Seq) -> bool {
+        if t.status(&session, timestamp) != RequestStatus::New
+            || t.admit(session, seq) == Admission::Full
+        {
+            return false;
+        }
+        t.record(session, timestamp, b"ok".to_vec(), seq);
+        t.enforce_bounds();
+        true
     }
 
     #[test]
@@ -449,28 +672,136 @@ mod tests {
     }
 
     #[test]
-    fn the_least_recently_active_sessions_expire_and_never_execute_again() {
+    fn the_largest_timestamps_and_session_ids_do_not_overflow() {
+        let mut t = table(4, 1 << 20);
+        let s = session(SessionId::MAX);
+        assert!(execute(&mut t, s, Timestamp::MAX - 1, 1));
+        assert!(execute(&mut t, s, Timestamp::MAX, 2));
+        assert_eq!(
+            t.status(&s, Timestamp::MAX),
+            RequestStatus::Executed(Some(b"ok"))
+        );
+        assert_eq!(t.status(&s, 1), RequestStatus::TooOld);
+    }
+
+    #[test]
+    fn idle_sessions_expire_when_the_table_is_full_and_never_execute_again() {
         let mut t = table(16, 1 << 20);
         for id in 1..=16 {
-            t.record(session(id), 1, Vec::new(), id);
+            assert!(execute(&mut t, session(id), 1, id));
         }
-        t.enforce_bounds();
         assert_eq!(t.len(), 16);
-        // Session 3 is active again; 17 is new and goes over the bound.
-        t.record(session(3), 2, Vec::new(), 17);
-        t.record(session(17), 1, Vec::new(), 18);
-        t.enforce_bounds();
-        // Down to 15/16 of the bound: the two least recently active (1 and 2) expire.
-        assert_eq!(t.len(), 15);
-        assert_eq!(t.expired_up_to(), 2);
-        assert_eq!(t.status(&session(1), 2), RequestStatus::Expired);
-        assert_eq!(t.status(&session(2), 1), RequestStatus::Expired);
+        // Session 1 is active again; 17 is new and finds the table full at seq 40, when all
+        // but 1 are idle: the least recently active (2) goes.
+        assert!(execute(&mut t, session(1), 2, 35));
+        assert!(execute(&mut t, session(17), 1, 40));
+        assert_eq!(t.len(), 16);
+        assert_eq!(t.expired_up_to(&client(3)), 2);
+        assert_eq!(t.status(&session(2), 2), RequestStatus::Expired);
         assert_eq!(
-            t.status(&session(3), 2),
-            RequestStatus::Executed(Some(&[][..]))
+            t.status(&session(1), 2),
+            RequestStatus::Executed(Some(b"ok"))
         );
-        // A new session above the mark starts afresh.
+        assert_eq!(
+            t.status(&session(3), 1),
+            RequestStatus::Executed(Some(b"ok"))
+        );
+        // A new session above the key's mark starts afresh.
         assert_eq!(t.status(&session(18), 1), RequestStatus::New);
+        // Another key has a mark of its own.
+        assert_eq!(t.expired_up_to(&client(4)), 0);
+        assert_eq!(t.status(&session_of(4, 1), 1), RequestStatus::New);
+    }
+
+    #[test]
+    fn a_key_that_churns_sessions_expires_only_its_own() {
+        let mut t = ClientTable::new(ClientBounds {
+            max_sessions_per_key: 8,
+            ..bounds(32, 1 << 20)
+        });
+        let honest = session_of(1, 1_000);
+        assert!(execute(&mut t, honest, 1, 1));
+        // The attacker opens a session with the largest id, then many more, all at once.
+        assert!(execute(&mut t, session_of(2, SessionId::MAX), 1, 2));
+        for id in 1..=1_000 {
+            execute(&mut t, session_of(2, id), 1, 3);
+        }
+        assert!(t.len() <= 8 + 1);
+        // Its own first session gave way, and its mark now refuses its own later sessions.
+        assert_eq!(t.expired_up_to(&client(2)), SessionId::MAX);
+        assert_eq!(t.status(&session_of(2, 5_000), 1), RequestStatus::Expired);
+        // The honest key is untouched, and its new sessions and fresh keys start.
+        assert_eq!(t.status(&honest, 1), RequestStatus::Executed(Some(b"ok")));
+        assert!(execute(&mut t, honest, 2, 4));
+        assert!(execute(&mut t, session_of(1, 1_001), 1, 4));
+        assert!(execute(&mut t, session_of(5, 7), 1, 4));
+    }
+
+    #[test]
+    fn a_table_full_of_active_sessions_refuses_new_ones_until_some_go_idle() {
+        let mut t = table(16, 1 << 20);
+        for index in 0..16 {
+            assert!(execute(&mut t, session_of(index, 1), 1, 100));
+        }
+        // Every session executed within the active interval: a new key is refused, and no one
+        // expires.
+        let newcomer = session_of(200, 1);
+        assert_eq!(t.admit(newcomer, 105), Admission::Full);
+        assert_eq!(t.status(&newcomer, 1), RequestStatus::New);
+        assert_eq!(t.len(), 16);
+        // Later, all idle: it gets in, and one idle session gave way.
+        assert!(execute(&mut t, newcomer, 1, 200));
+        assert_eq!(t.status(&newcomer, 1), RequestStatus::Executed(Some(b"ok")));
+    }
+
+    #[test]
+    fn the_key_holding_the_most_sessions_gives_way_first() {
+        let mut t = table(16, 1 << 20);
+        for id in 1..=12 {
+            assert!(execute(&mut t, session_of(1, id), 1, 1));
+        }
+        for id in 1..=4 {
+            assert!(execute(&mut t, session_of(2, id), 1, 1));
+        }
+        // Full and all idle at seq 50: one newcomer makes 1 session go (16 - 16/16 = 15
+        // remain before it joins), from key 1 with 12, not key 2 with 4.
+        assert!(execute(&mut t, session_of(3, 1), 1, 50));
+        assert_eq!(t.expired_up_to(&client(2)), 0);
+        assert!(t.expired_up_to(&client(1)) >= 1);
+        for id in 1..=4 {
+            assert_eq!(
+                t.status(&session_of(2, id), 1),
+                RequestStatus::Executed(Some(b"ok"))
+            );
+        }
+    }
+
+    #[test]
+    fn marks_of_forgotten_keys_keep_the_lowest_mark_for_unknown_keys() {
+        let mut t = ClientTable::new(ClientBounds {
+            max_sessions_per_key: 1,
+            ..bounds(16, 1 << 20)
+        });
+        // Each of 40 keys opens two sessions: the second expires the first, leaving a mark.
+        // The high key's mark is the largest.
+        for index in 0..40u8 {
+            let high = if index == 0 {
+                SessionId::MAX - 1
+            } else {
+                10 + u64::from(index)
+            };
+            let seq = 100 * (u64::from(index) + 1);
+            assert!(execute(&mut t, session_of(index, high), 1, seq));
+            assert!(execute(&mut t, session_of(index, high + 1), 1, seq));
+        }
+        // Forgotten marks are the lowest ones, so the unknown keys' mark stays far below the
+        // high key's; the high key still refuses its own expired session.
+        assert!(t.expired_up_to(&client(250)) < 100);
+        assert_eq!(
+            t.status(&session_of(0, SessionId::MAX - 1), 1),
+            RequestStatus::Expired
+        );
+        assert_eq!(t.status(&session_of(250, 1_000), 1), RequestStatus::New);
     }
 
     #[test]
@@ -494,12 +825,49 @@ mod tests {
     }
 
     #[test]
+    fn cached_results_go_from_the_key_holding_the_most_bytes() {
+        let mut t = ClientTable::new(ClientBounds {
+            max_cached_bytes_per_key: 600,
+            ..bounds(10, 1000)
+        });
+        // Key 1 goes over its own budget alone and is trimmed at once.
+        for ts in 1..=7 {
+            t.record(session_of(1, 1), ts, vec![0; 100], ts);
+        }
+        assert_eq!(t.cached_bytes(), 500);
+        for ts in 1..=4 {
+            t.record(session_of(2, 1), ts, vec![0; 100], 10 + ts);
+        }
+        for ts in 1..=3 {
+            t.record(session_of(3, 1), ts, vec![0; 100], 20 + ts);
+        }
+        // Over the global budget the key holding the most gives way until it no longer does,
+        // then the next: the key holding the least keeps everything.
+        t.enforce_bounds();
+        assert_eq!(t.cached_bytes(), 900);
+        assert_eq!(
+            t.status(&session_of(1, 1), 4),
+            RequestStatus::Executed(None)
+        );
+        assert!(matches!(
+            t.status(&session_of(1, 1), 5),
+            RequestStatus::Executed(Some(_))
+        ));
+        for ts in 1..=3 {
+            assert_eq!(
+                t.status(&session_of(3, 1), ts),
+                RequestStatus::Executed(Some(&[0; 100][..]))
+            );
+        }
+    }
+
+    #[test]
     fn the_table_is_the_same_whatever_the_replica() {
         let build = || {
             let mut t = table(8, 500);
             for round in 0..40u64 {
-                t.record(session(round % 11 + 1), round / 11 + 1, vec![1; 30], round);
-                t.enforce_bounds();
+                let s = session_of((round % 3) as u8, round % 11 + 1);
+                execute(&mut t, s, round / 11 + 1, round * 4);
             }
             t
         };

@@ -24,7 +24,7 @@ pub mod votes;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use clients::{ClientBounds, ClientRecord, ClientTable, RequestStatus};
+pub use clients::{Admission, ClientBounds, ClientRecord, ClientTable, RequestStatus};
 pub use new_view::{plan_new_view, NewViewPlan};
 pub use replica::Replica;
 
@@ -39,8 +39,9 @@ use crate::messages::{
 
 /// Tunable parameters: the `[protocol]` table of a node's configuration, every field optional
 /// (absent ones take [`ProtocolConfig::default`]'s value). Replicas of one cluster must agree on
-/// `checkpoint_interval`, `log_window`, `client_window`, `max_client_sessions` and
-/// `max_cached_result_bytes`; the rest is local.
+/// `checkpoint_interval`, `log_window`, `client_window` and the client table's bounds
+/// (`max_client_sessions`, `max_sessions_per_client`, `max_cached_result_bytes`,
+/// `max_cached_result_bytes_per_client`); the rest is local.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProtocolConfig {
@@ -69,10 +70,14 @@ pub struct ProtocolConfig {
     pub max_pending_per_client: usize,
     /// How many timestamps below its highest executed one a client session's request may carry.
     pub client_window: u64,
-    /// Most client sessions remembered (see [`ClientTable`]).
+    /// Most client sessions remembered, over all keys (see [`ClientTable`]).
     pub max_client_sessions: usize,
+    /// Most sessions remembered of one client key.
+    pub max_sessions_per_client: usize,
     /// Most bytes of cached client results, over all sessions (see [`ClientTable`]).
     pub max_cached_result_bytes: usize,
+    /// Most bytes of cached results of one client key's sessions.
+    pub max_cached_result_bytes_per_client: usize,
     /// Message size limits.
     pub limits: Limits,
 }
@@ -96,7 +101,9 @@ impl Default for ProtocolConfig {
             max_pending_per_client: 256,
             client_window: 1024,
             max_client_sessions: 16_384,
+            max_sessions_per_client: 1024,
             max_cached_result_bytes: 64 << 20,
+            max_cached_result_bytes_per_client: 8 << 20,
             limits: Limits::default(),
         }
     }
@@ -117,7 +124,10 @@ impl ProtocolConfig {
         ClientBounds {
             window: self.client_window,
             max_sessions: self.max_client_sessions,
+            max_sessions_per_key: self.max_sessions_per_client,
             max_cached_bytes: self.max_cached_result_bytes,
+            max_cached_bytes_per_key: self.max_cached_result_bytes_per_client,
+            active_interval: self.checkpoint_interval,
         }
     }
 
@@ -135,7 +145,7 @@ impl ProtocolConfig {
         let k = self.checkpoint_interval;
         let l = self.log_window;
         let limits = &self.limits;
-        let counts: [(&'static str, u64); 15] = [
+        let counts: [(&'static str, u64); 17] = [
             ("checkpoint_interval", k),
             ("max_batch_requests", self.max_batch_requests as u64),
             ("max_batch_bytes", self.max_batch_bytes as u64),
@@ -144,6 +154,14 @@ impl ProtocolConfig {
             ("max_pending_per_client", self.max_pending_per_client as u64),
             ("client_window", self.client_window),
             ("max_client_sessions", self.max_client_sessions as u64),
+            (
+                "max_sessions_per_client",
+                self.max_sessions_per_client as u64,
+            ),
+            (
+                "max_cached_result_bytes_per_client",
+                self.max_cached_result_bytes_per_client as u64,
+            ),
             (
                 "max_cached_result_bytes",
                 self.max_cached_result_bytes as u64,
@@ -200,14 +218,33 @@ impl ProtocolConfig {
                 ),
             );
         }
-        if self.max_pending_per_client > self.max_pending_envelopes {
-            return error(
+        let per_client_bounds = [
+            (
                 "max_pending_per_client",
-                format!(
-                    "{} exceeds protocol.max_pending_envelopes ({})",
-                    self.max_pending_per_client, self.max_pending_envelopes
-                ),
-            );
+                self.max_pending_per_client,
+                "max_pending_envelopes",
+                self.max_pending_envelopes,
+            ),
+            (
+                "max_sessions_per_client",
+                self.max_sessions_per_client,
+                "max_client_sessions",
+                self.max_client_sessions,
+            ),
+            (
+                "max_cached_result_bytes_per_client",
+                self.max_cached_result_bytes_per_client,
+                "max_cached_result_bytes",
+                self.max_cached_result_bytes,
+            ),
+        ];
+        for (field, per_client, total_field, total) in per_client_bounds {
+            if per_client > total {
+                return error(
+                    field,
+                    format!("{per_client} exceeds protocol.{total_field} ({total})"),
+                );
+            }
         }
         if self.max_batch_bytes > limits.max_batch_bytes {
             return error(

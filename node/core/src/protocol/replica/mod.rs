@@ -26,7 +26,7 @@ mod retransmission;
 mod state_transfer;
 mod view_change;
 
-use super::clients::{ClientTable, PendingRequests, RequestStatus};
+use super::clients::{Admission, ClientTable, PendingRequests, RequestStatus};
 use super::new_view::{plan_new_view, NewViewPlan};
 use super::votes::{Added, VoteSet};
 use super::{
@@ -501,6 +501,7 @@ impl Replica {
                 replica,
                 view,
                 last_executed,
+                ..
             } => self.on_status(replica, view, last_executed),
             Message::Committed { batch, commits } => {
                 self.on_committed(BatchBody::verified(batch, envelope_digests), commits)

@@ -439,15 +439,22 @@ impl Replica {
             let session = envelope.session_key();
             for request in &envelope.requests {
                 let outcome = match self.clients.status(&session, request.timestamp) {
-                    RequestStatus::New => {
+                    RequestStatus::New => None,
+                    RequestStatus::Expired => Some(Outcome::SessionExpired),
+                    RequestStatus::Executed(_) | RequestStatus::TooOld => continue,
+                };
+                let outcome = match outcome {
+                    Some(refused) => refused,
+                    None if self.clients.admit(session, seq) == Admission::Full => {
+                        Outcome::SessionsFull
+                    }
+                    None => {
                         let result = self.app.execute(&request.op);
                         self.clients
                             .record(session, request.timestamp, result.clone(), seq);
                         executed_requests.push((session, request.timestamp));
                         Outcome::Done(result)
                     }
-                    RequestStatus::Expired => Outcome::SessionExpired,
-                    RequestStatus::Executed(_) | RequestStatus::TooOld => continue,
                 };
                 replies.entry(session).or_default().push(RequestResult {
                     timestamp: request.timestamp,

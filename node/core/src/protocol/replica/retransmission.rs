@@ -170,6 +170,7 @@ impl Replica {
             replica: self.id,
             view: self.view,
             last_executed: self.last_executed,
+            fingerprint: *self.committee.fingerprint(),
         };
         self.broadcast(status);
         // The newest own checkpoint tells lagging replicas where the others are.
