@@ -27,9 +27,10 @@ pub enum ClientError {
     /// longer than their result cache lasts).
     #[error("the operation executed, but its result is no longer cached by the replicas")]
     ResultForgotten,
-    /// The client's session expired at the replicas before the operation executed; it never
-    /// will. A new client starts a new session.
-    #[error("the client session expired; the operation was not executed")]
+    /// The client's session expired at the replicas before they answered: the operation will
+    /// not execute from now on (it may have executed just before the expiry, if an answer was
+    /// lost). A new client starts a new session.
+    #[error("the client session expired; the operation will not be executed")]
     SessionExpired,
     /// The replicas' client table is full of sessions active within the last checkpoint
     /// interval, so this new session was not admitted; the operation was not executed and may

@@ -247,8 +247,9 @@ impl Checker {
         timestamp: Timestamp,
         result: &Outcome,
     ) -> Result<(), Violation> {
-        // A refusal to admit a new session is no result: the request may execute later.
-        if *result == Outcome::SessionsFull {
+        // Refusals are no results: a session refused as full may execute later, and one that
+        // expired after a request executed answers its retransmissions "expired".
+        if matches!(result, Outcome::SessionsFull | Outcome::SessionExpired) {
             return Ok(());
         }
         match self.results.get(&(client, timestamp)) {
