@@ -64,6 +64,7 @@ impl Cluster {
                 storage: Default::default(),
                 clients: pbft_net::ClientPolicy::Open,
                 metrics: None,
+                metrics_server: Default::default(),
                 behavior: behaviors.iter().find(|(b, _)| *b == id).map(|(_, k)| *k),
             };
             nodes.push(Some(RunningNode::start(setup).await.unwrap()));

@@ -49,6 +49,7 @@ pub fn loopback_cluster(
             storage: Default::default(),
             clients: pbft_net::ClientPolicy::Open,
             metrics: None,
+            metrics_server: Default::default(),
             behavior: None,
         })
         .collect())

@@ -49,6 +49,7 @@ impl Fixture {
             listen: "127.0.0.1:7000".parse().unwrap(),
             data_dir: "data/replica-0".into(),
             metrics: None,
+            metrics_server: Default::default(),
             behavior: None,
             f: 1,
             protocol: ProtocolConfig::default(),
@@ -278,6 +279,18 @@ fn a_garbage_key_file_is_reported() {
     config.key_file = "keys/garbage.key".into();
     let message = fixture.error(&config, "key_file");
     assert!(message.contains("not a key file"), "{message}");
+}
+
+#[test]
+fn a_non_loopback_metrics_address_must_be_public() {
+    let fixture = Fixture::new();
+    let mut config = fixture.config();
+    config.metrics = Some("0.0.0.0:9000".parse().unwrap());
+    let message = fixture.error(&config, "metrics_server.public");
+    assert!(message.contains("0.0.0.0:9000"), "{message}");
+    config.metrics_server.public = true;
+    let path = fixture.write(&config);
+    assert!(load_node_config(&path).is_ok());
 }
 
 #[test]

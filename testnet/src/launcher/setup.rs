@@ -379,6 +379,7 @@ pub fn generate(
             listen: ports.replicas[id],
             data_dir: Layout::data_dir(rid),
             metrics: Some(ports.metrics[id]),
+            metrics_server: Default::default(),
             behavior: plan.behaviors[id].map(|k| k.name().to_string()),
             f: plan.f,
             protocol: protocol.protocol_section(),
