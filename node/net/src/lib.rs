@@ -350,7 +350,7 @@ fn endpoint(
     share_port: bool,
 ) -> Result<Endpoint, NetError> {
     use ring::hmac;
-    let master = hmac::Key::new(hmac::HMAC_SHA256, &key.secret_seed());
+    let master = hmac::Key::new(hmac::HMAC_SHA256, key.secret_seed().as_slice());
     let reset = hmac::sign(&master, b"pbft quic stateless reset key v1");
     let reset_key = hmac::Key::new(hmac::HMAC_SHA256, reset.as_ref());
     let cid = hmac::sign(&master, b"pbft quic connection id key v1");
