@@ -197,7 +197,8 @@ pub struct TransportConfig {
     /// one beyond this closes the oldest. Default 64.
     pub max_connections_per_client: usize,
     /// Connections accepted from each replica's listed address, beside `max_connections`, so
-    /// that other parties can never lock a replica out. Default 4.
+    /// that other parties can never lock a replica out. Such a connection takes a place only
+    /// once it proved its address with a QUIC Retry, so forged packets take none. Default 4.
     pub connections_per_replica: usize,
     /// When the room for clients is full, a client connection silent for this long is closed
     /// to admit a new one. Default 5 s.
