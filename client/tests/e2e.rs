@@ -63,6 +63,7 @@ impl Cluster {
                 data_dir: dirs.path().join(format!("replica-{i}")),
                 storage: Default::default(),
                 metrics: None,
+                metrics_server: Default::default(),
                 behavior: behaviors.iter().find(|(b, _)| *b == id).map(|(_, k)| *k),
             };
             nodes.push(Some(RunningNode::start(setup).await.unwrap()));

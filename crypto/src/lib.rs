@@ -16,6 +16,7 @@ use std::path::Path;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+pub use zeroize::Zeroizing;
 
 /// Errors from key handling and verification.
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +284,8 @@ impl<'de> Deserialize<'de> for Signature {
     }
 }
 
-/// An ed25519 signing key with its public key.
+/// An ed25519 signing key with its public key. The secret is wiped from memory when the pair
+/// (or a clone of it) is dropped.
 #[derive(Clone)]
 pub struct KeyPair {
     signing: SigningKey,
@@ -296,8 +298,8 @@ impl KeyPair {
     /// A new key from the operating system's randomness.
     pub fn generate() -> KeyPair {
         loop {
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).expect("the operating system has no randomness source");
+            let mut seed = Zeroizing::new([0u8; 32]);
+            getrandom::fill(&mut *seed).expect("the operating system has no randomness source");
             if let Ok(pair) = KeyPair::from_seed(&seed) {
                 return pair;
             }
@@ -315,9 +317,10 @@ impl KeyPair {
         self.public
     }
 
-    /// The 32-byte secret seed, for building a TLS identity from this key. Keep it secret.
-    pub fn secret_seed(&self) -> [u8; 32] {
-        self.signing.to_bytes()
+    /// The 32-byte secret seed, for building a TLS identity from this key. Keep it secret; the
+    /// copy is wiped when dropped.
+    pub fn secret_seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.signing.to_bytes())
     }
 
     pub fn sign(&self, domain: Domain, digest: &Digest) -> Signature {
@@ -330,10 +333,10 @@ impl KeyPair {
             path: path.display().to_string(),
             reason,
         };
-        let text = format!(
+        let text = Zeroizing::new(format!(
             "{KEY_FILE_HEADER}\n{}\n",
-            hex::encode(self.signing.to_bytes())
-        );
+            Zeroizing::new(hex::encode(*self.secret_seed())).as_str()
+        ));
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -345,22 +348,42 @@ impl KeyPair {
         std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| key_error(e.to_string()))
     }
 
-    /// Reads a key written by [`KeyPair::save`].
+    /// Reads a key written by [`KeyPair::save`]. On unix, a file that group or others may
+    /// access (mode bits 077, as ssh checks) is refused: the key may have been read.
     pub fn load(path: &Path) -> Result<KeyPair, CryptoError> {
         let key_error = |reason: &str| CryptoError::KeyFile {
             path: path.display().to_string(),
             reason: reason.to_string(),
         };
-        let text = std::fs::read_to_string(path).map_err(|e| key_error(&e.to_string()))?;
+        let mut file = std::fs::File::open(path).map_err(|e| key_error(&e.to_string()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The open file's mode, so that no rename in between can swap it.
+            let mode = file
+                .metadata()
+                .map_err(|e| key_error(&e.to_string()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(key_error(&format!(
+                    "mode {:04o} lets group or others access the secret key; make it readable \
+                     by its owner only (chmod 600)",
+                    mode & 0o7777
+                )));
+            }
+        }
+        let mut text = Zeroizing::new(String::new());
+        std::io::Read::read_to_string(&mut file, &mut text)
+            .map_err(|e| key_error(&e.to_string()))?;
         let mut lines = text.lines();
         if lines.next() != Some(KEY_FILE_HEADER) {
             return Err(key_error("not a key file (missing header line)"));
         }
-        let seed: [u8; 32] = lines
-            .next()
-            .and_then(|line| hex::decode(line.trim()).ok())
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or_else(|| key_error("the second line must be 64 hex digits"))?;
+        let mut seed = Zeroizing::new([0u8; 32]);
+        let line = lines.next().unwrap_or("").trim();
+        hex::decode_to_slice(line, &mut *seed)
+            .map_err(|_| key_error("the second line must be 64 hex digits"))?;
         KeyPair::from_seed(&seed).map_err(|e| key_error(&e.to_string()))
     }
 }

@@ -77,6 +77,38 @@ fn key_files_round_trip_and_refuse_garbage() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[cfg(unix)]
+#[test]
+fn key_files_others_may_access_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("pbft-crypto-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("key");
+    let _ = std::fs::remove_file(&path);
+    let pair = KeyPair::generate();
+    pair.save(&path).unwrap();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600, "saved for its owner only");
+    for open in [0o644, 0o640, 0o604, 0o620, 0o602, 0o610] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(open)).unwrap();
+        let error = KeyPair::load(&path).unwrap_err().to_string();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert!(error.contains(&format!("mode {open:04o}")), "{error}");
+    }
+    for closed in [0o600, 0o400] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(closed)).unwrap();
+        assert_eq!(KeyPair::load(&path).unwrap().public(), pair.public());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_secret_seed_rebuilds_the_pair() {
+    let pair = KeyPair::generate();
+    let seed = pair.secret_seed();
+    assert_eq!(KeyPair::from_seed(&seed).unwrap().public(), pair.public());
+}
+
 #[test]
 fn public_key_hex_round_trip() {
     let public = key(4).public();

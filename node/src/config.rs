@@ -5,7 +5,8 @@
 //! key_file = "keys/replica-0.key"   # relative paths are relative to this file's directory
 //! listen = "127.0.0.1:7000"         # UDP; its port must be this replica's listed port
 //! data_dir = "data/replica-0"
-//! metrics = "127.0.0.1:9000"        # optional: serve Prometheus metrics here
+//! metrics = "127.0.0.1:9000"        # optional: serve Prometheus metrics here (loopback
+//!                                   # unless metrics_server.public = true)
 //! behavior = "silent"               # optional: a Byzantine behaviour, test clusters only
 //! f = 1
 //!
@@ -22,6 +23,9 @@
 //! [storage]                         # optional: durable state in data_dir, synced before sending
 //! fsync = true
 //!
+//! [metrics_server]                  # optional: bounds of the metrics endpoint's connections
+//! max_connections = 64
+//!
 //! [[replicas]]                      # one per replica, ids 0..n-1, n = 3f+1
 //! id = 0
 //! address = "127.0.0.1:7000"
@@ -29,8 +33,8 @@
 //! ```
 //!
 //! Every field is described on [`NodeConfigFile`], and the tables on the types they are read
-//! into: [`ProtocolConfig`] (with [`pbft_core::messages::Limits`]), [`TransportSection`] and
-//! [`StorageConfig`]. Each is validated once, when the file is loaded. Unknown fields are
+//! into: [`ProtocolConfig`] (with [`pbft_core::messages::Limits`]), [`TransportSection`],
+//! [`StorageConfig`] and [`MetricsServerConfig`]. Each is validated once, when the file is loaded. Unknown fields are
 //! refused, so a misspelt optional field is an error rather than silently ignored. Each
 //! [`ConfigError`] names the file and the field at fault.
 //! The cluster part (`f` and `[[replicas]]`) is [`ClusterConfig`], which clients validate the
@@ -47,6 +51,7 @@ use pbft_net::cluster::{
 use pbft_net::TransportConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::MetricsServerConfig;
 use crate::runtime::NodeSetup;
 use crate::storage::StorageConfig;
 use pbft_core::byzantine::BehaviorKind;
@@ -71,9 +76,13 @@ pub struct NodeConfigFile {
     pub listen: SocketAddr,
     /// The directory for durable state. Relative to the configuration file's directory.
     pub data_dir: PathBuf,
-    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); none if absent.
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); none if absent. A loopback
+    /// address unless `metrics_server.public` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<SocketAddr>,
+    /// The bounds of the metrics endpoint's connections; absent fields take their defaults.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub metrics_server: MetricsServerConfig,
     /// A Byzantine behaviour by name (see [`BehaviorKind`]), for test clusters only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behavior: Option<String>,
@@ -147,6 +156,11 @@ impl NodeConfigFile {
             );
         }
         let clients = self.clients.policy()?;
+        self.metrics_server
+            .check(self.metrics)
+            .map_err(|(field, reason)| {
+                ConfigError::invalid(format!("metrics_server.{field}"), reason)
+            })?;
         let protocol = self
             .protocol
             .clone()
@@ -188,6 +202,7 @@ impl NodeConfigFile {
             data_dir: resolve(config_path, &self.data_dir),
             storage: self.storage,
             metrics: self.metrics,
+            metrics_server: self.metrics_server.clone(),
             behavior,
         })
     }

@@ -1,9 +1,11 @@
 //! The PBFT replica node around the pure core of [`pbft_core`]: durable storage ([`storage`]),
-//! the tokio driver ([`runtime`]), configuration ([`config`]) and metrics ([`metrics`]). The
+//! the tokio driver ([`runtime`]), configuration ([`config`]), metrics ([`metrics`]) and the file descriptors the log needs
+//! ([`fds`]). The
 //! `pbft-node` binary runs one replica from a configuration file.
 
 pub mod config;
 pub mod error;
+pub mod fds;
 #[cfg(feature = "test-util")]
 pub mod local;
 pub mod metrics;

@@ -48,6 +48,7 @@ pub fn loopback_cluster(
             data_dir: data_dir.join(format!("replica-{id}")),
             storage: Default::default(),
             metrics: None,
+            metrics_server: Default::default(),
             behavior: None,
         })
         .collect())

@@ -109,6 +109,13 @@ fn run(config_path: &Path) -> ExitCode {
         }
     };
     let _ = REPLICA_ID.set(setup.id);
+    match pbft_node::fds::reserve(setup.metrics_server.max_connections) {
+        Ok(limit) => info!(limit, "open files limit"),
+        Err(reason) => {
+            eprintln!("error: {reason}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
     let listen = setup.listen;
     let metrics = setup.metrics;
     info!(

@@ -3,11 +3,20 @@
 //! Every update is a lock-free atomic operation except the first use of a new label value in a
 //! family, so the protocol task can update metrics on its hot path. Scrapes encode the current
 //! values in the OpenMetrics text format.
+//!
+//! The endpoint is open to whoever can reach its address, so every connection is bounded:
+//! at most [`MetricsServerConfig::max_connections`] are served at once (more are closed as
+//! soon as they are accepted), each must send its request headers within
+//! [`MetricsServerConfig::header_timeout_ms`] and is closed
+//! [`MetricsServerConfig::request_timeout_ms`] after it was accepted, whatever it is doing,
+//! and each serves one request. Request headers are read into at most 8 KiB.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -36,13 +45,89 @@ struct QueueLabel {
 
 type U64Gauge = Gauge<u64, AtomicU64>;
 
+/// The most a config may set [`MetricsServerConfig::max_connections`] to: each connection holds
+/// a file descriptor, and the node reserves them at start (see [`crate::fds`]).
+pub const MAX_METRICS_CONNECTIONS: usize = 4096;
+
+/// The buffer for one request's headers; hyper's smallest.
+const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// How long the accept loop waits after a failed accept (such as no descriptor left), so that
+/// it does not spin while the cause persists.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How the metrics endpoint treats connections: the `[metrics_server]` table of `node.toml`.
+/// Absent fields take their defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsServerConfig {
+    /// Connections served at once; more are closed as soon as they are accepted, and counted
+    /// (`pbft_metrics_connections_closed_total{reason="over_limit"}`). Default 64; at most
+    /// [`MAX_METRICS_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Milliseconds a connection may take to send its request headers. Default 5,000.
+    pub header_timeout_ms: u64,
+    /// Milliseconds after which a connection is closed whatever it is doing (counted as
+    /// `reason="timed_out"`). Default 10,000.
+    pub request_timeout_ms: u64,
+    /// Whether `metrics` may be an address other than loopback. Off by default, so that
+    /// exposing the endpoint beyond this machine is a decision.
+    pub public: bool,
+}
+
+impl Default for MetricsServerConfig {
+    fn default() -> Self {
+        MetricsServerConfig {
+            max_connections: 64,
+            header_timeout_ms: 5_000,
+            request_timeout_ms: 10_000,
+            public: false,
+        }
+    }
+}
+
+impl MetricsServerConfig {
+    /// Checks the values and, unless [`MetricsServerConfig::public`], that `addr` is loopback.
+    /// Errors name the field at fault (within the table) and why.
+    pub fn check(&self, addr: Option<SocketAddr>) -> Result<(), (&'static str, String)> {
+        if self.max_connections == 0 || self.max_connections > MAX_METRICS_CONNECTIONS {
+            return Err((
+                "max_connections",
+                format!(
+                    "{} is not between 1 and {MAX_METRICS_CONNECTIONS}",
+                    self.max_connections
+                ),
+            ));
+        }
+        if self.header_timeout_ms == 0 {
+            return Err(("header_timeout_ms", "must be positive, not 0".into()));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(("request_timeout_ms", "must be positive, not 0".into()));
+        }
+        if let Some(addr) = addr {
+            if !self.public && !addr.ip().is_loopback() {
+                return Err((
+                    "public",
+                    format!(
+                        "metrics address {addr} is not loopback: set metrics_server.public = \
+                         true to serve metrics beyond this machine"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A replica's metrics. Create one with [`Metrics::new`], share the `Arc` with every task that
 /// updates it, and pass it to [`serve`] to expose it.
 ///
 /// Exposed names (counters get the `_total` suffix from the encoder):
 /// `pbft_committed_requests_total`, `pbft_committed_batches_total`, `pbft_view_changes_total`,
 /// `pbft_view`, `pbft_last_executed`, `pbft_stable_checkpoint`,
-/// `pbft_rejected_messages_total{reason}`, `pbft_queue_depth{queue}` and the histograms
+/// `pbft_rejected_messages_total{reason}`, `pbft_queue_depth{queue}`,
+/// `pbft_metrics_connections_closed_total{reason}` and the histograms
 /// `pbft_request_latency_seconds` and `pbft_persist_seconds`.
 pub struct Metrics {
     registry: Registry,
@@ -54,6 +139,7 @@ pub struct Metrics {
     stable_checkpoint: U64Gauge,
     rejected: Family<ReasonLabel, Counter>,
     queue_depth: Family<QueueLabel, U64Gauge>,
+    metrics_closed: Family<ReasonLabel, Counter>,
     latency: Histogram,
     persist: Histogram,
 }
@@ -76,6 +162,7 @@ impl Metrics {
         let stable_checkpoint = U64Gauge::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
         let queue_depth = Family::<QueueLabel, U64Gauge>::default();
+        let metrics_closed = Family::<ReasonLabel, Counter>::default();
         let latency = Histogram::new(LATENCY_BUCKETS);
         let persist = Histogram::new(LATENCY_BUCKETS);
         registry.register(
@@ -115,6 +202,12 @@ impl Metrics {
             queue_depth.clone(),
         );
         registry.register(
+            "pbft_metrics_connections_closed",
+            "Metrics connections closed by the server: over_limit (too many at once) or \
+             timed_out",
+            metrics_closed.clone(),
+        );
+        registry.register(
             "pbft_request_latency_seconds",
             "Time from a request's arrival at this replica to its execution",
             latency.clone(),
@@ -134,6 +227,7 @@ impl Metrics {
             stable_checkpoint,
             rejected,
             queue_depth,
+            metrics_closed,
             latency,
             persist,
         })
@@ -188,6 +282,16 @@ impl Metrics {
             .set(depth);
     }
 
+    /// Counts one metrics connection the server closed, for `reason` (`over_limit` or
+    /// `timed_out`).
+    fn metrics_connection_closed(&self, reason: &str) {
+        self.metrics_closed
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
     /// Records one request's latency from arrival to execution.
     pub fn observe_latency(&self, latency: Duration) {
         self.latency.observe(latency.as_secs_f64());
@@ -208,30 +312,81 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` (port 0 picks a free port). Returns the bound address and
-/// the server task, which runs until it is aborted or the runtime shuts down; an error is
-/// returned only if the address cannot be bound.
+/// Serves `GET /metrics` on `addr` (port 0 picks a free port) within the bounds of `limits`
+/// (see the module docs). Returns the bound address and the server task, which runs until it
+/// is aborted or the runtime shuts down; an error is returned only if the address cannot be
+/// bound. The address is not checked here: [`MetricsServerConfig::check`] does that.
 pub async fn serve(
     metrics: Arc<Metrics>,
     addr: SocketAddr,
+    limits: &MetricsServerConfig,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
     use axum::http::header::CONTENT_TYPE as CONTENT_TYPE_HEADER;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let scraped = metrics.clone();
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let metrics = metrics.clone();
+            let metrics = scraped.clone();
             async move { ([(CONTENT_TYPE_HEADER, CONTENT_TYPE)], metrics.encode()) }
         }),
     );
-    let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "metrics server stopped");
-        }
-    });
+    let task = tokio::spawn(accept_loop(listener, app, metrics, limits.clone()));
     Ok((bound, task))
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    metrics: Arc<Metrics>,
+    limits: MetricsServerConfig,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let header_timeout = Duration::from_millis(limits.header_timeout_ms);
+    let deadline = Duration::from_millis(limits.request_timeout_ms);
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "metrics endpoint: accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Dropping the stream closes it: a full endpoint holds no descriptor for it.
+            metrics.metrics_connection_closed("over_limit");
+            tracing::debug!(%remote, "metrics endpoint full; connection closed");
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_HEADER_BYTES)
+                .keep_alive(false);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(deadline, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    if error.is_timeout() {
+                        metrics.metrics_connection_closed("timed_out");
+                    }
+                    tracing::debug!(%remote, %error, "metrics connection failed");
+                }
+                Err(_) => metrics.metrics_connection_closed("timed_out"),
+            }
+        });
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +411,143 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    fn localhost() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    /// Connects and reads until the server closes the connection, with `sent` written first.
+    /// Returns what was read; a read still blocked after a minute fails the test.
+    async fn until_closed(addr: SocketAddr, sent: &'static [u8]) -> Vec<u8> {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{ErrorKind, Read, Write};
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            stream.write_all(sent).unwrap();
+            let mut read = Vec::new();
+            match stream.read_to_end(&mut read) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+                Err(e) => panic!("the server did not close the connection: {e}"),
+            }
+            read
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The value of `series` in a scrape, 0 if absent.
+    fn value_of(scrape: &str, series: &str) -> u64 {
+        scrape
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Scrapes until a scrape succeeds; a connection may be refused while the endpoint is full.
+    async fn scrape(addr: SocketAddr) -> String {
+        for _ in 0..600 {
+            let response = http_get_lenient(addr).await;
+            if response.starts_with("HTTP/1.1 200") {
+                return response;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no scrape succeeded");
+    }
+
+    /// Like [`http_get`] of `/metrics`, but a refused or cut connection gives an empty response.
+    async fn http_get_lenient(addr: SocketAddr) -> String {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let attempt = || -> std::io::Result<String> {
+                let mut stream = std::net::TcpStream::connect(addr)?;
+                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                stream.write_all(
+                    b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                )?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response)?;
+                Ok(response)
+            };
+            attempt().unwrap_or_default()
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_at_once_and_counted() {
+        let limits = MetricsServerConfig {
+            max_connections: 2,
+            header_timeout_ms: 600_000,
+            request_timeout_ms: 600_000,
+            ..MetricsServerConfig::default()
+        };
+        let (addr, server) = serve(Metrics::new(), localhost(), &limits).await.unwrap();
+        // Two silent connections hold both places; the accept loop takes them in order.
+        let held: Vec<std::net::TcpStream> = (0..2)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+
+        let read = until_closed(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(read.is_empty(), "a third connection was served");
+
+        drop(held);
+        let scrape = scrape(addr).await;
+        let over = r#"pbft_metrics_connections_closed_total{reason="over_limit"}"#;
+        assert!(value_of(&scrape, over) >= 1, "{scrape}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn silent_and_slow_connections_are_closed_and_counted() {
+        let limits = MetricsServerConfig {
+            header_timeout_ms: 200,
+            request_timeout_ms: 400,
+            ..MetricsServerConfig::default()
+        };
+        let (addr, server) = serve(Metrics::new(), localhost(), &limits).await.unwrap();
+        assert!(until_closed(addr, b"").await.is_empty());
+        let half = until_closed(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
+        assert!(
+            !String::from_utf8_lossy(&half).contains("200 OK"),
+            "an unfinished request was answered"
+        );
+        let scrape = scrape(addr).await;
+        let timed_out = r#"pbft_metrics_connections_closed_total{reason="timed_out"}"#;
+        assert!(value_of(&scrape, timed_out) >= 2, "{scrape}");
+        server.abort();
+    }
+
+    #[test]
+    fn a_metrics_address_beyond_loopback_must_be_asked_for() {
+        let limits = MetricsServerConfig::default();
+        assert!(limits
+            .check(Some("127.0.0.1:9000".parse().unwrap()))
+            .is_ok());
+        assert!(limits.check(Some("[::1]:9000".parse().unwrap())).is_ok());
+        assert!(limits.check(None).is_ok());
+        let (field, reason) = limits
+            .check(Some("0.0.0.0:9000".parse().unwrap()))
+            .unwrap_err();
+        assert_eq!(field, "public");
+        assert!(reason.contains("0.0.0.0:9000"), "{reason}");
+        let public = MetricsServerConfig {
+            public: true,
+            ..limits.clone()
+        };
+        assert!(public.check(Some("0.0.0.0:9000".parse().unwrap())).is_ok());
+        for bad in [0, MAX_METRICS_CONNECTIONS + 1] {
+            let limits = MetricsServerConfig {
+                max_connections: bad,
+                ..MetricsServerConfig::default()
+            };
+            assert_eq!(limits.check(None).unwrap_err().0, "max_connections");
+        }
     }
 
     #[test]
@@ -296,9 +588,13 @@ mod tests {
         let metrics = Metrics::new();
         metrics.set_view(9);
         metrics.add_committed(17);
-        let (addr, server) = serve(metrics.clone(), "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let (addr, server) = serve(
+            metrics.clone(),
+            localhost(),
+            &MetricsServerConfig::default(),
+        )
+        .await
+        .unwrap();
         assert_ne!(addr.port(), 0);
 
         let response = http_get(addr, "/metrics").await;
@@ -315,7 +611,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_paths_are_not_found() {
-        let (addr, server) = serve(Metrics::new(), "127.0.0.1:0".parse().unwrap())
+        let (addr, server) = serve(Metrics::new(), localhost(), &MetricsServerConfig::default())
             .await
             .unwrap();
         let response = http_get(addr, "/").await;

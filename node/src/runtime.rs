@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::NodeError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsServerConfig};
 use crate::storage::{ReplicaStore, StorageConfig};
 use pbft_core::app::KvStore;
 use pbft_core::byzantine::{BehaviorKind, Payload};
@@ -55,6 +55,8 @@ pub struct NodeSetup {
     pub storage: StorageConfig,
     /// Where Prometheus metrics are served over HTTP, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The bounds of the metrics endpoint's connections.
+    pub metrics_server: MetricsServerConfig,
     /// A named faulty behaviour, for test clusters only.
     pub behavior: Option<BehaviorKind>,
 }
@@ -208,9 +210,10 @@ impl RunningNode {
         let metrics = Metrics::new();
         let metrics_addr = match setup.metrics {
             Some(addr) => {
-                let (bound, _server) = crate::metrics::serve(metrics.clone(), addr)
-                    .await
-                    .map_err(|source| NodeError::Metrics { addr, source })?;
+                let (bound, _server) =
+                    crate::metrics::serve(metrics.clone(), addr, &setup.metrics_server)
+                        .await
+                        .map_err(|source| NodeError::Metrics { addr, source })?;
                 Some(bound)
             }
             None => None,

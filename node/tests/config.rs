@@ -16,6 +16,15 @@ use pbft_node::config::{load_node_config, NodeConfigFile, TransportSection};
 /// The encoding of the identity point, which has small order.
 const WEAK_KEY: &str = "0100000000000000000000000000000000000000000000000000000000000000";
 
+/// Writes `text` to a new file readable by its owner only, as key files must be.
+fn write_key_file(path: &Path, text: &str) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(path).unwrap(), text.as_bytes()).unwrap();
+}
+
 fn key(i: u8) -> KeyPair {
     KeyPair::from_seed(&[i + 1; 32]).unwrap()
 }
@@ -49,6 +58,7 @@ impl Fixture {
             listen: "127.0.0.1:7000".parse().unwrap(),
             data_dir: "data/replica-0".into(),
             metrics: None,
+            metrics_server: Default::default(),
             behavior: None,
             f: 1,
             protocol: ProtocolConfig::default(),
@@ -273,11 +283,36 @@ fn a_missing_key_file_is_reported() {
 #[test]
 fn a_garbage_key_file_is_reported() {
     let fixture = Fixture::new();
-    std::fs::write(fixture.path("keys/garbage.key"), "hello\nworld\n").unwrap();
+    write_key_file(&fixture.path("keys/garbage.key"), "hello\nworld\n");
     let mut config = fixture.config();
     config.key_file = "keys/garbage.key".into();
     let message = fixture.error(&config, "key_file");
     assert!(message.contains("not a key file"), "{message}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_key_file_others_may_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = Fixture::new();
+    let path = fixture.path("keys/replica-0.key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let message = fixture.error(&fixture.config(), "key_file");
+    assert!(message.contains("keys/replica-0.key"), "{message}");
+    assert!(message.contains("mode 0644"), "{message}");
+    assert!(message.contains("chmod 600"), "{message}");
+}
+
+#[test]
+fn a_non_loopback_metrics_address_must_be_public() {
+    let fixture = Fixture::new();
+    let mut config = fixture.config();
+    config.metrics = Some("0.0.0.0:9000".parse().unwrap());
+    let message = fixture.error(&config, "metrics_server.public");
+    assert!(message.contains("0.0.0.0:9000"), "{message}");
+    config.metrics_server.public = true;
+    let path = fixture.write(&config);
+    assert!(load_node_config(&path).is_ok());
 }
 
 #[test]
@@ -635,7 +670,7 @@ fn keygen_writes_a_key_prints_it_and_refuses_to_overwrite() {
 fn pubkey_of_a_garbage_file_fails_with_usage_code() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("garbage.key");
-    std::fs::write(&path, "nope").unwrap();
+    write_key_file(&path, "nope");
     let output = pbft_node(&["pubkey", "--key", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("not a key file"));

@@ -69,7 +69,8 @@ enum Command {
         /// started with --open-clients): connection-flood (new connections every tick, held
         /// open and silent, up to 4,096), unfinished-frames (a new connection per replica every
         /// tick announcing the longest frame a client may send, sending 1 MiB of it, then
-        /// nothing).
+        /// nothing); on the metrics endpoint: metrics-flood (20,000 TCP connections to replica
+        /// 0's, held open and silent; it runs until all were tried, at least --duration).
         strategy: Strategy,
         #[command(flatten)]
         dir: DirArg,

@@ -729,6 +729,68 @@ fn a_connection_flood_while_a_replica_restarts() {
     });
 }
 
+/// `GET /metrics` of `addr`, or what went wrong.
+fn scrape(addr: std::net::SocketAddr) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// 20,000 connections to replica 0's metrics endpoint, held open and silent, while the honest
+/// client writes past several checkpoints: the endpoint serves a few and closes the rest at
+/// once, so no replica runs out of file descriptors for its log; every replica stays up,
+/// every write completes, and the endpoint counts what it closed.
+#[test]
+fn a_metrics_connection_flood_stops_no_replica() {
+    one_at_a_time(async {
+        let net = Testnet::up(1, &[]);
+        let client = net.client().await;
+        let mut attack = start_attack(&net, "metrics-flood", 10);
+        // Writes, and so checkpoints, go on for as long as the flood does.
+        let mut rounds = 0;
+        while attack.try_wait().unwrap().is_none() {
+            workload(&client, &format!("metrics-{rounds}"), 50, 8).await;
+            rounds += 1;
+        }
+        let report = attack_report(attack);
+        let attempts = report["connections_opened"].as_u64().unwrap()
+            + report["connections_failed"].as_u64().unwrap();
+        assert_eq!(attempts, 20_000, "{report}");
+        assert!(
+            report["connections_closed"].as_u64().unwrap() > 0,
+            "the endpoint closed nothing: {report}"
+        );
+        workload(&client, "after", 50, 8).await;
+        for round in 0..rounds {
+            check_values(&client, &format!("metrics-{round}"), 50, 7).await;
+        }
+
+        let status = converged(&net, &client).await;
+        assert_eq!(correct(&status).len(), 4, "{status:#}");
+        let layout = Layout::new(&net.path).unwrap();
+        let state = State::load(&layout).unwrap();
+        let target = state.node(0).unwrap().metrics.unwrap();
+        let scraped = scrape(target).unwrap();
+        let over = scraped
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(r#"pbft_metrics_connections_closed_total{reason="over_limit"} "#)
+            })
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(over.is_some_and(|n| n > 0), "{scraped}");
+        for id in 0..4 {
+            let log =
+                std::fs::read_to_string(net.path.join(format!("logs/node-{id}.log"))).unwrap();
+            assert!(!log.contains("durable write failed"), "replica {id}: {log}");
+        }
+        client.close().await;
+    });
+}
+
 /// Many connections each announce the longest frame a client may send, send 1 MiB of it and
 /// stop: the honest client's small requests do not wait behind them, and the replicas' memory
 /// stays bounded.

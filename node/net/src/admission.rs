@@ -2,7 +2,9 @@
 //!
 //! - Connections from the cluster's replicas (recognised by their listed address, which is the
 //!   address they dial from) have room of their own, so no number of other connections can
-//!   lock out a replica, a restarting one included.
+//!   lock out a replica, a restarting one included. A source address is easily forged, so a
+//!   replica's room is taken only by a connection that proved its address with a QUIC Retry:
+//!   forged Initials from a replica's address get a Retry they cannot answer, and no place.
 //! - Everyone else shares [`TransportConfig::max_connections`], at most
 //!   [`TransportConfig::max_connections_per_address`] from one IP address, handshakes in
 //!   progress included. When that room is full, the client connection that has been silent the
@@ -28,6 +30,7 @@ pub(crate) struct Admission {
     max_others: usize,
     max_per_address: usize,
     per_replica: usize,
+    retry_above: usize,
     replica_addrs: HashSet<SocketAddr>,
     counts: Mutex<Counts>,
 }
@@ -68,6 +71,7 @@ impl Admission {
             max_others: cfg.max_connections,
             max_per_address: cfg.max_connections_per_address,
             per_replica: cfg.connections_per_replica,
+            retry_above: cfg.retry_above_handshakes,
             replica_addrs,
             counts: Mutex::default(),
         }
@@ -81,6 +85,14 @@ impl Admission {
     /// Handshakes in progress from addresses other than the replicas'.
     pub(crate) fn handshaking(&self) -> usize {
         self.counts.lock().expect("admission lock").handshaking
+    }
+
+    /// Whether a new connection from `remote` must first prove its address with a Retry:
+    /// always from a replica's address (else forged packets could take the replica's room),
+    /// and from elsewhere once [`TransportConfig::retry_above_handshakes`] are in progress.
+    /// `validated` is whether it already did. Decide this before [`Admission::admit`].
+    pub(crate) fn needs_retry(&self, remote: &SocketAddr, validated: bool) -> bool {
+        !validated && (self.is_replica_address(remote) || self.handshaking() >= self.retry_above)
     }
 
     /// A place for a connection from `remote`, unless its room is full. With `force`, a place
@@ -207,6 +219,7 @@ mod tests {
             max_connections: max,
             max_connections_per_address: per_address,
             connections_per_replica: 2,
+            retry_above_handshakes: 2,
             ..TransportConfig::default()
         };
         Arc::new(Admission::new(&cfg, [addr("10.0.0.1:9000")].into()))
@@ -239,6 +252,23 @@ mod tests {
         drop(replica);
         drop(held);
         assert!(admission.admit(addr("10.0.0.7:1"), false).is_ok());
+    }
+
+    #[test]
+    fn a_replica_address_is_validated_before_it_gets_a_place() {
+        let admission = admission(10, 10);
+        let replica = addr("10.0.0.1:9000");
+        assert!(admission.needs_retry(&replica, false), "unproven");
+        assert!(!admission.needs_retry(&replica, true), "proven by a Retry");
+        // Others are asked only once enough handshakes are in progress.
+        let client = addr("10.0.0.9:1");
+        assert!(!admission.needs_retry(&client, false));
+        let _held = [
+            admission.admit(addr("10.0.0.8:1"), false).unwrap(),
+            admission.admit(addr("10.0.0.7:1"), false).unwrap(),
+        ];
+        assert!(admission.needs_retry(&client, false));
+        assert!(!admission.needs_retry(&client, true));
     }
 
     #[test]

@@ -181,7 +181,8 @@ pub struct TransportConfig {
     /// one beyond this closes the oldest. Default 64.
     pub max_connections_per_client: usize,
     /// Connections accepted from each replica's listed address, beside `max_connections`, so
-    /// that other parties can never lock a replica out. Default 4.
+    /// that other parties can never lock a replica out. Such a connection takes a place only
+    /// once it proved its address with a QUIC Retry, so forged packets take none. Default 4.
     pub connections_per_replica: usize,
     /// When the room for clients is full, a client connection silent for this long is closed
     /// to admit a new one. Default 5 s.
@@ -334,7 +335,7 @@ fn endpoint(
     share_port: bool,
 ) -> Result<Endpoint, NetError> {
     use ring::hmac;
-    let master = hmac::Key::new(hmac::HMAC_SHA256, &key.secret_seed());
+    let master = hmac::Key::new(hmac::HMAC_SHA256, key.secret_seed().as_slice());
     let reset = hmac::sign(&master, b"pbft quic stateless reset key v1");
     let reset_key = hmac::Key::new(hmac::HMAC_SHA256, reset.as_ref());
     let cid = hmac::sign(&master, b"pbft quic connection id key v1");

@@ -391,11 +391,8 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
         let admission = &shared.admission;
-        if !admission.is_replica_address(&remote)
-            && !incoming.remote_address_validated()
-            && incoming.may_retry()
-            && admission.handshaking() >= shared.cfg.retry_above_handshakes
-        {
+        // An unvalidated Incoming may always be retried (quinn guarantees it).
+        if admission.needs_retry(&remote, incoming.remote_address_validated()) {
             bump(&shared.counters.retries_sent, 1);
             if incoming.retry().is_err() {
                 debug!(%remote, "could not ask for a retry");

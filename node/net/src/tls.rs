@@ -57,7 +57,7 @@ impl Identity {
     pub(crate) fn new(key: &KeyPair) -> Result<Identity, NetError> {
         let mut pkcs8 = Vec::with_capacity(48);
         pkcs8.extend_from_slice(&ED25519_PKCS8_PREFIX);
-        pkcs8.extend_from_slice(&key.secret_seed());
+        pkcs8.extend_from_slice(key.secret_seed().as_slice());
         let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8);
         let tls_error = |e: rcgen::Error| NetError::Tls(format!("building the certificate: {e}"));
         let signer = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)

@@ -906,3 +906,63 @@ async fn clients_prove_their_address_once_handshakes_pile_up() {
     .await;
     assert!(replica.stats().retries_sent >= 1);
 }
+
+/// QUIC Initials to `to` from the address `from` is bound to, each starting a new handshake,
+/// by a party that never reads what comes back: what a forger of `from`'s address can send.
+fn forged_initials(from: &UdpSocket, to: SocketAddr, count: usize) {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    // The protocol replicas speak, so that the server goes on with the handshake.
+    tls.alpn_protocols = vec![b"pbft/1".to_vec()];
+    let quic = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let config = quinn_proto::ClientConfig::new(std::sync::Arc::new(quic));
+    let mut endpoint = quinn_proto::Endpoint::new(Default::default(), None, false, None);
+    let now = std::time::Instant::now();
+    for _ in 0..count {
+        let (_, mut conn) = endpoint.connect(now, config.clone(), to, "pbft").unwrap();
+        let mut buf = Vec::new();
+        while let Some(transmit) = conn.poll_transmit(now, 1, &mut buf) {
+            from.send_to(&buf[..transmit.size], to).unwrap();
+            buf.clear();
+        }
+    }
+}
+
+/// Forged Initials from a replica's listed address cannot take its reserved places: each gets
+/// a Retry, which the forger never sees. A forged handshake holding the one place would keep
+/// the real replica out until it timed out; instead the real replica gets in and nothing from
+/// its address is ever refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_initials_from_a_replica_address_take_none_of_its_places() {
+    let keys: Vec<KeyPair> = (1..=2).map(key).collect();
+    let addrs = free_addrs(2);
+    let cfg = TransportConfig {
+        connections_per_replica: 1,
+        handshake_timeout: Duration::from_secs(600),
+        idle_timeout: Duration::from_secs(600),
+        ..config()
+    };
+    let (zero, mut inbox) = bind(0, &keys, &addrs, cfg).await;
+    let forger = UdpSocket::bind(addrs[1]).unwrap();
+    forged_initials(&forger, addrs[0], 8);
+    wait_until("a Retry for every forged Initial", || {
+        zero.stats().retries_sent >= 8
+    })
+    .await;
+    assert_eq!(zero.stats().connections_refused, 0);
+    drop(forger);
+
+    let (one, _inbox1) = bind(1, &keys, &addrs, config()).await;
+    resend_until(
+        "the replica's frame",
+        &mut inbox,
+        || one.send_to_replica(0, Bytes::from_static(b"prepare")),
+        |incoming| incoming.from == Peer::Replica(1),
+    )
+    .await;
+    assert_eq!(zero.stats().connections_refused, 0);
+}

@@ -7,12 +7,15 @@
 //!
 //! Two more strategies attack the transport itself, which the simulator does not model:
 //! `connection-flood` and `unfinished-frames` ([`Strategy`]). They use fresh identities, so they
-//! get past the handshake only on a testnet started with `--open-clients`.
+//! get past the handshake only on a testnet started with `--open-clients`. One attacks the
+//! replicas' metrics endpoint: `metrics-flood`.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +46,15 @@ const UNFINISHED_SENT: usize = 1 << 20;
 /// leaves the connection stalled, which is the point.
 const UNFINISHED_WRITE_TIME: Duration = Duration::from_secs(1);
 
+/// Connections `metrics-flood` opens in all.
+pub const METRICS_FLOOD_CONNECTIONS: u64 = 20_000;
+/// Connections `metrics-flood` starts per tick.
+const METRICS_FLOOD_PER_TICK: u64 = 1_000;
+/// Open files `metrics-flood` keeps for itself (standard streams, the runtime, the state file).
+const METRICS_FLOOD_OWN_FILES: u64 = 128;
+/// How long one connection attempt of `metrics-flood` may take.
+const METRICS_FLOOD_CONNECT_TIME: Duration = Duration::from_secs(10);
+
 /// What `testnet attack` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
@@ -57,13 +69,20 @@ pub enum Strategy {
     /// bounded by the assembly room, the frame deadline and the client receive window; small
     /// requests do not wait for it.
     UnfinishedFrames,
+    /// 20,000 TCP connections in all to replica 0's metrics endpoint, 1,000 more every tick,
+    /// each held open without a byte sent until the replica closes it or the attack ends:
+    /// bounded by the endpoint's connection cap and timeouts. Runs until all were tried and
+    /// the duration is over. It holds as many at once as its open files limit allows (raised
+    /// to the hard limit, less 128 for itself); further ones wait for one to close.
+    MetricsFlood,
 }
 
 impl Strategy {
     /// The transport attacks' names; every [`ClientAttack`] name is a strategy too.
-    pub const TRANSPORT: [(&'static str, Strategy); 2] = [
+    pub const TRANSPORT: [(&'static str, Strategy); 3] = [
         ("connection-flood", Strategy::ConnectionFlood),
         ("unfinished-frames", Strategy::UnfinishedFrames),
+        ("metrics-flood", Strategy::MetricsFlood),
     ];
 
     /// The kebab-case name, which [`FromStr`] parses back.
@@ -72,6 +91,7 @@ impl Strategy {
             Strategy::Client(attack) => attack.name(),
             Strategy::ConnectionFlood => "connection-flood",
             Strategy::UnfinishedFrames => "unfinished-frames",
+            Strategy::MetricsFlood => "metrics-flood",
         }
     }
 }
@@ -133,6 +153,8 @@ pub struct AttackReport {
     /// Connections a transport attack could not open (refused, timed out, or closed before
     /// the hello was answered).
     pub connections_failed: u64,
+    /// Connections `metrics-flood` opened that the replica closed before the attack ended.
+    pub connections_closed: u64,
 }
 
 impl AttackReport {
@@ -149,6 +171,12 @@ impl AttackReport {
 /// Runs `options.attack` against the testnet in `layout` and reports what it sent.
 pub async fn attack(layout: &Layout, options: AttackOptions) -> Result<AttackReport, LaunchError> {
     let state = State::load(layout)?;
+    if options.attack == Strategy::MetricsFlood {
+        let target = state.node(0)?.metrics.ok_or_else(|| {
+            LaunchError::Usage("replica 0 serves no metrics: nothing to flood".into())
+        })?;
+        return metrics_flood(target, options).await;
+    }
     let setup = fresh_client_setup(layout, &state)?;
     match options.attack {
         Strategy::Client(attack) => client_attack(setup, attack, options).await,
@@ -286,5 +314,88 @@ async fn transport_attack(
     for conn in open {
         conn.close();
     }
+    Ok(report)
+}
+
+/// Raises this process's soft open files limit to the hard limit, and returns it.
+fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
+/// Runs `metrics-flood` (see [`Strategy::MetricsFlood`]) against the endpoint at `target`.
+async fn metrics_flood(
+    target: SocketAddr,
+    options: AttackOptions,
+) -> Result<AttackReport, LaunchError> {
+    let limit = raise_open_files_limit();
+    let at_once = limit
+        .saturating_sub(METRICS_FLOOD_OWN_FILES)
+        .clamp(1, METRICS_FLOOD_CONNECTIONS);
+    let files = Arc::new(tokio::sync::Semaphore::new(at_once as usize));
+    let opened = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(AtomicU64::new(0));
+    let mut report = AttackReport {
+        attack: Strategy::MetricsFlood.name().to_string(),
+        ..AttackReport::default()
+    };
+    let mut held = tokio::task::JoinSet::new();
+    let mut started = 0;
+    let start = Instant::now();
+    let mut ticker = tokio::time::interval(options.interval);
+    while start.elapsed() < options.duration || started < METRICS_FLOOD_CONNECTIONS {
+        ticker.tick().await;
+        report.ticks += 1;
+        let batch = METRICS_FLOOD_PER_TICK.min(METRICS_FLOOD_CONNECTIONS - started);
+        for _ in 0..batch {
+            let Ok(file) = files.clone().acquire_owned().await else {
+                break;
+            };
+            let (opened, failed, closed) = (opened.clone(), failed.clone(), closed.clone());
+            held.spawn(async move {
+                let _file = file;
+                let connecting = tokio::net::TcpStream::connect(target);
+                let stream =
+                    match tokio::time::timeout(METRICS_FLOOD_CONNECT_TIME, connecting).await {
+                        Ok(Ok(stream)) => stream,
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    };
+                opened.fetch_add(1, Ordering::Relaxed);
+                // Silent: wait for the replica to close it; the attack's end drops it.
+                let mut byte = [0u8; 1];
+                while stream.readable().await.is_ok() {
+                    match stream.try_read(&mut byte) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        _ => break,
+                    }
+                }
+                closed.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        started += batch;
+        // Forget finished tasks, so that the set does not grow with them.
+        while held.try_join_next().is_some() {}
+    }
+    // Every attempt ends within the connect time; the connections still open are then dropped.
+    let settling = Instant::now();
+    while opened.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < started
+        && settling.elapsed() < METRICS_FLOOD_CONNECT_TIME
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    held.shutdown().await;
+    report.connections_opened = opened.load(Ordering::Relaxed);
+    report.connections_failed = failed.load(Ordering::Relaxed);
+    report.connections_closed = closed.load(Ordering::Relaxed);
     Ok(report)
 }

@@ -23,6 +23,43 @@ use serde::{Deserialize, Serialize};
 use super::process::NodeProgram;
 use super::LaunchError;
 
+/// Creates `path` and its missing parents, for this user only (mode 0700 on unix): a testnet
+/// directory holds secret keys and the replicas' state.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
+}
+
+/// Opens `path` for writing, creating it for this user only (mode 0600 on unix); a file that
+/// exists is made so too. Truncates it unless `append`.
+pub fn open_private(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true);
+    if append {
+        options.append(true);
+    } else {
+        options.write(true).truncate(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
 /// The directory used when `--dir` is not given.
 pub const DEFAULT_DIR: &str = "testnet-data";
 
@@ -206,7 +243,7 @@ impl State {
         let temporary = layout.dir.join(format!(".{STATE_FILE}.tmp"));
         let text = serde_json::to_string_pretty(self).expect("the state serializes");
         let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&temporary)?;
+            let mut file = open_private(&temporary, false)?;
             file.write_all(text.as_bytes())?;
             file.write_all(b"\n")?;
             file.sync_all()?;

@@ -1,7 +1,6 @@
 //! Node processes: which program runs a node, starting one in its own process group, telling
 //! whether it is alive, and stopping it.
 
-use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
@@ -126,13 +125,10 @@ pub fn spawn(
         LaunchError::Failure(format!("cannot start node {}: {what}: {e}", node.id))
     };
     if let Some(parent) = log_path.parent() {
-        std::fs::create_dir_all(parent)
+        super::layout::create_private_dir(parent)
             .map_err(|e| failure("cannot create the log directory", e))?;
     }
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let mut log = super::layout::open_private(&log_path, true)
         .map_err(|e| failure(&format!("cannot open {}", log_path.display()), e))?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

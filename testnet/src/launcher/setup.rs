@@ -14,7 +14,7 @@ use pbft_net::cluster::{ClientAccess, ReplicaEntry};
 use pbft_node::config::NodeConfigFile;
 use pbft_node::storage::StorageConfig;
 
-use super::layout::{Layout, NodeRecord};
+use super::layout::{create_private_dir, open_private, Layout, NodeRecord};
 use super::LaunchError;
 
 /// The behaviours `mixed` cycles through, in this order over the faulty replicas.
@@ -343,7 +343,7 @@ pub fn generate(
     let failure = |what: String| LaunchError::Failure(what);
     for sub in ["keys", "logs", "data"] {
         let path = layout.dir.join(sub);
-        std::fs::create_dir_all(&path)
+        create_private_dir(&path)
             .map_err(|e| failure(format!("cannot create {}: {e}", path.display())))?;
     }
     let n = plan.n();
@@ -364,7 +364,8 @@ pub fn generate(
         .collect();
     let write = |relative: &std::path::Path, text: String| {
         let path = layout.path(relative);
-        std::fs::write(&path, text)
+        open_private(&path, false)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
             .map_err(|e| failure(format!("cannot write {}: {e}", path.display())))
     };
     // The testnet's clients all use the one key it creates; replicas admit no other.
@@ -379,6 +380,7 @@ pub fn generate(
             listen: ports.replicas[id],
             data_dir: Layout::data_dir(rid),
             metrics: Some(ports.metrics[id]),
+            metrics_server: Default::default(),
             behavior: plan.behaviors[id].map(|k| k.name().to_string()),
             f: plan.f,
             protocol: protocol.protocol_section(),
@@ -393,7 +395,7 @@ pub fn generate(
         };
         let text = toml::to_string(&config).expect("a node configuration serializes");
         write(&Layout::node_config(rid), text)?;
-        std::fs::create_dir_all(layout.path(&Layout::data_dir(rid)))
+        create_private_dir(&layout.path(&Layout::data_dir(rid)))
             .map_err(|e| failure(format!("cannot create a data directory: {e}")))?;
         if plan.behaviors[id] == Some(BehaviorKind::Twin) {
             // The same key and port; a state, log and configuration of its own.
@@ -404,7 +406,7 @@ pub fn generate(
             };
             let text = toml::to_string(&twin).expect("a node configuration serializes");
             write(&Layout::twin_config(rid), text)?;
-            std::fs::create_dir_all(layout.path(&Layout::twin_data_dir(rid)))
+            create_private_dir(&layout.path(&Layout::twin_data_dir(rid)))
                 .map_err(|e| failure(format!("cannot create a data directory: {e}")))?;
             twins.push(NodeRecord {
                 id: rid,
