@@ -3,6 +3,7 @@
 //! `pbft-node` binary runs one replica from a configuration file.
 
 pub mod config;
+pub mod data_dir;
 pub mod error;
 #[cfg(feature = "test-util")]
 pub mod local;
