@@ -66,6 +66,7 @@ impl Cluster {
                 metrics_server: Default::default(),
                 behavior: behaviors.iter().find(|(b, _)| *b == id).map(|(_, k)| *k),
             };
+            pbft_node::data_dir::init(&setup, false).unwrap();
             nodes.push(Some(RunningNode::start(setup).await.unwrap()));
         }
         Cluster {

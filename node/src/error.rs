@@ -15,6 +15,9 @@ pub enum NodeError {
     /// The protocol parameters or the key do not make a replica.
     #[error("invalid replica setup")]
     Setup(#[source] ReplicaError),
+    /// The data directory is not this replica's to run on, or is in use.
+    #[error(transparent)]
+    DataDir(#[from] crate::data_dir::DataDirError),
     /// The durable state cannot be opened or read.
     #[error("durable state in {}", .dir.display())]
     Storage {

@@ -4,6 +4,7 @@
 //! `pbft-node` binary runs one replica from a configuration file.
 
 pub mod config;
+pub mod data_dir;
 pub mod error;
 pub mod fds;
 #[cfg(feature = "test-util")]

@@ -16,7 +16,7 @@ pub fn free_udp_addr() -> std::io::Result<SocketAddr> {
 }
 
 /// Setups for the 3f+1 replicas of a loopback cluster with fresh keys and free ports. Each
-/// replica keeps its state under `data_dir/replica-N`.
+/// replica keeps its state under `data_dir/replica-N`, initialised.
 pub fn loopback_cluster(
     f: usize,
     protocol: ProtocolConfig,
@@ -34,7 +34,7 @@ pub fn loopback_cluster(
     }
     let committee = Committee::new(keys.iter().map(KeyPair::public).collect(), f)
         .expect("3f+1 fresh keys form a committee");
-    Ok(keys
+    let setups: Vec<NodeSetup> = keys
         .into_iter()
         .enumerate()
         .map(|(id, key)| NodeSetup {
@@ -51,5 +51,9 @@ pub fn loopback_cluster(
             metrics_server: Default::default(),
             behavior: None,
         })
-        .collect())
+        .collect();
+    for setup in &setups {
+        crate::data_dir::init(setup, false).map_err(std::io::Error::other)?;
+    }
+    Ok(setups)
 }

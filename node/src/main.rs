@@ -1,7 +1,7 @@
 //! `pbft-node`: runs a PBFT replica, and makes and inspects its keys.
 //!
-//! Exit codes: 0 success, 1 a failure while running (or writing a key), 2 bad usage or a bad
-//! configuration or key file.
+//! Exit codes: 0 success, 1 a failure while running (or writing a key), 2 bad usage, a bad
+//! configuration or key file, or a data directory that is not the replica's to use.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -34,6 +34,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Initialise the replica's data directory (`data_dir` in the configuration), once, before
+    /// its first `run`. The directory must be empty or missing.
+    Init {
+        /// The replica's TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// For a replica that ran before and lost its data: it runs silent (signs nothing)
+        /// until it has caught up past anything it could have signed, then takes part again.
+        /// The directory may hold what is left of the lost one, but no log records.
+        #[arg(long)]
+        rejoin: bool,
+    },
     /// Run a replica until Ctrl-C or SIGTERM. Log verbosity follows RUST_LOG (default `info`).
     Run {
         /// The replica's TOML configuration file.
@@ -58,6 +70,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Init { config, rejoin } => init(&config, rejoin),
         Command::Run { config } => run(&config),
         Command::Keygen { out } => keygen(&out),
         Command::Pubkey { key } => pubkey(&key),
@@ -94,6 +107,35 @@ fn pubkey(path: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn init(config_path: &Path, rejoin: bool) -> ExitCode {
+    let setup = match load_node_config(config_path) {
+        Ok(setup) => setup,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match pbft_node::data_dir::init(&setup, rejoin) {
+        Ok(()) => {
+            let how = if rejoin {
+                "to rejoin after a lost disk; it stays silent until caught up"
+            } else {
+                "for a new replica"
+            };
+            println!(
+                "initialised {} for replica {} {how}",
+                setup.data_dir.display(),
+                setup.id
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", with_causes(&e));
             ExitCode::from(EXIT_USAGE)
         }
     }
@@ -149,7 +191,12 @@ fn run(config_path: &Path) -> ExitCode {
                 "error: {}",
                 describe_failure(&e, config_path, listen, metrics)
             );
-            ExitCode::from(EXIT_FAILURE)
+            // A data directory that is not this replica's is a configuration mistake.
+            let code = match e {
+                NodeError::DataDir(_) => EXIT_USAGE,
+                _ => EXIT_FAILURE,
+            };
+            ExitCode::from(code)
         }
     }
 }

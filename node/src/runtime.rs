@@ -23,6 +23,7 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::data_dir::{self, DirLock};
 use crate::error::NodeError;
 use crate::metrics::{Metrics, MetricsServerConfig};
 use crate::storage::{ReplicaStore, StorageConfig};
@@ -192,7 +193,7 @@ pub struct RunningNode {
 impl RunningNode {
     /// Binds the transport and metrics endpoint and starts the replica.
     pub async fn start(setup: NodeSetup) -> Result<RunningNode, NodeError> {
-        let (replica, store) = open_replica(&setup)?;
+        let (replica, store, lock) = open_replica(&setup)?;
         let (transport, inbox) = ReplicaTransport::bind(
             setup.id,
             &setup.key,
@@ -239,6 +240,7 @@ impl RunningNode {
             behavior_name: setup.behavior.map(|k| k.to_string()),
             driver: Driver::new(replica, setup.key, behavior),
             store,
+            _lock: lock,
             transport: Arc::new(transport),
             metrics,
             rejections,
@@ -290,10 +292,13 @@ impl RunningNode {
     }
 }
 
-/// Builds the replica: from its durable state in `data_dir` if there is any, else fresh. A log
-/// that is corrupt before its last record, or a snapshot that fails to load, is an error: the
-/// node must not run on state it cannot trust.
-fn open_replica(setup: &NodeSetup) -> Result<(Replica, Option<ReplicaStore>), NodeError> {
+/// Builds the replica from its durable state in `data_dir`, which must have been initialised
+/// for it ([`data_dir::init`]) and is locked for as long as the replica runs. A directory never
+/// initialised, one whose log is gone, a log that is corrupt before its last record, or a
+/// snapshot that fails to load is an error: the node must not run on state it cannot trust.
+fn open_replica(
+    setup: &NodeSetup,
+) -> Result<(Replica, Option<ReplicaStore>, Option<DirLock>), NodeError> {
     let fresh = || {
         Replica::new(
             setup.id,
@@ -309,10 +314,12 @@ fn open_replica(setup: &NodeSetup) -> Result<(Replica, Option<ReplicaStore>), No
             replica = setup.id,
             "durable state is off: a restart forgets what this replica signed"
         );
-        return Ok((fresh()?, None));
+        return Ok((fresh()?, None, None));
     }
     let started = std::time::Instant::now();
     let dir = &setup.data_dir;
+    let lock = data_dir::lock(dir)?;
+    data_dir::check(dir, setup.id, &setup.committee)?;
     let opened = ReplicaStore::open(dir, setup.storage.fsync, setup.protocol.log_window).map_err(
         |source| NodeError::Storage {
             dir: dir.clone(),
@@ -320,7 +327,7 @@ fn open_replica(setup: &NodeSetup) -> Result<(Replica, Option<ReplicaStore>), No
         },
     )?;
     if opened.records.is_empty() {
-        return Ok((fresh()?, Some(opened.store)));
+        return Err(data_dir::log_lost(dir).into());
     }
     let (replica, report) = Replica::recover(
         setup.id,
@@ -344,7 +351,14 @@ fn open_replica(setup: &NodeSetup) -> Result<(Replica, Option<ReplicaStore>), No
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered from durable state"
     );
-    Ok((replica, Some(opened.store)))
+    if let Some(rejoin) = replica.rejoin().filter(|r| r.silent) {
+        tracing::warn!(
+            replica = setup.id,
+            point = ?rejoin.point,
+            "rejoining after a lost disk: silent until caught up past what it may have signed"
+        );
+    }
+    Ok((replica, Some(opened.store), Some(lock)))
 }
 
 /// Runs blocking disk work from the protocol task without stalling the other tasks of a
@@ -468,6 +482,8 @@ struct ProtocolTask {
     driver: Driver,
     /// Durable state; `None` when turned off.
     store: Option<ReplicaStore>,
+    /// Held while the replica runs, so no other process uses its data directory.
+    _lock: Option<DirLock>,
     transport: Arc<ReplicaTransport>,
     metrics: Arc<Metrics>,
     rejections: Rejections,

@@ -712,6 +712,8 @@ fn run_on_a_port_in_use_names_the_listen_field() {
     config.replicas[0].address = config.listen;
     config.data_dir = "data".into();
     let path = fixture.write(&config);
+    let output = pbft_node(&["init", "--config", path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
     let output = pbft_node(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     let stderr = text(&output.stderr);

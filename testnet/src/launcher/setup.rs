@@ -332,6 +332,21 @@ pub struct Generated {
     pub twins: Vec<NodeRecord>,
 }
 
+/// Initialises the data directory of the node configured in `config` (relative to DIR), as
+/// `pbft-node init` does.
+fn init_data_dir(layout: &Layout, config: &std::path::Path) -> Result<(), LaunchError> {
+    let path = layout.path(config);
+    let setup = pbft_node::config::load_node_config(&path)
+        .map_err(|e| LaunchError::Failure(format!("cannot read back {}: {e}", path.display())))?;
+    pbft_node::data_dir::init(&setup, false).map_err(|e| {
+        LaunchError::Failure(format!(
+            "cannot initialise {}: {}",
+            setup.data_dir.display(),
+            pbft_node::error::with_causes(&e)
+        ))
+    })
+}
+
 /// Writes keys and configuration files for `plan` into DIR and returns the processes' records
 /// (without pids). DIR must hold none of a testnet's files.
 pub fn generate(
@@ -395,8 +410,7 @@ pub fn generate(
         };
         let text = toml::to_string(&config).expect("a node configuration serializes");
         write(&Layout::node_config(rid), text)?;
-        create_private_dir(&layout.path(&Layout::data_dir(rid)))
-            .map_err(|e| failure(format!("cannot create a data directory: {e}")))?;
+        init_data_dir(layout, &Layout::node_config(rid))?;
         if plan.behaviors[id] == Some(BehaviorKind::Twin) {
             // The same key and port; a state, log and configuration of its own.
             let twin = NodeConfigFile {
@@ -406,8 +420,7 @@ pub fn generate(
             };
             let text = toml::to_string(&twin).expect("a node configuration serializes");
             write(&Layout::twin_config(rid), text)?;
-            create_private_dir(&layout.path(&Layout::twin_data_dir(rid)))
-                .map_err(|e| failure(format!("cannot create a data directory: {e}")))?;
+            init_data_dir(layout, &Layout::twin_config(rid))?;
             twins.push(NodeRecord {
                 id: rid,
                 address: ports.replicas[id],

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 pub use clients::{Admission, ClientBounds, ClientRecord, ClientTable, RequestStatus};
 pub use new_view::{plan_new_view, NewViewPlan};
-pub use replica::Replica;
+pub use replica::{signed_statements, Replica, Statement};
 
 use pbft_crypto::Digest;
 
@@ -384,6 +384,33 @@ pub enum Durable {
     /// The NEW-VIEW that started the view this replica entered (its own, as primary, or one it
     /// accepted).
     NewView(Arc<NewView>),
+    /// The first record of a data directory, written when it is initialised. `rejoining`: the
+    /// replica lost its data and comes back silent (see [`Rejoin`]).
+    Created { rejoining: bool },
+    /// Where a rejoining replica stands; written when it changes, and again at the start of
+    /// every segment while it still restrains the replica.
+    Rejoin(Rejoin),
+}
+
+/// A replica that lost its durable state may have signed anything up to the point its peers
+/// have reached; it comes back silent and learns that point (TOCS 2002, section 4.3). See the
+/// replica's `rejoin` module for the rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejoin {
+    /// Learned from the positions 2f+1 peers report; `None` until then.
+    pub point: Option<RejoinPoint>,
+    /// No signed message leaves while set: until `point` is known and a stable checkpoint is
+    /// above `point.seq`.
+    pub silent: bool,
+}
+
+/// Bounds on what a replica may have signed before it lost its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejoinPoint {
+    /// H: no PRE-PREPARE, PREPARE, COMMIT or CHECKPOINT it signed is above this.
+    pub seq: Seq,
+    /// No VIEW-CHANGE or NEW-VIEW it signed is for a view above this.
+    pub view: View,
 }
 
 impl Durable {
@@ -397,7 +424,9 @@ impl Durable {
             Durable::Checkpoint(_)
             | Durable::Stable { .. }
             | Durable::ViewChange(_)
-            | Durable::NewView(_) => None,
+            | Durable::NewView(_)
+            | Durable::Created { .. }
+            | Durable::Rejoin(_) => None,
         }
     }
 }
@@ -519,6 +548,8 @@ pub enum Ignored {
     StateUndecodable,
     /// A peer asking for more help than its share.
     HelpRateLimited,
+    /// A message this replica signed, held back while it rejoins after a lost disk.
+    SilentWhileRejoining,
 }
 
 impl Ignored {
@@ -544,6 +575,7 @@ impl Ignored {
             Ignored::StateMismatch => "state does not match its proof",
             Ignored::StateUndecodable => "state undecodable",
             Ignored::HelpRateLimited => "help rate-limited",
+            Ignored::SilentWhileRejoining => "signed message held back while rejoining",
         }
     }
 }
@@ -581,4 +613,6 @@ pub struct Status {
     pub pending_requests: usize,
     /// Replicas this one holds proof of equivocation against.
     pub evidence_against: Vec<ReplicaId>,
+    /// Rejoining after a lost disk, and still silent (see [`Rejoin`]).
+    pub silent: bool,
 }

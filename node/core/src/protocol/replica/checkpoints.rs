@@ -14,6 +14,12 @@ impl Replica {
 
     pub(super) fn take_checkpoint(&mut self, seq: Seq) {
         let (digest, snapshot) = self.take_snapshot();
+        if self.silent() {
+            // Kept to compare with the stable checkpoint and to serve, but not vouched for.
+            let own = OwnCheckpoint::new(digest, snapshot, None);
+            self.checkpoints.own.insert(seq, own);
+            return;
+        }
         let checkpoint = Checkpoint::new(&self.key, seq, digest, self.id);
         let own = OwnCheckpoint::new(digest, snapshot, Some(checkpoint.clone()));
         self.checkpoints.own.insert(seq, own);
@@ -107,6 +113,7 @@ impl Replica {
             }
             None => self.start_state_fetch(seq, sources),
         }
+        self.maybe_end_silence();
     }
 
     /// Writes the stable checkpoint and the state at it; older records are then released.
@@ -129,6 +136,9 @@ impl Replica {
             if let Some(own) = self.view_changes.get(&self.id).cloned() {
                 self.ready.persist.push(Durable::ViewChange(own));
             }
+        }
+        if let Some(rejoin) = self.rejoin_to_carry() {
+            self.ready.persist.push(Durable::Rejoin(rejoin));
         }
     }
 }

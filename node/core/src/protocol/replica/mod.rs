@@ -6,6 +6,7 @@
 //! - [`view_change`]: VIEW-CHANGE, NEW-VIEW and entering a view (4.4, 4.5.2);
 //! - [`state_transfer`]: fetching and installing a stable checkpoint's state (5.3.2);
 //! - [`recovery`]: rebuilding a replica from its durable records after a crash;
+//! - [`rejoin`]: coming back silent after losing them (4.3, recovery);
 //! - [`retransmission`]: resending, fetching batch bodies and helping peers catch up.
 //!
 //! The quorum rules (distinct signers, one certificate, conflicting votes as evidence) are
@@ -22,16 +23,19 @@ use serde::{Deserialize, Serialize};
 mod checkpoints;
 mod normal_case;
 mod recovery;
+mod rejoin;
 mod retransmission;
 mod state_transfer;
 mod view_change;
+
+pub use rejoin::{signed_statements, Statement};
 
 use super::clients::{Admission, ClientTable, PendingRequests, RequestStatus};
 use super::new_view::{plan_new_view, NewViewPlan};
 use super::votes::{Added, VoteSet};
 use super::{
     Conflict, Destination, Durable, Executed, Halt, Ignored, Outgoing, ProtocolConfig, Ready,
-    RecoveryReport, ReplicaError, Status, Timer, TimerCommand,
+    RecoveryReport, Rejoin, RejoinPoint, ReplicaError, Status, Timer, TimerCommand,
 };
 use crate::app::StateMachine;
 use crate::codec;
@@ -310,6 +314,11 @@ pub struct Replica {
     newest_commit_view: View,
     /// Set when the replica saw proof of more than f faults; it then takes no more input.
     halted: Option<Halt>,
+    /// Set for a replica that lost its data and rejoined ([`rejoin`]).
+    rejoin: Option<Rejoin>,
+    /// While the rejoin point is unknown: each peer's highest reported view and last executed
+    /// sequence number.
+    rejoin_reports: BTreeMap<ReplicaId, (View, Seq)>,
     now: Duration,
     ready: Ready,
 }
@@ -361,6 +370,8 @@ impl Replica {
             state_digest_cache: Cell::new(None),
             newest_commit_view: 0,
             halted: None,
+            rejoin: None,
+            rejoin_reports: BTreeMap::new(),
             now: Duration::ZERO,
             ready: Ready::default(),
         };
@@ -449,6 +460,7 @@ impl Replica {
             state_digest: self.state_digest(),
             pending_requests: self.pending.len(),
             evidence_against: self.evidence.keys().copied().collect(),
+            silent: self.silent(),
         }
     }
 
@@ -571,6 +583,12 @@ impl Replica {
     }
 
     fn send(&mut self, to: Destination, message: Message) {
+        if !self.may_send(&message) {
+            // Every path that signs checks first; this only guards against one that forgot.
+            debug_assert!(false, "a signed {} while silent", message.kind());
+            self.ignore(Ignored::SilentWhileRejoining);
+            return;
+        }
         self.ready.messages.push(Outgoing {
             to,
             message: Arc::new(message),

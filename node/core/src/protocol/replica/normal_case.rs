@@ -87,6 +87,7 @@ impl Replica {
             || !self.is_primary()
             || self.state_fetch.is_some()
             || self.halted.is_some()
+            || self.silent()
         {
             return;
         }
@@ -257,6 +258,9 @@ impl Replica {
         let Some(pre_prepare) = entry.pre_prepare.clone() else {
             return;
         };
+        if self.silent() {
+            return;
+        }
         self.persist_batch(seq);
         self.ready
             .persist
@@ -306,6 +310,10 @@ impl Replica {
 
     /// prepared(m, v, n, i): the PRE-PREPARE and 2f matching PREPAREs from distinct backups.
     pub(super) fn check_prepared(&mut self, seq: Seq) {
+        // A silent replica has sent no PREPARE to complete a certificate, nor may it COMMIT.
+        if self.silent() {
+            return;
+        }
         let needed = 2 * self.committee.f();
         let view = self.view;
         let Some(entry) = self.log.get_mut(&seq) else {

@@ -17,6 +17,12 @@ impl Replica {
         records: Vec<Durable>,
     ) -> Result<(Replica, RecoveryReport), ReplicaError> {
         let mut replica = Replica::new(id, committee, config, key, app)?;
+        // Known before the state is installed, which would otherwise sign a checkpoint.
+        replica.rejoin = records.iter().fold(None, |rejoin, record| match record {
+            Durable::Created { rejoining: true } => Some(Rejoin::started()),
+            Durable::Rejoin(state) => Some(*state),
+            _ => rejoin,
+        });
         let mut report = RecoveryReport {
             records: records.len(),
             ..RecoveryReport::default()
@@ -119,6 +125,8 @@ impl Replica {
             }
             // Executing again signs the same checkpoint; the stable one was loaded first.
             Durable::Checkpoint(_) | Durable::Stable { .. } => {}
+            // Read before the replay.
+            Durable::Created { .. } | Durable::Rejoin(_) => {}
             Durable::ViewChange(view_change) => {
                 if view_change.new_view > self.view {
                     self.view = view_change.new_view;

@@ -61,6 +61,7 @@ impl Replica {
         if from == self.id {
             return;
         }
+        self.note_position(from, view, last_executed);
         if view < self.view && self.view_active {
             self.send_new_view_to(from);
         }

@@ -329,12 +329,14 @@ impl Replica {
         self.clients = state.clients;
         self.last_executed = seq;
         // Vouch for the state now held, so that replicas further behind find a quorum for it
-        // even if some of those who signed it first have moved on.
-        let checkpoint = Checkpoint::new(&self.key, seq, digest, self.id);
-        self.ready
-            .persist
-            .push(Durable::Checkpoint(checkpoint.clone()));
-        let own = OwnCheckpoint::new(digest, snapshot, Some(checkpoint));
+        // even if some of those who signed it first have moved on; a silent replica cannot.
+        let checkpoint = (!self.silent()).then(|| Checkpoint::new(&self.key, seq, digest, self.id));
+        if let Some(checkpoint) = &checkpoint {
+            self.ready
+                .persist
+                .push(Durable::Checkpoint(checkpoint.clone()));
+        }
+        let own = OwnCheckpoint::new(digest, snapshot, checkpoint);
         self.checkpoints.own.insert(seq, own);
         self.log = self.log.split_off(&(seq + 1));
         self.next_seq = self.next_seq.max(seq + 1);

@@ -5,6 +5,10 @@ use super::*;
 
 impl Replica {
     pub(super) fn on_view_change_timer(&mut self) {
+        if self.silent() {
+            // No vote to give: it follows the views the others move to.
+            return;
+        }
         if !self.view_active {
             // The view change did not complete in time: try the next view, waiting longer.
             let next = self.view + 1;
@@ -42,6 +46,14 @@ impl Replica {
         self.view = new_view;
         self.view_active = false;
         self.watched = None;
+        if !self.may_sign_view(new_view) {
+            // It may have asked for this view before its data was lost: it moves along with
+            // the others, silently.
+            self.new_view_timer_armed = false;
+            self.cancel_timer(Timer::ViewChange);
+            self.maybe_arm_new_view_timer();
+            return;
+        }
         let prepared: Vec<PreparedCert> = self
             .log
             .range(self.low() + 1..=self.low() + self.config.log_window)
@@ -130,18 +142,17 @@ impl Replica {
 
     pub(super) fn send_new_view_to(&mut self, peer: ReplicaId) {
         if let Some(new_view) = self.last_new_view.clone() {
-            if self.may_help(peer, Help::NewView) {
-                self.send(
-                    Destination::Replica(peer),
-                    Message::NewView((*new_view).clone()),
-                );
+            let message = Message::NewView((*new_view).clone());
+            // Its own NEW-VIEW from before a lost disk is not passed on while it may not sign.
+            if self.may_send(&message) && self.may_help(peer, Help::NewView) {
+                self.send(Destination::Replica(peer), message);
             }
         }
     }
 
     /// The new primary sends NEW-VIEW once it holds 2f+1 VIEW-CHANGEs for its view.
     pub(super) fn maybe_send_new_view(&mut self) {
-        if self.view_active || !self.is_primary() {
+        if self.view_active || !self.is_primary() || !self.may_sign_view(self.view) {
             return;
         }
         let view = self.view;
