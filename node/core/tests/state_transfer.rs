@@ -231,3 +231,77 @@ fn a_stranded_replica_asks_for_a_stable_state_and_fetches_it() {
     assert_eq!(asked.len(), 1, "{asked:?}");
     assert_eq!(asked[0].1, 17);
 }
+
+/// A replica a few batches behind when a checkpoint becomes stable keeps the slots it has not
+/// executed and catches up from commit certificates, which its peers keep for the batches below
+/// their stable checkpoint; no state moves.
+#[test]
+fn a_replica_a_few_batches_behind_catches_up_from_commit_certificates() {
+    let c = TestCluster::new(1);
+    let config = ProtocolConfig {
+        checkpoint_interval: 4,
+        log_window: 8,
+        ..ProtocolConfig::default()
+    }
+    .checked()
+    .unwrap();
+    let now = Duration::from_millis(10);
+    let batches: Vec<Batch> = (1..=4u8).map(|i| grow(i, 64)).collect();
+    let committed = |seq: usize| c.committed(0, seq as u64, &batches[seq - 1]);
+    let mut replicas: Vec<Replica> = (0..4)
+        .map(|id| c.replica_with(id, config.clone()))
+        .collect();
+    // Replicas 0 to 2 execute 1 to 4 and exchange their checkpoints; replica 3 executes 1 and 2.
+    let mut checkpoints = Vec::new();
+    for (id, replica) in replicas.iter_mut().enumerate().take(3) {
+        for seq in 1..=4 {
+            c.deliver(replica, now, 1, committed(seq));
+        }
+        let ready = replica.poll_ready();
+        for out in &ready.messages {
+            if let Message::Checkpoint(checkpoint) = &*out.message {
+                checkpoints.push((id as ReplicaId, checkpoint.clone()));
+            }
+        }
+    }
+    assert_eq!(checkpoints.len(), 3);
+    for seq in 1..=2 {
+        c.deliver(&mut replicas[3], now, 1, committed(seq));
+    }
+    let _ = replicas[3].poll_ready();
+    for (from, checkpoint) in &checkpoints {
+        for (to, replica) in replicas.iter_mut().enumerate() {
+            if to as ReplicaId != *from {
+                c.deliver(replica, now, *from, Message::Checkpoint(checkpoint.clone()));
+            }
+        }
+    }
+    assert_eq!(replicas[0].stable_checkpoint(), 4);
+    assert_eq!(replicas[3].stable_checkpoint(), 4);
+    let lagging = replicas[3].poll_ready();
+    assert!(
+        fetch_state_requests(&lagging.messages).is_empty(),
+        "two batches behind, no state is fetched"
+    );
+
+    // Its status reaches a peer, which answers from the batches below its stable checkpoint.
+    let status = Message::Status {
+        replica: 3,
+        view: 0,
+        last_executed: 2,
+        fingerprint: *c.committee.fingerprint(),
+    };
+    let _ = replicas[0].poll_ready();
+    c.deliver(&mut replicas[0], now, 3, status);
+    let answers: Vec<Message> = (replicas[0].poll_ready().messages.iter())
+        .filter(|m| matches!(&*m.message, Message::Committed { .. }))
+        .map(|m| (*m.message).clone())
+        .collect();
+    assert_eq!(answers.len(), 2, "slots 3 and 4");
+    for answer in answers {
+        c.deliver(&mut replicas[3], now, 0, answer);
+    }
+    assert_eq!(replicas[3].last_executed(), 4);
+    assert_eq!(replicas[3].state_digest(), replicas[0].state_digest());
+    assert_eq!(replicas[3].state_transfers(), 0);
+}

@@ -79,19 +79,34 @@ impl Replica {
             return;
         }
         tracing::debug!(replica = self.id, seq, "checkpoint stable");
-        let sources: Vec<ReplicaId> = proof
-            .iter()
-            .map(|c| c.replica)
-            .filter(|r| *r != self.id)
-            .collect();
+        // A few batches behind, and not fetching: keep the slots not executed yet and catch up
+        // from commit certificates (peers keep the batches below their stable checkpoint).
+        let behind = self.last_executed < seq;
+        let catch_up = behind
+            && self.state_fetch.is_none()
+            && seq - self.last_executed <= self.config.checkpoint_interval;
         let c = &mut self.checkpoints;
-        c.stable_seq = seq;
-        c.stable_digest = digest;
+        let old_stable = std::mem::replace(&mut c.stable_seq, seq);
         c.stable_proof = proof;
+        c.stable_digest = digest;
         c.votes = c.votes.split_off(&(seq + 1));
+        if let Some(own) = c.own.remove(&old_stable).filter(|_| old_stable > 0) {
+            c.previous = Some(PreviousStable {
+                seq: old_stable,
+                own,
+            });
+        }
         c.own = c.own.split_off(&seq);
-        self.log = self.log.split_off(&(seq + 1));
+        let keep_from = if catch_up {
+            self.last_executed + 1
+        } else {
+            seq + 1
+        };
+        let kept = self.log.split_off(&keep_from);
+        let dropped = std::mem::replace(&mut self.log, kept);
+        self.archive_committed(dropped);
         self.next_seq = self.next_seq.max(seq + 1);
+        let sources = self.stable_sources();
         let own_matches = self
             .checkpoints
             .own
@@ -111,9 +126,72 @@ impl Replica {
             None if self.last_executed >= seq => {
                 // Executed past it without a snapshot at it (after a state transfer): nothing to do.
             }
+            // Compared with the stable digest when execution reaches it.
+            None if catch_up => {}
+            // A fetch under way of the state just replaced keeps going: its peers still serve
+            // it, and the batches since then.
+            None if self
+                .state_fetch
+                .as_ref()
+                .is_some_and(|fetch| fetch.seq >= old_stable && fetch.manifest.is_some()) => {}
             None => self.start_state_fetch(seq, sources),
         }
         self.maybe_end_silence();
+    }
+
+    /// Keeps the committed batches of slots leaving the log for peers that catch up, within
+    /// [`ARCHIVE_BYTES`] and above the previous stable checkpoint.
+    fn archive_committed(&mut self, dropped: BTreeMap<Seq, Entry>) {
+        let c = &mut self.checkpoints;
+        for (seq, entry) in dropped {
+            if let (true, Some(body), Some(commits)) =
+                (entry.committed, entry.batch, entry.commit_cert)
+            {
+                c.archive_bytes += body.batch.encoded_len();
+                if let Some((old, _)) = c.archive.insert(seq, (body, commits)) {
+                    c.archive_bytes -= old.batch.encoded_len();
+                }
+            }
+        }
+        let floor = c.previous.as_ref().map_or(0, |p| p.seq);
+        while let Some(entry) = c.archive.first_entry() {
+            if *entry.key() > floor && c.archive_bytes <= ARCHIVE_BYTES {
+                break;
+            }
+            let (body, _) = entry.remove();
+            c.archive_bytes -= body.batch.encoded_len();
+        }
+    }
+
+    /// Execution reached the stable checkpoint from below (catching up): its own snapshot must
+    /// match the certified digest; if it does not, the certified state is fetched.
+    pub(super) fn reached_stable(&mut self, seq: Seq) {
+        let c = &self.checkpoints;
+        if seq != c.stable_seq {
+            return;
+        }
+        match c.own.get(&seq).map(|own| own.digest == c.stable_digest) {
+            Some(true) => self.persist_stable(),
+            Some(false) => {
+                tracing::error!(
+                    replica = self.id,
+                    seq,
+                    "own state differs from the stable checkpoint; fetching it"
+                );
+                self.checkpoints.own.remove(&seq);
+                let sources = self.stable_sources();
+                self.start_state_fetch(seq, sources);
+            }
+            None => {}
+        }
+    }
+
+    /// The signers of the stable checkpoint's proof other than this replica.
+    pub(super) fn stable_sources(&self) -> Vec<ReplicaId> {
+        (self.checkpoints.stable_proof.iter())
+            .map(|c| c.replica)
+            .filter(|r| *r != self.id)
+            .collect()
     }
 
     /// Writes the stable checkpoint and the state at it; older records are then released.

@@ -186,6 +186,25 @@ struct Checkpoints {
     own: BTreeMap<Seq, OwnCheckpoint>,
     /// Checkpoint votes above the stable checkpoint.
     votes: BTreeMap<Seq, VoteSet<Checkpoint>>,
+    /// The stable checkpoint before this one, still served: a peer fetching its state when a
+    /// newer checkpoint becomes stable finishes the fetch instead of starting over.
+    previous: Option<PreviousStable>,
+    /// Committed batches below the stable checkpoint, with their commit certificates: a peer
+    /// that is a few batches behind, or that installed the previous stable state, catches up
+    /// from these instead of fetching the whole state. At most [`ARCHIVE_BYTES`] of batches,
+    /// none at or below the previous stable checkpoint.
+    archive: BTreeMap<Seq, (Arc<BatchBody>, Vec<Vote>)>,
+    archive_bytes: usize,
+}
+
+/// Bytes of committed batches kept below the stable checkpoint (see [`Checkpoints::archive`]).
+const ARCHIVE_BYTES: usize = 64 << 20;
+
+/// A stable checkpoint that a newer one replaced, with the state to serve it.
+#[derive(Debug)]
+struct PreviousStable {
+    seq: Seq,
+    own: OwnCheckpoint,
 }
 
 /// A checkpoint this replica holds the state of.
@@ -245,6 +264,8 @@ struct StateFetch {
     sources: Vec<ReplicaId>,
     /// The layout of the state at `seq`, once a peer sent it, and the chunks so far.
     manifest: Option<Manifest>,
+    /// Chunks of an earlier fetch that was replaced, by digest: the new layout may list them.
+    kept_chunks: BTreeMap<Digest, Vec<u8>>,
 }
 
 /// A certified state layout being fetched chunk by chunk.

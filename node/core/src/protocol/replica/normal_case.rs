@@ -506,8 +506,11 @@ impl Replica {
             };
             self.watch(next);
         }
-        if seq % self.config.checkpoint_interval == 0 {
+        // Below the stable checkpoint (catching up) nobody needs a checkpoint; at it, the
+        // snapshot is compared with the certified digest.
+        if seq % self.config.checkpoint_interval == 0 && seq >= self.checkpoints.stable_seq {
             self.take_checkpoint(seq);
+            self.reached_stable(seq);
         }
     }
 }

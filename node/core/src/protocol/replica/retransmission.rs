@@ -68,15 +68,27 @@ impl Replica {
         if last_executed >= self.last_executed || !self.may_help(from, Help::CatchUp) {
             return;
         }
-        const MAX_CATCH_UP_BATCHES: usize = 16;
+        // A checkpoint interval's worth per retransmission interval: more than a cluster
+        // under load orders in that time, so a replica behind gains on it.
+        let max_batches = self.config.checkpoint_interval as usize;
+        let first = last_executed.saturating_add(1);
+        let archived = (self.checkpoints.archive.range(first..))
+            .map(|(seq, (batch, commits))| (*seq, Some(batch), Some(commits)));
+        let logged = (self.log.range(first..))
+            .take_while(|(_, entry)| entry.committed)
+            .map(|(seq, entry)| (*seq, entry.batch.as_ref(), entry.commit_cert.as_ref()));
         let mut answers = Vec::new();
-        for (_, entry) in self.log.range(last_executed.saturating_add(1)..) {
-            if answers.len() >= MAX_CATCH_UP_BATCHES || !entry.committed {
+        let mut next = first;
+        for (seq, batch, commits) in archived.chain(logged) {
+            // Only an unbroken run from the first missing slot helps.
+            if answers.len() >= max_batches || seq != next {
                 break;
             }
-            if let (Some(batch), Some(commits)) = (&entry.batch, &entry.commit_cert) {
-                answers.push((batch.clone(), commits.clone()));
-            }
+            let (Some(batch), Some(commits)) = (batch, commits) else {
+                break;
+            };
+            answers.push((batch.clone(), commits.clone()));
+            next += 1;
         }
         for (batch, commits) in answers {
             if !self.may_send_help_bytes(from, batch.batch.encoded_len()) {
@@ -99,7 +111,9 @@ impl Replica {
             return;
         };
         let (seq, digest) = (first.seq, first.digest);
-        if seq <= self.last_executed || !self.in_window(seq) || body.digest != digest {
+        // Below the low watermark too: a replica catching up to its stable checkpoint.
+        let in_reach = self.in_window(seq) || seq <= self.low();
+        if seq <= self.last_executed || !in_reach || body.digest != digest {
             return;
         }
         self.commit_slot(commits, "a peer's commit certificate");

@@ -13,11 +13,21 @@ impl Replica {
         }
         tracing::info!(replica = self.id, seq, "fetching state from peers");
         let first = sources[(self.id as usize) % sources.len()];
+        // What an earlier fetch received is kept: the new state may hold the same chunks.
+        let mut kept_chunks = BTreeMap::new();
+        if let Some(earlier) = self.state_fetch.take() {
+            kept_chunks = earlier.kept_chunks;
+            if let Some(manifest) = earlier.manifest {
+                let received = manifest.chunks.into_iter().zip(manifest.received);
+                kept_chunks.extend(received.filter_map(|(d, data)| Some((d, data?))));
+            }
+        }
         self.state_fetch = Some(StateFetch {
             seq,
             next_source: (self.id as usize + 1) % sources.len(),
             sources,
             manifest: None,
+            kept_chunks,
         });
         let replica = self.id;
         self.send(
@@ -28,13 +38,26 @@ impl Replica {
 
     /// The stable checkpoint's own state, if `seq` asks for it (or for an older one).
     fn servable_state(&mut self, seq: Seq) -> Option<Seq> {
-        // Only the stable checkpoint is served: it is the one with a proof to send along.
+        // Only the stable checkpoint is offered: it is the one with a proof to send along.
         let stable = self.checkpoints.stable_seq;
         if stable == 0 || seq > stable || !self.checkpoints.own.contains_key(&stable) {
             self.ignore(Ignored::StateNotHeld);
             return None;
         }
         Some(stable)
+    }
+
+    /// The snapshot of checkpoint `seq` if it is served: the stable one, or the one before it
+    /// (whose fetch may be under way).
+    fn served_snapshot(&self, seq: Seq) -> Option<&Arc<Vec<u8>>> {
+        let c = &self.checkpoints;
+        if seq == c.stable_seq && seq > 0 {
+            return c.own.get(&seq).map(|own| &own.snapshot);
+        }
+        c.previous
+            .as_ref()
+            .filter(|previous| previous.seq == seq)
+            .map(|previous| &previous.own.snapshot)
     }
 
     /// Answers with the layout of the stable state; its chunks are fetched one by one.
@@ -56,19 +79,19 @@ impl Replica {
     }
 
     pub(super) fn on_fetch_state_chunk(&mut self, seq: Seq, index: u64, requester: ReplicaId) {
-        if self.servable_state(seq) != Some(seq) {
-            return;
-        }
-        let own = self.checkpoints.own.get(&seq).expect("checked above");
-        let Some(range) = state::chunk_range(own.snapshot.len() as u64, index) else {
+        let Some(snapshot) = self.served_snapshot(seq) else {
             self.ignore(Ignored::StateNotHeld);
             return;
         };
+        let Some(range) = state::chunk_range(snapshot.len() as u64, index) else {
+            self.ignore(Ignored::StateNotHeld);
+            return;
+        };
+        let snapshot = snapshot.clone();
         if !self.may_send_help_bytes(requester, range.len()) {
             return;
         }
-        let own = self.checkpoints.own.get(&seq).expect("checked above");
-        let data = own.snapshot[range].to_vec();
+        let data = snapshot[range].to_vec();
         self.send(
             Destination::Replica(requester),
             Message::StateChunk { seq, index, data },
@@ -119,12 +142,21 @@ impl Replica {
             fetch.sources = signers.into_iter().filter(|&r| r != self.id).collect();
             fetch.next_source = 0;
         }
+        // Chunks of a layout being replaced that the new one lists again need not travel twice.
+        let mut had = std::mem::take(&mut fetch.kept_chunks);
+        if let Some(old) = fetch.manifest.take() {
+            let received = old.chunks.into_iter().zip(old.received);
+            had.extend(received.filter_map(|(d, data)| Some((d, data?))));
+        }
+        let received: Vec<Option<Vec<u8>>> =
+            chunks.iter().map(|digest| had.remove(digest)).collect();
+        let missing = received.iter().filter(|chunk| chunk.is_none()).count();
         fetch.manifest = Some(Manifest {
             proof,
             digest: expected,
             len,
-            received: vec![None; chunks.len()],
-            missing: chunks.len(),
+            received,
+            missing,
             chunks,
             next_request: 0,
             progressed: false,
@@ -209,6 +241,13 @@ impl Replica {
         let stalled = self.last_executed == self.executed_at_last_probe;
         self.executed_at_last_probe = self.last_executed;
         if !stalled || self.state_fetch.is_some() {
+            return;
+        }
+        // Catching up to the stable checkpoint from batches, and no batch came for an
+        // interval: fetch the stable state instead.
+        if self.last_executed < self.checkpoints.stable_seq {
+            let (seq, sources) = (self.checkpoints.stable_seq, self.stable_sources());
+            self.start_state_fetch(seq, sources);
             return;
         }
         let mut ahead: Vec<ReplicaId> = Vec::new();
