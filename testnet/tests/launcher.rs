@@ -124,9 +124,17 @@ impl Testnet {
     }
 
     async fn client(&self) -> Client {
+        self.client_with(None).await
+    }
+
+    /// A client with `key` instead of the testnet's (admitted by an open testnet).
+    async fn client_with(&self, key: Option<pbft_crypto::KeyPair>) -> Client {
         let layout = Layout::new(&self.path).unwrap();
         let state = State::load(&layout).unwrap();
-        let setup = launcher::report::fresh_client_setup(&layout, &state).unwrap();
+        let mut setup = launcher::report::fresh_client_setup(&layout, &state).unwrap();
+        if let Some(key) = key {
+            setup.key = key;
+        }
         Client::connect(setup).await.unwrap()
     }
 }
@@ -1035,4 +1043,116 @@ fn ctrl_c_stops_a_foreground_testnet() {
             node.id
         );
     }
+}
+
+/// A client that opens one session with the largest id, then thousands of one-request
+/// sessions, expires only its own key's sessions: afterwards another key's fresh sessions
+/// execute, while the churning key's new sessions are refused as expired.
+#[test]
+fn a_session_churning_client_locks_out_only_its_own_key() {
+    one_at_a_time(async {
+        let net = Testnet::up(1, &["--byzantine", "0", "--open-clients"]);
+        let output = Command::new(BIN)
+            .args(["attack", "session-churn", "--dir", net.dir()])
+            .args(["--duration", "8", "--interval-ms", "50"])
+            .output()
+            .expect("testnet attack runs");
+        assert!(output.status.success(), "{}", text(&output));
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        // More sessions than one key may hold (1024), so the largest id expired.
+        assert!(report["messages"].as_u64().unwrap() > 2048, "{report}");
+
+        let other = net
+            .client_with(Some(pbft_crypto::KeyPair::generate()))
+            .await;
+        workload(&other, "after-churn", 50, 4).await;
+        check_values(&other, "after-churn", 50, 1).await;
+
+        let churner = net.client().await;
+        let refused = churner.put("churner", "x").await;
+        assert!(
+            matches!(refused, Err(pbft_client::ClientError::SessionExpired)),
+            "{refused:?}"
+        );
+        churner.close().await;
+        converged(&net, &other).await;
+        other.close().await;
+    });
+}
+
+/// A backup killed and restarted while the cluster holds about 100 MB of state and a steady
+/// load goes on catches up before the load stops: its fetch is not restarted by each newer
+/// stable checkpoint (its peers keep serving the previous one), and it then catches up from
+/// the committed batches its peers keep. Prints how long it took, in checkpoints and seconds.
+#[test]
+fn a_replica_restarted_under_load_with_a_large_state_catches_up_while_the_load_goes_on() {
+    one_at_a_time(async {
+        let net = Testnet::up(1, &["--byzantine", "0"]);
+        let client = net.client().await;
+        // About 100 MB of state: 1,700 values of 60 KiB.
+        let mut writers = tokio::task::JoinSet::new();
+        for worker in 0..16 {
+            let client = client.clone();
+            writers.spawn(async move {
+                for i in (worker..1_700).step_by(16) {
+                    let value = vec![(i % 251) as u8; 60 << 10];
+                    client.put(format!("big-{i}"), value).await.unwrap();
+                }
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.unwrap();
+        }
+
+        let output = net.run(&["kill", "3"]);
+        assert!(output.status.success(), "{}", text(&output));
+        let (running, acknowledged) = background_workload(&client, "steady", 1_000_000, 8);
+        until_acknowledged(&acknowledged, 3_000).await;
+        let output = net.run(&["restart", "3"]);
+        assert!(output.status.success(), "{}", text(&output));
+
+        let restarted = Instant::now();
+        let mut first_stable = None;
+        let caught_up = loop {
+            assert!(
+                restarted.elapsed() < 2 * CONVERGENCE,
+                "replica 3 did not catch up while the load went on"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let statuses = client.status_all(Duration::from_secs(5)).await;
+            let position = |id: u32| {
+                statuses
+                    .iter()
+                    .find(|(r, _)| *r == id)
+                    .and_then(|(_, s)| s.as_ref().ok())
+                    .map(|s| (s.last_executed, s.stable_checkpoint))
+            };
+            let (Some((_, stable)), Some((executed, _))) = (position(0), position(3)) else {
+                continue;
+            };
+            let first = *first_stable.get_or_insert(stable);
+            if executed >= stable && stable > first {
+                break (first, stable, restarted.elapsed());
+            }
+        };
+        assert!(
+            !running.is_finished(),
+            "the load was still going when replica 3 caught up"
+        );
+        running.abort();
+        let (first, stable, took) = caught_up;
+        eprintln!(
+            "replica 3 caught up {:.1} s after its restart, while the cluster's stable checkpoint \
+             moved from {first} to {stable}",
+            took.as_secs_f64()
+        );
+        let status = converged(&net, &client).await;
+        assert_eq!(correct(&status).len(), 4, "{status:#}");
+        let log = std::fs::read_to_string(net.path.join("logs/node-3.log")).unwrap();
+        eprintln!(
+            "replica 3 started {} state fetches",
+            log.matches("fetching state in chunks").count()
+        );
+        client.close().await;
+    });
 }

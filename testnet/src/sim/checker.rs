@@ -1,6 +1,6 @@
 //! The invariants of DESIGN.md, checked after every simulation step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use pbft_core::app::{KvOp, KvResult, KvStore};
 use pbft_core::messages::{Outcome, ReplicaId, Seq, SessionKey, Timestamp};
@@ -30,6 +30,9 @@ pub struct Checker {
     executions: BTreeMap<ReplicaId, BTreeMap<(SessionKey, Timestamp), Seq>>,
     /// The result correct replicas computed for each request.
     results: BTreeMap<(SessionKey, Timestamp), Outcome>,
+    /// Requests correct replicas refused (session expired or table full), which may also
+    /// have a result.
+    refusals: BTreeSet<(SessionKey, Timestamp)>,
     pub accepted_count: usize,
     /// The committed history, replayed on a model store.
     model: Model,
@@ -250,6 +253,7 @@ impl Checker {
         // Refusals are no results: a session refused as full may execute later, and one that
         // expired after a request executed answers its retransmissions "expired".
         if matches!(result, Outcome::SessionsFull | Outcome::SessionExpired) {
+            self.refusals.insert((client, timestamp));
             return Ok(());
         }
         match self.results.get(&(client, timestamp)) {
@@ -286,6 +290,15 @@ impl Checker {
     ) -> Result<(), Violation> {
         self.accepted_count += 1;
         let request = (client, timestamp);
+        if matches!(result, Outcome::SessionsFull | Outcome::SessionExpired) {
+            return if self.refusals.contains(&request) {
+                Ok(())
+            } else {
+                Err(Violation(format!(
+                    "client validity: client {client:?} accepted a refusal of timestamp {timestamp} that no correct replica gave"
+                )))
+            };
+        }
         let ordered = self.results.get(&request);
         if let Some(Issued {
             op: KvOp::Get { key },

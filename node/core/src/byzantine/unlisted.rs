@@ -2,10 +2,11 @@
 //!
 //! As primary it adds to every batch it proposes an envelope signed by a fresh key that no
 //! client list holds, and signs the PRE-PREPARE for the new batch; whatever its role, it relays
-//! such envelopes to every replica as if a client had sent them. Every correct replica checks
-//! the client list for every envelope it accepts, so the PRE-PREPAREs are refused (the view
-//! changes away from this primary) and the relayed envelopes are dropped: in a cluster that
-//! lists its clients, none of them ever executes. In an open cluster they are ordinary requests.
+//! such envelopes to every replica as if a client had sent them, one per COMMIT it sends. Every
+//! correct replica checks the client list for every envelope it accepts, so the PRE-PREPAREs
+//! are refused (the view changes away from this primary) and the relayed envelopes are dropped:
+//! in a cluster that lists its clients, none of them ever executes. In an open cluster they are
+//! ordinary requests.
 
 use std::sync::Arc;
 
@@ -47,9 +48,11 @@ impl Behavior for UnlistedClients {
 
     fn transform(&mut self, ready: Ready, ctx: &mut Context<'_>) -> FaultyOutput {
         let (mut out, messages) = unsent(ready);
-        if messages.is_empty() {
-            return out;
-        }
+        // One relayed envelope per own COMMIT: as many as the cluster orders, not one per
+        // input, which would let its own relays feed each other.
+        let relays = (messages.iter())
+            .filter(|m| matches!(&*m.message, Message::Commit(vote) if vote.replica == ctx.id))
+            .count();
         for outgoing in messages {
             match &*outgoing.message {
                 Message::PrePrepare { header, batch }
@@ -73,9 +76,11 @@ impl Behavior for UnlistedClients {
                 _ => out.sends.push(outgoing.into()),
             }
         }
-        let relayed = Arc::new(Message::Request(unlisted_envelope(ctx)));
-        out.sends
-            .push(FaultySend::message(Destination::AllReplicas, relayed));
+        for _ in 0..relays {
+            let relayed = Arc::new(Message::Request(unlisted_envelope(ctx)));
+            out.sends
+                .push(FaultySend::message(Destination::AllReplicas, relayed));
+        }
         out
     }
 }

@@ -23,10 +23,10 @@ impl Replica {
     }
 
     pub(super) fn on_fetch_batch(&mut self, seq: Seq, digest: Digest, requester: ReplicaId) {
-        let Some(entry) = self.log.get(&seq) else {
-            return;
-        };
-        let Some(batch) = entry.body_for(digest) else {
+        let archived = (self.checkpoints.archive.get(&seq))
+            .map(|(body, _)| body.clone())
+            .filter(|body| body.digest == digest);
+        let Some(batch) = archived.or_else(|| self.log.get(&seq)?.body_for(digest)) else {
             return;
         };
         let bytes = batch.batch.encoded_len();
