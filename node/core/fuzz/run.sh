@@ -43,7 +43,8 @@ for entry in "${targets[@]}"; do
   echo "=== fuzzing $target ($dir) for ${seconds}s"
   mkdir -p "$scratch/$target"
   # libFuzzer writes new inputs to the first corpus directory and only reads the others.
-  if ! (cd "$root/$dir" && cargo +nightly fuzz run "$target" \
+  # Debug assertions and overflow checks on: an arithmetic overflow is a finding too.
+  if ! (cd "$root/$dir" && cargo +nightly fuzz run --debug-assertions "$target" \
     "$scratch/$target" "corpus/$target" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1); then
     echo "=== $target FAILED: see the reproducer under $dir/artifacts/$target/" >&2
