@@ -126,10 +126,11 @@ const SIM_HELP: &str = "Run the randomized simulation of the PBFT core.\n\n\
 Each seed draws a whole scenario: f from 1 to 3; up to f Byzantine replicas of random kinds, \
 often the primaries of consecutive views; a network that drops, duplicates, reorders and delays; \
 isolated replicas, splits, one-way cuts, clogged links, crashes and restarts of correct replicas; \
-in some seeds faulty clients (oversized envelopes, reused timestamps, many identities, floods, bad signatures, session churn). \
+correct replicas that lose their disk and rejoin; in some seeds faulty clients (oversized envelopes, reused timestamps, many identities, floods, bad signatures, session churn). \
 Then everything heals and every request must complete. After every step the checkers test agreement, \
 equal state at checkpoints and after state transfers, client validity, at-most-once execution, \
-execution order and accountability. A seed replays exactly.\n\n\
+execution order, accountability, and that no correct replica signs two different messages for one \
+kind, view and sequence number across its crashes and lost disks. A seed replays exactly.\n\n\
 Exit status: 0 when every seed passed, 1 when one failed, 2 on bad usage.";
 
 #[derive(Args, Debug)]

@@ -444,3 +444,58 @@ fn shared_keys_reads_and_compare_and_swaps_follow_the_committed_history() {
         }
     }
 }
+
+#[test]
+fn a_replica_that_loses_its_disk_rejoins_silent_then_takes_part_again() {
+    let mut config = SimConfig::new(41, 1);
+    config.clients = 3;
+    config.requests_per_client = 200;
+    let window = config.protocol.log_window;
+    let mut sim = Simulation::new(config);
+    while sim.replica(2).last_executed() < 20 {
+        sim.run_for(Duration::from_millis(50)).unwrap();
+        assert!(sim.now() < secs(60), "{}", sim.describe());
+    }
+    let before = sim.replica(2).last_executed();
+    sim.wipe_and_rejoin(2).unwrap();
+    assert!(sim.replica(2).status().silent);
+
+    // The others' status reports give it a point past anything it could have signed.
+    let point = loop {
+        if let Some(point) = sim.replica(2).rejoin().and_then(|r| r.point) {
+            break point;
+        }
+        sim.run_for(Duration::from_millis(50)).unwrap();
+        assert!(sim.now() < secs(120), "{}", sim.describe());
+    };
+    assert!(point.seq >= before + window, "{point:?}");
+
+    // It stays silent until a checkpoint above the point is stable; the checkers see every
+    // message it signs, in both lives, and would stop the run at a contradiction.
+    while sim.replica(2).status().silent {
+        assert!(
+            sim.replica(2).stable_checkpoint() <= point.seq,
+            "{}",
+            sim.describe()
+        );
+        sim.run_for(Duration::from_millis(50)).unwrap();
+        assert!(sim.now() < secs(600), "{}", sim.describe());
+    }
+    assert!(sim.replica(2).stable_checkpoint() > point.seq);
+
+    // Then it votes: with replica 3 cut off, nothing commits without it.
+    sim.run_until_clients_done(LIVENESS_LIMIT).unwrap();
+    sim.isolate(3);
+    let executed = sim.replica(0).last_executed();
+    for client in 0..3 {
+        sim.add_requests(client, 20);
+    }
+    sim.run_until_clients_done(LIVENESS_LIMIT).unwrap();
+    assert!(sim.replica(0).last_executed() > executed);
+    sim.reconnect(3);
+    finish(&mut sim);
+    assert_eq!(
+        sim.replica(2).last_executed(),
+        sim.replica(0).last_executed()
+    );
+}

@@ -228,6 +228,12 @@ fn a_rejoining_replica_signs_nothing_until_a_checkpoint_past_its_rejoin_point_is
         cluster.replicas[0].last_executed()
     );
 
+    // A restart now keeps it voting: the stable checkpoint above the point is on its disk.
+    let disk = cluster.disk.clone();
+    cluster.restart_wiped(disk);
+    assert!(!cluster.wiped().status().silent);
+    assert_eq!(cluster.wiped().rejoin().unwrap().point, Some(point));
+
     // Then it takes part again, only above the rejoin point.
     cluster.sent_by_wiped.clear();
     for _ in 0..4 {

@@ -13,6 +13,8 @@
 //!   isolated, random splits, one-way cuts, a replica's links clogged with up to 1.5 s of delay,
 //!   correct replicas crashed (between steps or in the middle of a write) and restarted during
 //!   the run, several at once;
+//! - in runs with fewer than f Byzantine replicas, often a correct replica that loses its disk
+//!   and rejoins (at once, or after a while down), which then counts as faulty for liveness;
 //! - then everything heals and every request must complete.
 
 use std::fmt;
@@ -56,6 +58,8 @@ pub enum Step {
     CrashDuringWrite(ReplicaId, f64),
     /// Restart a crashed replica from its disk.
     Recover(ReplicaId),
+    /// A replica loses its disk and comes back with an empty one, initialised to rejoin.
+    Rejoin(ReplicaId),
 }
 
 impl fmt::Display for Step {
@@ -83,6 +87,7 @@ impl fmt::Display for Step {
                 write!(f, "crash {id} in its next write, keeping {kept:.2}")
             }
             Step::Recover(id) => write!(f, "recover {id}"),
+            Step::Rejoin(id) => write!(f, "wipe {id}'s disk; it rejoins"),
         }
     }
 }
@@ -304,6 +309,25 @@ impl Scenario {
             }
         }
         steps.push(Step::Run(ms(rng.random_range(0..=2000))));
+
+        // A lost disk comes from a stream of its own too. A rejoining replica is silent for a
+        // while, so each one takes one of the f faults liveness allows.
+        let mut disk_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xd15c_1057_2e70_1000);
+        if faulty.len() < f && disk_rng.random_bool(0.8) {
+            let mut losers = correct.clone();
+            losers.shuffle(&mut disk_rng);
+            losers.truncate(disk_rng.random_range(1..=f - faulty.len()));
+            for id in losers {
+                let mut lost = Vec::new();
+                if disk_rng.random_bool(0.5) {
+                    lost.push(Step::Crash(id));
+                    lost.push(Step::Run(ms(disk_rng.random_range(100..=5000))));
+                }
+                lost.push(Step::Rejoin(id));
+                let at = disk_rng.random_range(0..=steps.len());
+                steps.splice(at..at, lost);
+            }
+        }
         Scenario {
             config,
             faulty,
@@ -399,6 +423,7 @@ impl Simulation {
             Step::Crash(id) => self.crash(*id),
             Step::CrashDuringWrite(id, kept) => self.crash_during_next_write(*id, *kept),
             Step::Recover(id) => return self.recover(*id),
+            Step::Rejoin(id) => return self.wipe_and_rejoin(*id),
         }
         Ok(())
     }

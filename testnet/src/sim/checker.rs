@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pbft_core::app::{KvOp, KvResult, KvStore};
 use pbft_core::messages::{Outcome, ReplicaId, Seq, SessionKey, Timestamp};
-use pbft_core::protocol::Executed;
+use pbft_core::protocol::{Executed, Statement};
 use pbft_crypto::Digest;
 
 use super::client::Issued;
@@ -33,6 +33,9 @@ pub struct Checker {
     /// Requests correct replicas refused (session expired or table full), which may also
     /// have a result.
     refusals: BTreeSet<(SessionKey, Timestamp)>,
+    /// What each correct replica signed and sent, by signer, kind, view and sequence number,
+    /// kept across its crashes and lost disks.
+    signed: BTreeMap<(ReplicaId, &'static str, u64, Seq), Digest>,
     pub accepted_count: usize,
     /// The committed history, replayed on a model store.
     model: Model,
@@ -177,6 +180,29 @@ impl Checker {
             }
         }
         Ok(())
+    }
+
+    /// No equivocation by a correct replica, whatever it lost: every statement it signs and
+    /// sends matches what it signed before under the same kind, view and sequence number, in
+    /// this life or an earlier one.
+    pub fn on_signed(&mut self, statement: Statement) -> Result<(), Violation> {
+        let key = (
+            statement.replica,
+            statement.kind,
+            statement.view,
+            statement.seq,
+        );
+        match self.signed.get(&key) {
+            Some(before) if *before != statement.digest => Err(Violation(format!(
+                "self-contradiction: correct replica {} signed a {} for view {} seq {} with digest {:?}, and another with {:?} before",
+                statement.replica, statement.kind, statement.view, statement.seq, statement.digest, before
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                self.signed.insert(key, statement.digest);
+                Ok(())
+            }
+        }
     }
 
     /// A replica restarted from a snapshot at `seq`: what it executed above that it will execute

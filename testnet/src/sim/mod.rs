@@ -34,7 +34,9 @@ use pbft_core::driver::{Driver, Effects, Flushed};
 use pbft_core::messages::{
     self, Limits, Message, ReplicaId, Reply, Sender, SessionKey, SignatureCache,
 };
-use pbft_core::protocol::{segment_released, Durable, ProtocolConfig, Replica, Timer};
+use pbft_core::protocol::{
+    segment_released, signed_statements, Durable, ProtocolConfig, Replica, Timer,
+};
 use pbft_core::Committee;
 use pbft_crypto::{Digest, KeyPair, PublicKey};
 use rand::{Rng, SeedableRng};
@@ -533,6 +535,36 @@ impl Simulation {
         self.flush(id)
     }
 
+    /// Replica `id` loses its disk and comes back at once with an empty one, initialised to
+    /// rejoin ([`Replica::rejoining`]): what it had in memory, on disk and in flight to it is
+    /// gone.
+    pub fn wipe_and_rejoin(&mut self, id: ReplicaId) -> Result<(), Violation> {
+        let now = self.now;
+        let r = &mut self.replicas[id as usize];
+        let replica = Replica::rejoining(
+            id,
+            self.committee.clone(),
+            self.config.protocol.clone(),
+            r.key.clone(),
+            Box::new(KvStore::new()),
+        )
+        .map_err(|e| Violation(format!("replica {id} cannot rejoin: {e}")))?;
+        r.driver.clear_timers();
+        r.driver.replace_replica(replica);
+        r.disk = SimDisk::default();
+        r.crashed = false;
+        r.crash_in_write = None;
+        r.driver.replica_mut().start(now);
+        // A new process: nothing sent to the old one reaches it.
+        self.queue.retain(|Reverse(queued)| {
+            !matches!(queued.event, Event::Deliver { to: Node::Replica(to), .. } if to == id)
+        });
+        self.checker.forget_executions_after(id, 0);
+        self.last_seen[id as usize] = (0, u64::MAX);
+        tracing::debug!(replica = id, "lost its disk; rejoining");
+        self.flush(id)
+    }
+
     /// Gives client `index` `count` more requests to issue.
     pub fn add_requests(&mut self, index: usize, count: usize) {
         let idle = self.clients[index].is_done();
@@ -965,6 +997,21 @@ impl Simulation {
                     self.checker
                         .on_correct_result(session, result.timestamp, &result.outcome)
                         .map_err(|v| self.annotate(v))?;
+                }
+            }
+        }
+        if correct {
+            let identity = self.replicas[id as usize].identity;
+            for (_, payload) in &sends {
+                let Payload::Message(message) = payload else {
+                    continue;
+                };
+                for statement in signed_statements(message) {
+                    if statement.replica == identity {
+                        self.checker
+                            .on_signed(statement)
+                            .map_err(|v| self.annotate(v))?;
+                    }
                 }
             }
         }

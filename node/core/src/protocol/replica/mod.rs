@@ -606,7 +606,11 @@ impl Replica {
     fn send(&mut self, to: Destination, message: Message) {
         if !self.may_send(&message) {
             // Every path that signs checks first; this only guards against one that forgot.
-            debug_assert!(false, "a signed {} while silent", message.kind());
+            debug_assert!(
+                false,
+                "a {} signed at or below the rejoin point",
+                message.kind()
+            );
             self.ignore(Ignored::SilentWhileRejoining);
             return;
         }

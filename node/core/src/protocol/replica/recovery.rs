@@ -35,6 +35,14 @@ impl Replica {
             } => Some((*seq, proof.clone(), snapshot.clone())),
             _ => None,
         });
+        // The silence ended at a stable checkpoint above the point whose state may not have
+        // been written yet: until one is stable again, it is silent again.
+        let stable = newest_stable.as_ref().map_or(0, |(seq, ..)| *seq);
+        if let Some(rejoin) = &mut replica.rejoin {
+            if rejoin.point.is_some_and(|point| stable <= point.seq) {
+                rejoin.silent = true;
+            }
+        }
         if let Some((seq, proof, snapshot)) = newest_stable {
             let digest = snapshot_digest(&snapshot);
             if proof.first().map(|c| c.state_digest) != Some(digest) {

@@ -131,7 +131,9 @@ impl Replica {
         }
     }
 
-    /// Whether `message` may leave: one this replica signed only when its rules allow.
+    /// Whether `message` may leave: what this replica signed only above its rejoin point. This
+    /// is the safety rule itself; the silence is stricter, and a replica that restarts silent
+    /// may still resend what it signed above the point before.
     pub(super) fn may_send(&self, message: &Message) -> bool {
         let Some(rejoin) = self.rejoin else {
             return true;
@@ -139,9 +141,10 @@ impl Replica {
         signed_statements(message)
             .iter()
             .filter(|s| s.replica == self.id)
-            .all(|s| match s.kind {
-                "view-change" | "new-view" => self.may_sign_view(s.view),
-                _ => !rejoin.silent && rejoin.point.is_some_and(|p| s.seq > p.seq),
+            .all(|s| match (s.kind, rejoin.point) {
+                (_, None) => false,
+                ("view-change" | "new-view", Some(point)) => s.view > point.view,
+                (_, Some(point)) => s.seq > point.seq,
             })
     }
 
