@@ -78,8 +78,7 @@ impl Replica {
             .take_while(|(_, entry)| entry.committed)
             .map(|(seq, entry)| (*seq, entry.batch.as_ref(), entry.commit_cert.as_ref()));
         let mut answers = Vec::new();
-        let mut next = first;
-        for (seq, batch, commits) in archived.chain(logged) {
+        for (next, (seq, batch, commits)) in (first..).zip(archived.chain(logged)) {
             // Only an unbroken run from the first missing slot helps.
             if answers.len() >= max_batches || seq != next {
                 break;
@@ -88,7 +87,6 @@ impl Replica {
                 break;
             };
             answers.push((batch.clone(), commits.clone()));
-            next += 1;
         }
         for (batch, commits) in answers {
             if !self.may_send_help_bytes(from, batch.batch.encoded_len()) {
