@@ -81,8 +81,7 @@ impl Replica {
         tracing::debug!(replica = self.id, seq, "checkpoint stable");
         // A few batches behind, and not fetching: keep the slots not executed yet and catch up
         // from commit certificates (peers keep the batches below their stable checkpoint).
-        let behind = self.last_executed < seq;
-        let catch_up = behind
+        let catch_up = self.last_executed < seq
             && self.state_fetch.is_none()
             && seq - self.last_executed <= self.config.checkpoint_interval;
         let c = &mut self.checkpoints;
@@ -106,35 +105,15 @@ impl Replica {
         let dropped = std::mem::replace(&mut self.log, kept);
         self.archive_committed(dropped);
         self.next_seq = self.next_seq.max(seq + 1);
-        let sources = self.stable_sources();
-        let own_matches = self
-            .checkpoints
-            .own
-            .get(&seq)
-            .map(|own| own.digest == digest);
-        match own_matches {
-            Some(true) => self.persist_stable(),
-            Some(false) => {
-                tracing::error!(
-                    replica = self.id,
-                    seq,
-                    "own state differs from the stable checkpoint; fetching it"
-                );
-                self.checkpoints.own.remove(&seq);
-                self.start_state_fetch(seq, sources);
-            }
-            None if self.last_executed >= seq => {
-                // Executed past it without a snapshot at it (after a state transfer): nothing to do.
-            }
-            // Compared with the stable digest when execution reaches it.
-            None if catch_up => {}
-            // A fetch under way of the state just replaced keeps going: its peers still serve
-            // it, and the batches since then.
-            None if self
-                .state_fetch
-                .as_ref()
-                .is_some_and(|fetch| fetch.seq >= old_stable && fetch.manifest.is_some()) => {}
-            None => self.start_state_fetch(seq, sources),
+        let fetch_continues = (self.state_fetch.as_ref())
+            .is_some_and(|fetch| fetch.seq >= old_stable && fetch.manifest.is_some());
+        // No own snapshot at it: nothing to do when this replica executed past it (after a
+        // state transfer), when it catches up from batches (compared when execution reaches
+        // it), or when a fetch of the state just replaced is under way (its peers still serve
+        // it, and the batches since). Otherwise the certified state is fetched.
+        if !self.settle_own_stable() && self.last_executed < seq && !catch_up && !fetch_continues {
+            let sources = self.stable_sources();
+            self.start_state_fetch(seq, sources);
         }
         self.maybe_end_silence();
     }
@@ -164,12 +143,19 @@ impl Replica {
     }
 
     /// Execution reached the stable checkpoint from below (catching up): its own snapshot must
-    /// match the certified digest; if it does not, the certified state is fetched.
+    /// match the certified digest.
     pub(super) fn reached_stable(&mut self, seq: Seq) {
-        let c = &self.checkpoints;
-        if seq != c.stable_seq {
-            return;
+        if seq == self.checkpoints.stable_seq {
+            self.settle_own_stable();
         }
+    }
+
+    /// Compares the own snapshot at the stable checkpoint, if there is one, with the certified
+    /// digest: a match is persisted, a mismatch makes this replica fetch the certified state.
+    /// Returns whether there was an own snapshot to compare.
+    fn settle_own_stable(&mut self) -> bool {
+        let c = &self.checkpoints;
+        let seq = c.stable_seq;
         match c.own.get(&seq).map(|own| own.digest == c.stable_digest) {
             Some(true) => self.persist_stable(),
             Some(false) => {
@@ -182,8 +168,9 @@ impl Replica {
                 let sources = self.stable_sources();
                 self.start_state_fetch(seq, sources);
             }
-            None => {}
+            None => return false,
         }
+        true
     }
 
     /// The signers of the stable checkpoint's proof other than this replica.

@@ -137,13 +137,16 @@ impl Replica {
         } else {
             let stale_before = self.now.saturating_sub(interval);
             let mut resend = Vec::new();
+            let silent = self.silent();
             for (seq, entry) in self.log.range(self.last_executed + 1..) {
                 if entry.view != self.view || entry.touched > stale_before {
                     continue;
                 }
-                if entry.committed {
-                    if entry.batch.is_none() {
-                        let digest = entry.digest.expect("committed");
+                // Below the low watermark (catching up) or while rejoining silent, only bodies
+                // are asked for: no signed statement goes out again.
+                let fetch_only = silent || *seq <= self.low();
+                if entry.committed || fetch_only {
+                    if let (None, Some(digest)) = (&entry.batch, entry.digest) {
                         resend.push(Message::FetchBatch {
                             seq: *seq,
                             digest,
@@ -171,7 +174,7 @@ impl Replica {
                         replica: self.id,
                     });
                 }
-                if let Some(commit) = entry.commits.get(self.id) {
+                if let Some(commit) = entry.commits.get(self.id).filter(|_| !fetch_only) {
                     resend.push(Message::Commit(commit.clone()));
                 }
             }
