@@ -234,7 +234,8 @@ impl ClientTable {
         }
         let max = self.bounds.max_sessions;
         if self.sessions.len() >= max {
-            self.expire_idle(seq, max - max / 16);
+            // Room for at least the newcomer, however small the bound.
+            self.expire_idle(seq, (max - max / 16).min(max - 1));
             if self.sessions.len() >= max {
                 return Admission::Full;
             }
