@@ -13,7 +13,7 @@ use pbft_core::messages::{
     self, Batch, ClientRequest, Limits, Message, Phase, RequestEnvelope, Sender, StrictCheck, Vote,
 };
 use pbft_core::Committee;
-use pbft_crypto::{Digest, Domain, KeyPair};
+use pbft_crypto::{Digest, Domain, KeyPair, Signer};
 
 /// The batch the codec, boundary and core benchmarks use: 4 client envelopes of 16 puts each,
 /// 64 requests of 512-byte values.
@@ -21,15 +21,23 @@ const ENVELOPES: usize = 4;
 const PER_ENVELOPE: usize = 16;
 const VALUE: usize = 512;
 
-fn key(seed: u8) -> KeyPair {
+fn pair(seed: u8) -> KeyPair {
     KeyPair::from_seed(&[seed; 32]).expect("valid seed")
+}
+
+/// The committee of 4 with the keys of seeds 1 to 4.
+fn committee() -> Committee {
+    Committee::new((1..=4).map(|seed| pair(seed).public()).collect(), 1).expect("committee")
+}
+
+/// The key of `seed`, signing for [`committee`].
+fn key(seed: u8) -> Signer {
+    committee().signer(pair(seed))
 }
 
 /// A committee of 4 and a signed PRE-PREPARE from its view-0 primary with the batch above.
 fn pre_prepare() -> (Committee, Message) {
-    let replicas: Vec<KeyPair> = (1..=4).map(key).collect();
-    let committee =
-        Committee::new(replicas.iter().map(KeyPair::public).collect(), 1).expect("committee");
+    let committee = committee();
     let envelopes = (0..ENVELOPES)
         .map(|c| {
             let requests = (0..PER_ENVELOPE)
@@ -46,7 +54,7 @@ fn pre_prepare() -> (Committee, Message) {
         })
         .collect();
     let batch = Batch { envelopes };
-    let header = Vote::new(&replicas[0], Phase::PrePrepare, 0, 1, batch.digest(), 0);
+    let header = Vote::new(&key(1), Phase::PrePrepare, 0, 1, batch.digest(), 0);
     (committee, Message::PrePrepare { header, batch })
 }
 
@@ -61,7 +69,7 @@ fn crypto(c: &mut Criterion) {
     let signature = pair.sign(Domain::Prepare, &digest);
     let public = pair.public();
     group.bench_function("verify_strict", |b| {
-        b.iter(|| public.verify(Domain::Prepare, &digest, &signature))
+        b.iter(|| public.verify(pair.cluster(), Domain::Prepare, &digest, &signature))
     });
     group.finish();
 
@@ -84,8 +92,13 @@ fn crypto(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let started = thread_cpu_time();
             for _ in 0..iters {
-                black_box(public.verify(Domain::Prepare, black_box(&digest), &signature))
-                    .expect("valid");
+                black_box(public.verify(
+                    pair.cluster(),
+                    Domain::Prepare,
+                    black_box(&digest),
+                    &signature,
+                ))
+                .expect("valid");
             }
             thread_cpu_time() - started
         })

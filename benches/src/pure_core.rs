@@ -27,7 +27,7 @@ use pbft_core::messages::{
 };
 use pbft_core::protocol::{Durable, ProtocolConfig, Replica};
 use pbft_core::Committee;
-use pbft_crypto::{KeyPair, Signature};
+use pbft_crypto::{KeyPair, Signature, Signer};
 use rand::SeedableRng;
 
 /// Distinct keys each client cycles through, so the state stays small.
@@ -74,7 +74,7 @@ pub struct CoreCluster {
     signatures: Signatures,
     /// Each replica's remembered signature checks (used with [`Signatures::Verified`]).
     caches: Vec<SignatureCache>,
-    clients: Vec<(KeyPair, Timestamp)>,
+    clients: Vec<(Signer, Timestamp)>,
     per_envelope: usize,
     value: Vec<u8>,
     /// (from, to, message) in delivery order.
@@ -121,19 +121,19 @@ impl CoreCluster {
                     id as ReplicaId,
                     committee.clone(),
                     config.clone(),
-                    key.clone(),
+                    key,
                     Box::new(KvStore::new()),
                 )
                 .expect("replica");
                 replica.start(Duration::ZERO);
                 let _ = replica.poll_ready();
-                Driver::new(replica, key, None)
+                Driver::new(replica, None)
             })
             .collect();
         let clients = (0..clients)
             .map(|c| {
                 let key = KeyPair::from_seed(&[200 - c as u8; 32]).expect("valid seed");
-                (key, 1)
+                (committee.signer(key), 1)
             })
             .collect();
         let mut cluster = CoreCluster {

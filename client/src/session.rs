@@ -29,7 +29,7 @@ use pbft_core::messages::{
     SessionId, Timestamp, View,
 };
 use pbft_core::Committee;
-use pbft_crypto::KeyPair;
+use pbft_crypto::{KeyPair, Signer};
 
 use crate::quorum::{ReplyQuorum, ViewTracker};
 
@@ -103,7 +103,7 @@ struct InFlight {
 /// One client session's requests in progress.
 #[derive(Debug)]
 pub struct Session {
-    key: KeyPair,
+    key: Signer,
     id: SessionId,
     committee: Committee,
     next_timestamp: Timestamp,
@@ -130,7 +130,7 @@ impl Session {
     ) -> Session {
         let f = committee.f();
         Session {
-            key,
+            key: committee.signer(key),
             id,
             committee,
             next_timestamp: 1,
@@ -537,6 +537,7 @@ mod tests {
         assert_eq!(envelope.session, SESSION);
         assert!(pbft_core::messages::verify_envelope(
             envelope,
+            s.committee().cluster_id(),
             &Limits::default(),
             &mut pbft_core::messages::StrictCheck
         )

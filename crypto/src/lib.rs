@@ -3,6 +3,8 @@
 //! Every signed protocol message is signed over a [`Digest`] that was computed with a
 //! [`DigestBuilder`] started from a [`Domain`]. The domain is hashed first and is part of the
 //! signed bytes again, so a signature made for one kind of message never validates as another.
+//! The signed bytes also carry a [`ClusterId`]: only a [`Signer`], a key bound to one cluster,
+//! signs, so a key reused in two clusters signs nothing that is valid in both.
 //!
 //! Validity is decided by one rule only: ed25519-dalek's `verify_strict`, with weak (small-order)
 //! public keys refused when they are parsed. Batch verification is deliberately not offered: its
@@ -13,7 +15,7 @@
 use std::fmt;
 use std::path::Path;
 
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 pub use zeroize::Zeroizing;
@@ -53,7 +55,7 @@ pub enum Domain {
 }
 
 /// The prefix of every signed byte string; changing the protocol's signing rules changes it.
-const SIGNING_CONTEXT: &[u8; 12] = b"pbft-sig-v1\0";
+const SIGNING_CONTEXT: &[u8; 12] = b"pbft-sig-v2\0";
 
 /// A SHA-256 digest.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -142,12 +144,27 @@ impl DigestBuilder {
     }
 }
 
-/// The byte string that is actually signed for `digest` under `domain`.
-fn signed_bytes(domain: Domain, digest: &Digest) -> [u8; 45] {
-    let mut out = [0u8; 45];
-    out[..12].copy_from_slice(SIGNING_CONTEXT);
-    out[12] = domain as u8;
-    out[13..].copy_from_slice(&digest.0);
+/// Which cluster a signature belongs to: a digest of what identifies the cluster (its replicas'
+/// keys and f). It is part of every signed byte string.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClusterId(pub Digest);
+
+impl fmt::Debug for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterId({})", hex::encode(&self.0 .0[..4]))
+    }
+}
+
+const SIGNED_BYTES: usize = SIGNING_CONTEXT.len() + 32 + 1 + 32;
+
+/// The byte string that is actually signed for `digest` under `domain` in `cluster`.
+fn signed_bytes(cluster: &ClusterId, domain: Domain, digest: &Digest) -> [u8; SIGNED_BYTES] {
+    let mut out = [0u8; SIGNED_BYTES];
+    let (context, rest) = out.split_at_mut(SIGNING_CONTEXT.len());
+    context.copy_from_slice(SIGNING_CONTEXT);
+    rest[..32].copy_from_slice(&cluster.0 .0);
+    rest[32] = domain as u8;
+    rest[33..].copy_from_slice(&digest.0);
     out
 }
 
@@ -184,17 +201,18 @@ impl PublicKey {
         hex::encode(self.bytes)
     }
 
-    /// Checks `signature` on `digest` under `domain` with the strict rule: canonical `s`,
-    /// non-small-order `R`, and the exact equation `R = [s]B - [k]A` on encodings.
+    /// Checks `signature` on `digest` under `domain` in `cluster` with the strict rule: canonical
+    /// `s`, non-small-order `R`, and the exact equation `R = [s]B - [k]A` on encodings.
     pub fn verify(
         &self,
+        cluster: &ClusterId,
         domain: Domain,
         digest: &Digest,
         signature: &Signature,
     ) -> Result<(), CryptoError> {
         let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
         self.key
-            .verify_strict(&signed_bytes(domain, digest), &signature)
+            .verify_strict(&signed_bytes(cluster, domain, digest), &signature)
             .map_err(|_| CryptoError::BadSignature)
     }
 }
@@ -323,8 +341,9 @@ impl KeyPair {
         Zeroizing::new(self.signing.to_bytes())
     }
 
-    pub fn sign(&self, domain: Domain, digest: &Digest) -> Signature {
-        Signature(self.signing.sign(&signed_bytes(domain, digest)).to_bytes())
+    /// This key, signing for `cluster` only.
+    pub fn for_cluster(self, cluster: ClusterId) -> Signer {
+        Signer { key: self, cluster }
     }
 
     /// Writes the secret key to `path` (mode 0600 on unix), refusing to overwrite a file.
@@ -391,6 +410,32 @@ impl KeyPair {
 impl fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyPair({:?})", self.public)
+    }
+}
+
+/// A key pair bound to one cluster: the only way to sign, so every signature names its cluster.
+#[derive(Clone, Debug)]
+pub struct Signer {
+    key: KeyPair,
+    cluster: ClusterId,
+}
+
+impl Signer {
+    pub fn public(&self) -> PublicKey {
+        self.key.public
+    }
+
+    pub fn cluster(&self) -> &ClusterId {
+        &self.cluster
+    }
+
+    pub fn key_pair(&self) -> &KeyPair {
+        &self.key
+    }
+
+    pub fn sign(&self, domain: Domain, digest: &Digest) -> Signature {
+        let bytes = signed_bytes(&self.cluster, domain, digest);
+        Signature(self.key.signing.sign(&bytes).to_bytes())
     }
 }
 

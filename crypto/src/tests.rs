@@ -4,8 +4,10 @@ use curve25519_dalek::scalar::Scalar;
 use proptest::prelude::*;
 use sha2::Sha512;
 
-fn key(n: u8) -> KeyPair {
-    KeyPair::from_seed(&[n; 32]).unwrap()
+const CLUSTER: ClusterId = ClusterId(Digest([9; 32]));
+
+fn key(n: u8) -> Signer {
+    KeyPair::from_seed(&[n; 32]).unwrap().for_cluster(CLUSTER)
 }
 
 #[test]
@@ -14,7 +16,7 @@ fn sign_and_verify_round_trip() {
     let digest = Digest::of(Domain::Content, b"hello");
     let signature = pair.sign(Domain::Prepare, &digest);
     pair.public()
-        .verify(Domain::Prepare, &digest, &signature)
+        .verify(&CLUSTER, Domain::Prepare, &digest, &signature)
         .unwrap();
 }
 
@@ -25,11 +27,33 @@ fn signature_for_one_domain_is_invalid_for_another() {
     let signature = pair.sign(Domain::Prepare, &digest);
     assert!(pair
         .public()
-        .verify(Domain::Commit, &digest, &signature)
+        .verify(&CLUSTER, Domain::Commit, &digest, &signature)
         .is_err());
     assert!(key(3)
         .public()
-        .verify(Domain::Prepare, &digest, &signature)
+        .verify(&CLUSTER, Domain::Prepare, &digest, &signature)
+        .is_err());
+}
+
+#[test]
+fn a_signature_for_one_cluster_is_invalid_in_another() {
+    let pair = key(2);
+    let digest = Digest::of(Domain::Content, b"same content");
+    let signature = pair.sign(Domain::Prepare, &digest);
+    let other = ClusterId(Digest([8; 32]));
+    assert!(pair
+        .public()
+        .verify(&other, Domain::Prepare, &digest, &signature)
+        .is_err());
+    let signed_there = pair.key_pair().clone().for_cluster(other);
+    assert!(pair
+        .public()
+        .verify(
+            &CLUSTER,
+            Domain::Prepare,
+            &digest,
+            &signed_there.sign(Domain::Prepare, &digest)
+        )
         .is_err());
 }
 
@@ -142,13 +166,15 @@ fn batch_verification_disagrees_with_the_strict_rule_but_our_rule_does_not() {
     let mut batch_rejected = 0;
     for attempt in 0u64..200 {
         let digest = DigestBuilder::new(Domain::Content).u64(attempt).finish();
-        let message = signed_bytes(Domain::Prepare, &digest);
+        let message = signed_bytes(&CLUSTER, Domain::Prepare, &digest);
         let (signature, public) = torsioned_signature(secret, &message);
         let public = PublicKey::from_bytes(&public).unwrap();
         let signature = Signature(signature);
 
         // Our rule rejects it, every time.
-        assert!(public.verify(Domain::Prepare, &digest, &signature).is_err());
+        assert!(public
+            .verify(&CLUSTER, Domain::Prepare, &digest, &signature)
+            .is_err());
 
         // ed25519-dalek's batch verification accepts it for some messages and not others.
         let dalek_signature = ed25519_dalek::Signature::from_bytes(&signature.0);
@@ -171,7 +197,7 @@ proptest! {
     fn random_signatures_never_verify(bytes in proptest::collection::vec(any::<u8>(), 64)) {
         let signature = Signature(bytes.try_into().unwrap());
         let digest = Digest::of(Domain::Content, b"m");
-        prop_assert!(key(5).public().verify(Domain::Commit, &digest, &signature).is_err());
+        prop_assert!(key(5).public().verify(&CLUSTER, Domain::Commit, &digest, &signature).is_err());
     }
 
     #[test]
@@ -180,6 +206,6 @@ proptest! {
         let digest = Digest::of(Domain::Content, b"m");
         let mut signature = pair.sign(Domain::Commit, &digest);
         signature.0[index] ^= 1 << bit;
-        prop_assert!(pair.public().verify(Domain::Commit, &digest, &signature).is_err());
+        prop_assert!(pair.public().verify(&CLUSTER, Domain::Commit, &digest, &signature).is_err());
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pbft_crypto::{Digest, Domain, KeyPair, PublicKey, Signature};
+use pbft_crypto::{ClusterId, Digest, Domain, KeyPair, PublicKey, Signature};
 use pbft_net::{Inbox, Peer, PeerInfo, ReplicaTransport, TransportConfig};
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
@@ -93,12 +93,13 @@ struct SharedCheck<'a>(&'a Mutex<SignatureCache>);
 impl SignatureCheck for SharedCheck<'_> {
     fn check(
         &mut self,
+        cluster: &ClusterId,
         key: &PublicKey,
         domain: Domain,
         digest: &Digest,
         signature: &Signature,
     ) -> bool {
-        let question = (*key, domain, *digest, *signature);
+        let question = (*cluster, *key, domain, *digest, *signature);
         if let Some(valid) = self
             .0
             .lock()
@@ -107,7 +108,7 @@ impl SignatureCheck for SharedCheck<'_> {
         {
             return valid;
         }
-        let valid = key.verify(domain, digest, signature).is_ok();
+        let valid = key.verify(cluster, domain, digest, signature).is_ok();
         self.0
             .lock()
             .expect("signature cache poisoned")
@@ -238,7 +239,7 @@ impl RunningNode {
         let driver = ProtocolTask {
             id: setup.id,
             behavior_name: setup.behavior.map(|k| k.to_string()),
-            driver: Driver::new(replica, setup.key, behavior),
+            driver: Driver::new(replica, behavior),
             store,
             _lock: lock,
             transport: Arc::new(transport),

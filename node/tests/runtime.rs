@@ -7,6 +7,7 @@ use bytes::Bytes;
 use pbft_core::app::{KvOp, KvResult};
 use pbft_core::messages::{ClientRequest, Limits, Message, Outcome, RequestEnvelope};
 use pbft_core::protocol::ProtocolConfig;
+use pbft_core::Committee;
 use pbft_crypto::KeyPair;
 use pbft_net::{ClientTransport, TransportConfig};
 use pbft_node::local::loopback_cluster;
@@ -18,6 +19,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 struct Cluster {
     nodes: Vec<RunningNode>,
     peers: Vec<pbft_net::PeerInfo>,
+    committee: Committee,
     _dir: tempfile::TempDir,
 }
 
@@ -25,6 +27,7 @@ async fn start_cluster(f: usize) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let setups = loopback_cluster(f, ProtocolConfig::default(), dir.path()).unwrap();
     let peers = setups[0].peers.clone();
+    let committee = setups[0].committee.clone();
     let mut nodes = Vec::new();
     for setup in setups {
         nodes.push(RunningNode::start(setup).await.unwrap());
@@ -32,6 +35,7 @@ async fn start_cluster(f: usize) -> Cluster {
     Cluster {
         nodes,
         peers,
+        committee,
         _dir: dir,
     }
 }
@@ -93,7 +97,7 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
     let (transport, mut replies) = connect(&cluster, &client).await;
 
     let envelope = RequestEnvelope::new(
-        &client,
+        &cluster.committee.signer(client.clone()),
         1,
         (1..=20)
             .map(|t| ClientRequest {
@@ -116,7 +120,7 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
     let forger = KeyPair::generate();
     let (forging, _) = connect(&cluster, &forger).await;
     let mut forged = RequestEnvelope::new(
-        &forger,
+        &cluster.committee.signer(forger.clone()),
         1,
         vec![ClientRequest {
             timestamp: 50,
@@ -137,7 +141,7 @@ async fn requests_commit_over_quic_and_bad_input_is_refused() {
 
     // The node keeps serving: a new request still commits.
     let next = RequestEnvelope::new(
-        &client,
+        &cluster.committee.signer(client.clone()),
         1,
         vec![ClientRequest {
             timestamp: 60,

@@ -9,7 +9,7 @@ use pbft_core::messages::{
     self, Batch, ClientRequest, Limits, Message, Phase, RequestEnvelope, Sender, StrictCheck, Vote,
 };
 use pbft_core::protocol::{ProtocolConfig, Replica};
-use pbft_crypto::KeyPair;
+use pbft_crypto::{KeyPair, Signer};
 use pbft_node::local::loopback_cluster;
 use pbft_node::runtime::{NodeSetup, RunningNode};
 use pbft_node::storage::{ReplicaStore, StorageError, Wal, WalOptions};
@@ -18,8 +18,10 @@ use pbft_node::storage::{ReplicaStore, StorageError, Wal, WalOptions};
 /// three syncs (pre-prepare, prepare, commits), as a crashed replica would leave it.
 fn setup_with_log(dir: &Path) -> NodeSetup {
     let setups = loopback_cluster(1, ProtocolConfig::default(), dir).unwrap();
-    let keys: Vec<KeyPair> = setups.iter().map(|s| s.key.clone()).collect();
     let setup = setups[2].clone();
+    let keys: Vec<Signer> = (setups.iter())
+        .map(|s| setup.committee.signer(s.key.clone()))
+        .collect();
     let mut replica = Replica::new(
         2,
         setup.committee.clone(),
@@ -32,7 +34,7 @@ fn setup_with_log(dir: &Path) -> NodeSetup {
     let mut store = ReplicaStore::open(&setup.data_dir, false, setup.protocol.log_window)
         .unwrap()
         .store;
-    let client = KeyPair::generate();
+    let client = setup.committee.signer(KeyPair::generate());
     let op = KvOp::Put {
         key: b"k".to_vec(),
         value: b"v".to_vec(),

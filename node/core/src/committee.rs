@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use pbft_crypto::{Digest, DigestBuilder, Domain, PublicKey};
+use pbft_crypto::{ClusterId, Digest, DigestBuilder, Domain, KeyPair, PublicKey, Signer};
 use serde::{Deserialize, Serialize};
 
 use crate::messages::{ReplicaId, View};
@@ -70,6 +70,7 @@ pub struct Committee {
     f: usize,
     clients: ClientPolicy,
     fingerprint: Fingerprint,
+    cluster_id: ClusterId,
 }
 
 /// Why a committee cannot be formed.
@@ -117,6 +118,7 @@ impl Committee {
             f,
             clients,
             fingerprint,
+            cluster_id: ClusterId(replicas_digest),
         })
     }
 
@@ -139,6 +141,17 @@ impl Committee {
     /// Digests of what replicas of this cluster must share.
     pub fn fingerprint(&self) -> &Fingerprint {
         &self.fingerprint
+    }
+
+    /// What every signature in this cluster binds: the digest of f and the replicas' keys. The
+    /// client list is left out so that clients, which do not know it, can sign.
+    pub fn cluster_id(&self) -> &ClusterId {
+        &self.cluster_id
+    }
+
+    /// `key`, signing for this cluster.
+    pub fn signer(&self, key: KeyPair) -> Signer {
+        key.for_cluster(self.cluster_id)
     }
 
     pub fn n(&self) -> usize {

@@ -21,7 +21,6 @@ use rand::RngCore;
 use crate::byzantine::{self, Behavior, Context, FaultyOutput, FaultySend, Payload};
 use crate::messages::{ReplicaId, Reply};
 use crate::protocol::{Destination, Durable, Executed, Halt, Replica, Timer, TimerCommand};
-use pbft_crypto::KeyPair;
 
 /// Where a replica's effects go.
 pub trait Effects {
@@ -89,20 +88,18 @@ pub struct Flushed {
 /// A replica with its behaviour (none for a correct replica) and its timers.
 pub struct Driver {
     replica: Replica,
-    key: KeyPair,
     behavior: Option<Box<dyn Behavior>>,
     timers: TimerTable,
     peers: Vec<ReplicaId>,
 }
 
 impl Driver {
-    /// Drives `replica`, whose key is `key`, faithfully or through `behavior`.
-    pub fn new(replica: Replica, key: KeyPair, behavior: Option<Box<dyn Behavior>>) -> Driver {
+    /// Drives `replica` faithfully or through `behavior`.
+    pub fn new(replica: Replica, behavior: Option<Box<dyn Behavior>>) -> Driver {
         let id = replica.id();
         let peers = replica.committee().ids().filter(|&r| r != id).collect();
         Driver {
             replica,
-            key,
             behavior,
             timers: TimerTable::default(),
             peers,
@@ -160,7 +157,7 @@ impl Driver {
             Some(behavior) => {
                 let mut ctx = Context {
                     id: self.replica.id(),
-                    key: &self.key,
+                    key: self.replica.signer(),
                     committee: self.replica.committee(),
                     now,
                     rng,

@@ -5,9 +5,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use pbft_core::fixtures::{
-    batch, client_key as client, request, state_digest, TestCluster as Cluster,
-};
+use pbft_core::fixtures::{client_key as client, request, state_digest, TestCluster as Cluster};
 use pbft_core::messages::{
     check_reply, verify_envelope, Batch, Checkpoint, Limits, Message, NewView, Outcome, Phase,
     PreparedCert, Rejection, ReplicaId, Reply, RequestEnvelope, RequestResult, Sender, StrictCheck,
@@ -54,8 +52,8 @@ impl Samples for Cluster {
             stable_seq: 128,
             checkpoint_proof: self.proof(128),
             prepared: vec![
-                self.prepared(new_view - 1, 129, batch(1).digest()),
-                self.prepared(new_view - 1, 130, batch(2).digest()),
+                self.prepared(new_view - 1, 129, self.batch(1).digest()),
+                self.prepared(new_view - 1, 130, self.batch(2).digest()),
             ],
             replica,
             signature: Signature::EMPTY,
@@ -69,7 +67,7 @@ impl Samples for Cluster {
         self.new_view(
             view,
             view_changes,
-            &[(129, batch(1).digest()), (130, batch(2).digest())],
+            &[(129, self.batch(1).digest()), (130, self.batch(2).digest())],
         )
     }
 }
@@ -112,9 +110,9 @@ fn samples() -> &'static [(Sender, Message)] {
     static SAMPLES: OnceLock<Vec<(Sender, Message)>> = OnceLock::new();
     SAMPLES.get_or_init(|| {
         let c = cluster();
-        let digest = batch(2).digest();
+        let digest = c.batch(2).digest();
         let envelope = RequestEnvelope::new(
-            &client(7),
+            &c.client(7),
             1,
             vec![request(3, b"op"), request(9, &[0xff; 100])],
         );
@@ -127,7 +125,7 @@ fn samples() -> &'static [(Sender, Message)] {
                 Message::Request(envelope.clone()),
             ),
             (Sender::Replica(2), Message::Request(envelope)),
-            (Sender::Replica(0), c.pre_prepare(0, 4, batch(2))),
+            (Sender::Replica(0), c.pre_prepare(0, 4, c.batch(2))),
             (Sender::Replica(1), c.pre_prepare(1, 5, Batch::null())),
             (Sender::Replica(2), c.prepare(0, 4, digest, 2)),
             (
@@ -169,7 +167,7 @@ fn samples() -> &'static [(Sender, Message)] {
                 Sender::Replica(1),
                 Message::BatchData {
                     seq: 4,
-                    batch: batch(2),
+                    batch: c.batch(2),
                 },
             ),
             (
@@ -192,7 +190,7 @@ fn samples() -> &'static [(Sender, Message)] {
             (
                 Sender::Replica(2),
                 Message::Committed {
-                    batch: batch(2),
+                    batch: c.batch(2),
                     commits,
                 },
             ),
@@ -503,7 +501,7 @@ proptest! {
 #[test]
 fn a_vote_from_another_sender_is_refused() {
     let c = cluster();
-    let digest = batch(1).digest();
+    let digest = c.batch(1).digest();
     let commit = Message::Commit(c.vote(Phase::Commit, 0, 1, digest, 2));
     assert_eq!(
         c.check(Sender::Replica(1), commit.clone()),
@@ -527,7 +525,7 @@ fn a_vote_from_another_sender_is_refused() {
         c.check(Sender::Replica(2), fetch),
         Err(Rejection::WrongSender)
     );
-    let envelope = RequestEnvelope::new(&client(0), 1, vec![request(1, b"x")]);
+    let envelope = RequestEnvelope::new(&c.client(0), 1, vec![request(1, b"x")]);
     assert_eq!(
         c.check(
             Sender::Client(client(1).public()),
@@ -541,9 +539,9 @@ fn a_vote_from_another_sender_is_refused() {
 fn replica_ids_outside_the_committee_are_refused() {
     let c = cluster();
     let n = c.committee.n() as ReplicaId;
-    let digest = batch(1).digest();
+    let digest = c.batch(1).digest();
     // A vote by a key the committee does not hold, claiming id n.
-    let outsider = KeyPair::from_seed(&[200; 32]).unwrap();
+    let outsider = c.committee.signer(KeyPair::from_seed(&[200; 32]).unwrap());
     let commit = Message::Commit(Vote::new(&outsider, Phase::Commit, 0, 1, digest, n));
     assert_eq!(
         c.check(Sender::Replica(n), commit.clone()),
@@ -582,7 +580,7 @@ fn replica_ids_outside_the_committee_are_refused() {
 #[test]
 fn a_pre_prepare_not_from_the_primary_is_refused() {
     let c = cluster();
-    let batch = batch(2);
+    let batch = c.batch(2);
     let backup = c.backup(0, 0);
     let header = c.vote(Phase::PrePrepare, 0, 1, batch.digest(), backup);
     let message = Message::PrePrepare { header, batch };
@@ -604,10 +602,10 @@ fn a_pre_prepare_not_from_the_primary_is_refused() {
 #[test]
 fn a_batch_that_does_not_match_its_digest_is_refused() {
     let c = cluster();
-    let header = c.header(0, 1, batch(2).digest());
+    let header = c.header(0, 1, c.batch(2).digest());
     let message = Message::PrePrepare {
         header,
-        batch: batch(3),
+        batch: c.batch(3),
     };
     assert_eq!(
         c.check(Sender::Replica(0), message),
@@ -615,10 +613,10 @@ fn a_batch_that_does_not_match_its_digest_is_refused() {
     );
 
     let commits = (0..3)
-        .map(|i| c.vote(Phase::Commit, 0, 1, batch(2).digest(), i))
+        .map(|i| c.vote(Phase::Commit, 0, 1, c.batch(2).digest(), i))
         .collect();
     let committed = Message::Committed {
-        batch: batch(1),
+        batch: c.batch(1),
         commits,
     };
     assert_eq!(
@@ -630,11 +628,11 @@ fn a_batch_that_does_not_match_its_digest_is_refused() {
 #[test]
 fn a_prepare_must_answer_the_primary_header_it_carries() {
     let c = cluster();
-    let digest = batch(2).digest();
+    let digest = c.batch(2).digest();
     let Message::Prepare { vote, .. } = c.prepare(0, 1, digest, 2) else {
         unreachable!()
     };
-    let other_header = c.header(0, 1, batch(1).digest());
+    let other_header = c.header(0, 1, c.batch(1).digest());
     let mismatched = Message::Prepare {
         vote: vote.clone(),
         pre_prepare: other_header,
@@ -693,7 +691,7 @@ fn a_view_change_with_a_forged_prepared_certificate_is_refused() {
     ));
     let other_digest = view_change_with(c, |cert| {
         let (view, seq, replica) = (cert.view(), cert.seq(), cert.prepares[0].replica);
-        cert.prepares[0] = c.vote(Phase::Prepare, view, seq, batch(3).digest(), replica);
+        cert.prepares[0] = c.vote(Phase::Prepare, view, seq, c.batch(3).digest(), replica);
     });
     assert!(matches!(
         send(other_digest),
@@ -707,13 +705,13 @@ fn a_view_change_with_a_forged_prepared_certificate_is_refused() {
         send(wrong_primary),
         Err(Rejection::InvalidCertificate(_))
     ));
-    let current_view = view_change_with(c, |cert| *cert = c.prepared(2, 129, batch(1).digest()));
+    let current_view = view_change_with(c, |cert| *cert = c.prepared(2, 129, c.batch(1).digest()));
     assert!(matches!(
         send(current_view),
         Err(Rejection::InvalidCertificate(_))
     ));
     let outside_window = view_change_with(c, |cert| {
-        *cert = c.prepared(1, 128 + 257, batch(1).digest())
+        *cert = c.prepared(1, 128 + 257, c.batch(1).digest())
     });
     assert!(matches!(
         send(outside_window),
@@ -793,7 +791,7 @@ fn a_new_view_needs_a_quorum_of_distinct_view_changes() {
         Err(Rejection::InvalidCertificate(_))
     ));
     let mut foreign_pre_prepare = c.sample_new_view(2);
-    foreign_pre_prepare.pre_prepares[0] = c.header(1, 129, batch(1).digest());
+    foreign_pre_prepare.pre_prepares[0] = c.header(1, 129, c.batch(1).digest());
     assert!(matches!(
         send(foreign_pre_prepare),
         Err(Rejection::InvalidCertificate(_))
@@ -808,7 +806,7 @@ fn request_envelopes_must_have_increasing_timestamps_and_bounded_size() {
     let c = cluster();
     let limits = Limits::default();
     let sender = Sender::Client(client(0).public());
-    let envelope = |requests| Message::Request(RequestEnvelope::new(&client(0), 1, requests));
+    let envelope = |requests| Message::Request(RequestEnvelope::new(&c.client(0), 1, requests));
     assert_eq!(
         c.check(sender, envelope(vec![request(1, b"a"), request(2, b"b")])),
         Ok(())
@@ -829,9 +827,9 @@ fn request_envelopes_must_have_increasing_timestamps_and_bounded_size() {
         c.check(sender, envelope(oversized.clone())),
         Err(Rejection::TooLarge(_))
     ));
-    let signed = RequestEnvelope::new(&client(0), 1, oversized);
+    let signed = RequestEnvelope::new(&c.client(0), 1, oversized);
     assert!(matches!(
-        verify_envelope(signed, &limits, &mut StrictCheck),
+        verify_envelope(signed, c.committee.cluster_id(), &limits, &mut StrictCheck),
         Err(Rejection::TooLarge(_))
     ));
     let many = (1..=limits.max_envelope_requests as u64 + 1)
@@ -843,9 +841,9 @@ fn request_envelopes_must_have_increasing_timestamps_and_bounded_size() {
     ));
 
     // The same rules hold for envelopes inside a batch.
-    let mut bad_batch = batch(2);
+    let mut bad_batch = c.batch(2);
     bad_batch.envelopes[1] =
-        RequestEnvelope::new(&client(1), 1, vec![request(5, b"a"), request(4, b"b")]);
+        RequestEnvelope::new(&c.client(1), 1, vec![request(5, b"a"), request(4, b"b")]);
     let message = c.pre_prepare(0, 1, bad_batch);
     assert!(matches!(
         c.check(Sender::Replica(0), message),
@@ -855,7 +853,7 @@ fn request_envelopes_must_have_increasing_timestamps_and_bounded_size() {
         max_batch_envelopes: 1,
         ..Limits::default()
     };
-    let message = c.pre_prepare(0, 1, batch(2));
+    let message = c.pre_prepare(0, 1, c.batch(2));
     assert!(matches!(
         c.check_with(Sender::Replica(0), message, &small),
         Err(Rejection::TooLarge(_))
@@ -864,12 +862,13 @@ fn request_envelopes_must_have_increasing_timestamps_and_bounded_size() {
 
 #[test]
 fn envelope_size_is_its_encoding_and_an_envelope_larger_than_a_batch_is_refused() {
+    let c = cluster();
     for requests in [
         vec![request(1, b"")],
         vec![request(1, b"a"), request(2, &[7; 300])],
         (1..=40).map(|t| request(t, &[1; 17])).collect(),
     ] {
-        let envelope = RequestEnvelope::new(&client(0), 9, requests);
+        let envelope = RequestEnvelope::new(&c.client(0), 9, requests);
         assert_eq!(
             envelope.encoded_len(),
             pbft_core::codec::encode(&envelope).len()
@@ -883,7 +882,7 @@ fn envelope_size_is_its_encoding_and_an_envelope_larger_than_a_batch_is_refused(
     let op = vec![0; limits.max_op_bytes];
     let count = limits.max_batch_bytes / op.len() + 1;
     let requests: Vec<_> = (1..=count as u64).map(|t| request(t, &op)).collect();
-    let envelope = RequestEnvelope::new(&client(0), 1, requests);
+    let envelope = RequestEnvelope::new(&c.client(0), 1, requests);
     assert!(envelope.requests.len() <= limits.max_envelope_requests);
     assert_eq!(
         c.check(
@@ -896,13 +895,14 @@ fn envelope_size_is_its_encoding_and_an_envelope_larger_than_a_batch_is_refused(
 
 #[test]
 fn the_largest_envelope_a_batch_holds_fits_the_client_message_limit() {
+    let c = cluster();
     let limits = Limits {
         max_batch_bytes: 1000,
         max_op_bytes: 4096,
         ..Limits::default()
     };
     let fits = |op_len: usize| {
-        let envelope = RequestEnvelope::new(&client(0), 1, vec![request(1, &vec![3; op_len])]);
+        let envelope = RequestEnvelope::new(&c.client(0), 1, vec![request(1, &vec![3; op_len])]);
         (
             envelope.encoded_len(),
             Message::Request(envelope).encode().len() as u64,
@@ -932,7 +932,7 @@ fn the_largest_envelope_a_batch_holds_fits_the_client_message_limit() {
 #[test]
 fn a_forged_client_signature_is_refused_even_inside_a_batch() {
     let c = cluster();
-    let mut forged = batch(2);
+    let mut forged = c.batch(2);
     forged.envelopes[0].signature.0[9] ^= 4;
     let message = c.pre_prepare(0, 1, forged.clone());
     assert_eq!(
@@ -950,7 +950,7 @@ fn a_forged_client_signature_is_refused_even_inside_a_batch() {
     // Client 0's signed requests claimed by client 1.
     let stolen = RequestEnvelope {
         client: client(1).public(),
-        ..batch(1).envelopes[0].clone()
+        ..c.batch(1).envelopes[0].clone()
     };
     assert_eq!(
         c.check(Sender::Client(client(1).public()), Message::Request(stolen)),
@@ -961,7 +961,7 @@ fn a_forged_client_signature_is_refused_even_inside_a_batch() {
 #[test]
 fn a_signature_for_one_kind_is_invalid_for_another() {
     let c = cluster();
-    let digest = batch(2).digest();
+    let digest = c.batch(2).digest();
     let prepare = c.vote(Phase::Prepare, 0, 1, digest, 2);
     let commit = Vote {
         phase: Phase::Commit,
@@ -981,7 +981,7 @@ fn a_signature_for_one_kind_is_invalid_for_another() {
     };
     let message = Message::PrePrepare {
         header,
-        batch: batch(2),
+        batch: c.batch(2),
     };
     assert_eq!(
         c.check(Sender::Replica(c.primary(view)), message),
@@ -1020,14 +1020,14 @@ fn checkpoints_and_commit_certificates_verify_their_signatures() {
         Err(Rejection::BadSignature)
     );
 
-    let digest = batch(2).digest();
+    let digest = c.batch(2).digest();
     let commits = |ids: &[ReplicaId]| {
         ids.iter()
             .map(|&i| c.vote(Phase::Commit, 0, 4, digest, i))
             .collect::<Vec<_>>()
     };
     let committed = |commits| Message::Committed {
-        batch: batch(2),
+        batch: c.batch(2),
         commits,
     };
     assert_eq!(
@@ -1123,8 +1123,8 @@ fn envelopes_of_unlisted_clients_are_refused_in_every_message_that_carries_them(
         .committee
         .clone()
         .with_clients(ClientPolicy::Allow(listed));
-    let unlisted = RequestEnvelope::new(&client(1), 1, vec![request(1, b"put")]);
-    let two = batch(2);
+    let unlisted = RequestEnvelope::new(&c.client(1), 1, vec![request(1, b"put")]);
+    let two = c.batch(2);
     assert!(two.envelopes.iter().any(|e| e.client == client(1).public()));
 
     let carriers = [
@@ -1158,7 +1158,7 @@ fn envelopes_of_unlisted_clients_are_refused_in_every_message_that_carries_them(
         );
     }
     // The listed client's own envelope passes.
-    let own = RequestEnvelope::new(&client(0), 1, vec![request(1, b"put")]);
+    let own = RequestEnvelope::new(&c.client(0), 1, vec![request(1, b"put")]);
     assert_eq!(
         c.check(Sender::Client(client(0).public()), Message::Request(own)),
         Ok(())
@@ -1184,4 +1184,63 @@ fn envelopes_of_unlisted_clients_are_refused_in_every_message_that_carries_them(
         c.check(Sender::Replica(1), status(*c.committee.fingerprint())),
         Ok(())
     );
+}
+
+/// A key reused in another cluster signs nothing valid here: the cluster id is in every signed
+/// byte string, so votes, checkpoints and client envelopes signed for the other cluster are
+/// refused, while the same messages signed for this one pass.
+#[test]
+fn messages_signed_for_another_cluster_are_refused() {
+    let c = cluster();
+    // The same keys of replicas 0 to 3 and of the clients, in a cluster of seven.
+    let other = Cluster::new(2);
+    assert_ne!(c.committee.cluster_id(), other.committee.cluster_id());
+    let digest = c.batch(1).digest();
+    let elsewhere = [
+        (
+            Sender::Replica(1),
+            Message::Commit(other.vote(Phase::Commit, 0, 1, digest, 1)),
+        ),
+        (
+            Sender::Replica(2),
+            Message::Checkpoint(other.checkpoint(128, 2)),
+        ),
+        (
+            Sender::Client(client(0).public()),
+            Message::Request(RequestEnvelope::new(
+                &other.client(0),
+                1,
+                vec![request(1, b"put")],
+            )),
+        ),
+        (Sender::Replica(0), other.pre_prepare(0, 1, c.batch(1))),
+    ];
+    let here = [
+        (
+            Sender::Replica(1),
+            Message::Commit(c.vote(Phase::Commit, 0, 1, digest, 1)),
+        ),
+        (
+            Sender::Replica(2),
+            Message::Checkpoint(c.checkpoint(128, 2)),
+        ),
+        (
+            Sender::Client(client(0).public()),
+            Message::Request(RequestEnvelope::new(
+                &c.client(0),
+                1,
+                vec![request(1, b"put")],
+            )),
+        ),
+        (Sender::Replica(0), c.pre_prepare(0, 1, c.batch(1))),
+    ];
+    for ((sender, foreign), (_, own)) in elsewhere.into_iter().zip(here) {
+        let kind = own.kind();
+        assert_eq!(c.check(sender, own), Ok(()), "{kind} signed here");
+        assert_eq!(
+            c.check(sender, foreign),
+            Err(Rejection::BadSignature),
+            "{kind} signed for another cluster"
+        );
+    }
 }

@@ -16,7 +16,7 @@ fn plan_takes_the_highest_view_certificate_and_fills_gaps_with_null() {
     let c = TestCluster::new(1);
     let a = Batch { envelopes: vec![] };
     let request = messages::RequestEnvelope::new(
-        &KeyPair::from_seed(&[9; 32]).unwrap(),
+        &c.committee.signer(KeyPair::from_seed(&[9; 32]).unwrap()),
         1,
         vec![messages::ClientRequest {
             timestamp: 1,
@@ -54,7 +54,7 @@ fn a_new_view_with_a_wrong_o_is_rejected_and_the_right_one_accepted() {
         2,
         committee.clone(),
         ProtocolConfig::default(),
-        c.keys[2].clone(),
+        c.keys[2].key_pair().clone(),
         Box::new(KvStore::new()),
     )
     .unwrap();
@@ -98,7 +98,7 @@ fn f_plus_one_view_changes_make_a_replica_join() {
         3,
         committee.clone(),
         ProtocolConfig::default(),
-        c.keys[3].clone(),
+        c.keys[3].key_pair().clone(),
         Box::new(KvStore::new()),
     )
     .unwrap();
@@ -138,13 +138,14 @@ fn f_plus_one_view_changes_make_a_replica_join() {
 // ----- committed slots, view-change timers and kept bodies -----
 
 /// A batch of one put from a client of its own.
-fn batch_of(client: u8, key: &[u8]) -> Batch {
+fn batch_of(c: &TestCluster, client: u8, key: &[u8]) -> Batch {
     let op = pbft_core::app::KvOp::Put {
         key: key.to_vec(),
         value: b"v".to_vec(),
     };
     let envelope = messages::RequestEnvelope::new(
-        &KeyPair::from_seed(&[100 + client; 32]).unwrap(),
+        &c.committee
+            .signer(KeyPair::from_seed(&[100 + client; 32]).unwrap()),
         1,
         vec![messages::ClientRequest {
             timestamp: 1,
@@ -174,7 +175,7 @@ fn pre_prepares(ready: &pbft_core::protocol::Ready) -> Vec<u64> {
 fn a_stale_primary_never_proposes_into_a_slot_committed_in_a_later_view() {
     let c = TestCluster::new(1);
     let mut primary = c.replica(0);
-    let (first, second) = (batch_of(1, b"a"), batch_of(2, b"b"));
+    let (first, second) = (batch_of(&c, 1, b"a"), batch_of(&c, 2, b"b"));
     c.deliver(
         &mut primary,
         Duration::from_millis(100),
@@ -182,7 +183,7 @@ fn a_stale_primary_never_proposes_into_a_slot_committed_in_a_later_view() {
         c.committed(5, 2, &second),
     );
     for client in 3..6 {
-        let request = batch_of(client, b"c").envelopes.remove(0);
+        let request = batch_of(&c, client, b"c").envelopes.remove(0);
         c.deliver(
             &mut primary,
             Duration::from_millis(100),
@@ -223,7 +224,7 @@ fn a_stale_primary_never_proposes_into_a_slot_committed_in_a_later_view() {
 fn a_new_view_contradicting_a_committed_slot_halts_the_replica() {
     let c = TestCluster::new(1);
     let mut backup = c.replica(2);
-    let (a, b) = (batch_of(1, b"a"), batch_of(2, b"b"));
+    let (a, b) = (batch_of(&c, 1, b"a"), batch_of(&c, 2, b"b"));
     c.deliver(
         &mut backup,
         Duration::from_millis(100),
@@ -306,7 +307,7 @@ fn view_changes_for_later_views_arm_the_new_view_timer() {
 fn a_body_voted_for_in_an_earlier_view_survives_later_views() {
     let c = TestCluster::new(1);
     let mut backup = c.replica(3);
-    let (a, x) = (batch_of(1, b"a"), batch_of(2, b"x"));
+    let (a, x) = (batch_of(&c, 1, b"a"), batch_of(&c, 2, b"x"));
     let header = Vote::new(&c.keys[0], Phase::PrePrepare, 0, 1, a.digest(), 0);
     c.deliver(
         &mut backup,
@@ -398,13 +399,15 @@ fn a_full_batch_from_the_primary_passes_the_backups_limit() {
         0,
         c.committee.clone(),
         config.clone(),
-        c.keys[0].clone(),
+        c.keys[0].key_pair().clone(),
         Box::new(KvStore::new()),
     )
     .unwrap();
     primary.start(Duration::ZERO);
     for client in 0..40u8 {
-        let key = KeyPair::from_seed(&[client + 1; 32]).unwrap();
+        let key = c
+            .committee
+            .signer(KeyPair::from_seed(&[client + 1; 32]).unwrap());
         let requests = (1..=3)
             .map(|timestamp| messages::ClientRequest {
                 timestamp,
@@ -412,8 +415,13 @@ fn a_full_batch_from_the_primary_passes_the_backups_limit() {
             })
             .collect();
         let envelope = messages::RequestEnvelope::new(&key, 1, requests);
-        let verified =
-            messages::verify_envelope(envelope, &config.limits, &mut StrictCheck).unwrap();
+        let verified = messages::verify_envelope(
+            envelope,
+            c.committee.cluster_id(),
+            &config.limits,
+            &mut StrictCheck,
+        )
+        .unwrap();
         primary.handle_request(Duration::from_millis(1), verified);
     }
     let mut batches: Vec<Message> = Vec::new();
@@ -476,7 +484,9 @@ fn help_to_a_lagging_peer_is_metered_in_bytes() {
     let mut helper = c.replica_with(2, config);
     let batches: Vec<Batch> = (0..6u8)
         .map(|i| {
-            let key = KeyPair::from_seed(&[i + 50; 32]).unwrap();
+            let key = c
+                .committee
+                .signer(KeyPair::from_seed(&[i + 50; 32]).unwrap());
             let request = messages::ClientRequest {
                 timestamp: 1,
                 op: vec![i; 900],
@@ -539,17 +549,22 @@ fn a_backup_forwards_a_request_to_the_primary_once() {
         1,
         c.committee.clone(),
         config.clone(),
-        c.keys[1].clone(),
+        c.keys[1].key_pair().clone(),
         Box::new(KvStore::new()),
     )
     .unwrap();
     backup.start(Duration::ZERO);
     let _ = backup.poll_ready();
-    let envelope = batch_of(1, b"k").envelopes.remove(0);
+    let envelope = batch_of(&c, 1, b"k").envelopes.remove(0);
     let mut forwards = 0;
     for copy in 0..5 {
-        let verified =
-            messages::verify_envelope(envelope.clone(), &config.limits, &mut StrictCheck).unwrap();
+        let verified = messages::verify_envelope(
+            envelope.clone(),
+            c.committee.cluster_id(),
+            &config.limits,
+            &mut StrictCheck,
+        )
+        .unwrap();
         backup.handle_request(Duration::from_millis(copy + 1), verified);
         forwards += backup
             .poll_ready()

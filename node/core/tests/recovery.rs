@@ -8,11 +8,11 @@ use pbft_core::messages::{
 };
 use pbft_core::protocol::{Durable, ProtocolConfig, Ready, Replica};
 use pbft_core::Committee;
-use pbft_crypto::KeyPair;
+use pbft_crypto::{KeyPair, Signer};
 
 use pbft_core::fixtures::TestCluster;
 
-fn batch_putting(client: &KeyPair, value: &[u8]) -> Batch {
+fn batch_putting(client: &Signer, value: &[u8]) -> Batch {
     let op = KvOp::Put {
         key: b"k".to_vec(),
         value: value.to_vec(),
@@ -25,7 +25,7 @@ fn batch_putting(client: &KeyPair, value: &[u8]) -> Batch {
 }
 
 struct Harness {
-    keys: Vec<KeyPair>,
+    keys: Vec<Signer>,
     committee: Committee,
     /// Every record replica 2 persisted, in order, as its disk would hold them.
     disk: Vec<Durable>,
@@ -46,7 +46,7 @@ impl Harness {
             2,
             self.committee.clone(),
             ProtocolConfig::default(),
-            self.keys[2].clone(),
+            self.keys[2].key_pair().clone(),
             Box::new(KvStore::new()),
         )
         .unwrap();
@@ -59,7 +59,7 @@ impl Harness {
             2,
             self.committee.clone(),
             ProtocolConfig::default(),
-            self.keys[2].clone(),
+            self.keys[2].key_pair().clone(),
             Box::new(KvStore::new()),
             self.disk.clone(),
         )
@@ -125,10 +125,10 @@ fn own_prepares(ready: &Ready, seq: u64) -> Vec<Vote> {
 
 #[test]
 fn a_backup_restarted_after_preparing_never_prepares_a_conflicting_batch() {
-    let client = KeyPair::from_seed(&[9; 32]).unwrap();
+    let mut h = Harness::new();
+    let client = h.committee.signer(KeyPair::from_seed(&[9; 32]).unwrap());
     let first = batch_putting(&client, b"first");
     let second = batch_putting(&client, b"second");
-    let mut h = Harness::new();
 
     let mut backup = h.fresh_backup();
     let ready = h.deliver(&mut backup, 0, h.pre_prepare(1, &first));
@@ -180,9 +180,9 @@ fn a_backup_restarted_after_preparing_never_prepares_a_conflicting_batch() {
 
 #[test]
 fn a_replica_restarted_after_a_commit_executes_the_batch_again() {
-    let client = KeyPair::from_seed(&[9; 32]).unwrap();
-    let batch = batch_putting(&client, b"kept");
     let mut h = Harness::new();
+    let client = h.committee.signer(KeyPair::from_seed(&[9; 32]).unwrap());
+    let batch = batch_putting(&client, b"kept");
 
     let mut backup = h.fresh_backup();
     h.deliver(&mut backup, 0, h.pre_prepare(1, &batch));
@@ -213,10 +213,10 @@ fn a_replica_restarted_after_a_commit_executes_the_batch_again() {
 
 #[test]
 fn a_restart_without_the_last_unsynced_records_stays_consistent() {
-    let client = KeyPair::from_seed(&[9; 32]).unwrap();
+    let mut h = Harness::new();
+    let client = h.committee.signer(KeyPair::from_seed(&[9; 32]).unwrap());
     let first = batch_putting(&client, b"first");
     let second = batch_putting(&client, b"second");
-    let mut h = Harness::new();
 
     let mut backup = h.fresh_backup();
     let ready = h.deliver(&mut backup, 0, h.pre_prepare(1, &first));

@@ -46,7 +46,7 @@ impl Cluster {
                     id,
                     c.committee.clone(),
                     config.clone(),
-                    c.key(id).clone(),
+                    c.key(id).key_pair().clone(),
                     Box::new(KvStore::new()),
                 )
                 .unwrap();
@@ -71,7 +71,7 @@ impl Cluster {
             WIPED,
             self.c.committee.clone(),
             self.config.clone(),
-            self.c.key(WIPED).clone(),
+            self.c.key(WIPED).key_pair().clone(),
             Box::new(KvStore::new()),
             records,
         )
@@ -134,7 +134,7 @@ impl Cluster {
         }
         .encode();
         let envelope = RequestEnvelope::new(
-            &client_key(0),
+            &self.c.client(0),
             1,
             vec![ClientRequest {
                 timestamp: self.timestamp,
@@ -184,7 +184,7 @@ fn a_rejoining_replica_signs_nothing_until_a_checkpoint_past_its_rejoin_point_is
         WIPED,
         cluster.c.committee.clone(),
         cluster.config.clone(),
-        cluster.c.key(WIPED).clone(),
+        cluster.c.key(WIPED).key_pair().clone(),
         Box::new(KvStore::new()),
     )
     .unwrap();
@@ -267,7 +267,7 @@ fn after_rejoining_it_signs_no_view_change_for_a_view_it_may_have_asked_for() {
         WIPED,
         cluster.c.committee.clone(),
         cluster.config.clone(),
-        cluster.c.key(WIPED).clone(),
+        cluster.c.key(WIPED).key_pair().clone(),
         Box::new(KvStore::new()),
     )
     .unwrap();

@@ -48,8 +48,10 @@ impl StateMachine for Blob {
     }
 }
 
-fn grow(client: u8, bytes: u64) -> Batch {
-    let key = KeyPair::from_seed(&[client; 32]).unwrap();
+fn grow(c: &TestCluster, client: u8, bytes: u64) -> Batch {
+    let key = c
+        .committee
+        .signer(KeyPair::from_seed(&[client; 32]).unwrap());
     let request = ClientRequest {
         timestamp: 1,
         op: bytes.to_le_bytes().to_vec(),
@@ -76,7 +78,7 @@ fn a_200_mb_state_moves_in_chunks_from_several_replicas() {
                 id,
                 c.committee.clone(),
                 config.clone(),
-                c.keys[id as usize].clone(),
+                c.keys[id as usize].key_pair().clone(),
                 Box::new(Blob::default()),
             )
             .unwrap();
@@ -89,7 +91,7 @@ fn a_200_mb_state_moves_in_chunks_from_several_replicas() {
     // Replicas 0 to 2 execute two batches that grow the state to 200 MiB; replica 3 hears
     // nothing of them.
     let mut now = Duration::from_millis(1);
-    let batches = [grow(1, 100 << 20), grow(2, 100 << 20)];
+    let batches = [grow(&c, 1, 100 << 20), grow(&c, 2, 100 << 20)];
     for (seq, batch) in (1..).zip(&batches) {
         for (id, replica) in replicas.iter_mut().enumerate().take(3) {
             let from = 3 - id as ReplicaId;
@@ -246,7 +248,7 @@ fn a_replica_a_few_batches_behind_catches_up_from_commit_certificates() {
     .checked()
     .unwrap();
     let now = Duration::from_millis(10);
-    let batches: Vec<Batch> = (1..=4u8).map(|i| grow(i, 64)).collect();
+    let batches: Vec<Batch> = (1..=4u8).map(|i| grow(&c, i, 64)).collect();
     let committed = |seq: usize| c.committed(0, seq as u64, &batches[seq - 1]);
     let mut replicas: Vec<Replica> = (0..4)
         .map(|id| c.replica_with(id, config.clone()))

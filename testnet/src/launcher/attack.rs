@@ -195,7 +195,11 @@ async fn client_attack(
         .as_millis() as u64;
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let session = new_session_id(millis, rng.random());
-    let mut client = FaultyClient::new(attack, setup.key.clone(), session, Limits::default());
+    let committee = setup
+        .committee()
+        .map_err(|e| LaunchError::Failure(e.to_string()))?;
+    let signer = committee.signer(setup.key.clone());
+    let mut client = FaultyClient::new(attack, signer, session, Limits::default());
     let mut transports: HashMap<PublicKey, ClientTransport> = HashMap::new();
     let mut opened: VecDeque<PublicKey> = VecDeque::new();
     let mut report = AttackReport {

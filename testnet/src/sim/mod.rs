@@ -337,7 +337,7 @@ impl Simulation {
                 .expect("valid replica");
                 SimReplica {
                     identity: i as ReplicaId,
-                    driver: Driver::new(replica, key.clone(), None),
+                    driver: Driver::new(replica, None),
                     key,
                     crashed: false,
                     disk: SimDisk::default(),
@@ -365,7 +365,7 @@ impl Simulation {
             .iter()
             .enumerate()
             .map(|(i, attack)| {
-                let key = key_from(config.seed, b'a', i as u64);
+                let key = committee.signer(key_from(config.seed, b'a', i as u64));
                 FaultyClient::new(*attack, key, i as u64 + 1, config.protocol.limits.clone())
             })
             .collect();
@@ -436,7 +436,7 @@ impl Simulation {
         let place = self.replicas.len() as ReplicaId;
         self.replicas.push(SimReplica {
             identity: id,
-            driver: Driver::new(replica, key.clone(), behavior),
+            driver: Driver::new(replica, behavior),
             key,
             crashed: false,
             disk: SimDisk::default(),

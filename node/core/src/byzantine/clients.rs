@@ -9,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use pbft_crypto::KeyPair;
+use pbft_crypto::{KeyPair, Signer};
 use rand::RngCore;
 
 use crate::app::KvOp;
@@ -101,7 +101,7 @@ const SESSIONS_PER_TICK: usize = 32;
 /// One attacking client: its strategy, key, session and the next timestamp it uses.
 pub struct FaultyClient {
     attack: ClientAttack,
-    key: KeyPair,
+    key: Signer,
     session: SessionId,
     next_timestamp: Timestamp,
     limits: Limits,
@@ -114,7 +114,7 @@ pub struct FaultyClient {
 impl FaultyClient {
     /// An attacker with `key` and `session`, shaping its messages against `limits` (the
     /// replicas' own).
-    pub fn new(attack: ClientAttack, key: KeyPair, session: SessionId, limits: Limits) -> Self {
+    pub fn new(attack: ClientAttack, key: Signer, session: SessionId, limits: Limits) -> Self {
         FaultyClient {
             attack,
             key,
@@ -140,7 +140,9 @@ impl FaultyClient {
                 .map(|_| {
                     let mut seed = [0; 32];
                     rng.fill_bytes(&mut seed);
-                    let key = KeyPair::from_seed(&seed).expect("any 32 bytes are a seed");
+                    let key = KeyPair::from_seed(&seed)
+                        .expect("any 32 bytes are a seed")
+                        .for_cluster(*self.key.cluster());
                     let session = rng.next_u64() >> 1;
                     let op = put(format!("attack/identity/{}", rng.next_u32()), b"x");
                     self.envelope_from(key, session, vec![request(1, op)])
@@ -196,7 +198,7 @@ impl FaultyClient {
             self.oversized = Some(self.envelope(requests).message);
         }
         AttackMessage {
-            from: self.key.clone(),
+            from: self.key.key_pair().clone(),
             message: self.oversized.clone().expect("built above"),
         }
     }
@@ -228,13 +230,13 @@ impl FaultyClient {
 
     fn envelope_from(
         &self,
-        key: KeyPair,
+        key: Signer,
         session: SessionId,
         requests: Vec<ClientRequest>,
     ) -> AttackMessage {
         let envelope = RequestEnvelope::new(&key, session, requests);
         AttackMessage {
-            from: key,
+            from: key.key_pair().clone(),
             message: Message::Request(envelope),
         }
     }
@@ -259,9 +261,12 @@ mod tests {
 
     use super::*;
     use crate::messages::{verify_envelope, Rejection, StrictCheck};
+    use pbft_crypto::{ClusterId, Digest};
+
+    const CLUSTER: ClusterId = ClusterId(Digest([1; 32]));
 
     fn attacker(attack: ClientAttack) -> FaultyClient {
-        let key = KeyPair::from_seed(&[3; 32]).unwrap();
+        let key = KeyPair::from_seed(&[3; 32]).unwrap().for_cluster(CLUSTER);
         FaultyClient::new(attack, key, 7, Limits::default())
     }
 
@@ -291,7 +296,7 @@ mod tests {
         for envelope in sent {
             assert!(envelope.encoded_len() > limits.max_batch_bytes);
             assert!(matches!(
-                verify_envelope(envelope, &limits, &mut StrictCheck),
+                verify_envelope(envelope, &CLUSTER, &limits, &mut StrictCheck),
                 Err(Rejection::TooLarge(_))
             ));
         }
@@ -316,7 +321,7 @@ mod tests {
                         panic!("{attack} sent something other than a request");
                     };
                     assert_eq!(envelope.client, message.from.public());
-                    verify_envelope(envelope, &limits, &mut StrictCheck)
+                    verify_envelope(envelope, &CLUSTER, &limits, &mut StrictCheck)
                         .unwrap_or_else(|e| panic!("{attack}: {e}"));
                 }
             }

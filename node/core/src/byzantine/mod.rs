@@ -39,7 +39,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pbft_crypto::{Digest, Domain, KeyPair, Signature};
+use pbft_crypto::{Digest, Domain, Signature, Signer};
 use rand::{Rng, RngCore};
 
 pub use clients::{AttackMessage, ClientAttack, FaultyClient, UnknownAttack};
@@ -108,7 +108,7 @@ pub struct FaultyOutput {
 /// draw from.
 pub struct Context<'a> {
     pub id: ReplicaId,
-    pub key: &'a KeyPair,
+    pub key: &'a Signer,
     pub committee: &'a Committee,
     pub now: Duration,
     /// Seeded by the simulator, so that a run replays from its seed.

@@ -65,7 +65,7 @@ impl Local for TestCluster {
     }
 
     fn sample_view_change(&self, new_view: View, replica: ReplicaId) -> ViewChange {
-        let cert = self.prepared(new_view - 1, 1, batch(1).digest());
+        let cert = self.prepared(new_view - 1, 1, batch(self, 1).digest());
         self.view_change(replica, new_view, vec![cert])
     }
 
@@ -73,7 +73,7 @@ impl Local for TestCluster {
         let view_changes = (0..self.committee.quorum() as ReplicaId)
             .map(|i| self.sample_view_change(view, i))
             .collect();
-        self.new_view(view, view_changes, &[(1, batch(1).digest())])
+        self.new_view(view, view_changes, &[(1, batch(self, 1).digest())])
     }
 
     fn checkpoint_message(&self, seq: Seq) -> Message {
@@ -82,7 +82,7 @@ impl Local for TestCluster {
 }
 
 /// A batch of `n` one-request envelopes from different clients.
-fn batch(n: usize) -> Batch {
+fn batch(cluster: &TestCluster, n: usize) -> Batch {
     Batch {
         envelopes: (0..n)
             .map(|i| {
@@ -90,7 +90,7 @@ fn batch(n: usize) -> Batch {
                     timestamp: 1,
                     op: vec![i as u8; 8],
                 };
-                RequestEnvelope::new(&client_key(i), 1, vec![request])
+                RequestEnvelope::new(&cluster.client(i), 1, vec![request])
             })
             .collect(),
     }
@@ -155,6 +155,7 @@ fn pre_prepares_by_digest(
         if let Message::PrePrepare { header, batch } = message {
             let key = cluster.committee.key(primary).unwrap();
             key.verify(
+                cluster.committee.cluster_id(),
                 Domain::PrePrepare,
                 &header.signing_digest(),
                 &header.signature,
@@ -178,7 +179,7 @@ fn pre_prepares_by_digest(
 fn honest_passes_everything_through_in_order() {
     let cluster = Cluster::new(1);
     let mut input = ready(vec![
-        broadcast(cluster.commit(0, 1, batch(1).digest(), 2)),
+        broadcast(cluster.commit(0, 1, batch(&cluster, 1).digest(), 2)),
         (
             Destination::Replica(0),
             Message::FetchState {
@@ -211,9 +212,9 @@ fn honest_passes_everything_through_in_order() {
 #[test]
 fn silent_sends_and_replies_nothing_but_keeps_persisting() {
     let cluster = Cluster::new(1);
-    let header = cluster.header(0, 1, batch(2).digest());
+    let header = cluster.header(0, 1, batch(&cluster, 2).digest());
     let mut input = ready(vec![
-        broadcast(cluster.pre_prepare(0, 1, batch(2))),
+        broadcast(cluster.pre_prepare(0, 1, batch(&cluster, 2))),
         broadcast(Message::Checkpoint(cluster.checkpoint(128, 0))),
     ]);
     input.persist.push(Durable::Vote(header.clone()));
@@ -253,7 +254,7 @@ fn check_primary_equivocation(f: usize, mode: EquivocationMode) {
     let view = n as View + 1;
     let primary = cluster.primary(view);
     assert_eq!(primary, 1);
-    let real = batch(3);
+    let real = batch(&cluster, 3);
     let seq = 7;
     let mut behavior = EquivocatingPrimary::new(mode);
     let mut input = ready(vec![broadcast(cluster.pre_prepare(
@@ -352,7 +353,11 @@ fn minority_equivocation_misleads_exactly_f_backups() {
 fn equivocating_primary_conflicts_a_single_request_with_the_null_batch() {
     let cluster = Cluster::new(1);
     let mut behavior = EquivocatingPrimary::new(EquivocationMode::Split);
-    let input = ready(vec![broadcast(cluster.pre_prepare(0, 1, batch(1)))]);
+    let input = ready(vec![broadcast(cluster.pre_prepare(
+        0,
+        1,
+        batch(&cluster, 1),
+    ))]);
     let out = cluster.run(&mut behavior, 0, input, &mut seeded(5));
     let groups = pre_prepares_by_digest(&cluster, &out, 0);
     assert_eq!(groups.len(), 2);
@@ -362,13 +367,16 @@ fn equivocating_primary_conflicts_a_single_request_with_the_null_batch() {
 #[test]
 fn equivocating_primary_is_honest_as_a_backup() {
     let cluster = Cluster::new(1);
-    let digest = batch(2).digest();
+    let digest = batch(&cluster, 2).digest();
     let mut behavior = EquivocatingPrimary::new(EquivocationMode::Split);
     let input = ready(vec![
         broadcast(cluster.prepare(0, 1, digest, 2)),
         broadcast(cluster.commit(0, 1, digest, 2)),
         // A pre-prepare of the real primary that this backup passes on.
-        (Destination::Replica(3), cluster.pre_prepare(0, 1, batch(2))),
+        (
+            Destination::Replica(3),
+            cluster.pre_prepare(0, 1, batch(&cluster, 2)),
+        ),
     ]);
     let expected: Vec<Arc<Message>> = input.messages.iter().map(|o| o.message.clone()).collect();
     let tos: Vec<Destination> = input.messages.iter().map(|o| o.to).collect();
@@ -385,7 +393,7 @@ fn equivocating_backup_sends_conflicting_votes_to_two_halves() {
     for f in 1..=2 {
         let cluster = Cluster::new(f);
         let id = 2;
-        let digest = batch(2).digest();
+        let digest = batch(&cluster, 2).digest();
         let checkpoint = Message::Checkpoint(cluster.checkpoint(128, id));
         let input = ready(vec![
             broadcast(cluster.prepare(0, 1, digest, id)),
@@ -435,9 +443,9 @@ fn equivocating_backup_sends_conflicting_votes_to_two_halves() {
 /// One valid message of every kind, sent by replica 1 (the primary of view 1).
 fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
     let id = 1;
-    let digest = batch(2).digest();
+    let digest = batch(cluster, 2).digest();
     let envelope = RequestEnvelope::new(
-        &client_key(9),
+        &cluster.client(9),
         1,
         vec![ClientRequest {
             timestamp: 5,
@@ -446,7 +454,7 @@ fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
     );
     vec![
         (Destination::Replica(3), Message::Request(envelope)),
-        broadcast(cluster.pre_prepare(1, 3, batch(2))),
+        broadcast(cluster.pre_prepare(1, 3, batch(cluster, 2))),
         broadcast(cluster.prepare(0, 2, digest, id)),
         broadcast(cluster.commit(0, 2, digest, id)),
         broadcast(Message::Checkpoint(cluster.checkpoint(128, id))),
@@ -468,7 +476,7 @@ fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
             Destination::Replica(3),
             Message::BatchData {
                 seq: 2,
-                batch: batch(2),
+                batch: batch(cluster, 2),
             },
         ),
         broadcast(Message::Status {
@@ -480,7 +488,7 @@ fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
         (
             Destination::Replica(3),
             Message::Committed {
-                batch: batch(2),
+                batch: batch(cluster, 2),
                 commits: (0..3)
                     .map(|i| cluster.vote(Phase::Commit, 0, 2, digest, i))
                     .collect(),
@@ -558,7 +566,7 @@ fn forged_signatures_are_rejected_at_the_boundary() {
 fn replay_resends_recent_old_messages_to_peers() {
     let cluster = Cluster::new(1);
     let id = 2;
-    let digest = batch(1).digest();
+    let digest = batch(&cluster, 1).digest();
     let run = |seed: u64| {
         let mut behavior = Replay::default();
         let mut rng = seeded(seed);
@@ -607,13 +615,17 @@ fn stale_view_adds_votes_for_the_previous_view() {
     let cluster = Cluster::new(1);
     let view = 5;
     let primary = cluster.primary(view);
-    let digest = batch(2).digest();
+    let digest = batch(&cluster, 2).digest();
     let mut behavior = StaleView::default();
 
     let out = cluster.run(
         &mut behavior,
         primary,
-        ready(vec![broadcast(cluster.pre_prepare(view, 1, batch(2)))]),
+        ready(vec![broadcast(cluster.pre_prepare(
+            view,
+            1,
+            batch(&cluster, 2),
+        ))]),
         &mut seeded(1),
     );
     assert_eq!(out.sends.len(), 2);
@@ -765,7 +777,7 @@ fn every_behavior_keeps_persistence_and_timers_and_sends_only_to_peers() {
                     let mut log = Vec::new();
                     for _ in 0..3 {
                         let mut input = ready(every_kind(&cluster));
-                        let header = cluster.header(1, 3, batch(2).digest());
+                        let header = cluster.header(1, 3, batch(&cluster, 2).digest());
                         input.persist.push(Durable::Vote(header.clone()));
                         input.timers.push(TimerCommand::Cancel(Timer::ViewChange));
                         let out = cluster.run(behavior.as_mut(), id, input, &mut rng);
@@ -814,13 +826,22 @@ fn equivocator_equivocates_as_primary_and_as_backup() {
         let cluster = Cluster::new(1);
         let mut behavior = Equivocator::new(mode);
         // As the primary of view 0: conflicting pre-prepares.
-        let input = ready(vec![broadcast(cluster.pre_prepare(0, 1, batch(2)))]);
+        let input = ready(vec![broadcast(cluster.pre_prepare(
+            0,
+            1,
+            batch(&cluster, 2),
+        ))]);
         let out = cluster.run(&mut behavior, 0, input, &mut seeded(8));
         let groups = pre_prepares_by_digest(&cluster, &out, 0);
         assert_eq!(groups.len(), 2, "{mode:?}");
         // Its own commit in the view it leads: withheld when splitting, honest in minority
         // mode, so that the majority can commit.
-        let input = ready(vec![broadcast(cluster.commit(0, 1, batch(2).digest(), 0))]);
+        let input = ready(vec![broadcast(cluster.commit(
+            0,
+            1,
+            batch(&cluster, 2).digest(),
+            0,
+        ))]);
         let out = cluster.run(&mut behavior, 0, input, &mut seeded(9));
         let commits = deliveries(&out, 0, &cluster.committee);
         match mode {
@@ -838,7 +859,7 @@ fn equivocator_equivocates_as_primary_and_as_backup() {
             }
         }
         // As a backup of view 1: conflicting prepares and commits.
-        let digest = batch(2).digest();
+        let digest = batch(&cluster, 2).digest();
         let input = ready(vec![
             broadcast(cluster.prepare(1, 1, digest, 0)),
             broadcast(cluster.commit(1, 1, digest, 0)),
@@ -883,14 +904,18 @@ fn slow_primary_holds_pre_prepares_until_due_then_stalls_past_the_timeout() {
     assert_eq!(behavior.next_wakeup(), None);
     for seq in 1..=slow::GENTLE_BATCHES {
         let input = ready(vec![
-            broadcast(cluster.pre_prepare(0, seq, batch(1))),
+            broadcast(cluster.pre_prepare(0, seq, batch(&cluster, 1))),
             broadcast(cluster.checkpoint_message(seq)),
         ]);
         let out = run(&mut behavior, start, input);
         assert_eq!(out.sends.len(), 1, "only the checkpoint leaves at once");
     }
     // A retransmission is held until the same moment, not added.
-    let again = ready(vec![broadcast(cluster.pre_prepare(0, 1, batch(1)))]);
+    let again = ready(vec![broadcast(cluster.pre_prepare(
+        0,
+        1,
+        batch(&cluster, 1),
+    ))]);
     assert!(run(&mut behavior, start + gentle / 2, again)
         .sends
         .is_empty());
@@ -902,7 +927,11 @@ fn slow_primary_holds_pre_prepares_until_due_then_stalls_past_the_timeout() {
 
     // Past the gentle batches, the delay exceeds the timeout.
     let seq = slow::GENTLE_BATCHES + 1;
-    let input = ready(vec![broadcast(cluster.pre_prepare(0, seq, batch(1)))]);
+    let input = ready(vec![broadcast(cluster.pre_prepare(
+        0,
+        seq,
+        batch(&cluster, 1),
+    ))]);
     assert!(run(&mut behavior, start, input).sends.is_empty());
     let due = behavior.next_wakeup().unwrap();
     assert_eq!(due, start + timeout * slow::STALL_FACTOR);
@@ -911,8 +940,11 @@ fn slow_primary_holds_pre_prepares_until_due_then_stalls_past_the_timeout() {
 
     // Pre-prepares of a view it does not lead, and its votes, pass at once.
     let input = ready(vec![
-        (Destination::Replica(2), cluster.pre_prepare(1, 1, batch(1))),
-        broadcast(cluster.prepare(1, 1, batch(1).digest(), 0)),
+        (
+            Destination::Replica(2),
+            cluster.pre_prepare(1, 1, batch(&cluster, 1)),
+        ),
+        broadcast(cluster.prepare(1, 1, batch(&cluster, 1).digest(), 0)),
     ]);
     assert_eq!(run(&mut behavior, start, input).sends.len(), 2);
     assert_eq!(behavior.next_wakeup(), None);
@@ -947,7 +979,7 @@ fn crafted_into_a_correct_replica(
 #[test]
 fn crafted_messages_move_no_correct_replica_and_accuse_nobody() {
     let cluster = Cluster::new(1);
-    let digest = batch(1).digest();
+    let digest = batch(&cluster, 1).digest();
     let cases = [
         (
             BehaviorKind::FarFuture,
@@ -1001,7 +1033,7 @@ fn far_future_claims_reach_beyond_every_window_and_view() {
     let mut behavior = BehaviorKind::FarFuture.build();
     let mut rng = seeded(3);
     let input = ready(vec![
-        broadcast(cluster.commit(2, 5, batch(1).digest(), 1)),
+        broadcast(cluster.commit(2, 5, batch(&cluster, 1).digest(), 1)),
         broadcast(Message::ViewChange(cluster.sample_view_change(3, 1))),
     ]);
     let out = cluster.run(behavior.as_mut(), 1, input, &mut rng);

@@ -25,7 +25,9 @@ pub struct UnlistedClients;
 fn unlisted_envelope(ctx: &mut Context<'_>) -> RequestEnvelope {
     let mut seed = [0u8; 32];
     ctx.rng.fill_bytes(&mut seed);
-    let key = KeyPair::from_seed(&seed).expect("any 32 bytes are a seed");
+    let key = KeyPair::from_seed(&seed)
+        .expect("any 32 bytes are a seed")
+        .for_cluster(*ctx.key.cluster());
     let op = KvOp::Put {
         key: format!("unlisted/{}", ctx.rng.next_u32()).into_bytes(),
         value: b"x".to_vec(),

@@ -1,6 +1,6 @@
 //! CHECKPOINTs and the 2f+1 of them that make a checkpoint stable.
 
-use pbft_crypto::{Digest, DigestBuilder, Domain, KeyPair, Signature};
+use pbft_crypto::{Digest, DigestBuilder, Domain, Signature, Signer};
 use serde::{Deserialize, Serialize};
 
 use super::{Check, Rejection, ReplicaId, Seq};
@@ -15,7 +15,7 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub fn new(key: &KeyPair, seq: Seq, state_digest: Digest, replica: ReplicaId) -> Checkpoint {
+    pub fn new(key: &Signer, seq: Seq, state_digest: Digest, replica: ReplicaId) -> Checkpoint {
         let mut checkpoint = Checkpoint {
             seq,
             state_digest,

@@ -18,7 +18,7 @@ mod vote;
 
 use std::collections::HashMap;
 
-use pbft_crypto::{Digest, Domain, PublicKey, Signature};
+use pbft_crypto::{ClusterId, Digest, Domain, PublicKey, Signature};
 use serde::{Deserialize, Serialize};
 
 use crate::committee::{Committee, Fingerprint};
@@ -265,6 +265,7 @@ impl Rejection {
 pub trait SignatureCheck {
     fn check(
         &mut self,
+        cluster: &ClusterId,
         key: &PublicKey,
         domain: Domain,
         digest: &Digest,
@@ -279,17 +280,18 @@ pub struct StrictCheck;
 impl SignatureCheck for StrictCheck {
     fn check(
         &mut self,
+        cluster: &ClusterId,
         key: &PublicKey,
         domain: Domain,
         digest: &Digest,
         signature: &Signature,
     ) -> bool {
-        key.verify(domain, digest, signature).is_ok()
+        key.verify(cluster, domain, digest, signature).is_ok()
     }
 }
 
-/// One signature check: the key, what was signed, and the signature.
-pub type SignatureQuestion = (PublicKey, Domain, Digest, Signature);
+/// One signature check: the cluster, the key, what was signed, and the signature.
+pub type SignatureQuestion = (ClusterId, PublicKey, Domain, Digest, Signature);
 
 /// Answers of signature checks remembered, so each signature is verified once however often it
 /// is forwarded or retransmitted. Bounded: two generations of at most
@@ -332,16 +334,17 @@ impl SignatureCache {
 impl SignatureCheck for SignatureCache {
     fn check(
         &mut self,
+        cluster: &ClusterId,
         key: &PublicKey,
         domain: Domain,
         digest: &Digest,
         signature: &Signature,
     ) -> bool {
-        let question = (*key, domain, *digest, *signature);
+        let question = (*cluster, *key, domain, *digest, *signature);
         if let Some(valid) = self.get(&question) {
             return valid;
         }
-        let valid = key.verify(domain, digest, signature).is_ok();
+        let valid = key.verify(cluster, domain, digest, signature).is_ok();
         self.insert(question, valid);
         valid
     }
@@ -430,7 +433,7 @@ impl Check<'_> {
             .key(replica)
             .ok_or(Rejection::UnknownReplica)?;
         self.signatures
-            .check(key, domain, digest, signature)
+            .check(self.committee.cluster_id(), key, domain, digest, signature)
             .then_some(())
             .ok_or(Rejection::BadSignature)
     }

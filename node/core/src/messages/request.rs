@@ -1,6 +1,6 @@
 //! Client requests, batches of them, and replies.
 
-use pbft_crypto::{Digest, DigestBuilder, Domain, KeyPair, PublicKey, Signature};
+use pbft_crypto::{ClusterId, Digest, DigestBuilder, Domain, PublicKey, Signature, Signer};
 use serde::{Deserialize, Serialize};
 
 use crate::committee::Committee;
@@ -19,7 +19,7 @@ pub struct ClientRequest {
 
 /// A session of a client: one process's run with the client's key. Processes sharing a key use
 /// different sessions, so their timestamps never collide. A session id is the session's start
-/// time in microseconds since the Unix epoch shifted left 16 bits, with random low bits: later
+/// time in milliseconds since the Unix epoch shifted left 20 bits, with random low bits: later
 /// sessions have larger ids, which expiry relies on (see
 /// [`crate::protocol::ClientTable`]).
 pub type SessionId = u64;
@@ -45,7 +45,7 @@ pub struct RequestEnvelope {
 
 impl RequestEnvelope {
     /// Builds and signs an envelope of `session`.
-    pub fn new(key: &KeyPair, session: SessionId, requests: Vec<ClientRequest>) -> RequestEnvelope {
+    pub fn new(key: &Signer, session: SessionId, requests: Vec<ClientRequest>) -> RequestEnvelope {
         let mut envelope = RequestEnvelope {
             client: key.public(),
             session,
@@ -210,12 +210,13 @@ pub enum Outcome {
 /// signature.
 pub fn verify_envelope(
     envelope: RequestEnvelope,
+    cluster: &ClusterId,
     limits: &Limits,
     signatures: &mut dyn SignatureCheck,
 ) -> Result<Verified<RequestEnvelope>, Rejection> {
     check_envelope_shape(&envelope, limits)?;
     let digest = envelope.signing_digest();
-    check_client_signature(signatures, &envelope, &digest)?;
+    check_client_signature(signatures, cluster, &envelope, &digest)?;
     Ok(Verified::checked(envelope, vec![digest]))
 }
 
@@ -234,7 +235,12 @@ pub(super) fn verify_request(
     check_envelope_shape(envelope, check.limits)?;
     check_client_admitted(check, &envelope.client)?;
     let digest = envelope.signing_digest();
-    check_client_signature(check.signatures, envelope, &digest)?;
+    check_client_signature(
+        check.signatures,
+        check.committee.cluster_id(),
+        envelope,
+        &digest,
+    )?;
     Ok(digest)
 }
 
@@ -250,11 +256,13 @@ fn check_client_admitted(check: &Check<'_>, client: &PublicKey) -> Result<(), Re
 
 fn check_client_signature(
     signatures: &mut dyn SignatureCheck,
+    cluster: &ClusterId,
     envelope: &RequestEnvelope,
     digest: &Digest,
 ) -> Result<(), Rejection> {
     signatures
         .check(
+            cluster,
             &envelope.client,
             Domain::Request,
             digest,
@@ -339,7 +347,12 @@ pub(super) fn check_batch(
     for (envelope, digest) in batch.envelopes.iter().zip(digests) {
         check_envelope_shape(envelope, limits)?;
         check_client_admitted(check, &envelope.client)?;
-        check_client_signature(check.signatures, envelope, digest)?;
+        check_client_signature(
+            check.signatures,
+            check.committee.cluster_id(),
+            envelope,
+            digest,
+        )?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! VIEW-CHANGE and NEW-VIEW (TOCS 2002, section 4.4).
 
-use pbft_crypto::{Digest, DigestBuilder, Domain, KeyPair, Signature};
+use pbft_crypto::{Digest, DigestBuilder, Domain, Signature, Signer};
 use serde::{Deserialize, Serialize};
 
 use super::certificate::{hash_checkpoint, hash_vote};
@@ -37,7 +37,7 @@ impl ViewChange {
         builder.finish()
     }
 
-    pub fn sign(&mut self, key: &KeyPair) {
+    pub fn sign(&mut self, key: &Signer) {
         self.signature = key.sign(Domain::ViewChange, &self.signing_digest());
     }
 
@@ -76,7 +76,7 @@ impl NewView {
         builder.finish()
     }
 
-    pub fn sign(&mut self, key: &KeyPair) {
+    pub fn sign(&mut self, key: &Signer) {
         self.signature = key.sign(Domain::NewView, &self.signing_digest());
     }
 }

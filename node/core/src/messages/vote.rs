@@ -1,6 +1,6 @@
 //! PRE-PREPARE, PREPARE and COMMIT: the three ordering phases share one signed shape.
 
-use pbft_crypto::{Digest, DigestBuilder, Domain, KeyPair, Signature};
+use pbft_crypto::{Digest, DigestBuilder, Domain, Signature, Signer};
 use serde::{Deserialize, Serialize};
 
 use super::request::check_batch;
@@ -37,7 +37,7 @@ pub struct Vote {
 
 impl Vote {
     pub fn new(
-        key: &KeyPair,
+        key: &Signer,
         phase: Phase,
         view: View,
         seq: Seq,

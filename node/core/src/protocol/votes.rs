@@ -154,13 +154,15 @@ impl<B: Ballot> VoteSet<B> {
 
 #[cfg(test)]
 mod tests {
-    use pbft_crypto::{Digest, Domain, KeyPair};
+    use pbft_crypto::{ClusterId, Digest, Domain, KeyPair, Signer};
 
     use super::*;
     use crate::messages::Phase;
 
-    fn key() -> KeyPair {
-        KeyPair::from_seed(&[5; 32]).unwrap()
+    fn key() -> Signer {
+        KeyPair::from_seed(&[5; 32])
+            .unwrap()
+            .for_cluster(ClusterId::default())
     }
 
     fn digest(tag: u8) -> Digest {

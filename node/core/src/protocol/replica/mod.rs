@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pbft_crypto::{Digest, DigestBuilder, Domain, KeyPair};
+use pbft_crypto::{Digest, DigestBuilder, Domain, KeyPair, Signer};
 use serde::{Deserialize, Serialize};
 
 mod checkpoints;
@@ -289,7 +289,7 @@ pub struct Replica {
     id: ReplicaId,
     committee: Committee,
     config: ProtocolConfig,
-    key: KeyPair,
+    key: Signer,
     app: Box<dyn StateMachine>,
     clients: ClientTable,
 
@@ -367,9 +367,9 @@ impl Replica {
             ),
             view_change_timeout: config.view_change_timeout,
             new_view_timer_armed: false,
+            key: committee.signer(key),
             committee,
             config,
-            key,
             app,
             view: 0,
             view_active: true,
@@ -415,6 +415,11 @@ impl Replica {
 
     pub fn committee(&self) -> &Committee {
         &self.committee
+    }
+
+    /// The replica's key, signing for its cluster.
+    pub fn signer(&self) -> &Signer {
+        &self.key
     }
 
     pub fn is_primary(&self) -> bool {
