@@ -26,6 +26,10 @@
 //! [metrics_server]                  # optional: bounds of the metrics endpoint's connections
 //! max_connections = 64
 //!
+//! [log]                             # optional: overridden by `run --log-level/--log-format`
+//! level = "info"                    # or directives, as in RUST_LOG
+//! format = "text"                   # or "json"
+//!
 //! [[replicas]]                      # one per replica, ids 0..n-1, n = 3f+1
 //! id = 0
 //! address = "127.0.0.1:7000"
@@ -51,6 +55,7 @@ use pbft_net::cluster::{
 use pbft_net::TransportConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::logging::LogConfig;
 use crate::metrics::MetricsServerConfig;
 use crate::runtime::NodeSetup;
 use crate::storage::StorageConfig;
@@ -86,6 +91,9 @@ pub struct NodeConfigFile {
     /// A Byzantine behaviour by name (see [`BehaviorKind`]), for test clusters only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behavior: Option<String>,
+    /// The log's level and format; absent fields take their defaults.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub log: LogConfig,
     /// The number of Byzantine replicas tolerated, as in [`ClusterConfig::f`].
     pub f: usize,
     /// Protocol parameters; absent fields take their defaults.
@@ -111,6 +119,12 @@ impl NodeConfigFile {
             f: self.f,
             replicas: self.replicas.clone(),
         }
+    }
+
+    /// [`NodeConfigFile::to_setup`] with errors naming the file.
+    pub fn to_setup_in(&self, config_path: &Path) -> Result<NodeSetup, ConfigError> {
+        self.to_setup(config_path)
+            .map_err(|e| e.in_file(config_path))
     }
 
     /// Validates the configuration, reads the key file, and builds the [`NodeSetup`].
@@ -156,6 +170,9 @@ impl NodeConfigFile {
             );
         }
         let clients = self.clients.policy()?;
+        self.log
+            .check()
+            .map_err(|reason| ConfigError::invalid("log.level", reason))?;
         self.metrics_server
             .check(self.metrics)
             .map_err(|(field, reason)| {
@@ -474,6 +491,11 @@ impl TransportSection {
 /// protocol and transport parameters and the behaviour. Binding the listen address happens
 /// later, when the node starts.
 pub fn load_node_config(path: &Path) -> Result<NodeSetup, ConfigError> {
-    let file: NodeConfigFile = read_toml(path)?;
-    file.to_setup(path).map_err(|e| e.in_file(path))
+    read_node_config(path)?.to_setup_in(path)
+}
+
+/// Reads a replica's configuration file without validating it; [`NodeConfigFile::to_setup`]
+/// validates. Errors name the file.
+pub fn read_node_config(path: &Path) -> Result<NodeConfigFile, ConfigError> {
+    read_toml(path)
 }

@@ -1,5 +1,5 @@
 //! The PBFT replica node around the pure core of [`pbft_core`]: durable storage ([`storage`]),
-//! the tokio driver ([`runtime`]), configuration ([`config`]), metrics ([`metrics`]) and the file descriptors the log needs
+//! the tokio driver ([`runtime`]), configuration ([`config`]), the log ([`logging`]), metrics ([`metrics`]) and the file descriptors the log needs
 //! ([`fds`]). The
 //! `pbft-node` binary runs one replica from a configuration file.
 
@@ -9,6 +9,7 @@ pub mod error;
 pub mod fds;
 #[cfg(feature = "test-util")]
 pub mod local;
+pub mod logging;
 pub mod metrics;
 pub mod runtime;
 pub mod storage;

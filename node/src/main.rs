@@ -1,29 +1,25 @@
 //! `pbft-node`: runs a PBFT replica, and makes and inspects its keys.
 //!
 //! Exit codes: 0 success, 1 a failure while running (or writing a key), 2 bad usage, a bad
-//! configuration or key file, or a data directory that is not the replica's to use.
+//! configuration or key file, or a data directory that is not the replica's to use, 3 a halt on
+//! proof that more than f replicas are faulty (restarting will not help; see the log's
+//! evidence).
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::OnceLock;
 
 use clap::{Parser, Subcommand};
-use pbft_core::messages::ReplicaId;
 use pbft_crypto::{CryptoError, KeyPair};
 use pbft_net::NetError;
-use pbft_node::config::load_node_config;
+use pbft_node::config::{load_node_config, read_node_config};
 use pbft_node::error::{with_causes, NodeError};
-use tracing::{error, info, warn, Event, Subscriber};
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use pbft_node::logging::{self, LogFormat};
+use tracing::{error, info, warn};
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+const EXIT_HALTED: u8 = 3;
 
 #[derive(Parser)]
 #[command(name = "pbft-node", version, about = "A PBFT replica")]
@@ -46,11 +42,18 @@ enum Command {
         #[arg(long)]
         rejoin: bool,
     },
-    /// Run a replica until Ctrl-C or SIGTERM. Log verbosity follows RUST_LOG (default `info`).
+    /// Run a replica until Ctrl-C or SIGTERM. The log's filter is the first of --log-level,
+    /// RUST_LOG, the configuration's `log.level`, and `info`.
     Run {
         /// The replica's TOML configuration file.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// A level (error, warn, info, debug, trace) or directives as in RUST_LOG.
+        #[arg(long, value_name = "FILTER")]
+        log_level: Option<String>,
+        /// How log lines are written; overrides the configuration's `log.format`.
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        log_format: Option<LogFormat>,
     },
     /// Generate a new identity key, write it to a new file (never overwriting one), and print
     /// its public key in hex on stdout.
@@ -71,7 +74,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Init { config, rejoin } => init(&config, rejoin),
-        Command::Run { config } => run(&config),
+        Command::Run {
+            config,
+            log_level,
+            log_format,
+        } => run(&config, log_level.as_deref(), log_format),
         Command::Keygen { out } => keygen(&out),
         Command::Pubkey { key } => pubkey(&key),
     }
@@ -141,16 +148,28 @@ fn init(config_path: &Path, rejoin: bool) -> ExitCode {
     }
 }
 
-fn run(config_path: &Path) -> ExitCode {
-    init_tracing();
-    let setup = match load_node_config(config_path) {
+fn run(config_path: &Path, log_level: Option<&str>, log_format: Option<LogFormat>) -> ExitCode {
+    let file = match read_node_config(config_path) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut log = file.log.clone();
+    log.format = log_format.unwrap_or(log.format);
+    if let Err(reason) = logging::init(&log, log_level) {
+        eprintln!("error: {reason}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    logging::set_replica_id(file.id);
+    let setup = match file.to_setup_in(config_path) {
         Ok(setup) => setup,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let _ = REPLICA_ID.set(setup.id);
     match pbft_node::fds::reserve(setup.metrics_server.max_connections) {
         Ok(limit) => info!(limit, "open files limit"),
         Err(reason) => {
@@ -191,9 +210,11 @@ fn run(config_path: &Path) -> ExitCode {
                 "error: {}",
                 describe_failure(&e, config_path, listen, metrics)
             );
-            // A data directory that is not this replica's is a configuration mistake.
+            // A data directory that is not this replica's is a configuration mistake; a halt
+            // needs an operator, not a restart.
             let code = match e {
                 NodeError::DataDir(_) => EXIT_USAGE,
+                NodeError::Halted(_) => EXIT_HALTED,
                 _ => EXIT_FAILURE,
             };
             ExitCode::from(code)
@@ -264,49 +285,5 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
-    }
-}
-
-/// The replica id shown on every log line, once the configuration is loaded.
-static REPLICA_ID: OnceLock<ReplicaId> = OnceLock::new();
-
-/// Logs to stderr, filtered by RUST_LOG (default `info`).
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .event_format(WithReplicaId(
-            tracing_subscriber::fmt::format()
-                .with_ansi(ansi)
-                .without_time(),
-        ))
-        .init();
-}
-
-/// Puts `replica{id=N}` after the timestamp of every line. A span would not do: tasks the
-/// runtime spawns do not inherit it, and their lines would lose the id.
-struct WithReplicaId<F>(F);
-
-impl<S, N, F> FormatEvent<S, N> for WithReplicaId<F>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> std::fmt::Result {
-        SystemTime.format_time(&mut writer)?;
-        match REPLICA_ID.get() {
-            Some(id) => write!(writer, " replica{{id={id}}} ")?,
-            None => writer.write_char(' ')?,
-        }
-        self.0.format_event(ctx, writer, event)
     }
 }

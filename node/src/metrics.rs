@@ -1,4 +1,6 @@
-//! Prometheus metrics of a running replica, served over HTTP at `GET /metrics`.
+//! Prometheus metrics of a running replica, served over HTTP at `GET /metrics`, with
+//! `GET /healthz` (the process serves) and `GET /readyz` (the replica takes part in agreement;
+//! see [`Metrics::readiness`]) beside them.
 //!
 //! Every update is a lock-free atomic operation except the first use of a new label value in a
 //! family, so the protocol task can update metrics on its hot path. Scrapes encode the current
@@ -120,15 +122,14 @@ impl MetricsServerConfig {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: String,
+}
+
 /// A replica's metrics. Create one with [`Metrics::new`], share the `Arc` with every task that
-/// updates it, and pass it to [`serve`] to expose it.
-///
-/// Exposed names (counters get the `_total` suffix from the encoder):
-/// `pbft_committed_requests_total`, `pbft_committed_batches_total`, `pbft_view_changes_total`,
-/// `pbft_view`, `pbft_last_executed`, `pbft_stable_checkpoint`,
-/// `pbft_rejected_messages_total{reason}`, `pbft_queue_depth{queue}`,
-/// `pbft_metrics_connections_closed_total{reason}` and the histograms
-/// `pbft_request_latency_seconds` and `pbft_persist_seconds`.
+/// updates it, and pass it to [`serve`] to expose it. The README's metrics table describes
+/// every name; counters get the `_total` suffix from the encoder.
 pub struct Metrics {
     registry: Registry,
     committed_requests: Counter,
@@ -139,9 +140,36 @@ pub struct Metrics {
     stable_checkpoint: U64Gauge,
     rejected: Family<ReasonLabel, Counter>,
     queue_depth: Family<QueueLabel, U64Gauge>,
+    dropped_queue_full: Counter,
     metrics_closed: Family<ReasonLabel, Counter>,
     latency: Histogram,
     persist: Histogram,
+    peers_connected: U64Gauge,
+    peers_needed: U64Gauge,
+    view_change_in_progress: U64Gauge,
+    fetching_state: U64Gauge,
+    rejoining: U64Gauge,
+    evidence_held: U64Gauge,
+    log_bytes: U64Gauge,
+    state_bytes: U64Gauge,
+}
+
+/// What the replica reports to [`Metrics::set_position`] once a second.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    /// Other replicas with an open connection to this one.
+    pub peers_connected: u64,
+    pub view_change_in_progress: bool,
+    pub fetching_state: bool,
+    /// Rejoining after a lost disk, and still silent.
+    pub rejoining: bool,
+    /// Replicas this one holds proof of equivocation against.
+    pub evidence_held: u64,
+    pub log_bytes: u64,
+    /// The encoded state at the stable checkpoint.
+    pub state_bytes: u64,
+    /// Frames dropped because a peer's send queue was full, since the start.
+    pub dropped_queue_full: u64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -165,6 +193,64 @@ impl Metrics {
         let metrics_closed = Family::<ReasonLabel, Counter>::default();
         let latency = Histogram::new(LATENCY_BUCKETS);
         let persist = Histogram::new(LATENCY_BUCKETS);
+        let dropped_queue_full = Counter::default();
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = U64Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let peers_connected = gauge(
+            &mut registry,
+            "pbft_peers_connected",
+            "Other replicas with an open connection to this one",
+        );
+        let peers_needed = gauge(
+            &mut registry,
+            "pbft_peers_needed",
+            "Other replicas this one needs connected to take part in agreement (2f)",
+        );
+        let view_change_in_progress = gauge(
+            &mut registry,
+            "pbft_view_change_in_progress",
+            "1 from sending a VIEW-CHANGE until the next view starts",
+        );
+        let fetching_state = gauge(
+            &mut registry,
+            "pbft_fetching_state",
+            "1 while a state transfer is under way",
+        );
+        let rejoining = gauge(
+            &mut registry,
+            "pbft_rejoining",
+            "1 while rejoining silent after a lost disk",
+        );
+        let evidence_held = gauge(
+            &mut registry,
+            "pbft_evidence_held",
+            "Replicas this one holds signed proof of equivocation against",
+        );
+        let log_bytes = gauge(
+            &mut registry,
+            "pbft_log_bytes",
+            "Bytes of the write-ahead log on disk",
+        );
+        let state_bytes = gauge(
+            &mut registry,
+            "pbft_state_bytes",
+            "Bytes of the encoded state at the stable checkpoint",
+        );
+        let build = Family::<BuildLabel, U64Gauge>::default();
+        build
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        registry.register("pbft_build_info", "The running version; always 1", build);
+        registry.register(
+            "pbft_frames_dropped_queue_full",
+            "Frames to other replicas dropped because the peer's send queue was full",
+            dropped_queue_full.clone(),
+        );
         registry.register(
             "pbft_committed_requests",
             "Client requests executed by this replica",
@@ -227,10 +313,69 @@ impl Metrics {
             stable_checkpoint,
             rejected,
             queue_depth,
+            dropped_queue_full,
             metrics_closed,
             latency,
             persist,
+            peers_connected,
+            peers_needed,
+            view_change_in_progress,
+            fetching_state,
+            rejoining,
+            evidence_held,
+            log_bytes,
+            state_bytes,
         })
+    }
+
+    /// Records how many other replicas must be connected for the replica to be ready: 2f.
+    pub fn set_peers_needed(&self, peers: u64) {
+        self.peers_needed.set(peers);
+    }
+
+    /// Records the replica's position (see [`Position`]).
+    pub fn set_position(&self, position: &Position) {
+        self.peers_connected.set(position.peers_connected);
+        self.view_change_in_progress
+            .set(position.view_change_in_progress.into());
+        self.fetching_state.set(position.fetching_state.into());
+        self.rejoining.set(position.rejoining.into());
+        self.evidence_held.set(position.evidence_held);
+        self.log_bytes.set(position.log_bytes);
+        self.state_bytes.set(position.state_bytes);
+        let counted = self.dropped_queue_full.get();
+        self.dropped_queue_full
+            .inc_by(position.dropped_queue_full.saturating_sub(counted));
+    }
+
+    /// `Ok` when the replica takes part in agreement: no view change in progress, at least
+    /// [`Metrics::set_peers_needed`] peers connected, no state transfer under way, and not
+    /// rejoining silent. Otherwise every reason it does not.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        if self.view_change_in_progress.get() != 0 {
+            reasons.push(format!(
+                "changing to view {}: no primary is known yet",
+                self.view.get()
+            ));
+        }
+        let (connected, needed) = (self.peers_connected.get(), self.peers_needed.get());
+        if connected < needed {
+            reasons.push(format!(
+                "{connected} other replicas connected, {needed} needed"
+            ));
+        }
+        if self.fetching_state.get() != 0 {
+            reasons.push("fetching state from other replicas".into());
+        }
+        if self.rejoining.get() != 0 {
+            reasons.push("rejoining after a lost disk: silent until caught up".into());
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
     }
 
     /// Counts `requests` newly executed client requests.
@@ -312,7 +457,7 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` (port 0 picks a free port) within the bounds of `limits`
+/// Serves `GET /metrics`, `/healthz` and `/readyz` on `addr` (port 0 picks a free port) within the bounds of `limits`
 /// (see the module docs). Returns the bound address and the server task, which runs until it
 /// is aborted or the runtime shuts down; an error is returned only if the address cannot be
 /// bound. The address is not checked here: [`MetricsServerConfig::check`] does that.
@@ -325,14 +470,34 @@ pub async fn serve(
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    use axum::http::StatusCode;
+
     let scraped = metrics.clone();
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = scraped.clone();
-            async move { ([(CONTENT_TYPE_HEADER, CONTENT_TYPE)], metrics.encode()) }
-        }),
-    );
+    let asked = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = scraped.clone();
+                async move { ([(CONTENT_TYPE_HEADER, CONTENT_TYPE)], metrics.encode()) }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let metrics = asked.clone();
+                async move {
+                    match metrics.readiness() {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                        Err(reasons) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {}\n", reasons.join("; ")),
+                        ),
+                    }
+                }
+            }),
+        );
     let task = tokio::spawn(accept_loop(listener, app, metrics, limits.clone()));
     Ok((bound, task))
 }
@@ -521,6 +686,72 @@ mod tests {
         let timed_out = r#"pbft_metrics_connections_closed_total{reason="timed_out"}"#;
         assert!(value_of(&scrape, timed_out) >= 2, "{scrape}");
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn readiness_names_every_reason_and_health_only_needs_the_process() {
+        let metrics = Metrics::new();
+        metrics.set_peers_needed(2);
+        let (addr, server) = serve(
+            metrics.clone(),
+            localhost(),
+            &MetricsServerConfig::default(),
+        )
+        .await
+        .unwrap();
+        let health = http_get(addr, "/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+        let not_ready = http_get(addr, "/readyz").await;
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert!(
+            not_ready.contains("0 other replicas connected, 2 needed"),
+            "{not_ready}"
+        );
+
+        let mut position = Position {
+            peers_connected: 2,
+            ..Position::default()
+        };
+        metrics.set_position(&position);
+        let ready = http_get(addr, "/readyz").await;
+        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+        position.view_change_in_progress = true;
+        position.fetching_state = true;
+        position.rejoining = true;
+        metrics.set_position(&position);
+        let reasons = http_get(addr, "/readyz").await;
+        assert!(reasons.starts_with("HTTP/1.1 503"), "{reasons}");
+        for reason in ["no primary is known", "fetching state", "rejoining"] {
+            assert!(reasons.contains(reason), "{reason}: {reasons}");
+        }
+        assert!(
+            !reasons.contains("connected"),
+            "peers are connected: {reasons}"
+        );
+        let health = http_get(addr, "/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        server.abort();
+    }
+
+    #[test]
+    fn dropped_frames_are_a_counter_that_follows_the_transport() {
+        let metrics = Metrics::new();
+        for dropped in [3, 3, 10] {
+            metrics.set_position(&Position {
+                dropped_queue_full: dropped,
+                ..Position::default()
+            });
+        }
+        let scrape = metrics.encode();
+        assert_eq!(
+            value_of(&scrape, "pbft_frames_dropped_queue_full_total"),
+            10,
+            "{scrape}"
+        );
+        assert!(scrape.contains("# TYPE pbft_frames_dropped_queue_full counter"));
+        assert!(scrape.contains("pbft_build_info{version="), "{scrape}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::data_dir::{self, DirLock};
 use crate::error::NodeError;
-use crate::metrics::{Metrics, MetricsServerConfig};
+use crate::metrics::{Metrics, MetricsServerConfig, Position};
 use crate::storage::{ReplicaStore, StorageConfig};
 use pbft_core::app::KvStore;
 use pbft_core::byzantine::{BehaviorKind, Payload};
@@ -210,6 +210,7 @@ impl RunningNode {
         })?;
         let local_addr = transport.local_addr();
         let metrics = Metrics::new();
+        metrics.set_peers_needed(2 * setup.committee.f() as u64);
         let metrics_addr = match setup.metrics {
             Some(addr) => {
                 let (bound, _server) =
@@ -646,9 +647,17 @@ impl ProtocolTask {
             .set_stable_checkpoint(self.driver.replica().stable_checkpoint());
         self.metrics
             .set_queue_depth("verified_inputs", input_queue as u64);
-        let stats = self.transport.stats();
-        self.metrics
-            .set_queue_depth("dropped_queue_full_total", stats.dropped_queue_full);
+        let replica = self.driver.replica();
+        self.metrics.set_position(&Position {
+            peers_connected: self.transport.connected_replicas().len() as u64,
+            view_change_in_progress: !replica.is_view_active(),
+            fetching_state: replica.is_fetching_state(),
+            rejoining: replica.rejoin().is_some_and(|rejoin| rejoin.silent),
+            evidence_held: replica.evidence().len() as u64,
+            log_bytes: self.store.as_ref().map_or(0, ReplicaStore::disk_bytes),
+            state_bytes: replica.stable_state_bytes().unwrap_or(0),
+            dropped_queue_full: self.transport.stats().dropped_queue_full,
+        });
         // Forget arrivals whose replies never came (the client gave up or went elsewhere).
         if self.arrivals.len() >= MAX_TRACKED_ARRIVALS {
             self.arrivals.clear();

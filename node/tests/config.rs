@@ -59,6 +59,7 @@ impl Fixture {
             data_dir: "data/replica-0".into(),
             metrics: None,
             metrics_server: Default::default(),
+            log: Default::default(),
             behavior: None,
             f: 1,
             protocol: ProtocolConfig::default(),

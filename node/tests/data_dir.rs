@@ -40,6 +40,7 @@ impl Fixture {
                 data_dir: format!("data/replica-{i}").into(),
                 metrics: None,
                 metrics_server: Default::default(),
+                log: Default::default(),
                 behavior: None,
                 f: 1,
                 protocol: ProtocolConfig::default(),

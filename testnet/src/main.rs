@@ -204,7 +204,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
             eprintln!("  replay: {}", replay_command(seed));
         }
         let done = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if done % 1000 == 0 {
+        if done.is_multiple_of(1000) {
             eprintln!(
                 "{done} seeds run ({:.0} s)",
                 started.elapsed().as_secs_f64()

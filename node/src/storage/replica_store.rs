@@ -74,6 +74,11 @@ impl ReplicaStore {
         self.wal.bytes_written()
     }
 
+    /// Bytes of the log on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.wal.disk_bytes()
+    }
+
     /// Syncs done since the store was opened.
     pub fn syncs(&self) -> u64 {
         self.wal.syncs()

@@ -384,6 +384,14 @@ impl Wal {
         Ok(())
     }
 
+    /// Bytes of the segment files on disk (a file that cannot be read counts as empty).
+    pub fn disk_bytes(&self) -> u64 {
+        (self.segments.iter())
+            .filter_map(|segment| fs::metadata(&segment.path).ok())
+            .map(|metadata| metadata.len())
+            .sum()
+    }
+
     /// Bytes written to segment files by this `Wal` since it was opened.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written

@@ -396,6 +396,7 @@ pub fn generate(
             data_dir: Layout::data_dir(rid),
             metrics: Some(ports.metrics[id]),
             metrics_server: Default::default(),
+            log: Default::default(),
             behavior: plan.behaviors[id].map(|k| k.name().to_string()),
             f: plan.f,
             protocol: protocol.protocol_section(),

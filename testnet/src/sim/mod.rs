@@ -1081,7 +1081,7 @@ impl Simulation {
             }
             let transferred = transfers != self.last_seen[id].1;
             self.last_seen[id] = (seq, transfers);
-            if r.driver.behavior().is_some() || !(transferred || seq % interval == 0) {
+            if r.driver.behavior().is_some() || !(transferred || seq.is_multiple_of(interval)) {
                 continue;
             }
             let digest = r.driver.replica().state_digest();

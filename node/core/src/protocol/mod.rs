@@ -193,7 +193,7 @@ impl ProtocolConfig {
         if limits.max_batch_bytes == 0 {
             return error("limits.max_batch_bytes", "must be positive, not 0".into());
         }
-        if l < 2 * k || l % k != 0 {
+        if l < 2 * k || !l.is_multiple_of(k) {
             return error(
                 "log_window",
                 format!(

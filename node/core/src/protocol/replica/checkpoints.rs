@@ -32,7 +32,9 @@ impl Replica {
 
     pub(super) fn on_checkpoint(&mut self, checkpoint: Checkpoint) {
         if checkpoint.seq <= self.checkpoints.stable_seq
-            || checkpoint.seq % self.config.checkpoint_interval != 0
+            || !checkpoint
+                .seq
+                .is_multiple_of(self.config.checkpoint_interval)
         {
             self.ignore(Ignored::StaleCheckpoint);
             return;

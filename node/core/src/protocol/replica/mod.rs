@@ -422,6 +422,23 @@ impl Replica {
         &self.key
     }
 
+    /// False while a view change is in progress.
+    pub fn is_view_active(&self) -> bool {
+        self.view_active
+    }
+
+    /// Whether a state transfer is under way.
+    pub fn is_fetching_state(&self) -> bool {
+        self.state_fetch.is_some()
+    }
+
+    /// Bytes of the encoded state at the stable checkpoint, when this replica holds it.
+    pub fn stable_state_bytes(&self) -> Option<u64> {
+        (self.checkpoints.own)
+            .get(&self.checkpoints.stable_seq)
+            .map(|own| own.snapshot.len() as u64)
+    }
+
     pub fn is_primary(&self) -> bool {
         self.committee.primary(self.view) == self.id
     }

@@ -508,7 +508,8 @@ impl Replica {
         }
         // Below the stable checkpoint (catching up) nobody needs a checkpoint; at it, the
         // snapshot is compared with the certified digest.
-        if seq % self.config.checkpoint_interval == 0 && seq >= self.checkpoints.stable_seq {
+        if seq.is_multiple_of(self.config.checkpoint_interval) && seq >= self.checkpoints.stable_seq
+        {
             self.take_checkpoint(seq);
             self.reached_stable(seq);
         }
