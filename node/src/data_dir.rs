@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use pbft_core::committee::Committee;
 use pbft_core::messages::ReplicaId;
 use pbft_core::protocol::Durable;
-use pbft_crypto::{Digest, DigestBuilder, Domain};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::NodeSetup;
@@ -33,16 +32,27 @@ pub const MARKER_FILE: &str = "replica.toml";
 /// The file locked while a replica runs.
 pub const LOCK_FILE: &str = "LOCK";
 
+/// The version of what a data directory holds: the log's records and snapshots, and the signed
+/// bytes of the votes among them. A directory of another version is refused, never read.
+pub const DATA_FORMAT: u32 = 2;
+
 /// What the marker file holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Marker {
+    /// [`DATA_FORMAT`] when the directory was initialised; markers without one are version 1.
+    #[serde(default = "first_format")]
+    pub format: u32,
     /// The replica this directory belongs to.
     pub replica: ReplicaId,
-    /// [`cluster_digest`] of the cluster it belongs to, in hex.
+    /// The cluster id ([`Committee::cluster_id`]) of the cluster it belongs to, in hex.
     pub cluster: String,
     /// Initialised for a replica that lost its data (informational; the log says it too).
     pub rejoin: bool,
+}
+
+fn first_format() -> u32 {
+    1
 }
 
 /// Why a data directory cannot be used.
@@ -79,6 +89,13 @@ pub enum DataDirError {
         .0.display()
     )]
     WrongCluster(PathBuf),
+    #[error(
+        "data directory {} holds format version {found}, and this build reads version \
+         {DATA_FORMAT} only: run the release that wrote it, or start this replica afresh (see \
+         the README on upgrades)",
+        .dir.display()
+    )]
+    OtherFormat { dir: PathBuf, found: u32 },
     #[error("{} is not a valid marker file: {reason}", .path.display())]
     BadMarker { path: PathBuf, reason: String },
     #[error(
@@ -123,17 +140,9 @@ fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> D
     }
 }
 
-/// A digest of what makes the cluster: f and every replica's key, in id order.
-pub fn cluster_digest(committee: &Committee) -> Digest {
-    let mut builder = DigestBuilder::new(Domain::Content)
-        .bytes(b"pbft cluster")
-        .u64(committee.f() as u64)
-        .u64(committee.n() as u64);
-    for id in committee.ids() {
-        let key = committee.key(id).expect("every id has a key");
-        builder = builder.bytes(key.to_hex().as_bytes());
-    }
-    builder.finish()
+/// The cluster id as the marker writes it.
+fn cluster_hex(committee: &Committee) -> String {
+    committee.cluster_id().0.to_hex()
 }
 
 /// An exclusive lock on a data directory, released when dropped (or when the process ends).
@@ -191,6 +200,12 @@ pub fn check(dir: &Path, id: ReplicaId, committee: &Committee) -> Result<(), Dat
     let Some(marker) = read_marker(dir)? else {
         return Err(DataDirError::NotInitialised(dir.to_path_buf()));
     };
+    if marker.format != DATA_FORMAT {
+        return Err(DataDirError::OtherFormat {
+            dir: dir.to_path_buf(),
+            found: marker.format,
+        });
+    }
     if marker.replica != id {
         return Err(DataDirError::WrongReplica {
             dir: dir.to_path_buf(),
@@ -198,7 +213,7 @@ pub fn check(dir: &Path, id: ReplicaId, committee: &Committee) -> Result<(), Dat
             expected: id,
         });
     }
-    if marker.cluster != cluster_digest(committee).to_hex() {
+    if marker.cluster != cluster_hex(committee) {
         return Err(DataDirError::WrongCluster(dir.to_path_buf()));
     }
     Ok(())
@@ -238,8 +253,9 @@ pub fn init(setup: &NodeSetup, rejoin: bool) -> Result<(), DataDirError> {
     let mut store = opened.store;
     store.persist(&[Durable::Created { rejoining: rejoin }])?;
     let marker = Marker {
+        format: DATA_FORMAT,
         replica: setup.id,
-        cluster: cluster_digest(&setup.committee).to_hex(),
+        cluster: cluster_hex(&setup.committee),
         rejoin,
     };
     let text = format!(

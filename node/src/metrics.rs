@@ -556,6 +556,8 @@ async fn accept_loop(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     /// A raw HTTP/1.1 GET, returning the whole response. The blocking client keeps the test free
@@ -752,6 +754,37 @@ mod tests {
         );
         assert!(scrape.contains("# TYPE pbft_frames_dropped_queue_full counter"));
         assert!(scrape.contains("pbft_build_info{version="), "{scrape}");
+    }
+
+    /// The dashboard and the alerts name only series a replica exports.
+    #[test]
+    fn the_dashboard_and_the_alerts_name_exported_series() {
+        let metrics = Metrics::new();
+        metrics.rejected("bad_signature");
+        metrics.set_queue_depth("verified_inputs", 1);
+        metrics.metrics_connection_closed("over_limit");
+        let scrape = metrics.encode();
+        let exported: Vec<&str> = (scrape.lines())
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .collect();
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut named = 0;
+        for file in ["grafana-dashboard.json", "prometheus-alerts.yml"] {
+            let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+            for (at, _) in text.match_indices("pbft_") {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if name == "pbft_" || text[..at].ends_with(|c: char| c.is_ascii_alphanumeric()) {
+                    continue;
+                }
+                named += 1;
+                assert!(exported.contains(&name.as_str()), "{file} names {name}");
+            }
+        }
+        assert!(named > 20, "only {named} series named");
     }
 
     #[test]

@@ -173,6 +173,32 @@ fn run_refuses_a_data_directory_whose_log_was_lost() {
     }
 }
 
+/// A directory written by a release of another format version (a marker without a version is
+/// version 1) is refused with both versions named, before anything of it is read.
+#[test]
+fn run_refuses_a_data_directory_of_another_format_version() {
+    let fixture = Fixture::new();
+    assert!(fixture.init(0, false).status.success());
+    let marker_path = fixture.data(0).join(data_dir::MARKER_FILE);
+    let marker = std::fs::read_to_string(&marker_path).unwrap();
+    assert!(
+        marker.contains(&format!("format = {}", data_dir::DATA_FORMAT)),
+        "{marker}"
+    );
+    let unversioned: String = (marker.lines())
+        .filter(|line| !line.starts_with("format"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&marker_path, unversioned).unwrap();
+    let output = fixture.run(0);
+    refused(&output, &fixture.data(0), "holds format version 1");
+    assert!(
+        stderr(&output).contains(&format!("reads version {}", data_dir::DATA_FORMAT)),
+        "{}",
+        stderr(&output)
+    );
+}
+
 #[test]
 fn a_second_process_on_a_locked_data_directory_is_refused() {
     let fixture = Fixture::new();

@@ -427,9 +427,13 @@ fn background_workload(
 }
 
 async fn until_acknowledged(acknowledged: &AtomicUsize, count: usize) {
+    until_acknowledged_within(acknowledged, count, CONVERGENCE).await
+}
+
+async fn until_acknowledged_within(acknowledged: &AtomicUsize, count: usize, patience: Duration) {
     let start = Instant::now();
     while acknowledged.load(Ordering::Relaxed) < count {
-        assert!(start.elapsed() < CONVERGENCE, "the workload is stuck");
+        assert!(start.elapsed() < patience, "the workload is stuck");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -1107,7 +1111,9 @@ fn a_replica_restarted_under_load_with_a_large_state_catches_up_while_the_load_g
         let output = net.run(&["kill", "3"]);
         assert!(output.status.success(), "{}", text(&output));
         let (running, acknowledged) = background_workload(&client, "steady", 1_000_000, 8);
-        until_acknowledged(&acknowledged, 3_000).await;
+        // Every checkpoint copies, hashes and writes the whole 100 MB state at each replica, so
+        // on a loaded machine this takes minutes.
+        until_acknowledged_within(&acknowledged, 3_000, 4 * CONVERGENCE).await;
         let output = net.run(&["restart", "3"]);
         assert!(output.status.success(), "{}", text(&output));
 
@@ -1115,7 +1121,7 @@ fn a_replica_restarted_under_load_with_a_large_state_catches_up_while_the_load_g
         let mut first_stable = None;
         let caught_up = loop {
             assert!(
-                restarted.elapsed() < 2 * CONVERGENCE,
+                restarted.elapsed() < 4 * CONVERGENCE,
                 "replica 3 did not catch up while the load went on"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -98,6 +98,23 @@ pub enum DialError {
     TimedOut,
 }
 
+impl DialError {
+    /// Whether the peer refused the handshake because it speaks another version of the wire
+    /// format (no common ALPN protocol).
+    pub fn is_version_mismatch(&self) -> bool {
+        let refused = quinn::TransportErrorCode::crypto(crate::tls::NO_APPLICATION_PROTOCOL);
+        match self {
+            DialError::Connection(quinn::ConnectionError::ConnectionClosed(close)) => {
+                close.error_code == refused
+            }
+            DialError::Connection(quinn::ConnectionError::TransportError(error)) => {
+                error.code == refused
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Dials `addr`, then exchanges hello and acknowledgement, within `timeout`; see the crate docs
 /// for why a link only counts once the acknowledgement arrived.
 pub(crate) async fn dial(
@@ -138,6 +155,8 @@ struct Dialer {
 impl Dialer {
     async fn run(self, mut queue: QueuedFrames) {
         let mut backoff = self.cfg.backoff_min;
+        // Said once per link: the peer will not change version by itself.
+        let mut version_warned = false;
         loop {
             match self.establish().await {
                 Ok((conn, send, recv)) => {
@@ -155,6 +174,20 @@ impl Dialer {
                             info!(replica = self.replica, %reason, "link down");
                             conn.close(CLOSE_SHUTDOWN, b"reconnecting");
                         }
+                    }
+                }
+                Err(e) if e.is_version_mismatch() => {
+                    bump(&self.counters.dial_failures, 1);
+                    if !version_warned {
+                        version_warned = true;
+                        warn!(
+                            replica = self.replica,
+                            addr = %self.addr,
+                            ours = %String::from_utf8_lossy(crate::tls::ALPN),
+                            "replica {} speaks another wire format version; every replica of a \
+                             cluster must run the same one",
+                            self.replica
+                        );
                     }
                 }
                 Err(e) => {

@@ -351,3 +351,22 @@ async fn a_replica_that_never_reads_pins_no_more_than_its_queue() {
         "{kept} of {offered} MiB frames kept: {stats:?}"
     );
 }
+
+/// A peer of another wire format version fails the handshake, and the dialer can tell why.
+#[tokio::test]
+async fn a_peer_of_another_wire_version_is_refused_and_named() {
+    let (_transport, replica_key, addr) = replica(1, TransportConfig::default()).await;
+    let me = Identity::new(&key(3)).unwrap();
+    let mut older = tls::client_config(&me, replica_key.public()).unwrap();
+    older.alpn_protocols = vec![b"pbft/1".to_vec()];
+    let refused = crate::link::dial(&client_endpoint(), quic_client(older), addr, PATIENCE)
+        .await
+        .err()
+        .expect("a peer of another version is refused");
+    assert!(refused.is_version_mismatch(), "{refused:?}");
+
+    let current = tls::client_config(&me, replica_key.public()).unwrap();
+    let accepted =
+        crate::link::dial(&client_endpoint(), quic_client(current), addr, PATIENCE).await;
+    assert!(accepted.is_ok(), "{:?}", accepted.err());
+}

@@ -24,8 +24,13 @@ use crate::admission::Bans;
 use crate::stats::{bump, Counters};
 use crate::{ClientPolicy, NetError};
 
-/// The only ALPN protocol spoken; a peer offering anything else fails the handshake.
-pub(crate) const ALPN: &[u8] = b"pbft/1";
+/// The only ALPN protocol spoken: the wire format's version. A peer of another version (its
+/// messages, or the bytes its signatures cover, differ) fails the handshake, and the dialer
+/// names the cause ([`crate::link::DialError::is_version_mismatch`]).
+pub(crate) const ALPN: &[u8] = b"pbft/2";
+
+/// The TLS alert a peer sends when no ALPN protocol matches.
+pub(crate) const NO_APPLICATION_PROTOCOL: u8 = 120;
 
 /// The TLS server name sent when dialing. Certificates are matched by key, never by name.
 pub(crate) const SERVER_NAME: &str = "pbft";

@@ -217,8 +217,10 @@ impl State {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(LaunchError::Usage(format!(
-                    "{} holds no testnet (no {STATE_FILE}): start one with `testnet up --dir {}`",
+                    "{} holds no testnet (no {STATE_FILE}): start one with `{} up --dir {}`, or \
+                     name the directory of a running one with --dir",
                     layout.shown.display(),
+                    super::commands().1,
                     layout.shown.display()
                 )))
             }

@@ -106,7 +106,8 @@ pub fn kill(dir: &Path, id: ReplicaId) -> Result<(), LaunchError> {
     process::send_signal(pid, Signal::SIGKILL)?;
     process::wait_dead(&layout, std::slice::from_ref(node), Duration::from_secs(5));
     println!(
-        "replica {id} (pid {pid}) killed; `testnet restart {id} --dir {}` starts it again",
+        "replica {id} (pid {pid}) killed; `{} restart {id} --dir {}` starts it again",
+        commands().1,
         layout.shown.display()
     );
     Ok(())
@@ -121,8 +122,9 @@ pub async fn restart(dir: &Path, id: ReplicaId, timeout: Duration) -> Result<(),
     let node = state.node(id)?.clone();
     if process::node_alive(&layout, &node) {
         return Err(LaunchError::Usage(format!(
-            "replica {id} is running (pid {}): crash it first with `testnet kill {id} --dir {}`",
+            "replica {id} is running (pid {}): crash it first with `{} kill {id} --dir {}`",
             node.pid.unwrap_or(0),
+            commands().1,
             layout.shown.display()
         )));
     }
@@ -199,9 +201,9 @@ pub fn down(dir: &Path) -> Result<(), LaunchError> {
         println!("no replica of {} was running", layout.shown.display());
     }
     println!(
-        "logs kept in {}; `testnet up --force --dir {}` starts afresh",
+        "logs kept in {}; {}",
         layout.show(Path::new("logs")),
-        layout.shown.display()
+        afresh_hint(&layout)
     );
     Ok(())
 }
@@ -228,4 +230,44 @@ pub async fn run_node(config: &Path) -> Result<(), LaunchError> {
         })?;
     tracing::info!("replica stopped");
     Ok(())
+}
+
+/// The command that starts a fresh testnet in the directory of `layout`, as the user can paste it.
+pub(crate) fn afresh_hint(layout: &Layout) -> String {
+    format!(
+        "`{} up --force --dir {}` starts afresh",
+        commands().1,
+        layout.shown.display()
+    )
+}
+
+/// How to run `pbft-client` and `testnet` from where the user is: through cargo when this
+/// binary was built in a workspace's `target` directory (the binaries are not on the PATH
+/// then), by name otherwise.
+pub(crate) fn commands() -> (String, String) {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile = exe
+        .parent()
+        .filter(|dir| dir.parent().and_then(Path::file_name) == Some("target".as_ref()))
+        .and_then(Path::file_name)
+        .and_then(|name| name.to_str());
+    match profile {
+        Some(profile) => {
+            let flag = match profile {
+                "release" => " --release",
+                "debug" => "",
+                other => {
+                    return (
+                        format!("target/{other}/pbft-client"),
+                        format!("target/{other}/testnet"),
+                    )
+                }
+            };
+            (
+                format!("cargo run{flag} -p pbft-client --"),
+                format!("cargo run{flag} -p testnet --"),
+            )
+        }
+        None => ("pbft-client".into(), "testnet".into()),
+    }
 }

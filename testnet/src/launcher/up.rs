@@ -1,6 +1,7 @@
 //! `testnet up`: prepare DIR, start the replicas, wait until they are connected, and either
 //! return (`--detach`) or stay in the foreground with a live view until Ctrl-C.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -17,7 +18,7 @@ use super::layout::{Layout, NodeRecord, State};
 use super::process::{self, NodeProgram, Stopped, STOP_GRACE};
 use super::report::{self, ClusterReport};
 use super::setup::{self, BehaviorChoice, NodeOverrides, Plan, Ports};
-use super::{shutdown_signal, LaunchError};
+use super::{afresh_hint, commands, shutdown_signal, LaunchError};
 
 /// Everything `testnet up` takes.
 #[derive(Clone, Debug)]
@@ -150,10 +151,9 @@ pub async fn up(options: UpOptions) -> Result<(), LaunchError> {
             process::stop(&layout, &state.processes(), STOP_GRACE);
             reap(children);
             return Err(LaunchError::Failure(format!(
-                "{message}\nstopped the replicas; their logs are in {} (`testnet up --force --dir \
-                 {}` starts afresh)",
+                "{message}\nstopped the replicas; their logs are in {} ({})",
                 layout.show(Path::new("logs")),
-                layout.shown.display()
+                afresh_hint(&layout)
             )));
         }
     };
@@ -179,8 +179,9 @@ fn prepare_dir(layout: &Layout, force: bool) -> Result<(), LaunchError> {
             if !running.is_empty() {
                 return Err(LaunchError::Usage(format!(
                     "{shown} holds a running testnet (replicas {} are running): stop it with \
-                     `testnet down --dir {shown}`, or choose another --dir",
-                    running.join(", ")
+                     `{} down --dir {shown}`, or choose another --dir",
+                    running.join(", "),
+                    commands().1
                 )));
             }
         }
@@ -343,37 +344,6 @@ fn print_hints(layout: &Layout) {
     );
 }
 
-/// How to run `pbft-client` and `testnet` from where the user is: through cargo when this
-/// binary was built in a workspace's `target` directory (the binaries are not on the PATH
-/// then), by name otherwise.
-fn commands() -> (String, String) {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let profile = exe
-        .parent()
-        .filter(|dir| dir.parent().and_then(Path::file_name) == Some("target".as_ref()))
-        .and_then(Path::file_name)
-        .and_then(|name| name.to_str());
-    match profile {
-        Some(profile) => {
-            let flag = match profile {
-                "release" => " --release",
-                "debug" => "",
-                other => {
-                    return (
-                        format!("target/{other}/pbft-client"),
-                        format!("target/{other}/testnet"),
-                    )
-                }
-            };
-            (
-                format!("cargo run{flag} -p pbft-client --"),
-                format!("cargo run{flag} -p testnet --"),
-            )
-        }
-        None => ("pbft-client".into(), "testnet".into()),
-    }
-}
-
 /// The live view: refreshes about once a second until Ctrl-C or SIGTERM, then stops the nodes.
 async fn foreground(
     layout: &Layout,
@@ -429,9 +399,9 @@ async fn foreground(
     }
     let _ = writeln!(
         out,
-        "logs kept in {}; `testnet up --force --dir {}` starts afresh",
+        "logs kept in {}; {}",
         layout.show(Path::new("logs")),
-        layout.shown.display()
+        afresh_hint(layout)
     );
     Ok(())
 }
@@ -521,6 +491,8 @@ struct LiveView {
     drawn: usize,
     /// The committed count and when it was seen, for the rate.
     last: Option<(u64, Instant)>,
+    /// Replicas reported caught, each once, with the line that said so.
+    caught: BTreeMap<ReplicaId, String>,
 }
 
 impl LiveView {
@@ -530,7 +502,36 @@ impl LiveView {
             started: Instant::now(),
             drawn: 0,
             last: None,
+            caught: BTreeMap::new(),
         }
+    }
+
+    /// Lines for replicas that correct replicas newly hold proof of equivocation against.
+    fn newly_caught(&mut self, report: &ClusterReport, elapsed: u64) -> Vec<String> {
+        let mut accusers: BTreeMap<ReplicaId, (usize, u64)> = BTreeMap::new();
+        for status in (report.nodes.iter())
+            .filter(|n| n.record.behavior.is_none())
+            .filter_map(|n| n.status.as_ref().ok())
+        {
+            for &accused in &status.evidence_against {
+                let entry = accusers.entry(accused).or_default();
+                entry.0 += 1;
+                entry.1 = entry.1.max(status.view);
+            }
+        }
+        let mut lines = Vec::new();
+        for (accused, (accusers, view)) in accusers {
+            if self.caught.contains_key(&accused) {
+                continue;
+            }
+            let line = format!(
+                "[{elapsed:>4}s] replica {accused} caught equivocating: {accusers} correct \
+                 replica(s) hold its conflicting signed messages as evidence; view {view}"
+            );
+            self.caught.insert(accused, line.clone());
+            lines.push(line);
+        }
+        lines
     }
 
     fn draw(&mut self, report: &ClusterReport, load: Option<&LoadStats>) {
@@ -556,8 +557,12 @@ impl LiveView {
             "[{elapsed:>4}s] committed {committed} requests ({rate:.0}/s){}",
             load.unwrap_or_default()
         );
+        let caught = self.newly_caught(report, elapsed);
         let mut out = std::io::stdout().lock();
         if !self.terminal {
+            for line in &caught {
+                let _ = writeln!(out, "{line}");
+            }
             let nodes: Vec<String> = report
                 .nodes
                 .iter()
@@ -607,6 +612,7 @@ impl LiveView {
         }
         let mut lines: Vec<String> = vec![summary];
         lines.extend(report::table(&rows).lines().map(String::from));
+        lines.extend(self.caught.values().cloned());
         if self.drawn > 0 {
             let _ = write!(out, "\x1b[{}A", self.drawn);
         }
