@@ -361,8 +361,7 @@ async fn a_peer_of_another_wire_version_is_refused_and_named() {
     older.alpn_protocols = vec![b"pbft/1".to_vec()];
     let refused = crate::link::dial(&client_endpoint(), quic_client(older), addr, PATIENCE)
         .await
-        .err()
-        .expect("a peer of another version is refused");
+        .expect_err("a peer of another version is refused");
     assert!(refused.is_version_mismatch(), "{refused:?}");
 
     let current = tls::client_config(&me, replica_key.public()).unwrap();
