@@ -81,6 +81,31 @@ enum Command {
         #[arg(long, value_name = "MS", default_value_t = 100)]
         interval_ms: u64,
     },
+    /// Write the files of a cluster whose replicas run on separate machines: for each host a
+    /// directory to copy there (node.toml, the replica's key, an initialised data directory),
+    /// and a client directory; then print what to copy where and which ports to open.
+    Hosts {
+        /// Byzantine replicas tolerated; 3f+1 hosts are needed.
+        #[arg(long, default_value_t = 1)]
+        f: usize,
+        /// One IP address per replica, in id order, each with an optional port (UDP, default
+        /// 7000): `10.0.0.1`, `10.0.0.2:7100`, `[fd00::3]:7000`.
+        #[arg(required = true, value_name = "HOST")]
+        hosts: Vec<String>,
+        /// The directory to write; it must not exist.
+        #[arg(long, value_name = "DIR", default_value = "cluster")]
+        out: PathBuf,
+        /// The metrics endpoint's TCP port on every host (0 picks a free one at start).
+        #[arg(long, value_name = "PORT", default_value_t = launcher::hosts::DEFAULT_METRICS_PORT)]
+        metrics_port: u16,
+        /// Serve metrics on every interface (for a Prometheus elsewhere) instead of on
+        /// loopback.
+        #[arg(long)]
+        public_metrics: bool,
+        /// Admit any client key, as a public service does, instead of the one created here.
+        #[arg(long)]
+        open_clients: bool,
+    },
     /// Crash a replica (SIGKILL).
     Kill {
         /// The replica id.
@@ -425,6 +450,25 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
             launcher::restart(&dir.dir, id, seconds(timeout, "--timeout")?).await?
         }
         Command::Down { dir } => launcher::down(&dir.dir)?,
+        Command::Hosts {
+            f,
+            hosts,
+            out,
+            metrics_port,
+            public_metrics,
+            open_clients,
+        } => {
+            let options = launcher::hosts::HostsOptions {
+                f,
+                hosts,
+                out,
+                metrics_port,
+                public_metrics,
+                open_clients,
+            };
+            let written = launcher::hosts::generate_hosts(&options)?;
+            print!("{}", launcher::hosts::instructions(&options, &written));
+        }
         Command::Node { config } => launcher::run_node(&config).await?,
         // CPU-bound and single-threaded per seed; it owns the process while it runs.
         Command::Sim(args) => return Ok(run_sim(args)),

@@ -860,7 +860,7 @@ fn a_second_up_in_a_used_directory_is_refused_clearly() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("running"), "{stderr}");
-    assert!(stderr.contains("testnet down --dir"), "{stderr}");
+    assert!(stderr.contains("-- down --dir"), "{stderr}");
 
     let output = net.run(&["down"]);
     assert!(output.status.success(), "{}", text(&output));
@@ -1160,5 +1160,80 @@ fn a_replica_restarted_under_load_with_a_large_state_catches_up_while_the_load_g
             log.matches("fetching state in chunks").count()
         );
         client.close().await;
+    });
+}
+
+/// `testnet hosts` writes what four machines need; started from those files alone (here on
+/// four loopback ports), the replicas form a cluster that the written client configuration
+/// reaches.
+#[test]
+fn the_files_testnet_hosts_writes_run_a_cluster() {
+    one_at_a_time(async {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("cluster");
+        let ports: Vec<u16> = (0..4)
+            .map(|_| {
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                socket.local_addr().unwrap().port()
+            })
+            .collect();
+        let mut args = vec![
+            "hosts".to_string(),
+            "--f".into(),
+            "1".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--metrics-port".into(),
+            "0".into(),
+        ];
+        args.extend(ports.iter().map(|port| format!("127.0.0.1:{port}")));
+        let output = Command::new(BIN).args(&args).output().unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+        let printed = String::from_utf8_lossy(&output.stdout);
+        for port in &ports {
+            assert!(
+                printed.contains(&format!("open UDP {port} inbound")),
+                "{printed}"
+            );
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode =
+                |path: PathBuf| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(out.join("host-2")), 0o700);
+            assert_eq!(mode(out.join("host-2/replica.key")), 0o600);
+            assert_eq!(mode(out.join("client/client.key")), 0o600);
+        }
+
+        let mut replicas: Vec<std::process::Child> = (0..4)
+            .map(|i| {
+                let host = out.join(format!("host-{i}"));
+                Command::new(BIN)
+                    .args(["node", "--config"])
+                    .arg(host.join("node.toml"))
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(host.join("node.log")).unwrap())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let setup = pbft_client::load_client_config(out.join("client/client.toml")).unwrap();
+        let client = Client::connect(setup).await.unwrap();
+        let result = tokio::time::timeout(CONVERGENCE, async {
+            client.put("across", "hosts").await.unwrap();
+            client.get("across").await.unwrap()
+        })
+        .await;
+        client.close().await;
+        for replica in &mut replicas {
+            let _ = replica.kill();
+            let _ = replica.wait();
+        }
+        let logs: String = (0..4)
+            .map(|i| std::fs::read_to_string(out.join(format!("host-{i}/node.log"))).unwrap())
+            .collect();
+        let value = result.unwrap_or_else(|_| panic!("no answer within the deadline:\n{logs}"));
+        assert_eq!(value.as_deref(), Some(&b"hosts"[..]), "{logs}");
     });
 }

@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod attack;
+pub mod hosts;
 pub mod layout;
 pub mod process;
 pub mod report;

@@ -335,8 +335,13 @@ pub struct Generated {
 /// Initialises the data directory of the node configured in `config` (relative to DIR), as
 /// `pbft-node init` does.
 fn init_data_dir(layout: &Layout, config: &std::path::Path) -> Result<(), LaunchError> {
-    let path = layout.path(config);
-    let setup = pbft_node::config::load_node_config(&path)
+    init_data_dir_at(&layout.path(config))
+}
+
+/// Initialises the data directory of the node configured in the file at `path`, as
+/// `pbft-node init` does.
+pub(crate) fn init_data_dir_at(path: &std::path::Path) -> Result<(), LaunchError> {
+    let setup = pbft_node::config::load_node_config(path)
         .map_err(|e| LaunchError::Failure(format!("cannot read back {}: {e}", path.display())))?;
     pbft_node::data_dir::init(&setup, false).map_err(|e| {
         LaunchError::Failure(format!(
