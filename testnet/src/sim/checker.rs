@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md, checked after every simulation step.
+//! The invariants of the README's Simulator section, checked after every simulation step.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -3,8 +3,8 @@
 //! Replicas are the real [`Replica`] core; the network, the clock, crashes and Byzantine
 //! behaviours are simulated, and every random choice comes from one seeded generator, so a seed
 //! replays a run exactly. Every message a replica receives goes through the same boundary check
-//! ([`messages::verify`]) as in a real node. After every step the invariants of DESIGN.md are
-//! checked ([`Checker`]); the first violation stops the run with the seed in the message.
+//! ([`messages::verify`]) as in a real node. After every step the invariants the README's
+//! Simulator section lists are checked ([`Checker`]); the first violation stops the run with the seed in the message.
 //!
 //! Each replica persists its outputs' durable records to a simulated disk before they are sent,
 //! as the real node does. A crashed replica loses its memory, receives nothing and its timers
