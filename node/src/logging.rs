@@ -88,31 +88,37 @@ pub fn init(config: &LogConfig, level: Option<&str>) -> Result<(), String> {
             let ansi = std::io::stderr().is_terminal();
             builder
                 .with_ansi(ansi)
-                .event_format(TextWithReplicaId(
-                    tracing_subscriber::fmt::format()
+                .event_format(WithReplicaId {
+                    json: false,
+                    inner: tracing_subscriber::fmt::format()
                         .with_ansi(ansi)
                         .without_time(),
-                ))
+                })
                 .init();
         }
         LogFormat::Json => builder
             .with_ansi(false)
-            .event_format(JsonWithReplicaId(
-                tracing_subscriber::fmt::format()
+            .event_format(WithReplicaId {
+                json: true,
+                inner: tracing_subscriber::fmt::format()
                     .json()
                     .flatten_event(false),
-            ))
+            })
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .init(),
     }
     Ok(())
 }
 
-/// Puts `replica{id=N}` after the timestamp of every line. A span would not do: tasks the
-/// runtime spawns do not inherit it, and their lines would lose the id.
-struct TextWithReplicaId<F>(F);
+/// Names the replica on every line: `replica{id=N}` after the timestamp of a text line, or
+/// `"replica":N` as the first member of a JSON line. A span would not do: tasks the runtime
+/// spawns do not inherit it, and their lines would lose the id.
+struct WithReplicaId<F> {
+    json: bool,
+    inner: F,
+}
 
-impl<S, N, F> FormatEvent<S, N> for TextWithReplicaId<F>
+impl<S, N, F> FormatEvent<S, N> for WithReplicaId<F>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
@@ -124,36 +130,22 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
+        let id = REPLICA_ID.get();
+        if self.json {
+            let mut line = String::new();
+            self.inner
+                .format_event(ctx, Writer::new(&mut line), event)?;
+            return match (id, line.strip_prefix('{')) {
+                (Some(id), Some(rest)) => write!(writer, "{{\"replica\":{id},{rest}"),
+                _ => writer.write_str(&line),
+            };
+        }
         SystemTime.format_time(&mut writer)?;
-        match REPLICA_ID.get() {
+        match id {
             Some(id) => write!(writer, " replica{{id={id}}} ")?,
             None => writer.write_char(' ')?,
         }
-        self.0.format_event(ctx, writer, event)
-    }
-}
-
-/// Adds `"replica":N` as the first member of every JSON line.
-struct JsonWithReplicaId<F>(F);
-
-impl<S, N, F> FormatEvent<S, N> for JsonWithReplicaId<F>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> std::fmt::Result {
-        let mut line = String::new();
-        self.0.format_event(ctx, Writer::new(&mut line), event)?;
-        match (REPLICA_ID.get(), line.strip_prefix('{')) {
-            (Some(id), Some(rest)) => write!(writer, "{{\"replica\":{id},{rest}"),
-            _ => writer.write_str(&line),
-        }
+        self.inner.format_event(ctx, writer, event)
     }
 }
 

@@ -584,6 +584,19 @@ mod tests {
         "127.0.0.1:0".parse().unwrap()
     }
 
+    /// Serves `metrics` on a free loopback port with the default bounds.
+    async fn serve_with_defaults(
+        metrics: &Arc<Metrics>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        serve(
+            metrics.clone(),
+            localhost(),
+            &MetricsServerConfig::default(),
+        )
+        .await
+        .unwrap()
+    }
+
     /// Connects and reads until the server closes the connection, with `sent` written first.
     /// Returns what was read; a read still blocked after a minute fails the test.
     async fn until_closed(addr: SocketAddr, sent: &'static [u8]) -> Vec<u8> {
@@ -694,13 +707,7 @@ mod tests {
     async fn readiness_names_every_reason_and_health_only_needs_the_process() {
         let metrics = Metrics::new();
         metrics.set_peers_needed(2);
-        let (addr, server) = serve(
-            metrics.clone(),
-            localhost(),
-            &MetricsServerConfig::default(),
-        )
-        .await
-        .unwrap();
+        let (addr, server) = serve_with_defaults(&metrics).await;
         let health = http_get(addr, "/healthz").await;
         assert!(health.starts_with("HTTP/1.1 200"), "{health}");
 
@@ -852,13 +859,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.set_view(9);
         metrics.add_committed(17);
-        let (addr, server) = serve(
-            metrics.clone(),
-            localhost(),
-            &MetricsServerConfig::default(),
-        )
-        .await
-        .unwrap();
+        let (addr, server) = serve_with_defaults(&metrics).await;
         assert_ne!(addr.port(), 0);
 
         let response = http_get(addr, "/metrics").await;

@@ -1196,44 +1196,29 @@ fn messages_signed_for_another_cluster_are_refused() {
     let other = Cluster::new(2);
     assert_ne!(c.committee.cluster_id(), other.committee.cluster_id());
     let digest = c.batch(1).digest();
-    let elsewhere = [
-        (
-            Sender::Replica(1),
-            Message::Commit(other.vote(Phase::Commit, 0, 1, digest, 1)),
-        ),
-        (
-            Sender::Replica(2),
-            Message::Checkpoint(other.checkpoint(128, 2)),
-        ),
-        (
-            Sender::Client(client(0).public()),
-            Message::Request(RequestEnvelope::new(
-                &other.client(0),
-                1,
-                vec![request(1, b"put")],
-            )),
-        ),
-        (Sender::Replica(0), other.pre_prepare(0, 1, c.batch(1))),
-    ];
-    let here = [
-        (
-            Sender::Replica(1),
-            Message::Commit(c.vote(Phase::Commit, 0, 1, digest, 1)),
-        ),
-        (
-            Sender::Replica(2),
-            Message::Checkpoint(c.checkpoint(128, 2)),
-        ),
-        (
-            Sender::Client(client(0).public()),
-            Message::Request(RequestEnvelope::new(
-                &c.client(0),
-                1,
-                vec![request(1, b"put")],
-            )),
-        ),
-        (Sender::Replica(0), c.pre_prepare(0, 1, c.batch(1))),
-    ];
+    // A COMMIT, a CHECKPOINT, a REQUEST and a PRE-PREPARE, signed for `signing`'s cluster.
+    let signed_for = |signing: &Cluster| {
+        [
+            (
+                Sender::Replica(1),
+                Message::Commit(signing.vote(Phase::Commit, 0, 1, digest, 1)),
+            ),
+            (
+                Sender::Replica(2),
+                Message::Checkpoint(signing.checkpoint(128, 2)),
+            ),
+            (
+                Sender::Client(client(0).public()),
+                Message::Request(RequestEnvelope::new(
+                    &signing.client(0),
+                    1,
+                    vec![request(1, b"put")],
+                )),
+            ),
+            (Sender::Replica(0), signing.pre_prepare(0, 1, c.batch(1))),
+        ]
+    };
+    let (elsewhere, here) = (signed_for(&other), signed_for(c));
     for ((sender, foreign), (_, own)) in elsewhere.into_iter().zip(here) {
         let kind = own.kind();
         assert_eq!(c.check(sender, own), Ok(()), "{kind} signed here");
