@@ -1,7 +1,7 @@
 //! `testnet up`: prepare DIR, start the replicas, wait until they are connected, and either
 //! return (`--detach`) or stay in the foreground with a live view until Ctrl-C.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -491,8 +491,11 @@ struct LiveView {
     drawn: usize,
     /// The committed count and when it was seen, for the rate.
     last: Option<(u64, Instant)>,
-    /// Replicas reported caught, each once, with the line that said so.
-    caught: BTreeMap<ReplicaId, String>,
+    /// What happened, each said once: replicas caught, and views the correct replicas
+    /// entered.
+    events: Vec<String>,
+    caught: BTreeSet<ReplicaId>,
+    view: u64,
 }
 
 impl LiveView {
@@ -502,35 +505,45 @@ impl LiveView {
             started: Instant::now(),
             drawn: 0,
             last: None,
-            caught: BTreeMap::new(),
+            events: Vec::new(),
+            caught: BTreeSet::new(),
+            view: 0,
         }
     }
 
-    /// Lines for replicas that correct replicas newly hold proof of equivocation against.
-    fn newly_caught(&mut self, report: &ClusterReport, elapsed: u64) -> Vec<String> {
-        let mut accusers: BTreeMap<ReplicaId, (usize, u64)> = BTreeMap::new();
-        for status in (report.nodes.iter())
+    /// Lines for what newly happened: a replica that correct replicas now hold proof of
+    /// equivocation against, and a view that a correct replica entered.
+    fn new_events(&mut self, report: &ClusterReport, elapsed: u64) -> Vec<String> {
+        let correct: Vec<_> = (report.nodes.iter())
             .filter(|n| n.record.behavior.is_none())
             .filter_map(|n| n.status.as_ref().ok())
-        {
+            .collect();
+        let mut accusers: BTreeMap<ReplicaId, usize> = BTreeMap::new();
+        for status in &correct {
             for &accused in &status.evidence_against {
-                let entry = accusers.entry(accused).or_default();
-                entry.0 += 1;
-                entry.1 = entry.1.max(status.view);
+                *accusers.entry(accused).or_default() += 1;
             }
         }
         let mut lines = Vec::new();
-        for (accused, (accusers, view)) in accusers {
-            if self.caught.contains_key(&accused) {
-                continue;
+        for (accused, accusers) in accusers {
+            if self.caught.insert(accused) {
+                lines.push(format!(
+                    "[{elapsed:>4}s] replica {accused} caught equivocating: {accusers} correct \
+                     replica(s) hold its conflicting signed messages as evidence"
+                ));
             }
-            let line = format!(
-                "[{elapsed:>4}s] replica {accused} caught equivocating: {accusers} correct \
-                 replica(s) hold its conflicting signed messages as evidence; view {view}"
-            );
-            self.caught.insert(accused, line.clone());
-            lines.push(line);
         }
+        let entered = (correct.iter())
+            .filter(|s| s.view_active)
+            .max_by_key(|s| s.view);
+        if let Some(status) = entered.filter(|s| s.view > self.view) {
+            self.view = status.view;
+            lines.push(format!(
+                "[{elapsed:>4}s] a correct replica entered view {} (primary: replica {})",
+                status.view, status.primary
+            ));
+        }
+        self.events.extend(lines.iter().cloned());
         lines
     }
 
@@ -557,10 +570,10 @@ impl LiveView {
             "[{elapsed:>4}s] committed {committed} requests ({rate:.0}/s){}",
             load.unwrap_or_default()
         );
-        let caught = self.newly_caught(report, elapsed);
+        let events = self.new_events(report, elapsed);
         let mut out = std::io::stdout().lock();
         if !self.terminal {
-            for line in &caught {
+            for line in &events {
                 let _ = writeln!(out, "{line}");
             }
             let nodes: Vec<String> = report
@@ -612,7 +625,7 @@ impl LiveView {
         }
         let mut lines: Vec<String> = vec![summary];
         lines.extend(report::table(&rows).lines().map(String::from));
-        lines.extend(self.caught.values().cloned());
+        lines.extend(self.events.iter().cloned());
         if self.drawn > 0 {
             let _ = write!(out, "\x1b[{}A", self.drawn);
         }
