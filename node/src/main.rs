@@ -68,6 +68,18 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
     },
+    /// Ask the replica configured in FILE whether it serves (`/healthz`) or, with --ready,
+    /// takes part in agreement (`/readyz`), through its metrics endpoint: exit 0 if it answers
+    /// 200, 1 if not (the reasons on stderr), 2 if it has no metrics endpoint. For container
+    /// health checks and probes where no HTTP client is installed.
+    Probe {
+        /// The replica's TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Ask `/readyz` instead of `/healthz`.
+        #[arg(long)]
+        ready: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +93,38 @@ fn main() -> ExitCode {
         } => run(&config, log_level.as_deref(), log_format),
         Command::Keygen { out } => keygen(&out),
         Command::Pubkey { key } => pubkey(&key),
+        Command::Probe { config, ready } => probe(&config, ready),
+    }
+}
+
+fn probe(config_path: &Path, ready: bool) -> ExitCode {
+    let metrics = match read_node_config(config_path) {
+        Ok(file) => file.metrics,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let Some(mut addr) = metrics.filter(|addr| addr.port() != 0) else {
+        eprintln!(
+            "error: {} sets no metrics address with a fixed port to ask",
+            config_path.display()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let path = if ready { "/readyz" } else { "/healthz" };
+    match pbft_node::metrics::probe(addr, path, std::time::Duration::from_secs(2)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("{addr}{path}: {reason}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

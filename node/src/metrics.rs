@@ -457,6 +457,34 @@ impl Metrics {
     }
 }
 
+/// Asks the endpoint at `addr` for `path` (`/healthz` or `/readyz`), blocking up to `timeout`
+/// for each step: `Ok` if it answers 200, else why not (the body of another answer).
+pub fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read as _, Write as _};
+
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .and_then(|()| stream.write_all(request.as_bytes()))
+        .map_err(|e| format!("cannot send the request: {e}"))?;
+    // The answers are a line or two; more is not read.
+    let mut response = Vec::with_capacity(1024);
+    (&mut stream)
+        .take(4096)
+        .read_to_end(&mut response)
+        .map_err(|e| format!("no answer: {e}"))?;
+    let response = String::from_utf8_lossy(&response);
+    if response.starts_with("HTTP/1.1 200") {
+        return Ok(());
+    }
+    let status = response.lines().next().unwrap_or("an empty answer");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Err(format!("{status}: {}", body.trim()))
+}
+
 /// Serves `GET /metrics`, `/healthz` and `/readyz` on `addr` (port 0 picks a free port) within the bounds of `limits`
 /// (see the module docs). Returns the bound address and the server task, which runs until it
 /// is aborted or the runtime shuts down; an error is returned only if the address cannot be
@@ -725,6 +753,8 @@ mod tests {
         metrics.set_position(&position);
         let ready = http_get(addr, "/readyz").await;
         assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+        let probe_ready = move || probe(addr, "/readyz", Duration::from_secs(10));
+        assert_eq!(tokio::task::spawn_blocking(probe_ready).await.unwrap(), Ok(()));
 
         position.view_change_in_progress = true;
         position.fetching_state = true;
@@ -738,6 +768,12 @@ mod tests {
         assert!(
             !reasons.contains("connected"),
             "peers are connected: {reasons}"
+        );
+        let probed = tokio::task::spawn_blocking(probe_ready).await.unwrap();
+        let reason = probed.unwrap_err();
+        assert!(
+            reason.contains("503") && reason.contains("fetching state"),
+            "{reason}"
         );
         let health = http_get(addr, "/healthz").await;
         assert!(health.starts_with("HTTP/1.1 200"), "{health}");

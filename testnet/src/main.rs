@@ -15,6 +15,7 @@ use testnet::launcher::attack::{self, AttackOptions, Strategy};
 use testnet::launcher::report::{Agreement, AGREE_RULE};
 use testnet::launcher::setup::BEHAVIOR_NAMES;
 use testnet::launcher::{self, BehaviorChoice, LaunchError, NodeOverrides, UpOptions};
+use testnet::nemesis::{self, Fault, NemesisOptions};
 
 #[derive(Parser)]
 #[command(
@@ -106,6 +107,56 @@ enum Command {
         #[arg(long)]
         open_clients: bool,
     },
+    /// Run clients (put, get and cas on shared keys) against a new testnet while faults are
+    /// injected on a random schedule, then check the history for linearizability and the
+    /// correct replicas for agreement.
+    #[command(long_about = NEMESIS_HELP)]
+    Nemesis(NemesisArgs),
+    /// Write a cluster of containers, each replica its own host on a private network: the
+    /// image's build context (FROM scratch, the pbft-node binary and its libraries), a
+    /// docker-compose.yml with each replica's address, volume and health check, and a client
+    /// configuration for this host; then print how to start it.
+    Compose {
+        /// Byzantine replicas tolerated; the cluster has 3f+1 containers.
+        #[arg(long, default_value_t = 1)]
+        f: usize,
+        /// How many replicas are Byzantine (the first ids).
+        #[arg(long, default_value_t = 0)]
+        byzantine: usize,
+        /// What the Byzantine replicas do (see `testnet up --help`; twin needs one host).
+        #[arg(long, value_name = "BEHAVIOR")]
+        behavior: Option<BehaviorChoice>,
+        /// The directory to write; it must not exist.
+        #[arg(long, value_name = "DIR", default_value = "cluster")]
+        out: PathBuf,
+        /// The network's IPv4 subnet: the host is its first address, replica N the tenth
+        /// plus N.
+        #[arg(long, value_name = "CIDR", default_value = launcher::compose::DEFAULT_SUBNET)]
+        subnet: launcher::compose::Subnet,
+        /// The compose project: it names the network, the image and the containers.
+        #[arg(long, default_value = "pbft")]
+        project: String,
+        /// The pbft-node binary to put in the image (default: the one next to this binary).
+        #[arg(long, value_name = "PATH")]
+        node_bin: Option<PathBuf>,
+        /// Route the links between replicas through `testnet relay` on this host (to add
+        /// latency or cut links); clients still reach the replicas directly.
+        #[arg(long)]
+        relay: bool,
+        /// The relay's first port: it serves the link from replica i to j on BASE + i*n + j.
+        #[arg(long, value_name = "BASE", default_value_t = launcher::compose::DEFAULT_RELAY_BASE)]
+        relay_base_port: u16,
+    },
+    /// Relay the links between the replicas of a cluster written by `compose --relay`, with
+    /// an added one-way delay, until Ctrl-C.
+    Relay {
+        /// The relay.toml that `compose --relay` wrote.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Milliseconds added to every datagram between two replicas.
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        delay_ms: u64,
+    },
     /// Crash a replica (SIGKILL).
     Kill {
         /// The replica id.
@@ -157,6 +208,90 @@ equal state at checkpoints and after state transfers, client validity, at-most-o
 execution order, accountability, and that no correct replica signs two different messages for one \
 kind, view and sequence number across its crashes and lost disks. A seed replays exactly.\n\n\
 Exit status: 0 when every seed passed, 1 when one failed, 2 on bad usage.";
+
+const NEMESIS_HELP: &str = "Run a nemesis against a new testnet, as Jepsen does.\n\n\
+Starts 3f+1 replica processes on 127.0.0.1 (with --containers, 3f+1 containers on a private \
+network, each its own host) whose links to each other run through a relay in this process, and \
+clients (each a session of its own) that run put, get and cas on shared keys \
+at a steady pace. Meanwhile, on a random schedule drawn from --seed, one fault at a time: \
+partition-halves, partition-bridge (two halves and one replica in both), isolate-primary (the \
+current primary cut off), one-way (some replicas stop hearing others), kill (SIGKILL, restarted \
+at the heal), pause (SIGSTOP, SIGCONT at the heal), latency (every link delayed by --latency-ms). \
+Each fault lasts up to --fault-secs, then heals, and the cluster runs up to --quiet-secs without \
+one.\n\n\
+Every operation is recorded with its invocation and completion time (DIR/history.jsonl) and \
+the history is checked key by key for linearizability. An operation whose client timed out may \
+or may not have taken effect; the checker allows both. After the last fault heals, an ordered \
+read of every key must complete (recovered) and the correct replicas must agree.\n\n\
+Prints one JSON object: {\"f\", \"n\", \"byzantine\", \"seed\", \"seconds\", \"faults\": {name: count}, \
+\"faults_per_minute\", \"operations\": {\"ok\", \"failed\", \"unknown\"}, \"checked\", \"keys\", \
+\"verdict\" (\"linearizable\", \"not-linearizable\" or \"unknown\": the search gave up on a key), \
+\"keys_not_linearizable\", \"keys_unknown\", \"recovered\", \"agreement\", \"latency_ms\": {\"p50\", \
+\"p99\", \"max\"}, \"target\" (\"processes\" or \"containers\"), \"history\"}; the schedule goes to \
+stderr as it happens.\n\n\
+Exit status: 0 when the history is linearizable, the cluster recovered and the correct replicas \
+agree; 1 otherwise; 2 on bad usage.";
+
+#[derive(Args, Debug)]
+struct NemesisArgs {
+    /// Byzantine replicas tolerated; the testnet has 3f+1.
+    #[arg(long, default_value_t = 1)]
+    f: usize,
+    /// How many replicas are Byzantine (the first ids, so the view-0 primary is one).
+    #[arg(long, default_value_t = 0)]
+    byzantine: usize,
+    /// What the Byzantine replicas do (see `testnet up --help`).
+    #[arg(long, value_name = "BEHAVIOR")]
+    behavior: Option<BehaviorChoice>,
+    /// Seconds of clients and faults.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    duration: f64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Keys the clients share.
+    #[arg(long, default_value_t = 8)]
+    keys: usize,
+    /// Operations per second over all clients.
+    #[arg(long, value_name = "OPS", default_value_t = 100.0)]
+    rate: f64,
+    /// The faults to draw from, comma-separated (default: all).
+    #[arg(long, value_name = "FAULT,...", value_delimiter = ',')]
+    faults: Vec<Fault>,
+    /// The one-way delay of a latency fault.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    latency_ms: u64,
+    /// The longest a fault lasts (each lasts a third of this to all of it).
+    #[arg(long, value_name = "SECS", default_value_t = 8.0)]
+    fault_secs: f64,
+    /// The longest quiet time between two faults (each lasts half of this to all of it).
+    #[arg(long, value_name = "SECS", default_value_t = 6.0)]
+    quiet_secs: f64,
+    /// Seeds the schedule and the clients' choices.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Seconds a client waits for an operation before its outcome counts as unknown.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    request_timeout: f64,
+    /// The testnet directory (keys, configurations, logs, the history).
+    #[arg(long, value_name = "DIR", default_value = "nemesis-data")]
+    dir: PathBuf,
+    /// Wipe an earlier run's directory first.
+    #[arg(long)]
+    force: bool,
+    /// The replica binary (default: pbft-node next to this binary; for --containers, the
+    /// pbft-node binary to put in the image).
+    #[arg(long, value_name = "PATH")]
+    node_bin: Option<PathBuf>,
+    /// Run the replicas as containers, each its own host on a private network (as `testnet
+    /// compose` writes them), instead of processes on loopback. Needs a Docker engine with
+    /// Compose, and the pbft-node binary.
+    #[arg(long)]
+    containers: bool,
+    /// The containers' subnet; the relay binds its first address on this host.
+    #[arg(long, value_name = "CIDR", default_value = nemesis::CONTAINER_SUBNET, requires = "containers")]
+    subnet: launcher::compose::Subnet,
+}
 
 #[derive(Args, Debug)]
 struct SimArgs {
@@ -413,6 +548,8 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
                 up_timeout: seconds(args.up_timeout, "--up-timeout")?,
                 detach: args.detach,
                 load: args.load,
+                links: None,
+                quiet: false,
             };
             launcher::up(options).await?;
         }
@@ -459,15 +596,68 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
             open_clients,
         } => {
             let options = launcher::hosts::HostsOptions {
-                f,
-                hosts,
-                out,
                 metrics_port,
                 public_metrics,
                 open_clients,
+                ..launcher::hosts::HostsOptions::new(f, hosts, out)
             };
             let written = launcher::hosts::generate_hosts(&options)?;
             print!("{}", launcher::hosts::instructions(&options, &written));
+        }
+        Command::Nemesis(args) => {
+            let mut options = NemesisOptions::new(args.f);
+            options.byzantine = args.byzantine;
+            options.behavior = args.behavior;
+            options.duration = seconds(args.duration, "--duration")?;
+            options.clients = args.clients;
+            options.keys = args.keys;
+            options.rate = args.rate;
+            if !args.faults.is_empty() {
+                options.faults = args.faults;
+            }
+            options.latency = Duration::from_millis(args.latency_ms);
+            options.fault_time = seconds(args.fault_secs, "--fault-secs")?;
+            options.quiet_time = seconds(args.quiet_secs, "--quiet-secs")?;
+            options.seed = args.seed;
+            options.request_timeout = seconds(args.request_timeout, "--request-timeout")?;
+            options.dir = args.dir;
+            options.force = args.force;
+            options.node_bin = args.node_bin;
+            options.containers = args.containers.then_some(args.subnet);
+            let report = nemesis::run(options).await?;
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("the report serializes")
+            );
+            if !report.passed() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Compose {
+            f,
+            byzantine,
+            behavior,
+            out,
+            subnet,
+            project,
+            node_bin,
+            relay,
+            relay_base_port,
+        } => {
+            let options = launcher::compose::ComposeOptions {
+                byzantine,
+                behavior,
+                subnet,
+                project,
+                node_bin,
+                relay_base: relay.then_some(relay_base_port),
+                ..launcher::compose::ComposeOptions::new(f, out)
+            };
+            let files = launcher::compose::generate_compose(&options)?;
+            print!("{}", launcher::compose::instructions(&options, &files));
+        }
+        Command::Relay { config, delay_ms } => {
+            nemesis::relay::run_from_file(&config, Duration::from_millis(delay_ms)).await?
         }
         Command::Node { config } => launcher::run_node(&config).await?,
         // CPU-bound and single-threaded per seed; it owns the process while it runs.

@@ -39,6 +39,29 @@ pub struct HostsOptions {
     pub public_metrics: bool,
     /// Admit any client key instead of the one created here.
     pub open_clients: bool,
+    /// Per replica, the behaviour it runs (`None`: correct); empty for all correct.
+    pub behaviors: Vec<Option<String>>,
+    /// `peers[i][j]`: where replica i's configuration lists replica j, when the links between
+    /// replicas run through a relay (see [`crate::nemesis::relay`]); `None` for the hosts'
+    /// own addresses.
+    pub peers: Option<Vec<Vec<SocketAddr>>>,
+}
+
+impl HostsOptions {
+    /// Correct replicas on `hosts`, listing each other by their own addresses, metrics on
+    /// loopback at [`DEFAULT_METRICS_PORT`], admitting the client key created with them.
+    pub fn new(f: usize, hosts: Vec<String>, out: PathBuf) -> HostsOptions {
+        HostsOptions {
+            f,
+            hosts,
+            out,
+            metrics_port: DEFAULT_METRICS_PORT,
+            public_metrics: false,
+            open_clients: false,
+            behaviors: Vec::new(),
+            peers: None,
+        }
+    }
 }
 
 /// One host's part, as [`generate_hosts`] wrote it.
@@ -105,6 +128,13 @@ pub fn generate_hosts(options: &HostsOptions) -> Result<Vec<HostFiles>, LaunchEr
             )));
         }
     }
+    if options.peers.as_ref().is_some_and(|peers| peers.len() != n)
+        || options.behaviors.len() > n
+    {
+        return Err(LaunchError::Usage(format!(
+            "the peer table and the behaviours must have at most one row per replica ({n})"
+        )));
+    }
     if options.out.exists() {
         return Err(LaunchError::Usage(format!(
             "{} exists; choose a new --out, so that no key is overwritten",
@@ -129,6 +159,12 @@ pub fn generate_hosts(options: &HostsOptions) -> Result<Vec<HostFiles>, LaunchEr
         .collect();
     let mut hosts = Vec::with_capacity(n);
     for (id, (key, addr)) in keys.iter().zip(&addresses).enumerate() {
+        let mut listed = replicas.clone();
+        if let Some(peers) = &options.peers {
+            for entry in listed.iter_mut().filter(|entry| entry.id as usize != id) {
+                entry.address = peers[id][entry.id as usize];
+            }
+        }
         let dir = options.out.join(format!("host-{id}"));
         create_private_dir(&dir)
             .map_err(|e| failure(format!("cannot create {}: {e}", dir.display())))?;
@@ -155,7 +191,7 @@ pub fn generate_hosts(options: &HostsOptions) -> Result<Vec<HostFiles>, LaunchEr
                 ..MetricsServerConfig::default()
             },
             log: Default::default(),
-            behavior: None,
+            behavior: options.behaviors.get(id).cloned().flatten(),
             f: options.f,
             protocol: Default::default(),
             transport: Default::default(),
@@ -165,7 +201,7 @@ pub fn generate_hosts(options: &HostsOptions) -> Result<Vec<HostFiles>, LaunchEr
             } else {
                 ClientAccess::listed([client_key.public()])
             },
-            replicas: replicas.clone(),
+            replicas: listed,
         };
         let config_path = dir.join("node.toml");
         let text = toml::to_string(&config).expect("a node configuration serializes");
@@ -268,14 +304,8 @@ mod tests {
     fn the_count_and_the_addresses_are_checked_before_anything_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("cluster");
-        let options = |hosts: &[&str]| HostsOptions {
-            f: 1,
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            out: out.clone(),
-            metrics_port: DEFAULT_METRICS_PORT,
-            public_metrics: false,
-            open_clients: false,
-        };
+        let options =
+            |hosts: &[&str]| HostsOptions::new(1, hosts.iter().map(|h| h.to_string()).collect(), out.clone());
         let three = generate_hosts(&options(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]));
         assert!(matches!(three, Err(LaunchError::Usage(m)) if m.contains("needs 3f+1 = 4")));
         let twice = generate_hosts(&options(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.1"]));

@@ -8,6 +8,8 @@
 //! - [`status`] asks every replica for its status and judges whether the correct ones agree
 //!   ([`report::AGREE_RULE`]).
 //! - [`attack::attack`] runs a named faulty-client strategy against a running testnet.
+//! - [`hosts::generate_hosts`] and [`compose::generate_compose`] write the files of a cluster
+//!   on separate machines, or in containers that each are a host of their own.
 //! - [`kill`], [`restart`] and [`down`] crash, restart and stop replicas of a running testnet,
 //!   found through the state file that `up` wrote.
 //!
@@ -17,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod attack;
+pub mod compose;
 pub mod hosts;
 pub mod layout;
 pub mod process;

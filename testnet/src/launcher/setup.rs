@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 
 use pbft_client::ClientConfigFile;
 use pbft_core::byzantine::BehaviorKind;
@@ -352,13 +353,25 @@ pub(crate) fn init_data_dir_at(path: &std::path::Path) -> Result<(), LaunchError
     })
 }
 
+/// Where each replica dials the others when the links between replicas run through a relay
+/// (see [`crate::nemesis::relay`]). Clients still reach the replicas directly.
+#[derive(Clone, Debug)]
+pub struct PeerLinks {
+    /// `table[i][j]`: where replica i's configuration lists replica j (`i != j`).
+    pub table: Vec<Vec<SocketAddr>>,
+    /// Set to the replicas' own addresses once they are chosen.
+    pub targets: Arc<OnceLock<Vec<SocketAddr>>>,
+}
+
 /// Writes keys and configuration files for `plan` into DIR and returns the processes' records
-/// (without pids). DIR must hold none of a testnet's files.
+/// (without pids). DIR must hold none of a testnet's files. With `links`, each replica lists the
+/// others where the links say.
 pub fn generate(
     layout: &Layout,
     plan: &Plan,
     ports: &Ports,
     protocol: NodeOverrides,
+    links: Option<&PeerLinks>,
 ) -> Result<Generated, LaunchError> {
     let failure = |what: String| LaunchError::Failure(what);
     for sub in ["keys", "logs", "data"] {
@@ -394,6 +407,12 @@ pub fn generate(
     let mut twins = Vec::new();
     for id in 0..n {
         let rid = id as ReplicaId;
+        let mut listed = replicas.clone();
+        if let Some(links) = links {
+            for entry in listed.iter_mut().filter(|entry| entry.id != rid) {
+                entry.address = links.table[id][entry.id as usize];
+            }
+        }
         let config = NodeConfigFile {
             id: rid,
             key_file: Layout::key_file(rid),
@@ -412,7 +431,7 @@ pub fn generate(
             } else {
                 ClientAccess::listed([client_key.public()])
             },
-            replicas: replicas.clone(),
+            replicas: listed,
         };
         let text = toml::to_string(&config).expect("a node configuration serializes");
         write(&Layout::node_config(rid), text)?;

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use super::layout::{Layout, NodeRecord, State};
 use super::process::{self, NodeProgram, Stopped, STOP_GRACE};
 use super::report::{self, ClusterReport};
-use super::setup::{self, BehaviorChoice, NodeOverrides, Plan, Ports};
+use super::setup::{self, BehaviorChoice, NodeOverrides, PeerLinks, Plan, Ports};
 use super::{afresh_hint, commands, shutdown_signal, LaunchError};
 
 /// Everything `testnet up` takes.
@@ -49,6 +49,10 @@ pub struct UpOptions {
     pub detach: bool,
     /// Requests per second of a client workload run in the foreground.
     pub load: Option<f64>,
+    /// Route the links between replicas through a relay.
+    pub links: Option<PeerLinks>,
+    /// Print nothing but errors (for a caller that reports on its own).
+    pub quiet: bool,
 }
 
 impl UpOptions {
@@ -68,6 +72,8 @@ impl UpOptions {
             up_timeout: Duration::from_secs(60),
             detach: false,
             load: None,
+            links: None,
+            quiet: false,
         }
     }
 }
@@ -100,8 +106,16 @@ pub async fn up(options: UpOptions) -> Result<(), LaunchError> {
     let layout = Layout::new(&options.dir)?;
     prepare_dir(&layout, options.force)?;
     let ports = Ports::allocate(plan.n(), options.base_port)?;
+    if let Some(links) = &options.links {
+        let _ = links.targets.set(ports.replicas.clone());
+    }
+    let say = |line: String| {
+        if !options.quiet {
+            println!("{line}");
+        }
+    };
 
-    println!("testnet directory: {}", layout.shown.display());
+    say(format!("testnet directory: {}", layout.shown.display()));
     if plan.byzantine() > plan.f {
         eprintln!(
             "warning: {} Byzantine replicas exceed f = {}: safety is no longer guaranteed \
@@ -110,7 +124,13 @@ pub async fn up(options: UpOptions) -> Result<(), LaunchError> {
             plan.f
         );
     }
-    let generated = setup::generate(&layout, &plan, &ports, options.protocol)?;
+    let generated = setup::generate(
+        &layout,
+        &plan,
+        &ports,
+        options.protocol,
+        options.links.as_ref(),
+    )?;
     let mut state = State {
         f: plan.f,
         allow_unsafe: options.allow_unsafe,
@@ -122,12 +142,12 @@ pub async fn up(options: UpOptions) -> Result<(), LaunchError> {
     // The nodes bind the ports themselves.
     drop(ports);
     let children = start_all(&layout, &mut state)?;
-    println!(
+    say(format!(
         "started {} replicas (f = {}) with `{}`; waiting until they are connected...",
         state.n(),
         state.f,
         state.program.describe()
-    );
+    ));
 
     let connected = match report::fresh_client_setup(&layout, &state) {
         Ok(setup) => Client::connect(setup)
@@ -157,8 +177,10 @@ pub async fn up(options: UpOptions) -> Result<(), LaunchError> {
             )));
         }
     };
-    print!("{}", nodes_table(&layout, &first));
-    print_hints(&layout);
+    if !options.quiet {
+        print!("{}", nodes_table(&layout, &first));
+        print_hints(&layout);
+    }
     if options.detach {
         client.close().await;
         return Ok(());
