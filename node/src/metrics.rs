@@ -754,7 +754,10 @@ mod tests {
         let ready = http_get(addr, "/readyz").await;
         assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
         let probe_ready = move || probe(addr, "/readyz", Duration::from_secs(10));
-        assert_eq!(tokio::task::spawn_blocking(probe_ready).await.unwrap(), Ok(()));
+        assert_eq!(
+            tokio::task::spawn_blocking(probe_ready).await.unwrap(),
+            Ok(())
+        );
 
         position.view_change_in_progress = true;
         position.fetching_state = true;

@@ -157,6 +157,14 @@ enum Command {
         #[arg(long, value_name = "MS", default_value_t = 0)]
         delay_ms: u64,
     },
+    /// Check a history that `nemesis` wrote (DIR/history.jsonl) for linearizability again,
+    /// key by key. Prints one JSON object: {"verdict", "checked", "keys",
+    /// "keys_not_linearizable", "keys_unknown"}. Exit status: 0 linearizable, 1 not (or the
+    /// search gave up), 2 bad usage.
+    CheckHistory {
+        /// The history file, one operation a line.
+        file: PathBuf,
+    },
     /// Crash a replica (SIGKILL).
     Kill {
         /// The replica id.
@@ -655,6 +663,17 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
             };
             let files = launcher::compose::generate_compose(&options)?;
             print!("{}", launcher::compose::instructions(&options, &files));
+        }
+        Command::CheckHistory { file } => {
+            let history = nemesis::workload::load(&file)?;
+            let judgement = nemesis::checker::judge(&history, nemesis::checker::SEARCH_BUDGET);
+            println!(
+                "{}",
+                serde_json::to_string(&judgement).expect("the verdict serializes")
+            );
+            if !judgement.linearizable() {
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Relay { config, delay_ms } => {
             nemesis::relay::run_from_file(&config, Duration::from_millis(delay_ms)).await?

@@ -16,8 +16,8 @@ use pbft_core::byzantine::BehaviorKind;
 use super::hosts::{generate_hosts, HostFiles, HostsOptions, DEFAULT_PORT};
 use super::layout::open_private;
 use super::setup::{BehaviorChoice, Plan};
-use crate::nemesis::relay::{fixed_table, RelayConfig};
 use super::LaunchError;
+use crate::nemesis::relay::{fixed_table, RelayConfig};
 
 /// The metrics port in every container; the network is private, so it listens on every
 /// interface and the host reaches it at the container's address.
@@ -41,7 +41,8 @@ impl std::str::FromStr for Subnet {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Subnet, String> {
-        let bad = || format!("{text:?} is not an IPv4 subnet of at least 256 addresses (a.b.c.0/24)");
+        let bad =
+            || format!("{text:?} is not an IPv4 subnet of at least 256 addresses (a.b.c.0/24)");
         let (ip, prefix) = text.split_once('/').ok_or_else(bad)?;
         let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
         let prefix: u8 = prefix.parse().map_err(|_| bad())?;
@@ -186,7 +187,11 @@ pub fn generate_compose(options: &ComposeOptions) -> Result<ComposeFiles, Launch
         public_metrics: true,
         behaviors: behaviors.clone(),
         peers: relay.as_ref().map(|relay| relay.links.clone()),
-        ..HostsOptions::new(options.f, addresses.iter().map(ToString::to_string).collect(), options.out.clone())
+        ..HostsOptions::new(
+            options.f,
+            addresses.iter().map(ToString::to_string).collect(),
+            options.out.clone(),
+        )
     })?;
     write_image(&options.out.join("image"), &node_bin)?;
     let compose_file = options.out.join("docker-compose.yml");
@@ -446,8 +451,9 @@ fn run_command(program: &str, args: &[&str]) -> Result<String, LaunchError> {
 
 /// Runs Compose on `compose_file` in project `project`.
 pub fn compose(compose_file: &Path, project: &str, args: &[&str]) -> Result<String, LaunchError> {
-    let command = compose_command()
-        .ok_or_else(|| LaunchError::Failure("neither `docker compose` nor `docker-compose` works".into()))?;
+    let command = compose_command().ok_or_else(|| {
+        LaunchError::Failure("neither `docker compose` nor `docker-compose` works".into())
+    })?;
     let file = compose_file.display().to_string();
     let mut full: Vec<&str> = command[1..].iter().map(String::as_str).collect();
     full.extend(["-f", &file, "-p", project]);
@@ -482,9 +488,15 @@ mod tests {
         let files = generate_compose(&options).unwrap();
         let yaml = std::fs::read_to_string(&files.compose_file).unwrap();
         for id in 0..4 {
-            assert!(yaml.contains(&format!("ipv4_address: 172.30.0.{}", 10 + id)), "{yaml}");
+            assert!(
+                yaml.contains(&format!("ipv4_address: 172.30.0.{}", 10 + id)),
+                "{yaml}"
+            );
             assert!(yaml.contains(&format!("./host-{id}:/node")), "{yaml}");
-            assert!(yaml.contains(&format!("container_name: pbft-replica-{id}")), "{yaml}");
+            assert!(
+                yaml.contains(&format!("container_name: pbft-replica-{id}")),
+                "{yaml}"
+            );
         }
         assert_eq!(yaml.matches("probe\", \"--ready\"").count(), 4, "{yaml}");
         assert!(yaml.contains("subnet: 172.30.0.0/24"), "{yaml}");
@@ -516,7 +528,10 @@ mod tests {
         // Replica 2 lists itself where it listens, and replica j at port 40000 + 2 * 4 + j.
         assert!(node2.contains("172.30.0.12:7000"), "{node2}");
         for port in [40008, 40009, 40011] {
-            assert!(node2.contains(&format!("172.30.0.1:{port}")), "{port}: {node2}");
+            assert!(
+                node2.contains(&format!("172.30.0.1:{port}")),
+                "{port}: {node2}"
+            );
         }
         let relay = std::fs::read_to_string(dir.path().join("cluster").join(RELAY_CONFIG)).unwrap();
         let relay: RelayConfig = toml::from_str(&relay).unwrap();

@@ -128,9 +128,7 @@ pub fn generate_hosts(options: &HostsOptions) -> Result<Vec<HostFiles>, LaunchEr
             )));
         }
     }
-    if options.peers.as_ref().is_some_and(|peers| peers.len() != n)
-        || options.behaviors.len() > n
-    {
+    if options.peers.as_ref().is_some_and(|peers| peers.len() != n) || options.behaviors.len() > n {
         return Err(LaunchError::Usage(format!(
             "the peer table and the behaviours must have at most one row per replica ({n})"
         )));
@@ -304,8 +302,13 @@ mod tests {
     fn the_count_and_the_addresses_are_checked_before_anything_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("cluster");
-        let options =
-            |hosts: &[&str]| HostsOptions::new(1, hosts.iter().map(|h| h.to_string()).collect(), out.clone());
+        let options = |hosts: &[&str]| {
+            HostsOptions::new(
+                1,
+                hosts.iter().map(|h| h.to_string()).collect(),
+                out.clone(),
+            )
+        };
         let three = generate_hosts(&options(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]));
         assert!(matches!(three, Err(LaunchError::Usage(m)) if m.contains("needs 3f+1 = 4")));
         let twice = generate_hosts(&options(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.1"]));

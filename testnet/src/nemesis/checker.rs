@@ -65,6 +65,59 @@ pub enum Verdict {
 /// Configurations the search may visit per key before it gives up.
 pub const SEARCH_BUDGET: usize = 2_000_000;
 
+/// What the checker found in a whole history.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Judgement {
+    /// `linearizable`, `not-linearizable` or `unknown` (the search gave up on some key).
+    pub verdict: &'static str,
+    /// Operations the checker considered: those that completed, and writes of unknown outcome.
+    pub checked: usize,
+    /// Keys the history touches.
+    pub keys: usize,
+    pub keys_not_linearizable: Vec<String>,
+    pub keys_unknown: Vec<String>,
+}
+
+impl Judgement {
+    pub fn linearizable(&self) -> bool {
+        self.verdict == "linearizable"
+    }
+}
+
+/// Checks `history` key by key and sums up.
+pub fn judge(history: &[Operation], budget: usize) -> Judgement {
+    let checked = (history.iter())
+        .filter(|op| match op.outcome {
+            Outcome::Failed => false,
+            Outcome::Unknown => op.action != Action::Get,
+            _ => true,
+        })
+        .count();
+    let verdicts = check(history, budget);
+    let keys_with = |wanted: fn(&Verdict) -> bool| -> Vec<String> {
+        (verdicts.iter())
+            .filter(|(_, v)| wanted(v))
+            .map(|(key, _)| key.clone())
+            .collect()
+    };
+    let keys_not_linearizable = keys_with(|v| *v == Verdict::NotLinearizable);
+    let keys_unknown = keys_with(|v| matches!(v, Verdict::GaveUp(_)));
+    let verdict = if !keys_not_linearizable.is_empty() {
+        "not-linearizable"
+    } else if !keys_unknown.is_empty() {
+        "unknown"
+    } else {
+        "linearizable"
+    };
+    Judgement {
+        verdict,
+        checked,
+        keys: verdicts.len(),
+        keys_not_linearizable,
+        keys_unknown,
+    }
+}
+
 /// Checks every key's sub-history; the result is in key order.
 pub fn check(history: &[Operation], budget: usize) -> BTreeMap<String, Verdict> {
     let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
@@ -85,10 +138,19 @@ type Value = Option<u32>;
 enum Step {
     Put(u32),
     Get(Value),
-    CasSwapped { expected: Value, new: u32 },
-    CasMismatch { expected: Value, seen: Value },
+    CasSwapped {
+        expected: Value,
+        new: u32,
+    },
+    CasMismatch {
+        expected: Value,
+        seen: Value,
+    },
     /// A cas whose outcome is unknown: it swaps if the value is `expected`.
-    CasUnknown { expected: Value, new: u32 },
+    CasUnknown {
+        expected: Value,
+        new: u32,
+    },
 }
 
 impl Step {
@@ -279,7 +341,13 @@ fn relink(events: &mut [Event], node: usize) {
 mod tests {
     use super::*;
 
-    fn op(client: usize, action: Action, outcome: Outcome, invoked: u64, completed: u64) -> Operation {
+    fn op(
+        client: usize,
+        action: Action,
+        outcome: Outcome,
+        invoked: u64,
+        completed: u64,
+    ) -> Operation {
         Operation {
             client,
             key: "k".into(),
@@ -379,7 +447,13 @@ mod tests {
         let good = [
             op(0, put("a"), Outcome::Done, 0, 1),
             op(0, cas(Some("a"), "b"), Outcome::Swapped, 2, 3),
-            op(1, cas(Some("a"), "c"), Outcome::Mismatch(Some("b".into())), 4, 5),
+            op(
+                1,
+                cas(Some("a"), "c"),
+                Outcome::Mismatch(Some("b".into())),
+                4,
+                5,
+            ),
             op(1, Action::Get, read(Some("b")), 6, 7),
         ];
         assert_eq!(verdict(&good), Verdict::Linearizable);
@@ -393,7 +467,13 @@ mod tests {
         // A mismatch must report the value the key held.
         let lying = [
             op(0, put("a"), Outcome::Done, 0, 1),
-            op(1, cas(Some("x"), "c"), Outcome::Mismatch(Some("z".into())), 2, 3),
+            op(
+                1,
+                cas(Some("x"), "c"),
+                Outcome::Mismatch(Some("z".into())),
+                2,
+                3,
+            ),
         ];
         assert_eq!(verdict(&lying), Verdict::NotLinearizable);
     }

@@ -81,9 +81,14 @@ impl Cluster {
 
     /// Writes a cluster of 3f+1 containers into the nemesis's directory, brings it up with
     /// Compose, and relays its links on the network's gateway.
-    pub async fn containers(options: &NemesisOptions, subnet: Subnet) -> Result<Cluster, LaunchError> {
+    pub async fn containers(
+        options: &NemesisOptions,
+        subnet: Subnet,
+    ) -> Result<Cluster, LaunchError> {
         if let Some(why) = compose::engine_unavailable() {
-            return Err(LaunchError::Usage(format!("containers cannot run here: {why}")));
+            return Err(LaunchError::Usage(format!(
+                "containers cannot run here: {why}"
+            )));
         }
         prepare_container_dir(&options.dir, options.force)?;
         let compose_options = ComposeOptions {
@@ -102,7 +107,11 @@ impl Cluster {
         let _ = compose::docker(&["network", "rm", &compose_options.network()]);
         let files = compose::generate_compose(&compose_options)?;
         let relay_config = files.relay.clone().expect("the relay was asked for");
-        compose::compose(&files.compose_file, CONTAINER_PROJECT, &["up", "-d", "--build"])?;
+        compose::compose(
+            &files.compose_file,
+            CONTAINER_PROJECT,
+            &["up", "-d", "--build"],
+        )?;
         let relay = Relay::bind_at(relay_config.links.clone())
             .await
             .map_err(|e| LaunchError::Failure(format!("cannot bind the link relay: {e}")))?;
@@ -254,7 +263,11 @@ impl Cluster {
     }
 
     /// Waits up to `patience` until every replica is connected to all others.
-    pub async fn wait_connected(&self, client: &Client, patience: Duration) -> Result<(), LaunchError> {
+    pub async fn wait_connected(
+        &self,
+        client: &Client,
+        patience: Duration,
+    ) -> Result<(), LaunchError> {
         let start = Instant::now();
         loop {
             let (nodes, _, _) = self.report(client).await;
@@ -298,7 +311,8 @@ impl Cluster {
                         let _ = std::fs::write(self.dir.join(&record.log), text);
                     }
                 }
-                if let Err(e) = compose::compose(&files.compose_file, CONTAINER_PROJECT, &["down"]) {
+                if let Err(e) = compose::compose(&files.compose_file, CONTAINER_PROJECT, &["down"])
+                {
                     eprintln!("warning: {e}");
                 }
             }

@@ -9,7 +9,7 @@
 pub mod checker;
 mod cluster;
 pub mod relay;
-mod workload;
+pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -26,7 +26,6 @@ use crate::launcher::compose::Subnet;
 use crate::launcher::report::Agreement;
 use crate::launcher::setup::BehaviorChoice;
 use crate::launcher::LaunchError;
-use checker::Verdict;
 use cluster::Cluster;
 pub use cluster::{CONTAINER_PROJECT, CONTAINER_SUBNET};
 use relay::LinkFaults;
@@ -85,7 +84,10 @@ impl FromStr for Fault {
             .find(|fault| fault.name() == text)
             .ok_or_else(|| {
                 let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
-                format!("unknown fault {text:?}; the faults are {}", names.join(", "))
+                format!(
+                    "unknown fault {text:?}; the faults are {}",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -175,13 +177,9 @@ pub struct NemesisReport {
     pub faults: BTreeMap<&'static str, usize>,
     pub faults_per_minute: f64,
     pub operations: OperationCounts,
-    /// Operations the checker considered: those that completed, and writes of unknown outcome.
-    pub checked: usize,
-    pub keys: usize,
-    /// `linearizable`, `not-linearizable` or `unknown` (the search gave up on some key).
-    pub verdict: &'static str,
-    pub keys_not_linearizable: Vec<String>,
-    pub keys_unknown: Vec<String>,
+    /// The checker's verdict on the history.
+    #[serde(flatten)]
+    pub judgement: checker::Judgement,
     /// Whether an ordered operation completed on every key once every fault had healed.
     pub recovered: bool,
     /// The correct replicas' agreement at the end (see `testnet status --help`).
@@ -197,14 +195,15 @@ pub struct NemesisReport {
 impl NemesisReport {
     /// Whether the run found nothing wrong.
     pub fn passed(&self) -> bool {
-        self.verdict == "linearizable" && self.recovered && self.agreement == Agreement::Yes
+        self.judgement.linearizable() && self.recovered && self.agreement == Agreement::Yes
     }
 }
 
 /// Runs the nemesis against a new cluster (processes, or containers with `options.containers`)
 /// and reports what it found. The cluster is stopped at the end; its directory stays.
 pub async fn run(options: NemesisOptions) -> Result<NemesisReport, LaunchError> {
-    if options.clients == 0 || options.keys == 0 || !(options.rate > 0.0) {
+    if options.clients == 0 || options.keys == 0 || !options.rate.is_finite() || options.rate <= 0.0
+    {
         return Err(LaunchError::Usage(
             "--clients, --keys and --rate must be positive".into(),
         ));
@@ -242,29 +241,7 @@ pub async fn run(options: NemesisOptions) -> Result<NemesisReport, LaunchError> 
             _ => operations.ok += 1,
         }
     }
-    let checked = (history.iter())
-        .filter(|op| match op.outcome {
-            checker::Outcome::Failed => false,
-            checker::Outcome::Unknown => op.action != checker::Action::Get,
-            _ => true,
-        })
-        .count();
-    let verdicts = checker::check(&history, checker::SEARCH_BUDGET);
-    let keys_with = |wanted: fn(&Verdict) -> bool| -> Vec<String> {
-        (verdicts.iter())
-            .filter(|(_, v)| wanted(v))
-            .map(|(key, _)| key.clone())
-            .collect()
-    };
-    let keys_not_linearizable = keys_with(|v| *v == Verdict::NotLinearizable);
-    let keys_unknown = keys_with(|v| matches!(v, Verdict::GaveUp(_)));
-    let verdict = if !keys_not_linearizable.is_empty() {
-        "not-linearizable"
-    } else if !keys_unknown.is_empty() {
-        "unknown"
-    } else {
-        "linearizable"
-    };
+    let judgement = checker::judge(&history, checker::SEARCH_BUDGET);
     let total: usize = injected.values().sum();
     let minutes = options.duration.as_secs_f64() / 60.0;
     Ok(NemesisReport {
@@ -276,11 +253,7 @@ pub async fn run(options: NemesisOptions) -> Result<NemesisReport, LaunchError> 
         faults: injected,
         faults_per_minute: (total as f64 / minutes * 10.0).round() / 10.0,
         operations,
-        checked,
-        keys: verdicts.len(),
-        verdict,
-        keys_not_linearizable,
-        keys_unknown,
+        judgement,
         recovered,
         agreement,
         latency_ms: Latency::of(&history),
@@ -319,7 +292,10 @@ async fn drive(options: &NemesisOptions, cluster: &mut Cluster) -> Result<Outcom
         if Instant::now() + options.fault_time / 3 >= end {
             break;
         }
-        let fault = *options.faults.choose(&mut rng).expect("faults is not empty");
+        let fault = *options
+            .faults
+            .choose(&mut rng)
+            .expect("faults is not empty");
         let mut ids: Vec<usize> = (0..n).collect();
         ids.shuffle(&mut rng);
         let what = match fault {
@@ -340,7 +316,9 @@ async fn drive(options: &NemesisOptions, cluster: &mut Cluster) -> Result<Outcom
                 }
                 cluster.relay.set(links);
                 match bridge {
-                    Some(bridge) => format!("{side:?} | {:?}, {bridge} bridging", &b[..b.len() - 1]),
+                    Some(bridge) => {
+                        format!("{side:?} | {:?}, {bridge} bridging", &b[..b.len() - 1])
+                    }
                     None => format!("{side:?} | {b:?}"),
                 }
             }
@@ -384,7 +362,9 @@ async fn drive(options: &NemesisOptions, cluster: &mut Cluster) -> Result<Outcom
         };
         *injected.entry(fault.name()).or_default() += 1;
         eprintln!("[{:7.1} s] {}: {what}", at(start), fault.name());
-        let lasts = options.fault_time.mul_f64(rng.random_range(1.0 / 3.0..=1.0));
+        let lasts = options
+            .fault_time
+            .mul_f64(rng.random_range(1.0 / 3.0..=1.0));
         tokio::time::sleep_until((Instant::now() + lasts).min(end).into()).await;
         cluster.heal()?;
         eprintln!("[{:7.1} s] healed", at(start));
@@ -430,7 +410,10 @@ async fn primary(client: &pbft_client::Client) -> Option<ReplicaId> {
             *votes.entry(status.primary).or_default() += 1;
         }
     }
-    votes.into_iter().max_by_key(|&(_, count)| count).map(|(id, _)| id)
+    votes
+        .into_iter()
+        .max_by_key(|&(_, count)| count)
+        .map(|(id, _)| id)
 }
 
 /// How long completed operations took.
@@ -444,7 +427,12 @@ pub struct Latency {
 impl Latency {
     fn of(history: &[checker::Operation]) -> Latency {
         let mut ms: Vec<f64> = (history.iter())
-            .filter(|op| !matches!(op.outcome, checker::Outcome::Unknown | checker::Outcome::Failed))
+            .filter(|op| {
+                !matches!(
+                    op.outcome,
+                    checker::Outcome::Unknown | checker::Outcome::Failed
+                )
+            })
             .map(|op| op.completed.saturating_sub(op.invoked) as f64 / 1e6)
             .collect();
         if ms.is_empty() {

@@ -109,18 +109,17 @@ impl Relay {
         let targets = Arc::new(OnceLock::new());
         let faults = Arc::new(Mutex::new(LinkFaults::healed()));
         let mut tasks = JoinSet::new();
-        for i in 0..n {
-            for j in (0..n).filter(|&j| j != i) {
-                let direction = Direction {
-                    from: i,
-                    to: j,
-                    inbound: sockets[i][j].clone().expect("bound above"),
-                    outbound: sockets[j][i].clone().expect("bound above"),
-                    targets: targets.clone(),
-                    faults: faults.clone(),
-                };
-                tasks.spawn(direction.run());
-            }
+        let links = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)));
+        for (i, j) in links {
+            let direction = Direction {
+                from: i,
+                to: j,
+                inbound: sockets[i][j].clone().expect("bound above"),
+                outbound: sockets[j][i].clone().expect("bound above"),
+                targets: targets.clone(),
+                faults: faults.clone(),
+            };
+            tasks.spawn(direction.run());
         }
         Ok(Relay {
             addresses,
@@ -257,7 +256,7 @@ mod tests {
     async fn exchange(from: &UdpSocket, to: &UdpSocket, via: SocketAddr) -> Option<SocketAddr> {
         from.send_to(b"ping", via).await.unwrap();
         let mut buffer = [0u8; 16];
-        let received = tokio::time::timeout(Duration::from_millis(500), to.recv_from(&mut buffer));
+        let received = tokio::time::timeout(Duration::from_secs(2), to.recv_from(&mut buffer));
         match received.await {
             Ok(Ok((4, source))) => Some(source),
             _ => None,
@@ -279,23 +278,39 @@ mod tests {
         assert_eq!(source, Some(relay.address(1, 0)));
         // A stranger cannot use the link.
         let stranger = UdpSocket::bind((localhost, 0)).await.unwrap();
-        assert_eq!(exchange(&stranger, &replicas[1], relay.address(0, 1)).await, None);
+        assert_eq!(
+            exchange(&stranger, &replicas[1], relay.address(0, 1)).await,
+            None
+        );
 
         let mut faults = LinkFaults::healed();
         faults.cut.insert((0, 1));
         relay.set(faults);
-        assert_eq!(exchange(&replicas[0], &replicas[1], relay.address(0, 1)).await, None);
+        assert_eq!(
+            exchange(&replicas[0], &replicas[1], relay.address(0, 1)).await,
+            None
+        );
         let back = exchange(&replicas[1], &replicas[0], relay.address(1, 0)).await;
         assert_eq!(back, Some(relay.address(0, 1)));
 
         let mut halves = LinkFaults::healed();
         halves.isolate(&BTreeSet::from([2]), 3);
         relay.set(halves);
-        assert!(exchange(&replicas[0], &replicas[1], relay.address(0, 1)).await.is_some());
-        assert_eq!(exchange(&replicas[2], &replicas[0], relay.address(2, 0)).await, None);
-        assert_eq!(exchange(&replicas[1], &replicas[2], relay.address(1, 2)).await, None);
+        assert!(exchange(&replicas[0], &replicas[1], relay.address(0, 1))
+            .await
+            .is_some());
+        assert_eq!(
+            exchange(&replicas[2], &replicas[0], relay.address(2, 0)).await,
+            None
+        );
+        assert_eq!(
+            exchange(&replicas[1], &replicas[2], relay.address(1, 2)).await,
+            None
+        );
 
         relay.set(LinkFaults::healed());
-        assert!(exchange(&replicas[2], &replicas[0], relay.address(2, 0)).await.is_some());
+        assert!(exchange(&replicas[2], &replicas[0], relay.address(2, 0))
+            .await
+            .is_some());
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pbft_client::{CasOutcome, Client, ClientError, ClientSetup};
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::checker::{Action, Operation, Outcome};
@@ -142,9 +142,8 @@ impl Process {
 
     async fn perform(&self, key: usize, action: &Action) -> Outcome {
         let key = key_name(key);
-        let text = |bytes: Option<bytes::Bytes>| {
-            bytes.map(|b| String::from_utf8_lossy(&b).into_owned())
-        };
+        let text =
+            |bytes: Option<bytes::Bytes>| bytes.map(|b| String::from_utf8_lossy(&b).into_owned());
         match action {
             Action::Put { value } => match self.client.put(key, value.as_bytes()).await {
                 Ok(()) => Outcome::Done,
@@ -192,24 +191,73 @@ pub async fn recovers(client: &Client, keys: usize, patience: Duration) -> bool 
 }
 
 /// One line of the history file.
-#[derive(Serialize)]
-struct Line<'a> {
+#[derive(Serialize, Deserialize)]
+struct Line {
     client: usize,
-    key: &'a str,
-    op: &'static str,
-    value: Option<&'a str>,
-    expected: Option<&'a str>,
-    outcome: &'static str,
-    result: Option<&'a str>,
+    key: String,
+    op: String,
+    value: Option<String>,
+    expected: Option<String>,
+    outcome: String,
+    result: Option<String>,
     invoked_ns: u64,
     completed_ns: Option<u64>,
 }
 
+impl Line {
+    fn operation(self) -> Result<Operation, String> {
+        let action = match self.op.as_str() {
+            "put" => Action::Put {
+                value: self.value.ok_or("a put without a value")?,
+            },
+            "get" => Action::Get,
+            "cas" => Action::Cas {
+                expected: self.expected,
+                new: self.value.ok_or("a cas without a value")?,
+            },
+            other => return Err(format!("unknown op {other:?}")),
+        };
+        let outcome = match (self.outcome.as_str(), &action) {
+            ("ok", Action::Put { .. }) => Outcome::Done,
+            ("ok", Action::Get) => Outcome::Read(self.result),
+            ("ok", Action::Cas { .. }) => Outcome::Swapped,
+            ("mismatch", Action::Cas { .. }) => Outcome::Mismatch(self.result),
+            ("failed", _) => Outcome::Failed,
+            ("unknown", _) => Outcome::Unknown,
+            (other, _) => return Err(format!("outcome {other:?} does not fit op {:?}", self.op)),
+        };
+        Ok(Operation {
+            client: self.client,
+            key: self.key,
+            action,
+            outcome,
+            invoked: self.invoked_ns,
+            completed: self.completed_ns.unwrap_or(self.invoked_ns),
+        })
+    }
+}
+
+/// Reads a history that [`save`] wrote.
+pub fn load(path: &Path) -> Result<Vec<Operation>, LaunchError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| LaunchError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    (text.lines().enumerate())
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(number, line)| {
+            serde_json::from_str::<Line>(line)
+                .map_err(|e| e.to_string())
+                .and_then(Line::operation)
+                .map_err(|e| {
+                    LaunchError::Usage(format!("{} line {}: {e}", path.display(), number + 1))
+                })
+        })
+        .collect()
+}
+
 /// Writes `history` to `path`, one JSON object a line.
 pub fn save(history: &[Operation], path: &Path) -> Result<(), LaunchError> {
-    let failure = |e: std::io::Error| {
-        LaunchError::Failure(format!("cannot write {}: {e}", path.display()))
-    };
+    let failure =
+        |e: std::io::Error| LaunchError::Failure(format!("cannot write {}: {e}", path.display()));
     let mut file = std::io::BufWriter::new(open_private(path, false).map_err(failure)?);
     for op in history {
         let (name, value, expected) = match &op.action {
@@ -227,12 +275,12 @@ pub fn save(history: &[Operation], path: &Path) -> Result<(), LaunchError> {
         };
         let line = Line {
             client: op.client,
-            key: &op.key,
-            op: name,
-            value,
-            expected,
-            outcome,
-            result,
+            key: op.key.clone(),
+            op: name.into(),
+            value: value.map(str::to_string),
+            expected: expected.map(str::to_string),
+            outcome: outcome.into(),
+            result: result.map(str::to_string),
             invoked_ns: op.invoked,
             completed_ns: (op.outcome != Outcome::Unknown).then_some(op.completed),
         };
