@@ -247,7 +247,8 @@ pub(crate) fn afresh_hint(layout: &Layout) -> String {
 
 /// How to run `pbft-client` and `testnet` from where the user is: through cargo when this
 /// binary was built in a workspace's `target` directory (the binaries are not on the PATH
-/// then), by name otherwise.
+/// then), by name otherwise. The client is built together with `testnet`, so that its shared
+/// dependencies keep the features of the testnet build and nothing is compiled twice.
 pub(crate) fn commands() -> (String, String) {
     let exe = std::env::current_exe().unwrap_or_default();
     let profile = exe
@@ -268,7 +269,9 @@ pub(crate) fn commands() -> (String, String) {
                 }
             };
             (
-                format!("cargo run{flag} -p pbft-client --"),
+                format!(
+                    "cargo build{flag} -p testnet -p pbft-client && target/{profile}/pbft-client"
+                ),
                 format!("cargo run{flag} -p testnet --"),
             )
         }

@@ -227,7 +227,12 @@ pub async fn run(options: NemesisOptions) -> Result<NemesisReport, LaunchError> 
         options.keys,
         options.duration
     );
-    let result = drive(&options, &mut cluster).await;
+    let result = tokio::select! {
+        result = drive(&options, &mut cluster) => result,
+        () = crate::launcher::shutdown_signal() => Err(LaunchError::Failure(
+            "interrupted; the cluster is stopped".into(),
+        )),
+    };
     cluster.stop();
     let (history, injected, recovered, agreement) = result?;
 
