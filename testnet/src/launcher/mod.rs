@@ -22,6 +22,8 @@ pub mod attack;
 pub mod compose;
 pub mod hosts;
 pub mod layout;
+mod live;
+mod load;
 pub mod process;
 pub mod report;
 pub mod setup;
@@ -35,10 +37,11 @@ use nix::sys::signal::Signal;
 use pbft_core::messages::ReplicaId;
 
 pub use layout::{Layout, NodeRecord, State, DEFAULT_DIR};
+pub use load::{Load, LoadStats};
 pub use process::NodeProgram;
 pub use report::{status, ClusterReport};
 pub use setup::{BehaviorChoice, Durability, NodeOverrides};
-pub use up::{up, wait_until_up, Load, LoadStats, UpOptions};
+pub use up::{up, wait_until_up, UpOptions};
 
 /// Why a command failed. Usage errors (exit code 2) are the caller's to fix: a bad flag, a
 /// directory in the way, a port in use, a missing binary. Failures (exit code 1) happened

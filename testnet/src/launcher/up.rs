@@ -1,24 +1,19 @@
 //! `testnet up`: prepare DIR, start the replicas, wait until they are connected, and either
 //! return (`--detach`) or stay in the foreground with a live view until Ctrl-C.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pbft_client::Client;
 use pbft_core::byzantine::BehaviorKind;
 use pbft_core::messages::ReplicaId;
-use tokio::sync::Semaphore;
 
 use super::layout::{Layout, NodeRecord, State};
-use super::process::{self, NodeProgram, Stopped, STOP_GRACE};
+use super::process::{self, NodeProgram, STOP_GRACE};
 use super::report::{self, ClusterReport};
 use super::setup::{self, BehaviorChoice, NodeOverrides, PeerLinks, Plan, Ports};
-use super::{afresh_hint, commands, shutdown_signal, LaunchError};
+use super::{afresh_hint, commands, live, LaunchError};
 
 /// Everything `testnet up` takes.
 #[derive(Clone, Debug)]
@@ -185,7 +180,7 @@ pub async fn up(options: UpOptions) -> Result<(), LaunchError> {
         client.close().await;
         return Ok(());
     }
-    foreground(&layout, state, client, options.load, children).await
+    live::foreground(&layout, state, client, options.load, children).await
 }
 
 /// Refuses a DIR that holds a running testnet, and one left by an earlier run unless `force`,
@@ -266,7 +261,7 @@ fn start_all(layout: &Layout, state: &mut State) -> Result<Vec<Child>, LaunchErr
 }
 
 /// Collects the exit status of children that ended, so that none lingers as a zombie.
-fn reap(children: Vec<Child>) {
+pub(super) fn reap(children: Vec<Child>) {
     for mut child in children {
         let _ = child.try_wait();
     }
@@ -364,310 +359,4 @@ fn print_hints(layout: &Layout) {
          stop:    {testnet} down --dir {dir}",
         layout.show(Path::new("client.toml"))
     );
-}
-
-/// The live view: refreshes about once a second until Ctrl-C or SIGTERM, then stops the nodes.
-async fn foreground(
-    layout: &Layout,
-    state: State,
-    client: Client,
-    load: Option<f64>,
-    children: Vec<Child>,
-) -> Result<(), LaunchError> {
-    let load = match load {
-        Some(rate) => {
-            let setup = report::fresh_client_setup(layout, &state)?;
-            let load_client = Client::connect(setup)
-                .await
-                .map_err(|e| LaunchError::Failure(format!("cannot start the load: {e}")))?;
-            Some(Load::start(load_client, rate))
-        }
-        None => None,
-    };
-    println!("\nlive view, refreshed every second; Ctrl-C stops every replica\n");
-    let mut view = LiveView::new(std::io::stdout().is_terminal());
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = ticker.tick() => {
-                // Re-read: `testnet restart` from another shell changes pids.
-                let current = State::load(layout).unwrap_or_else(|_| state.clone());
-                let report =
-                    report::query(&client, layout, &current, Duration::from_millis(800)).await;
-                view.draw(&report, load.as_ref().map(|l| &*l.stats));
-            }
-        }
-    }
-    // Stop the nodes before printing anything: after SIGHUP the terminal may be gone.
-    let current = State::load(layout).unwrap_or(state);
-    let outcomes = process::stop(layout, &current.nodes, STOP_GRACE);
-    reap(children);
-    if let Some(load) = load {
-        load.stop().await;
-    }
-    client.close().await;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out);
-    for (id, outcome) in outcomes {
-        let _ = match outcome {
-            Stopped::Terminated => writeln!(out, "replica {id} stopped"),
-            Stopped::Killed => writeln!(out, "replica {id} killed (it ignored SIGTERM)"),
-            Stopped::NotRunning => writeln!(out, "replica {id} was not running"),
-        };
-    }
-    let _ = writeln!(
-        out,
-        "logs kept in {}; {}",
-        layout.show(Path::new("logs")),
-        afresh_hint(layout)
-    );
-    Ok(())
-}
-
-/// Counters of the client workload.
-#[derive(Debug, Default)]
-pub struct LoadStats {
-    /// Requests submitted.
-    pub sent: AtomicU64,
-    /// Requests whose result f+1 replicas agreed on.
-    pub ok: AtomicU64,
-    /// Requests that timed out or failed.
-    pub failed: AtomicU64,
-}
-
-/// A client workload: puts to distinct keys at a fixed rate.
-pub struct Load {
-    /// Its counters.
-    pub stats: Arc<LoadStats>,
-    client: Client,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// Most workload requests outstanding; beyond, the workload waits.
-const MAX_IN_FLIGHT: usize = 1024;
-
-impl Load {
-    /// Starts putting `rate` values per second through `client`, each to a new key.
-    pub fn start(client: Client, rate: f64) -> Load {
-        let stats = Arc::new(LoadStats::default());
-        let task = tokio::spawn(run_load(client.clone(), rate, stats.clone()));
-        Load {
-            stats,
-            client,
-            task,
-        }
-    }
-
-    /// Stops issuing requests and closes the client.
-    pub async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
-        self.client.close().await;
-    }
-}
-
-async fn run_load(client: Client, rate: f64, stats: Arc<LoadStats>) {
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let prefix: String = client.public_key().to_hex().chars().take(8).collect();
-    let start = Instant::now();
-    let mut issued: u64 = 0;
-    loop {
-        let due = (start.elapsed().as_secs_f64() * rate) as u64;
-        while issued < due {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let client = client.clone();
-            let stats = stats.clone();
-            let key = format!("load-{prefix}-{issued}");
-            let value = format!("value-{issued}");
-            stats.sent.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let counter = match client.put(key, value).await {
-                    Ok(()) => &stats.ok,
-                    Err(_) => &stats.failed,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                drop(permit);
-            });
-            issued += 1;
-        }
-        let next = Duration::from_secs_f64((issued + 1) as f64 / rate);
-        tokio::time::sleep(
-            next.saturating_sub(start.elapsed())
-                .max(Duration::from_millis(1)),
-        )
-        .await;
-    }
-}
-
-/// Draws the live view: redrawn in place on a terminal, one line per refresh otherwise.
-struct LiveView {
-    terminal: bool,
-    started: Instant,
-    /// Lines drawn last time, to move back over them.
-    drawn: usize,
-    /// The committed count and when it was seen, for the rate.
-    last: Option<(u64, Instant)>,
-    /// What happened, each said once: replicas caught, and views the correct replicas
-    /// entered.
-    events: Vec<String>,
-    caught: BTreeSet<ReplicaId>,
-    view: u64,
-}
-
-impl LiveView {
-    fn new(terminal: bool) -> LiveView {
-        LiveView {
-            terminal,
-            started: Instant::now(),
-            drawn: 0,
-            last: None,
-            events: Vec::new(),
-            caught: BTreeSet::new(),
-            view: 0,
-        }
-    }
-
-    /// Lines for what newly happened: a replica that correct replicas now hold proof of
-    /// equivocation against, and a view that a correct replica entered.
-    fn new_events(&mut self, report: &ClusterReport, elapsed: u64) -> Vec<String> {
-        let correct: Vec<_> = (report.nodes.iter())
-            .filter(|n| n.record.behavior.is_none())
-            .filter_map(|n| n.status.as_ref().ok())
-            .collect();
-        let mut accusers: BTreeMap<ReplicaId, usize> = BTreeMap::new();
-        for status in &correct {
-            for &accused in &status.evidence_against {
-                *accusers.entry(accused).or_default() += 1;
-            }
-        }
-        let mut lines = Vec::new();
-        for (accused, accusers) in accusers {
-            if self.caught.insert(accused) {
-                lines.push(format!(
-                    "[{elapsed:>4}s] replica {accused} caught equivocating: {accusers} correct \
-                     replica(s) hold its conflicting signed messages as evidence"
-                ));
-            }
-        }
-        let entered = (correct.iter())
-            .filter(|s| s.view_active)
-            .max_by_key(|s| s.view);
-        if let Some(status) = entered.filter(|s| s.view > self.view) {
-            self.view = status.view;
-            lines.push(format!(
-                "[{elapsed:>4}s] a correct replica entered view {} (primary: replica {})",
-                status.view, status.primary
-            ));
-        }
-        self.events.extend(lines.iter().cloned());
-        lines
-    }
-
-    fn draw(&mut self, report: &ClusterReport, load: Option<&LoadStats>) {
-        let committed = committed(report);
-        let now = Instant::now();
-        let rate = match self.last {
-            Some((before, at)) if now > at => {
-                committed.saturating_sub(before) as f64 / (now - at).as_secs_f64()
-            }
-            _ => 0.0,
-        };
-        self.last = Some((committed, now));
-        let elapsed = self.started.elapsed().as_secs();
-        let load = load.map(|l| {
-            format!(
-                "; load: {} sent, {} ok, {} failed",
-                l.sent.load(Ordering::Relaxed),
-                l.ok.load(Ordering::Relaxed),
-                l.failed.load(Ordering::Relaxed)
-            )
-        });
-        let summary = format!(
-            "[{elapsed:>4}s] committed {committed} requests ({rate:.0}/s){}",
-            load.unwrap_or_default()
-        );
-        let events = self.new_events(report, elapsed);
-        let mut out = std::io::stdout().lock();
-        if !self.terminal {
-            for line in &events {
-                let _ = writeln!(out, "{line}");
-            }
-            let nodes: Vec<String> = report
-                .nodes
-                .iter()
-                .map(|n| match (&n.status, n.alive) {
-                    (Ok(s), true) => format!(
-                        "{}: view {} exec {} stable {}",
-                        n.record.id, s.view, s.last_executed, s.stable_checkpoint
-                    ),
-                    (_, true) => format!("{}: no answer", n.record.id),
-                    (_, false) => format!("{}: down", n.record.id),
-                })
-                .collect();
-            let _ = writeln!(out, "{summary} | {}", nodes.join(" | "));
-            let _ = out.flush();
-            return;
-        }
-        let mut rows = vec![[
-            "id",
-            "alive",
-            "role",
-            "behaviour",
-            "view",
-            "executed",
-            "stable",
-            "evidence against",
-        ]
-        .map(String::from)
-        .to_vec()];
-        for n in &report.nodes {
-            let mut row = vec![
-                n.record.id.to_string(),
-                if n.alive { "yes" } else { "no" }.to_string(),
-            ];
-            let behavior = n.record.behavior.clone().unwrap_or_else(|| "-".into());
-            match &n.status {
-                Ok(s) => row.extend([
-                    report::role(s, n.record.id).to_string(),
-                    behavior,
-                    format!("{}{}", s.view, if s.view_active { "" } else { "*" }),
-                    s.last_executed.to_string(),
-                    s.stable_checkpoint.to_string(),
-                    report::ids(&s.evidence_against),
-                ]),
-                Err(_) => row.extend(["-".to_string(), behavior]),
-            }
-            rows.push(row);
-        }
-        let mut lines: Vec<String> = vec![summary];
-        lines.extend(report::table(&rows).lines().map(String::from));
-        lines.extend(self.events.iter().cloned());
-        if self.drawn > 0 {
-            let _ = write!(out, "\x1b[{}A", self.drawn);
-        }
-        for line in &lines {
-            let _ = writeln!(out, "\x1b[2K{line}");
-        }
-        let _ = out.flush();
-        self.drawn = lines.len();
-    }
-}
-
-/// Requests committed so far: the most any live correct replica reports (a restarted replica
-/// counts from zero again), or any replica's if none is correct.
-fn committed(report: &ClusterReport) -> u64 {
-    let counts = |correct_only: bool| {
-        (report.nodes.iter())
-            .filter(|n| !correct_only || n.record.behavior.is_none())
-            .filter_map(|n| n.status.as_ref().ok())
-            .map(|s| s.committed_requests)
-            .max()
-    };
-    counts(true).or_else(|| counts(false)).unwrap_or(0)
 }

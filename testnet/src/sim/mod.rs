@@ -19,7 +19,11 @@
 pub mod campaign;
 mod checker;
 mod client;
+mod config;
+mod disk;
+mod events;
 mod network;
+mod twins;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -28,180 +32,25 @@ use std::time::Duration;
 
 use pbft_client::session::Target;
 use pbft_core::app::KvStore;
-use pbft_core::byzantine::{BehaviorKind, ClientAttack, FaultyClient, Payload};
+use pbft_core::byzantine::{BehaviorKind, FaultyClient, Payload};
 use pbft_core::committee::ClientPolicy;
-use pbft_core::driver::{Driver, Effects, Flushed};
-use pbft_core::messages::{
-    self, Limits, Message, ReplicaId, Reply, Sender, SessionKey, SignatureCache,
-};
-use pbft_core::protocol::{
-    segment_released, signed_statements, Durable, ProtocolConfig, Replica, Timer,
-};
+use pbft_core::driver::{Driver, Flushed};
+use pbft_core::messages::{self, Limits, Message, ReplicaId, Sender, SessionKey, SignatureCache};
+use pbft_core::protocol::{signed_statements, Replica};
 use pbft_core::Committee;
-use pbft_crypto::{Digest, KeyPair, PublicKey};
+use pbft_crypto::{KeyPair, PublicKey};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use checker::{Checker, Violation};
 pub use client::{SimClient, Workload};
+pub use config::SimConfig;
+use disk::{Crashed, SimDisk, SimEffects};
+use events::{Event, Queued};
 pub use network::{Network, NetworkConfig, Node};
 
 /// More events than this in flight means messages multiply without bound.
 const MAX_QUEUED_EVENTS: usize = 200_000;
-
-/// Everything a simulation run is made from.
-#[derive(Clone, Debug)]
-pub struct SimConfig {
-    pub seed: u64,
-    pub f: usize,
-    pub clients: usize,
-    pub requests_per_client: usize,
-    /// Requests a client keeps outstanding.
-    pub client_window: usize,
-    pub workload: Workload,
-    pub client_retransmit: Duration,
-    /// How often clients issue requests.
-    pub client_tick: Duration,
-    pub network: NetworkConfig,
-    pub protocol: ProtocolConfig,
-    /// Faulty clients (see [`ClientAttack`]), each acting every `attack_interval` until
-    /// `attack_until`.
-    pub attackers: Vec<ClientAttack>,
-    pub attack_interval: Duration,
-    pub attack_until: Duration,
-    /// Serve any client key; otherwise only the honest clients' and the attackers' own keys
-    /// are listed.
-    pub open_clients: bool,
-}
-
-impl SimConfig {
-    /// A small, quick cluster: checkpoints every 8, a window of 32, short timeouts.
-    pub fn new(seed: u64, f: usize) -> SimConfig {
-        let checkpoint_interval = 8;
-        let log_window = 32;
-        SimConfig {
-            seed,
-            f,
-            clients: 3,
-            requests_per_client: 30,
-            client_window: 4,
-            workload: Workload::UniquePuts,
-            client_retransmit: Duration::from_millis(600),
-            client_tick: Duration::from_millis(10),
-            network: NetworkConfig::default(),
-            protocol: ProtocolConfig {
-                checkpoint_interval,
-                log_window,
-                max_batch_requests: 8,
-                max_outstanding: 4,
-                view_change_timeout: Duration::from_millis(500),
-                max_view_change_timeout: Duration::from_secs(8),
-                retransmit_interval: Duration::from_millis(200),
-                // A churning attacker reaches the bound of its own key; fresh-key attackers
-                // stay below the total, so honest sessions are never idle long enough to go.
-                max_client_sessions: 4096,
-                max_sessions_per_client: 32,
-                limits: Limits {
-                    log_window,
-                    ..Limits::default()
-                },
-                ..ProtocolConfig::default()
-            },
-            attackers: Vec::new(),
-            attack_interval: Duration::from_millis(250),
-            attack_until: Duration::from_secs(20),
-            open_clients: false,
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Event {
-    Deliver {
-        from: Node,
-        to: Node,
-        payload: Payload,
-    },
-    Timer {
-        replica: ReplicaId,
-        timer: Timer,
-        at: Duration,
-    },
-    ClientTick {
-        client: usize,
-    },
-    AttackTick {
-        attacker: usize,
-    },
-    /// A Byzantine replica's behaviour has held-back sends due.
-    Wake {
-        replica: ReplicaId,
-    },
-}
-
-struct Queued {
-    at: Duration,
-    order: u64,
-    event: Event,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.order) == (other.at, other.order)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.order).cmp(&(other.at, other.order))
-    }
-}
-
-/// A replica's durable records, kept as the real store keeps them: a new segment at each
-/// stable checkpoint, and old segments released by the same rule.
-#[derive(Default)]
-struct SimDisk {
-    segments: Vec<(u64, Vec<Durable>)>,
-}
-
-impl SimDisk {
-    fn write(&mut self, records: &[Durable], log_window: u64) {
-        let mut stable = None;
-        for record in records {
-            if let Durable::Stable { seq, .. } = record {
-                if self.segments.last().is_none_or(|(start, _)| start < seq) {
-                    self.segments.push((*seq, Vec::new()));
-                }
-                stable = Some(*seq);
-            }
-            if self.segments.is_empty() {
-                self.segments.push((0, Vec::new()));
-            }
-            if let Some((_, segment)) = self.segments.last_mut() {
-                segment.push(record.clone());
-            }
-        }
-        if let Some(stable) = stable {
-            while self.segments.len() >= 2
-                && segment_released(self.segments[1].0, stable, log_window)
-            {
-                self.segments.remove(0);
-            }
-        }
-    }
-
-    fn records(&self) -> Vec<Durable> {
-        self.segments
-            .iter()
-            .flat_map(|(_, records)| records.iter().cloned())
-            .collect()
-    }
-}
 
 struct SimReplica {
     /// The replica id this instance signs as; only a twin's differs from its place.
@@ -215,55 +64,6 @@ struct SimReplica {
     crash_in_write: Option<f64>,
     /// The earliest wake-up scheduled for the behaviour, if any.
     wake_at: Option<Duration>,
-}
-
-/// A replica crashed in the middle of a write.
-struct Crashed;
-
-/// Where a simulated replica's effects go: its disk, and lists the simulation carries out after
-/// the flush (the network draws from the same generator as the behaviour, so it waits).
-struct SimEffects<'a> {
-    id: ReplicaId,
-    disk: &'a mut SimDisk,
-    crash_in_write: &'a mut Option<f64>,
-    log_window: u64,
-    sends: Vec<(Vec<ReplicaId>, Payload)>,
-    replies: Vec<Reply>,
-    /// The checkpoints the replica signed, for the checker.
-    checkpoints: Vec<(u64, Digest)>,
-}
-
-impl Effects for SimEffects<'_> {
-    type Error = Crashed;
-
-    fn persist(&mut self, records: &[Durable]) -> Result<(), Crashed> {
-        if let Some(kept) = self.crash_in_write.take() {
-            let keep = ((records.len() as f64) * kept) as usize;
-            self.disk.write(&records[..keep], self.log_window);
-            tracing::debug!(
-                replica = self.id,
-                keep,
-                of = records.len(),
-                "crashed during a write"
-            );
-            return Err(Crashed);
-        }
-        self.disk.write(records, self.log_window);
-        self.checkpoints
-            .extend(records.iter().filter_map(|record| match record {
-                Durable::Checkpoint(c) => Some((c.seq, c.state_digest)),
-                _ => None,
-            }));
-        Ok(())
-    }
-
-    fn send(&mut self, to: &[ReplicaId], payload: Payload) {
-        self.sends.push((to.to_vec(), payload));
-    }
-
-    fn reply(&mut self, reply: Reply) {
-        self.replies.push(reply);
-    }
 }
 
 /// Counters of a run.
@@ -420,37 +220,6 @@ impl Simulation {
         if kind == BehaviorKind::Twin && !self.twins.contains_key(&id) {
             self.start_twin(id);
         }
-    }
-
-    fn start_twin(&mut self, id: ReplicaId) {
-        let key = self.replicas[id as usize].key.clone();
-        let replica = Replica::new(
-            id,
-            self.committee.clone(),
-            self.config.protocol.clone(),
-            key.clone(),
-            Box::new(KvStore::new()),
-        )
-        .expect("valid replica");
-        let behavior = Some(BehaviorKind::Twin.build_with(&self.config.protocol));
-        let place = self.replicas.len() as ReplicaId;
-        self.replicas.push(SimReplica {
-            identity: id,
-            driver: Driver::new(replica, behavior),
-            key,
-            crashed: false,
-            disk: SimDisk::default(),
-            crash_in_write: None,
-            wake_at: None,
-        });
-        self.twins.insert(id, place);
-        let now = self.now;
-        self.replicas[place as usize]
-            .driver
-            .replica_mut()
-            .start(now);
-        // A twin is faulty: what it does is not checked, only carried out.
-        let _ = self.flush(place);
     }
 
     /// Makes replica `id` correct again.
@@ -1090,62 +859,6 @@ impl Simulation {
                 .map_err(|v| self.annotate(v))?;
         }
         Ok(())
-    }
-
-    /// Where a message from `from` to `to` arrives, if anywhere. A node's link to a twinned
-    /// replica reaches one of its two processes, in both directions, as a shared UDP port does:
-    /// messages to the replica go to that process, and the other one's messages to the node are
-    /// lost (its handshake answers reach the wrong process).
-    fn twin_route(&mut self, from: Node, to: Node) -> Option<Node> {
-        if let Node::Replica(place) = from {
-            let identity = self.replicas[place as usize].identity;
-            if let Some(&twin) = self.twins.get(&identity) {
-                if self.reaches_twin(to, identity) != (place == twin) {
-                    return None;
-                }
-            }
-        }
-        let Node::Replica(id) = to else {
-            return Some(to);
-        };
-        let Some(&twin) = self.twins.get(&id) else {
-            return Some(to);
-        };
-        Some(if self.reaches_twin(from, id) {
-            Node::Replica(twin)
-        } else {
-            to
-        })
-    }
-
-    /// The replicas whose link to twinned replica `id` reaches the first process, and those
-    /// whose link reaches the twin (links are drawn when first used).
-    pub fn twin_links(&self, id: ReplicaId) -> (Vec<ReplicaId>, Vec<ReplicaId>) {
-        let mut sides = (Vec::new(), Vec::new());
-        for (&(node, to), &reaches_twin) in &self.twin_sides {
-            if let (Node::Replica(from), true) = (node, to == id) {
-                if reaches_twin {
-                    sides.1.push(from);
-                } else {
-                    sides.0.push(from);
-                }
-            }
-        }
-        sides
-    }
-
-    /// Whether `node`'s link to twinned replica `id` reaches the twin; drawn once per link.
-    fn reaches_twin(&mut self, node: Node, id: ReplicaId) -> bool {
-        // A process of a twinned replica links as the replica it runs for.
-        let node = match node {
-            Node::Replica(place) => Node::Replica(self.replicas[place as usize].identity),
-            other => other,
-        };
-        let rng = &mut self.rng;
-        *self
-            .twin_sides
-            .entry((node, id))
-            .or_insert_with(|| rng.random_bool(0.5))
     }
 
     /// Counts in-flight messages by kind, for diagnosing a storm.
