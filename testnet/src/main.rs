@@ -299,6 +299,10 @@ struct NemesisArgs {
     /// The containers' subnet; the relay binds its first address on this host.
     #[arg(long, value_name = "CIDR", default_value = nemesis::CONTAINER_SUBNET, requires = "containers")]
     subnet: launcher::compose::Subnet,
+    /// The containers' compose project: it names them (PROJECT-replica-N), their network and
+    /// their image. A container of that name left by an earlier run is removed first.
+    #[arg(long, default_value = nemesis::CONTAINER_PROJECT, requires = "containers")]
+    project: String,
 }
 
 #[derive(Args, Debug)]
@@ -631,7 +635,10 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
             options.dir = args.dir;
             options.force = args.force;
             options.node_bin = args.node_bin;
-            options.containers = args.containers.then_some(args.subnet);
+            options.containers = args.containers.then_some(nemesis::ContainerTarget {
+                subnet: args.subnet,
+                project: args.project,
+            });
             let report = nemesis::run(options).await?;
             println!(
                 "{}",

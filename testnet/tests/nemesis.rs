@@ -248,6 +248,8 @@ fn a_container_cluster_comes_up_healthy_serves_this_host_and_survives_a_nemesis(
         "--containers",
         "--subnet",
         "172.30.202.0/24",
+        "--project",
+        "pbft-nemesis-test",
         "--f",
         "1",
         "--byzantine",
@@ -269,5 +271,5 @@ fn a_container_cluster_comes_up_healthy_serves_this_host_and_survives_a_nemesis(
     // The containers' logs are kept, and the containers are gone.
     let log = std::fs::read_to_string(run.join("logs/replica-1.log")).unwrap();
     assert!(log.contains("starting replica"), "{log}");
-    assert_eq!(health("pbft-nemesis-replica-1"), "");
+    assert_eq!(health("pbft-nemesis-test-replica-1"), "");
 }

@@ -42,10 +42,18 @@ pub struct Cluster {
     pub dir: PathBuf,
 }
 
-/// The project, and so the containers' and network's names, of the nemesis's containers.
+/// The compose project of the nemesis's containers unless another is given: it names the
+/// containers, their network and their image.
 pub const CONTAINER_PROJECT: &str = "pbft-nemesis";
 /// Their subnet unless another is given.
 pub const CONTAINER_SUBNET: &str = "172.30.100.0/24";
+
+/// Where containers run: their subnet and compose project.
+#[derive(Clone, Debug)]
+pub struct ContainerTarget {
+    pub subnet: Subnet,
+    pub project: String,
+}
 
 impl Cluster {
     /// Starts 3f+1 replica processes on loopback, their links through a relay in this process.
@@ -83,7 +91,7 @@ impl Cluster {
     /// Compose, and relays its links on the network's gateway.
     pub async fn containers(
         options: &NemesisOptions,
-        subnet: Subnet,
+        target: &ContainerTarget,
     ) -> Result<Cluster, LaunchError> {
         if let Some(why) = compose::engine_unavailable() {
             return Err(LaunchError::Usage(format!(
@@ -94,8 +102,8 @@ impl Cluster {
         let compose_options = ComposeOptions {
             byzantine: options.byzantine,
             behavior: options.behavior,
-            subnet,
-            project: CONTAINER_PROJECT.into(),
+            subnet: target.subnet,
+            project: target.project.clone(),
             node_bin: options.node_bin.clone(),
             relay_base: Some(compose::DEFAULT_RELAY_BASE),
             ..ComposeOptions::new(options.f, options.dir.clone())
@@ -109,7 +117,7 @@ impl Cluster {
         let relay_config = files.relay.clone().expect("the relay was asked for");
         compose::compose(
             &files.compose_file,
-            CONTAINER_PROJECT,
+            &target.project,
             &["up", "-d", "--build"],
         )?;
         let relay = Relay::bind_at(relay_config.links.clone())
@@ -311,8 +319,7 @@ impl Cluster {
                         let _ = std::fs::write(self.dir.join(&record.log), text);
                     }
                 }
-                if let Err(e) = compose::compose(&files.compose_file, CONTAINER_PROJECT, &["down"])
-                {
+                if let Err(e) = compose::compose(&files.compose_file, &options.project, &["down"]) {
                     eprintln!("warning: {e}");
                 }
             }

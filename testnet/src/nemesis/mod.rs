@@ -22,12 +22,11 @@ use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::launcher::compose::Subnet;
 use crate::launcher::report::Agreement;
 use crate::launcher::setup::BehaviorChoice;
 use crate::launcher::LaunchError;
 use cluster::Cluster;
-pub use cluster::{CONTAINER_PROJECT, CONTAINER_SUBNET};
+pub use cluster::{ContainerTarget, CONTAINER_PROJECT, CONTAINER_SUBNET};
 use relay::LinkFaults;
 
 /// A kind of fault the nemesis injects.
@@ -128,8 +127,8 @@ pub struct NemesisOptions {
     /// The node binary; see [`crate::launcher::process::NodeProgram::resolve`] (for
     /// containers, the `pbft-node` binary to put in the image).
     pub node_bin: Option<PathBuf>,
-    /// Run the replicas as containers on this subnet instead of processes on loopback.
-    pub containers: Option<Subnet>,
+    /// Run the replicas as containers instead of processes on loopback.
+    pub containers: Option<ContainerTarget>,
 }
 
 impl NemesisOptions {
@@ -211,8 +210,8 @@ pub async fn run(options: NemesisOptions) -> Result<NemesisReport, LaunchError> 
     if options.faults.is_empty() {
         return Err(LaunchError::Usage("--faults names no fault".into()));
     }
-    let mut cluster = match options.containers {
-        Some(subnet) => Cluster::containers(&options, subnet).await?,
+    let mut cluster = match &options.containers {
+        Some(target) => Cluster::containers(&options, target).await?,
         None => Cluster::processes(&options).await?,
     };
     let n = cluster.n();
