@@ -224,7 +224,8 @@ clients (each a session of its own) that run put, get and cas on shared keys \
 at a steady pace. Meanwhile, on a random schedule drawn from --seed, one fault at a time: \
 partition-halves, partition-bridge (two halves and one replica in both), isolate-primary (the \
 current primary cut off), one-way (some replicas stop hearing others), kill (SIGKILL, restarted \
-at the heal), pause (SIGSTOP, SIGCONT at the heal), latency (every link delayed by --latency-ms). \
+at the heal), pause (SIGSTOP, SIGCONT at the heal), latency (every link delayed by --latency-ms), and with --containers disconnect (a container taken off \
+its network: no replica and no client reaches it). \
 Each fault lasts up to --fault-secs, then heals, and the cluster runs up to --quiet-secs without \
 one.\n\n\
 Every operation is recorded with its invocation and completion time (DIR/history.jsonl) and \
@@ -263,7 +264,7 @@ struct NemesisArgs {
     /// Operations per second over all clients.
     #[arg(long, value_name = "OPS", default_value_t = 100.0)]
     rate: f64,
-    /// The faults to draw from, comma-separated (default: all).
+    /// The faults to draw from, comma-separated (default: all that the cluster's kind allows).
     #[arg(long, value_name = "FAULT,...", value_delimiter = ',')]
     faults: Vec<Fault>,
     /// The one-way delay of a latency fault.
@@ -625,7 +626,7 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
             options.keys = args.keys;
             options.rate = args.rate;
             if !args.faults.is_empty() {
-                options.faults = args.faults;
+                options.faults = Some(args.faults);
             }
             options.latency = Duration::from_millis(args.latency_ms);
             options.fault_time = seconds(args.fault_secs, "--fault-secs")?;

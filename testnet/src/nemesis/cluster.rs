@@ -37,6 +37,7 @@ pub struct Cluster {
     pub relay: Relay,
     killed: BTreeSet<ReplicaId>,
     paused: BTreeSet<ReplicaId>,
+    disconnected: BTreeSet<ReplicaId>,
     records: Vec<NodeRecord>,
     /// Where the history and the logs go.
     pub dir: PathBuf,
@@ -84,6 +85,7 @@ impl Cluster {
             relay,
             killed: BTreeSet::new(),
             paused: BTreeSet::new(),
+            disconnected: BTreeSet::new(),
         })
     }
 
@@ -145,6 +147,7 @@ impl Cluster {
             relay,
             killed: BTreeSet::new(),
             paused: BTreeSet::new(),
+            disconnected: BTreeSet::new(),
         })
     }
 
@@ -209,9 +212,31 @@ impl Cluster {
         Ok(())
     }
 
-    /// Undoes every fault: links healed, paused replicas continued, killed ones restarted.
+    /// Takes replica `id`'s container off its network; [`Cluster::heal`] puts it back at its
+    /// address. Only containers can be.
+    pub fn disconnect(&mut self, id: ReplicaId) -> Result<(), LaunchError> {
+        let Hosts::Containers { options, .. } = &self.hosts else {
+            return Err(LaunchError::Usage(
+                "only containers can be taken off a network".into(),
+            ));
+        };
+        let name = options.container(id as usize);
+        compose::docker(&["network", "disconnect", &options.network(), &name])?;
+        self.disconnected.insert(id);
+        Ok(())
+    }
+
+    /// Undoes every fault: links healed, paused replicas continued, killed ones restarted,
+    /// containers put back on their network.
     pub fn heal(&mut self) -> Result<(), LaunchError> {
         self.relay.set(LinkFaults::healed());
+        if let Hosts::Containers { options, files } = &self.hosts {
+            for id in std::mem::take(&mut self.disconnected) {
+                let ip = files.hosts[id as usize].address.ip().to_string();
+                let name = options.container(id as usize);
+                compose::docker(&["network", "connect", "--ip", &ip, &options.network(), &name])?;
+            }
+        }
         for id in std::mem::take(&mut self.paused) {
             self.signal(id, Signal::SIGCONT)?;
         }

@@ -46,11 +46,14 @@ pub enum Fault {
     Pause,
     /// Every link between replicas delayed.
     Latency,
+    /// A container taken off its network, so that neither replicas nor clients reach it
+    /// (containers only).
+    Disconnect,
 }
 
 impl Fault {
     /// Every fault, in the order of their names.
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::PartitionHalves,
         Fault::PartitionBridge,
         Fault::IsolatePrimary,
@@ -58,7 +61,13 @@ impl Fault {
         Fault::Kill,
         Fault::Pause,
         Fault::Latency,
+        Fault::Disconnect,
     ];
+
+    /// Whether replicas run as processes on loopback can suffer it.
+    pub fn for_processes(self) -> bool {
+        self != Fault::Disconnect
+    }
 
     /// The name the command line and the report use.
     pub fn name(self) -> &'static str {
@@ -70,6 +79,7 @@ impl Fault {
             Fault::Kill => "kill",
             Fault::Pause => "pause",
             Fault::Latency => "latency",
+            Fault::Disconnect => "disconnect",
         }
     }
 }
@@ -108,8 +118,8 @@ pub struct NemesisOptions {
     pub keys: usize,
     /// Operations per second over all clients.
     pub rate: f64,
-    /// The faults to draw from.
-    pub faults: Vec<Fault>,
+    /// The faults to draw from; `None` for every fault the cluster's kind allows.
+    pub faults: Option<Vec<Fault>>,
     /// The one-way delay a latency fault adds to every link.
     pub latency: Duration,
     /// How long a fault lasts, at most; each lasts between a third of this and this.
@@ -142,7 +152,7 @@ impl NemesisOptions {
             clients: 8,
             keys: 8,
             rate: 100.0,
-            faults: Fault::ALL.to_vec(),
+            faults: None,
             latency: Duration::from_millis(50),
             fault_time: Duration::from_secs(8),
             quiet_time: Duration::from_secs(6),
@@ -207,9 +217,24 @@ pub async fn run(options: NemesisOptions) -> Result<NemesisReport, LaunchError> 
             "--clients, --keys and --rate must be positive".into(),
         ));
     }
-    if options.faults.is_empty() {
-        return Err(LaunchError::Usage("--faults names no fault".into()));
-    }
+    let containers = options.containers.is_some();
+    let faults: Vec<Fault> = match &options.faults {
+        Some(faults) if faults.is_empty() => {
+            return Err(LaunchError::Usage("--faults names no fault".into()))
+        }
+        Some(faults) => {
+            if let Some(fault) = faults.iter().find(|f| !containers && !f.for_processes()) {
+                return Err(LaunchError::Usage(format!(
+                    "{} needs --containers: processes on loopback share one network",
+                    fault.name()
+                )));
+            }
+            faults.clone()
+        }
+        None => (Fault::ALL.into_iter())
+            .filter(|f| containers || f.for_processes())
+            .collect(),
+    };
     let mut cluster = match &options.containers {
         Some(target) => Cluster::containers(&options, target).await?,
         None => Cluster::processes(&options).await?,
@@ -227,7 +252,7 @@ pub async fn run(options: NemesisOptions) -> Result<NemesisReport, LaunchError> 
         options.duration
     );
     let result = tokio::select! {
-        result = drive(&options, &mut cluster) => result,
+        result = drive(&options, &faults, &mut cluster) => result,
         () = crate::launcher::shutdown_signal() => Err(LaunchError::Failure(
             "interrupted; the cluster is stopped".into(),
         )),
@@ -274,7 +299,11 @@ type Outcome = (
 );
 
 /// Runs the workload and the fault schedule, heals, and checks recovery and agreement.
-async fn drive(options: &NemesisOptions, cluster: &mut Cluster) -> Result<Outcome, LaunchError> {
+async fn drive(
+    options: &NemesisOptions,
+    faults: &[Fault],
+    cluster: &mut Cluster,
+) -> Result<Outcome, LaunchError> {
     let setup = cluster.client_setup()?;
     let observer = pbft_client::Client::connect(setup.clone())
         .await
@@ -296,10 +325,7 @@ async fn drive(options: &NemesisOptions, cluster: &mut Cluster) -> Result<Outcom
         if Instant::now() + options.fault_time / 3 >= end {
             break;
         }
-        let fault = *options
-            .faults
-            .choose(&mut rng)
-            .expect("faults is not empty");
+        let fault = *faults.choose(&mut rng).expect("faults is not empty");
         let mut ids: Vec<usize> = (0..n).collect();
         ids.shuffle(&mut rng);
         let what = match fault {
@@ -362,6 +388,11 @@ async fn drive(options: &NemesisOptions, cluster: &mut Cluster) -> Result<Outcom
                     ..LinkFaults::healed()
                 });
                 format!("{:?} one way on every link", options.latency)
+            }
+            Fault::Disconnect => {
+                let id = ids[0] as ReplicaId;
+                cluster.disconnect(id)?;
+                format!("replica {id} off the network")
             }
         };
         *injected.entry(fault.name()).or_default() += 1;
