@@ -254,15 +254,19 @@ fn run(config_path: &Path, log_level: Option<&str>, log_format: Option<LogFormat
                 "error: {}",
                 describe_failure(&e, config_path, listen, metrics)
             );
-            // A data directory that is not this replica's is a configuration mistake; a halt
-            // needs an operator, not a restart.
-            let code = match e {
-                NodeError::DataDir(_) => EXIT_USAGE,
-                NodeError::Halted(_) => EXIT_HALTED,
-                _ => EXIT_FAILURE,
-            };
-            ExitCode::from(code)
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// The exit code of a replica that failed: a data directory that is not this replica's is a
+/// configuration mistake; a halt on proof of more than f faults needs an operator, not a
+/// restart.
+fn exit_code(error: &NodeError) -> u8 {
+    match error {
+        NodeError::DataDir(_) => EXIT_USAGE,
+        NodeError::Halted(_) => EXIT_HALTED,
+        _ => EXIT_FAILURE,
     }
 }
 
@@ -329,5 +333,32 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbft_core::protocol::Halt;
+    use pbft_crypto::{Digest, Domain};
+
+    #[test]
+    fn a_halt_on_proof_of_faults_has_an_exit_code_of_its_own() {
+        let halt = NodeError::Halted(Halt::ConflictingCommit {
+            seq: 7,
+            committed: Digest::of(Domain::Request, b"a"),
+            other: Digest::of(Domain::Request, b"b"),
+            from: "a NEW-VIEW",
+        });
+        assert_eq!(exit_code(&halt), 3);
+        let not_ours = NodeError::DataDir(pbft_node::data_dir::DataDirError::NotInitialised(
+            "data".into(),
+        ));
+        assert_eq!(exit_code(&not_ours), 2);
+        let bind = NodeError::Metrics {
+            addr: "127.0.0.1:9000".parse().unwrap(),
+            source: std::io::ErrorKind::AddrInUse.into(),
+        };
+        assert_eq!(exit_code(&bind), 1);
     }
 }
