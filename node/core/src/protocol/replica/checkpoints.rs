@@ -1,6 +1,77 @@
 //! Checkpoints and garbage collection (section 4.3).
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pbft_crypto::Digest;
+
+use super::{snapshot_digest, BatchBody, Entry, Replica};
+use crate::codec;
+use crate::messages::{state, Checkpoint, Message, ReplicaId, Seq, Vote};
+use crate::protocol::votes::{Added, VoteSet};
+use crate::protocol::{Durable, Ignored};
+
+/// Own checkpoints, checkpoint votes, and the stable checkpoint (§4.3).
+#[derive(Debug, Default)]
+pub(super) struct Checkpoints {
+    pub(super) stable_seq: Seq,
+    pub(super) stable_digest: Digest,
+    pub(super) stable_proof: Vec<Checkpoint>,
+    /// Own checkpoints at or above the stable one.
+    pub(super) own: BTreeMap<Seq, OwnCheckpoint>,
+    /// Checkpoint votes above the stable checkpoint.
+    pub(super) votes: BTreeMap<Seq, VoteSet<Checkpoint>>,
+    /// The stable checkpoint before this one, still served: a peer fetching its state when a
+    /// newer checkpoint becomes stable finishes the fetch instead of starting over.
+    pub(super) previous: Option<PreviousStable>,
+    /// Committed batches below the stable checkpoint, with their commit certificates: a peer
+    /// that is a few batches behind, or that installed the previous stable state, catches up
+    /// from these instead of fetching the whole state. At most [`ARCHIVE_BYTES`] of batches,
+    /// none at or below the previous stable checkpoint.
+    pub(super) archive: BTreeMap<Seq, (Arc<BatchBody>, Vec<Vote>)>,
+    pub(super) archive_bytes: usize,
+}
+
+/// Bytes of committed batches kept below the stable checkpoint (see [`Checkpoints::archive`]).
+pub(super) const ARCHIVE_BYTES: usize = 64 << 20;
+
+/// A stable checkpoint that a newer one replaced, with the state to serve it.
+#[derive(Debug)]
+pub(super) struct PreviousStable {
+    pub(super) seq: Seq,
+    pub(super) own: OwnCheckpoint,
+}
+
+/// A checkpoint this replica holds the state of.
+#[derive(Debug)]
+pub(super) struct OwnCheckpoint {
+    pub(super) digest: Digest,
+    pub(super) snapshot: Arc<Vec<u8>>,
+    /// The digests of the snapshot's chunks, once a peer asked for them.
+    pub(super) chunks: std::cell::OnceCell<Vec<Digest>>,
+    /// Its signed CHECKPOINT, if it took the checkpoint itself.
+    pub(super) message: Option<Checkpoint>,
+}
+
+impl OwnCheckpoint {
+    pub(super) fn new(
+        digest: Digest,
+        snapshot: Arc<Vec<u8>>,
+        message: Option<Checkpoint>,
+    ) -> OwnCheckpoint {
+        OwnCheckpoint {
+            digest,
+            snapshot,
+            chunks: std::cell::OnceCell::new(),
+            message,
+        }
+    }
+
+    pub(super) fn chunks(&self) -> &[Digest] {
+        self.chunks
+            .get_or_init(|| state::chunk_digests(&self.snapshot))
+    }
+}
 
 impl Replica {
     /// The encoding of [`ReplicatedState`] and its digest. The application writes its snapshot

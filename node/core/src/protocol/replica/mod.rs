@@ -12,10 +12,12 @@
 //! The quorum rules (distinct signers, one certificate, conflicting votes as evidence) are
 //! [`super::votes::VoteSet`]'s.
 
-use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::Arc;
-use std::time::Duration;
+use std::{
+    cell::Cell,
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use pbft_crypto::{Digest, DigestBuilder, Domain, KeyPair, Signer};
 use serde::{Deserialize, Serialize};
@@ -28,22 +30,25 @@ mod retransmission;
 mod state_transfer;
 mod view_change;
 
+use checkpoints::{Checkpoints, OwnCheckpoint};
 pub use rejoin::{signed_statements, Statement};
+use retransmission::Help;
+use state_transfer::StateFetch;
 
-use super::clients::{Admission, ClientTable, PendingRequests, RequestStatus};
-use super::new_view::{plan_new_view, NewViewPlan};
-use super::votes::{Added, VoteSet};
 use super::{
-    Conflict, Destination, Durable, Executed, Halt, Ignored, Outgoing, ProtocolConfig, Ready,
-    RecoveryReport, Rejoin, RejoinPoint, ReplicaError, Status, Timer, TimerCommand,
+    clients::{ClientTable, PendingRequests},
+    votes::VoteSet,
+    Conflict, Destination, Durable, Halt, Ignored, Outgoing, ProtocolConfig, Ready, Rejoin,
+    ReplicaError, Status, Timer, TimerCommand,
 };
-use crate::app::StateMachine;
-use crate::codec;
-use crate::committee::Committee;
-use crate::messages::{
-    state, Batch, Checkpoint, Message, NewView, Outcome, Phase, PreparedCert, ReadRequest,
-    ReplicaId, Reply, RequestEnvelope, RequestResult, Seq, SessionKey, Verified, View, ViewChange,
-    Vote,
+use crate::{
+    app::StateMachine,
+    codec,
+    committee::Committee,
+    messages::{
+        state, Batch, Message, NewView, Phase, PreparedCert, ReplicaId, RequestEnvelope, Seq,
+        Verified, View, ViewChange, Vote,
+    },
 };
 
 /// The state a checkpoint certifies: the application and the client table. Its encoding is
@@ -175,114 +180,6 @@ impl Entry {
 /// Bodies voted for that a slot keeps across views. Each view's primary can propose one body
 /// per slot, so this bounds what faulty primaries can make a replica hold.
 const MAX_VOTED_BODIES: usize = 4;
-
-/// Own checkpoints, checkpoint votes, and the stable checkpoint (§4.3).
-#[derive(Debug, Default)]
-struct Checkpoints {
-    stable_seq: Seq,
-    stable_digest: Digest,
-    stable_proof: Vec<Checkpoint>,
-    /// Own checkpoints at or above the stable one.
-    own: BTreeMap<Seq, OwnCheckpoint>,
-    /// Checkpoint votes above the stable checkpoint.
-    votes: BTreeMap<Seq, VoteSet<Checkpoint>>,
-    /// The stable checkpoint before this one, still served: a peer fetching its state when a
-    /// newer checkpoint becomes stable finishes the fetch instead of starting over.
-    previous: Option<PreviousStable>,
-    /// Committed batches below the stable checkpoint, with their commit certificates: a peer
-    /// that is a few batches behind, or that installed the previous stable state, catches up
-    /// from these instead of fetching the whole state. At most [`ARCHIVE_BYTES`] of batches,
-    /// none at or below the previous stable checkpoint.
-    archive: BTreeMap<Seq, (Arc<BatchBody>, Vec<Vote>)>,
-    archive_bytes: usize,
-}
-
-/// Bytes of committed batches kept below the stable checkpoint (see [`Checkpoints::archive`]).
-const ARCHIVE_BYTES: usize = 64 << 20;
-
-/// A stable checkpoint that a newer one replaced, with the state to serve it.
-#[derive(Debug)]
-struct PreviousStable {
-    seq: Seq,
-    own: OwnCheckpoint,
-}
-
-/// A checkpoint this replica holds the state of.
-#[derive(Debug)]
-struct OwnCheckpoint {
-    digest: Digest,
-    snapshot: Arc<Vec<u8>>,
-    /// The digests of the snapshot's chunks, once a peer asked for them.
-    chunks: std::cell::OnceCell<Vec<Digest>>,
-    /// Its signed CHECKPOINT, if it took the checkpoint itself.
-    message: Option<Checkpoint>,
-}
-
-impl OwnCheckpoint {
-    fn new(digest: Digest, snapshot: Arc<Vec<u8>>, message: Option<Checkpoint>) -> OwnCheckpoint {
-        OwnCheckpoint {
-            digest,
-            snapshot,
-            chunks: std::cell::OnceCell::new(),
-            message,
-        }
-    }
-
-    fn chunks(&self) -> &[Digest] {
-        self.chunks
-            .get_or_init(|| state::chunk_digests(&self.snapshot))
-    }
-}
-
-/// Help a replica gives a peer on request (catch-up, new views, batches, state). Answers cost
-/// far more than the asking, so each peer gets a bounded number of answers of each kind, and a
-/// bounded number of bytes of batches and state in all, per retransmission interval: a faulty
-/// peer cannot turn this replica into an amplifier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Help {
-    CatchUp,
-    NewView,
-    Batch,
-    State,
-}
-
-impl Help {
-    fn per_interval(self) -> u32 {
-        match self {
-            Help::CatchUp | Help::NewView | Help::State => 1,
-            Help::Batch => 64,
-        }
-    }
-}
-
-/// A state transfer in progress.
-#[derive(Debug)]
-struct StateFetch {
-    seq: Seq,
-    /// Which signer of the proof to ask next.
-    next_source: usize,
-    sources: Vec<ReplicaId>,
-    /// The layout of the state at `seq`, once a peer sent it, and the chunks so far.
-    manifest: Option<Manifest>,
-    /// Chunks of an earlier fetch that was replaced, by digest: the new layout may list them.
-    kept_chunks: BTreeMap<Digest, Vec<u8>>,
-}
-
-/// A certified state layout being fetched chunk by chunk.
-#[derive(Debug)]
-struct Manifest {
-    proof: Vec<Checkpoint>,
-    digest: Digest,
-    len: u64,
-    chunks: Vec<Digest>,
-    received: Vec<Option<Vec<u8>>>,
-    missing: usize,
-    /// The next chunk to ask for; it starts again at the first missing one on every
-    /// retransmission.
-    next_request: u64,
-    /// Whether a chunk arrived since the last retransmission.
-    progressed: bool,
-}
 
 /// A PBFT replica. See the module documentation of [`crate::protocol`] for how to drive it.
 pub struct Replica {

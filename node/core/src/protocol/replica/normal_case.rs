@@ -1,7 +1,19 @@
 //! The normal case (TOCS 2002, section 4.2): requests, PRE-PREPARE, PREPARE and COMMIT,
 //! committing, and execution in sequence order.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pbft_crypto::Digest;
+
+use super::{BatchBody, Entry, Replica};
+use crate::messages::{
+    Batch, Message, Outcome, Phase, PreparedCert, ReadRequest, Reply, RequestEnvelope,
+    RequestResult, Seq, SessionKey, Verified, View, Vote,
+};
+use crate::protocol::clients::{Admission, RequestStatus};
+use crate::protocol::votes::Added;
+use crate::protocol::{Conflict, Destination, Durable, Executed, Halt, Ignored, Timer};
 
 impl Replica {
     /// `digest` is the envelope's signing digest.

@@ -1,6 +1,15 @@
 //! Coming back after a crash: rebuilding a replica from the records it persisted.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use pbft_crypto::KeyPair;
+
+use super::{snapshot_digest, BatchBody, Entry, Replica};
+use crate::app::StateMachine;
+use crate::committee::Committee;
+use crate::messages::{Phase, ReplicaId, Seq, View};
+use crate::protocol::new_view::plan_new_view;
+use crate::protocol::{Durable, ProtocolConfig, RecoveryReport, Rejoin, ReplicaError};
 
 impl Replica {
     /// Rebuilds a replica after a crash from the records it persisted, in the order they were

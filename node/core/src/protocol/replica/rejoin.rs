@@ -31,7 +31,13 @@
 //! lost its disk counts among the f faulty. A faulty peer can report a position far ahead and
 //! keep this replica silent: that costs liveness as one more fault would, never safety.
 
-use super::*;
+use pbft_crypto::{Digest, KeyPair};
+
+use super::Replica;
+use crate::app::StateMachine;
+use crate::committee::Committee;
+use crate::messages::{Message, ReplicaId, Seq, View, Vote};
+use crate::protocol::{Durable, ProtocolConfig, Rejoin, RejoinPoint, ReplicaError};
 
 /// What one signed statement in a message binds its signer to: no correct replica signs two
 /// different digests under the same signer, kind, view and sequence number.

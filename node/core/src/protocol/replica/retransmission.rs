@@ -1,7 +1,34 @@
 //! Retransmission and catching up: resending unanswered messages, fetching batch bodies, and
 //! helping peers that report they are behind (bounded per peer).
 
-use super::*;
+use std::sync::Arc;
+
+use pbft_crypto::Digest;
+
+use super::{BatchBody, Replica};
+use crate::messages::{Message, ReplicaId, Seq, View, Vote};
+use crate::protocol::{Destination, Ignored, Outgoing, Timer};
+
+/// Help a replica gives a peer on request (catch-up, new views, batches, state). Answers cost
+/// far more than the asking, so each peer gets a bounded number of answers of each kind, and a
+/// bounded number of bytes of batches and state in all, per retransmission interval: a faulty
+/// peer cannot turn this replica into an amplifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Help {
+    CatchUp,
+    NewView,
+    Batch,
+    State,
+}
+
+impl Help {
+    pub(super) fn per_interval(self) -> u32 {
+        match self {
+            Help::CatchUp | Help::NewView | Help::State => 1,
+            Help::Batch => 64,
+        }
+    }
+}
 
 impl Replica {
     /// Asks every peer for the batch of slot `seq`, once per view; retransmission repeats it.

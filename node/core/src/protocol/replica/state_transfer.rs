@@ -1,7 +1,46 @@
 //! State transfer (section 5.3.2): fetching the state at a stable checkpoint from peers and
 //! installing it once it matches the 2f+1 signed digest.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pbft_crypto::Digest;
+
+use super::checkpoints::OwnCheckpoint;
+use super::retransmission::Help;
+use super::{Replica, ReplicatedState};
+use crate::codec;
+use crate::messages::{state, Checkpoint, Message, ReplicaId, Seq};
+use crate::protocol::{Destination, Durable, Ignored, ReplicaError};
+
+/// A state transfer in progress.
+#[derive(Debug)]
+pub(super) struct StateFetch {
+    pub(super) seq: Seq,
+    /// Which signer of the proof to ask next.
+    pub(super) next_source: usize,
+    pub(super) sources: Vec<ReplicaId>,
+    /// The layout of the state at `seq`, once a peer sent it, and the chunks so far.
+    pub(super) manifest: Option<Manifest>,
+    /// Chunks of an earlier fetch that was replaced, by digest: the new layout may list them.
+    pub(super) kept_chunks: BTreeMap<Digest, Vec<u8>>,
+}
+
+/// A certified state layout being fetched chunk by chunk.
+#[derive(Debug)]
+pub(super) struct Manifest {
+    pub(super) proof: Vec<Checkpoint>,
+    pub(super) digest: Digest,
+    pub(super) len: u64,
+    pub(super) chunks: Vec<Digest>,
+    pub(super) received: Vec<Option<Vec<u8>>>,
+    pub(super) missing: usize,
+    /// The next chunk to ask for; it starts again at the first missing one on every
+    /// retransmission.
+    pub(super) next_request: u64,
+    /// Whether a chunk arrived since the last retransmission.
+    pub(super) progressed: bool,
+}
 
 /// Chunks asked for at once while fetching state.
 const CHUNKS_IN_FLIGHT: usize = 8;

@@ -1,7 +1,16 @@
 //! View changes (sections 4.4 and 4.5.2): suspecting the primary, VIEW-CHANGE, the new
 //! primary's NEW-VIEW, and entering the new view.
 
-use super::*;
+use std::sync::Arc;
+
+use super::retransmission::Help;
+use super::{BatchBody, Replica};
+use crate::messages::{
+    Batch, Message, NewView, Phase, PreparedCert, ReplicaId, RequestEnvelope, Seq, View,
+    ViewChange, Vote,
+};
+use crate::protocol::new_view::{plan_new_view, NewViewPlan};
+use crate::protocol::{Destination, Durable, Halt, Ignored, Timer};
 
 impl Replica {
     pub(super) fn on_view_change_timer(&mut self) {
