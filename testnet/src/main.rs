@@ -117,15 +117,8 @@ enum Command {
     /// docker-compose.yml with each replica's address, volume and health check, and a client
     /// configuration for this host; then print how to start it.
     Compose {
-        /// Byzantine replicas tolerated; the cluster has 3f+1 containers.
-        #[arg(long, default_value_t = 1)]
-        f: usize,
-        /// How many replicas are Byzantine (the first ids).
-        #[arg(long, default_value_t = 0)]
-        byzantine: usize,
-        /// What the Byzantine replicas do (see `testnet up --help`; twin needs one host).
-        #[arg(long, value_name = "BEHAVIOR")]
-        behavior: Option<BehaviorChoice>,
+        #[command(flatten)]
+        replicas: ReplicasArgs,
         /// The directory to write; it must not exist.
         #[arg(long, value_name = "DIR", default_value = "cluster")]
         out: PathBuf,
@@ -241,17 +234,25 @@ stderr as it happens.\n\n\
 Exit status: 0 when the history is linearizable, the cluster recovered and the correct replicas \
 agree; 1 otherwise; 2 on bad usage.";
 
+/// The replicas of a cluster that `compose` and `nemesis` make.
 #[derive(Args, Debug)]
-struct NemesisArgs {
-    /// Byzantine replicas tolerated; the testnet has 3f+1.
+struct ReplicasArgs {
+    /// Byzantine replicas tolerated; the cluster has 3f+1.
     #[arg(long, default_value_t = 1)]
     f: usize,
     /// How many replicas are Byzantine (the first ids, so the view-0 primary is one).
     #[arg(long, default_value_t = 0)]
     byzantine: usize,
-    /// What the Byzantine replicas do (see `testnet up --help`).
+    /// What the Byzantine replicas do (see `testnet up --help`; twin needs one host, so
+    /// containers refuse it).
     #[arg(long, value_name = "BEHAVIOR")]
     behavior: Option<BehaviorChoice>,
+}
+
+#[derive(Args, Debug)]
+struct NemesisArgs {
+    #[command(flatten)]
+    replicas: ReplicasArgs,
     /// Seconds of clients and faults.
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     duration: f64,
@@ -618,9 +619,9 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
             print!("{}", launcher::hosts::instructions(&options, &written));
         }
         Command::Nemesis(args) => {
-            let mut options = NemesisOptions::new(args.f);
-            options.byzantine = args.byzantine;
-            options.behavior = args.behavior;
+            let mut options = NemesisOptions::new(args.replicas.f);
+            options.byzantine = args.replicas.byzantine;
+            options.behavior = args.replicas.behavior;
             options.duration = seconds(args.duration, "--duration")?;
             options.clients = args.clients;
             options.keys = args.keys;
@@ -650,9 +651,7 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
             }
         }
         Command::Compose {
-            f,
-            byzantine,
-            behavior,
+            replicas,
             out,
             subnet,
             project,
@@ -661,13 +660,13 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
             relay_base_port,
         } => {
             let options = launcher::compose::ComposeOptions {
-                byzantine,
-                behavior,
+                byzantine: replicas.byzantine,
+                behavior: replicas.behavior,
                 subnet,
                 project,
                 node_bin,
                 relay_base: relay.then_some(relay_base_port),
-                ..launcher::compose::ComposeOptions::new(f, out)
+                ..launcher::compose::ComposeOptions::new(replicas.f, out)
             };
             let files = launcher::compose::generate_compose(&options)?;
             print!("{}", launcher::compose::instructions(&options, &files));

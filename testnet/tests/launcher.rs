@@ -7,25 +7,18 @@ use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pbft_client::Client;
 use serde_json::Value;
 use testnet::launcher::{self, Layout, State};
 
-const BIN: &str = env!("CARGO_BIN_EXE_testnet");
+mod common;
+use common::{serial, testnet, text, BIN};
 
 /// Generous: the CI machine has two cores for all the replicas.
 const CONVERGENCE: Duration = Duration::from_secs(90);
-
-/// One cluster at a time: several would starve each other of the two cores.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Runs `test` on a runtime of its own, alone.
 fn one_at_a_time(test: impl std::future::Future<Output = ()>) {
@@ -36,22 +29,6 @@ fn one_at_a_time(test: impl std::future::Future<Output = ()>) {
         .build()
         .unwrap()
         .block_on(test);
-}
-
-fn testnet(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("the testnet binary runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// A testnet started with `up --detach`; dropping it stops every replica.

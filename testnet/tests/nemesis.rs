@@ -5,42 +5,39 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_testnet");
-
-/// One cluster at a time: several would starve each other of the two cores.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn testnet(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("the testnet binary runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+mod common;
+use common::{serial, testnet, text, BIN};
 
 /// The JSON object on the last line of stdout.
 fn report(output: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {}", text(output)))
+}
+
+/// A 40 s nemesis at f = 1 with one Byzantine replica, faults of up to 6 s, in `dir`.
+fn short_nemesis(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "nemesis",
+        "--f",
+        "1",
+        "--byzantine",
+        "1",
+        "--duration",
+        "40",
+        "--fault-secs",
+        "6",
+        "--quiet-secs",
+        "4",
+        "--dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    testnet(&args)
 }
 
 /// Checks what every passing nemesis report must say.
@@ -94,23 +91,7 @@ fn a_nemesis_on_processes_finds_a_linearizable_history_and_the_checker_catches_a
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let output = testnet(&[
-        "nemesis",
-        "--f",
-        "1",
-        "--byzantine",
-        "1",
-        "--duration",
-        "40",
-        "--fault-secs",
-        "6",
-        "--quiet-secs",
-        "4",
-        "--seed",
-        "7",
-        "--dir",
-        run.to_str().unwrap(),
-    ]);
+    let output = short_nemesis(&run, &["--seed", "7"]);
     let report = assert_passed(&output, "processes");
     assert_eq!(report["byzantine"], serde_json::json!([0]), "{report}");
     // The schedule is on stderr as it happens.
@@ -243,30 +224,20 @@ fn a_container_cluster_comes_up_healthy_serves_this_host_and_survives_a_nemesis(
     drop(cluster);
 
     let run = dir.path().join("nemesis");
-    let output = testnet(&[
-        "nemesis",
-        "--containers",
-        "--subnet",
-        "172.30.202.0/24",
-        "--project",
-        "pbft-nemesis-test",
-        "--f",
-        "1",
-        "--byzantine",
-        "1",
-        "--duration",
-        "40",
-        "--fault-secs",
-        "6",
-        "--quiet-secs",
-        "4",
-        "--seed",
-        "11",
-        "--dir",
-        run.to_str().unwrap(),
-        "--node-bin",
-        node.to_str().unwrap(),
-    ]);
+    let output = short_nemesis(
+        &run,
+        &[
+            "--containers",
+            "--subnet",
+            "172.30.202.0/24",
+            "--project",
+            "pbft-nemesis-test",
+            "--seed",
+            "11",
+            "--node-bin",
+            node.to_str().unwrap(),
+        ],
+    );
     assert_passed(&output, "containers");
     // The containers' logs are kept, and the containers are gone.
     let log = std::fs::read_to_string(run.join("logs/replica-1.log")).unwrap();

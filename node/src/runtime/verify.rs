@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pbft_crypto::{ClusterId, Digest, Domain, PublicKey, Signature};
 use pbft_net::{Inbox, Peer};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -15,37 +14,24 @@ use super::{Input, NodeSetup};
 use crate::metrics::Metrics;
 use pbft_core::committee::Committee;
 use pbft_core::messages::{
-    self, Limits, Message, Rejection, ReplicaId, Sender, SignatureCache, SignatureCheck,
+    self, Limits, Message, Rejection, RememberedAnswers, ReplicaId, Sender, SignatureCache,
+    SignatureQuestion,
 };
 
-/// A [`SignatureCheck`] backed by the cache the verifier workers share. Checks run outside the
-/// lock.
+/// The cache the verifier workers share, as a [`SignatureCheck`]: verifications run outside
+/// the lock.
 struct SharedCheck<'a>(&'a Mutex<SignatureCache>);
 
-impl SignatureCheck for SharedCheck<'_> {
-    fn check(
-        &mut self,
-        cluster: &ClusterId,
-        key: &PublicKey,
-        domain: Domain,
-        digest: &Digest,
-        signature: &Signature,
-    ) -> bool {
-        let question = (*cluster, *key, domain, *digest, *signature);
-        if let Some(valid) = self
-            .0
-            .lock()
-            .expect("signature cache poisoned")
-            .get(&question)
-        {
-            return valid;
-        }
-        let valid = key.verify(cluster, domain, digest, signature).is_ok();
+impl RememberedAnswers for SharedCheck<'_> {
+    fn recall(&self, question: &SignatureQuestion) -> Option<bool> {
         self.0
             .lock()
             .expect("signature cache poisoned")
-            .insert(question, valid);
-        valid
+            .get(question)
+    }
+
+    fn remember(&mut self, question: SignatureQuestion, valid: bool) {
+        (self.0.lock().expect("signature cache poisoned")).insert(question, valid);
     }
 }
 

@@ -331,7 +331,25 @@ impl SignatureCache {
     }
 }
 
-impl SignatureCheck for SignatureCache {
+/// Where answers of signature checks are remembered: a [`SignatureCache`], or one shared by
+/// threads behind a lock (taken for the lookup and the insert, never for the verification).
+/// Each is a [`SignatureCheck`] that verifies only what it does not remember.
+pub trait RememberedAnswers {
+    fn recall(&self, question: &SignatureQuestion) -> Option<bool>;
+    fn remember(&mut self, question: SignatureQuestion, valid: bool);
+}
+
+impl RememberedAnswers for SignatureCache {
+    fn recall(&self, question: &SignatureQuestion) -> Option<bool> {
+        self.get(question)
+    }
+
+    fn remember(&mut self, question: SignatureQuestion, valid: bool) {
+        self.insert(question, valid);
+    }
+}
+
+impl<R: RememberedAnswers> SignatureCheck for R {
     fn check(
         &mut self,
         cluster: &ClusterId,
@@ -341,11 +359,11 @@ impl SignatureCheck for SignatureCache {
         signature: &Signature,
     ) -> bool {
         let question = (*cluster, *key, domain, *digest, *signature);
-        if let Some(valid) = self.get(&question) {
+        if let Some(valid) = self.recall(&question) {
             return valid;
         }
-        let valid = key.verify(cluster, domain, digest, signature).is_ok();
-        self.insert(question, valid);
+        let valid = StrictCheck.check(cluster, key, domain, digest, signature);
+        self.remember(question, valid);
         valid
     }
 }
