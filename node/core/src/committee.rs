@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use pbft_crypto::{ClusterId, Digest, DigestBuilder, Domain, KeyPair, PublicKey, Signer};
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{ReplicaId, View};
+use crate::ids::{ReplicaId, View};
 
 /// Which client keys the cluster serves. Part of the replicated configuration: every correct
 /// replica checks it for every request envelope it accepts (in a REQUEST, a PRE-PREPARE, a

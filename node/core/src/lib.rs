@@ -24,6 +24,7 @@ pub mod committee;
 pub mod driver;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fixtures;
+pub mod ids;
 pub mod messages;
 pub mod protocol;
 

@@ -33,10 +33,7 @@ pub use status::NodeStatus;
 pub use view_change::{NewView, ViewChange};
 pub use vote::{Phase, Vote};
 
-pub type ReplicaId = u32;
-pub type View = u64;
-pub type Seq = u64;
-pub type Timestamp = u64;
+pub use crate::ids::{ReplicaId, Seq, Timestamp, View};
 
 /// Every message replicas and clients exchange.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
