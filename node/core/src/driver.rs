@@ -4,7 +4,7 @@
 //! wraps its [`Replica`] in a [`Driver`] and supplies [`Effects`]: where durable records go and
 //! how bytes reach a replica or a client. After each input to the replica it calls
 //! [`Driver::flush`], which
-//! 1. passes the replica's [`Ready`] through its Byzantine behaviour, if it has one;
+//! 1. passes the replica's [`Ready`](crate::protocol::Ready) through its Byzantine behaviour, if it has one;
 //! 2. makes `persist` durable ([`Effects::persist`]); if that fails, nothing of the step leaves:
 //!    a restarted replica that forgot what it signed could contradict itself;
 //! 3. sends the messages, "every replica" expanded to the replica's peers, then the replies;
