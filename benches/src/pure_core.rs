@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_core::app::{KvOp, KvStore};
-use pbft_core::byzantine::Payload;
 use pbft_core::driver::{Driver, Effects};
 use pbft_core::fixtures::TrustAll;
 use pbft_core::messages::{
@@ -28,7 +27,6 @@ use pbft_core::messages::{
 use pbft_core::protocol::{Durable, ProtocolConfig, Replica};
 use pbft_core::Committee;
 use pbft_crypto::{KeyPair, Signature, Signer};
-use rand::SeedableRng;
 
 /// Distinct keys each client cycles through, so the state stays small.
 const KEYS_PER_CLIENT: u64 = 64;
@@ -46,11 +44,9 @@ impl Effects for Queue<'_> {
         Ok(())
     }
 
-    fn send(&mut self, to: &[ReplicaId], payload: Payload) {
-        if let Payload::Message(message) = payload {
-            for to in to {
-                self.queue.push_back((self.from, *to, message.clone()));
-            }
+    fn send(&mut self, to: &[ReplicaId], message: Arc<Message>) {
+        for to in to {
+            self.queue.push_back((self.from, *to, message.clone()));
         }
     }
 
@@ -84,7 +80,6 @@ pub struct CoreCluster {
     /// Requests executed by the primary.
     pub executed_requests: u64,
     now: Duration,
-    rng: rand_chacha::ChaCha8Rng,
 }
 
 impl CoreCluster {
@@ -127,7 +122,7 @@ impl CoreCluster {
                 .expect("replica");
                 replica.start(Duration::ZERO);
                 let _ = replica.poll_ready();
-                Driver::new(replica, None)
+                Driver::new(replica)
             })
             .collect();
         let clients = (0..clients)
@@ -149,7 +144,6 @@ impl CoreCluster {
             executed: vec![0; n],
             executed_requests: 0,
             now: Duration::ZERO,
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(0),
         };
         // One envelope goes out at once as batch 1; later ones wait behind it.
         let first = cluster.envelope(0);
@@ -259,7 +253,7 @@ impl CoreCluster {
             queue: &mut self.queue,
         };
         let driver = &mut self.replicas[id as usize];
-        let Ok(flushed) = driver.flush(self.now, &mut self.rng, &mut effects);
+        let Ok(flushed) = driver.flush(&mut effects);
         self.executed[id as usize] += flushed.executed.len() as u64;
         if id == self.committee.primary(driver.replica().view()) {
             self.executed_requests += flushed

@@ -1,26 +1,27 @@
-//! Carrying out what a replica asks for, in the one order the protocol allows.
+//! Carrying out what a correct replica asks for, in the one order the protocol allows.
 //!
 //! Every driver of the core (the tokio runtime, the simulator, the benchmarks and the tests)
 //! wraps its [`Replica`] in a [`Driver`] and supplies [`Effects`]: where durable records go and
-//! how bytes reach a replica or a client. After each input to the replica it calls
+//! how messages reach a replica or a client. After each input to the replica it calls
 //! [`Driver::flush`], which
-//! 1. passes the replica's [`Ready`](crate::protocol::Ready) through its Byzantine behaviour, if it has one;
-//! 2. makes `persist` durable ([`Effects::persist`]); if that fails, nothing of the step leaves:
+//! 1. makes `persist` durable ([`Effects::persist`]); if that fails, nothing of the step leaves:
 //!    a restarted replica that forgot what it signed could contradict itself;
-//! 3. sends the messages, "every replica" expanded to the replica's peers, then the replies;
-//! 4. applies the timer commands to the [`TimerTable`].
+//! 2. sends the messages, "every replica" expanded to the replica's peers, then the replies;
+//! 3. applies the timer commands to the [`TimerTable`].
 //!
 //! The driver's clock is the replica's: durations since the driver's origin. It fires timers
-//! with [`Driver::fire_timer`] when their deadline (in [`Driver::timers`]) passes, and releases
-//! what a behaviour held back with [`Driver::release_delayed`] at [`Driver::next_wakeup`].
+//! with [`Driver::fire_timer`] when their deadline (in [`Driver::timers`]) passes.
+//!
+//! A faulty replica is this driver wrapped by a behaviour
+//! ([`byzantine::Harness`](crate::byzantine::Harness)); nothing here knows of one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngCore;
-
-use crate::byzantine::{self, Behavior, Context, FaultyOutput, FaultySend, Payload};
-use crate::messages::{ReplicaId, Reply};
-use crate::protocol::{Destination, Durable, Executed, Halt, Replica, Timer, TimerCommand};
+use crate::messages::{Message, ReplicaId, Reply};
+use crate::protocol::{
+    Destination, Durable, Executed, Halt, Outgoing, Replica, Timer, TimerCommand,
+};
 
 /// Where a replica's effects go.
 pub trait Effects {
@@ -31,8 +32,8 @@ pub trait Effects {
     /// sent at all.
     fn persist(&mut self, records: &[Durable]) -> Result<(), Self::Error>;
 
-    /// Sends `payload` to each replica of `to` (never the sender itself).
-    fn send(&mut self, to: &[ReplicaId], payload: Payload);
+    /// Sends `message` to each replica of `to` (never the sender itself).
+    fn send(&mut self, to: &[ReplicaId], message: Arc<Message>);
 
     /// Sends a reply to its client.
     fn reply(&mut self, reply: Reply);
@@ -85,22 +86,20 @@ pub struct Flushed {
     pub timers_set: Vec<(Timer, Duration)>,
 }
 
-/// A replica with its behaviour (none for a correct replica) and its timers.
+/// A correct replica and its timers.
 pub struct Driver {
     replica: Replica,
-    behavior: Option<Box<dyn Behavior>>,
     timers: TimerTable,
+    /// Every replica but this one, in id order.
     peers: Vec<ReplicaId>,
 }
 
 impl Driver {
-    /// Drives `replica` faithfully or through `behavior`.
-    pub fn new(replica: Replica, behavior: Option<Box<dyn Behavior>>) -> Driver {
+    pub fn new(replica: Replica) -> Driver {
         let id = replica.id();
         let peers = replica.committee().ids().filter(|&r| r != id).collect();
         Driver {
             replica,
-            behavior,
             timers: TimerTable::default(),
             peers,
         }
@@ -122,15 +121,6 @@ impl Driver {
         self.timers.clear();
     }
 
-    pub fn behavior(&self) -> Option<&dyn Behavior> {
-        self.behavior.as_deref()
-    }
-
-    /// Makes the replica Byzantine with `behavior`, or correct again with `None`.
-    pub fn set_behavior(&mut self, behavior: Option<Box<dyn Behavior>>) {
-        self.behavior = behavior;
-    }
-
     pub fn timers(&self) -> &TimerTable {
         &self.timers
     }
@@ -140,43 +130,44 @@ impl Driver {
         self.timers.clear();
     }
 
+    /// The replicas `to` reaches: the peers for every replica, none for the replica itself or
+    /// an id outside the committee.
+    pub fn recipients(&self, to: Destination) -> &[ReplicaId] {
+        match to {
+            Destination::AllReplicas => &self.peers,
+            Destination::Replica(id) => match self.peers.binary_search(&id) {
+                Ok(at) => &self.peers[at..=at],
+                Err(_) => &[],
+            },
+        }
+    }
+
     /// Carries out everything the replica produced since the last flush, in order: persist,
-    /// send, reply, timers. `now` and `rng` are what a behaviour may use. On a failed write
-    /// nothing is sent and no timer changes; the error is returned.
-    pub fn flush<E: Effects>(
-        &mut self,
-        now: Duration,
-        rng: &mut dyn RngCore,
-        effects: &mut E,
-    ) -> Result<Flushed, E::Error> {
-        let mut ready = self.replica.poll_ready();
-        let executed = std::mem::take(&mut ready.executed);
-        let halt = ready.halt.take();
-        let output = match &mut self.behavior {
-            None => byzantine::honest(ready),
-            Some(behavior) => {
-                let mut ctx = Context {
-                    id: self.replica.id(),
-                    key: self.replica.signer(),
-                    committee: self.replica.committee(),
-                    now,
-                    rng,
-                };
-                behavior.transform(ready, &mut ctx)
+    /// send, reply, timers. On a failed write nothing is sent and no timer changes; the error
+    /// is returned.
+    pub fn flush<E: Effects>(&mut self, effects: &mut E) -> Result<Flushed, E::Error> {
+        let ready = self.replica.poll_ready();
+        effects.persist(&ready.persist)?;
+        for Outgoing { to, message } in ready.messages {
+            let to = self.recipients(to);
+            if !to.is_empty() {
+                effects.send(to, message);
             }
-        };
-        let FaultyOutput {
-            persist,
-            sends,
-            replies,
-            timers,
-        } = output;
-        effects.persist(&persist)?;
-        self.send_all(sends, effects);
-        for reply in replies {
+        }
+        for reply in ready.replies {
             effects.reply(reply);
         }
-        self.timers.apply(&timers);
+        Ok(self.settle(ready.executed, ready.halt, &ready.timers))
+    }
+
+    /// Applies the timer commands of a step that was carried out, and says what it did.
+    pub fn settle(
+        &mut self,
+        executed: Vec<Executed>,
+        halt: Option<Halt>,
+        timers: &[TimerCommand],
+    ) -> Flushed {
+        self.timers.apply(timers);
         let timers_set = timers
             .iter()
             .filter_map(|command| match *command {
@@ -184,53 +175,33 @@ impl Driver {
                 TimerCommand::Cancel(_) => None,
             })
             .collect();
-        Ok(Flushed {
+        Flushed {
             executed,
             halt,
             timers_set,
-        })
+        }
     }
 
-    /// Fires `timer` if its deadline is `at` and has come by `now` (a deadline that moved or was
-    /// cancelled does not fire), then flushes. Returns `None` if it did not fire.
+    /// Hands `timer` to the replica if its deadline is `at` and has come by `now`; a deadline
+    /// that moved or was cancelled does not fire. Returns whether it fired: then flush.
+    pub fn take_timer(&mut self, timer: Timer, at: Duration, now: Duration) -> bool {
+        if self.timers.deadline(timer) != Some(at) || at > now {
+            return false;
+        }
+        self.timers.apply(&[TimerCommand::Cancel(timer)]);
+        self.replica.handle_timer(now, timer);
+        true
+    }
+
+    /// Fires `timer` as [`Driver::take_timer`] does, then flushes. Returns `None` if it did not
+    /// fire.
     pub fn fire_timer<E: Effects>(
         &mut self,
         timer: Timer,
         at: Duration,
         now: Duration,
-        rng: &mut dyn RngCore,
         effects: &mut E,
     ) -> Option<Result<Flushed, E::Error>> {
-        if self.timers.deadline(timer) != Some(at) || at > now {
-            return None;
-        }
-        self.timers.apply(&[TimerCommand::Cancel(timer)]);
-        self.replica.handle_timer(now, timer);
-        Some(self.flush(now, rng, effects))
-    }
-
-    /// When a behaviour next releases a message it held back.
-    pub fn next_wakeup(&self) -> Option<Duration> {
-        self.behavior.as_ref().and_then(|b| b.next_wakeup())
-    }
-
-    /// Sends what a behaviour held back and is due by `now`.
-    pub fn release_delayed<E: Effects>(&mut self, now: Duration, effects: &mut E) {
-        let sends = match &mut self.behavior {
-            Some(behavior) => behavior.poll_delayed(now),
-            None => return,
-        };
-        self.send_all(sends, effects);
-    }
-
-    fn send_all<E: Effects>(&self, sends: Vec<FaultySend>, effects: &mut E) {
-        let id = self.replica.id();
-        for send in sends {
-            match send.to {
-                Destination::Replica(to) if to != id => effects.send(&[to], send.payload),
-                Destination::Replica(_) => {}
-                Destination::AllReplicas => effects.send(&self.peers, send.payload),
-            }
-        }
+        self.take_timer(timer, at, now).then(|| self.flush(effects))
     }
 }

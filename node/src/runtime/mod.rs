@@ -33,8 +33,8 @@ use crate::metrics::{Metrics, MetricsServerConfig};
 use crate::storage::{ReplicaStore, StorageConfig};
 use pbft_core::app::KvStore;
 use pbft_core::byzantine::BehaviorKind;
+use pbft_core::byzantine::Harness;
 use pbft_core::committee::Committee;
-use pbft_core::driver::Driver;
 use pbft_core::messages::{Message, NodeStatus, ReplicaId, SignatureCache, Verified};
 use pbft_core::protocol::{ProtocolConfig, Replica};
 
@@ -161,7 +161,7 @@ impl RunningNode {
         let driver = ProtocolTask {
             id: setup.id,
             behavior_name: setup.behavior.map(|k| k.to_string()),
-            driver: Driver::new(replica, behavior),
+            driver: Harness::new(replica, behavior),
             store,
             _lock: lock,
             transport: Arc::new(transport),

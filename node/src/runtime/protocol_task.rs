@@ -17,8 +17,8 @@ use crate::data_dir::DirLock;
 use crate::error::NodeError;
 use crate::metrics::{Metrics, Position};
 use crate::storage::ReplicaStore;
-use pbft_core::byzantine::Payload;
-use pbft_core::driver::{Driver, Effects, Flushed};
+use pbft_core::byzantine::{Harness, RawEffects};
+use pbft_core::driver::{Effects, Flushed};
 use pbft_core::messages::{Message, NodeStatus, ReplicaId, Reply, Timestamp};
 use pbft_core::protocol::Durable;
 
@@ -60,7 +60,7 @@ pub(super) struct ProtocolTask {
     pub(super) id: ReplicaId,
     pub(super) behavior_name: Option<String>,
     /// The replica, its behaviour and its timers.
-    pub(super) driver: Driver,
+    pub(super) driver: Harness,
     /// Durable state; `None` when turned off.
     pub(super) store: Option<ReplicaStore>,
     /// Held while the replica runs, so no other process uses its data directory.
@@ -244,7 +244,7 @@ impl ProtocolTask {
     }
 
     /// The driver, the behaviour's randomness and the effects, borrowed apart.
-    fn parts(&mut self) -> (&mut Driver, &mut rand::rngs::StdRng, NodeEffects<'_>) {
+    fn parts(&mut self) -> (&mut Harness, &mut rand::rngs::StdRng, NodeEffects<'_>) {
         let effects = NodeEffects {
             id: self.id,
             store: self.store.as_mut(),
@@ -255,7 +255,7 @@ impl ProtocolTask {
         (&mut self.driver, &mut self.rng, effects)
     }
 
-    /// Carries out the replica's outputs (see [`Driver::flush`]). A failed write or a halt stops
+    /// Carries out the replica's outputs (see [`Harness::flush`]). A failed write or a halt stops
     /// the replica; nothing that depends on the write is sent.
     fn flush(&mut self) -> Result<(), NodeError> {
         let now = self.now();
@@ -293,6 +293,20 @@ struct NodeEffects<'a> {
     arrivals: &'a mut HashMap<(PublicKey, Timestamp), Instant>,
 }
 
+impl NodeEffects<'_> {
+    fn send_frame(&self, to: &[ReplicaId], frame: Bytes) {
+        for id in to {
+            self.transport.send_to_replica(*id, frame.clone());
+        }
+    }
+}
+
+impl RawEffects for NodeEffects<'_> {
+    fn send_raw(&mut self, to: &[ReplicaId], bytes: Vec<u8>) {
+        self.send_frame(to, Bytes::from(bytes));
+    }
+}
+
 impl Effects for NodeEffects<'_> {
     type Error = NodeError;
 
@@ -312,14 +326,8 @@ impl Effects for NodeEffects<'_> {
         Ok(())
     }
 
-    fn send(&mut self, to: &[ReplicaId], payload: Payload) {
-        let frame = match payload {
-            Payload::Message(message) => Bytes::from(message.encode()),
-            Payload::Garbage(bytes) => Bytes::from(bytes),
-        };
-        for id in to {
-            self.transport.send_to_replica(*id, frame.clone());
-        }
+    fn send(&mut self, to: &[ReplicaId], message: Arc<Message>) {
+        self.send_frame(to, Bytes::from(message.encode()));
     }
 
     fn reply(&mut self, reply: Reply) {

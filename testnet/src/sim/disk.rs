@@ -1,9 +1,11 @@
 //! A simulated replica's disk, and the effects of its steps: records persisted (or cut short by
 //! a crash in the middle of a write), sends and replies collected for the simulation to carry out.
 
-use pbft_core::byzantine::Payload;
+use std::sync::Arc;
+
+use pbft_core::byzantine::{Payload, RawEffects};
 use pbft_core::driver::Effects;
-use pbft_core::messages::{ReplicaId, Reply};
+use pbft_core::messages::{Message, ReplicaId, Reply};
 use pbft_core::protocol::{segment_released, Durable};
 use pbft_crypto::Digest;
 
@@ -64,6 +66,12 @@ pub(super) struct SimEffects<'a> {
     pub(super) checkpoints: Vec<(u64, Digest)>,
 }
 
+impl RawEffects for SimEffects<'_> {
+    fn send_raw(&mut self, to: &[ReplicaId], bytes: Vec<u8>) {
+        self.sends.push((to.to_vec(), Payload::Garbage(bytes)));
+    }
+}
+
 impl Effects for SimEffects<'_> {
     type Error = Crashed;
 
@@ -88,8 +96,8 @@ impl Effects for SimEffects<'_> {
         Ok(())
     }
 
-    fn send(&mut self, to: &[ReplicaId], payload: Payload) {
-        self.sends.push((to.to_vec(), payload));
+    fn send(&mut self, to: &[ReplicaId], message: Arc<Message>) {
+        self.sends.push((to.to_vec(), Payload::Message(message)));
     }
 
     fn reply(&mut self, reply: Reply) {

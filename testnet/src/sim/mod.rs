@@ -32,9 +32,9 @@ use std::time::Duration;
 
 use pbft_client::session::Target;
 use pbft_core::app::KvStore;
-use pbft_core::byzantine::{BehaviorKind, FaultyClient, Payload};
+use pbft_core::byzantine::{BehaviorKind, FaultyClient, Harness, Payload};
 use pbft_core::committee::ClientPolicy;
-use pbft_core::driver::{Driver, Flushed};
+use pbft_core::driver::Flushed;
 use pbft_core::messages::{self, Limits, Message, ReplicaId, Sender, SessionKey, SignatureCache};
 use pbft_core::protocol::{signed_statements, Replica};
 use pbft_core::Committee;
@@ -56,7 +56,7 @@ struct SimReplica {
     /// The replica id this instance signs as; only a twin's differs from its place.
     identity: ReplicaId,
     /// The replica, its behaviour and its timers.
-    driver: Driver,
+    driver: Harness,
     key: KeyPair,
     crashed: bool,
     disk: SimDisk,
@@ -137,7 +137,7 @@ impl Simulation {
                 .expect("valid replica");
                 SimReplica {
                     identity: i as ReplicaId,
-                    driver: Driver::new(replica, None),
+                    driver: Harness::new(replica, None),
                     key,
                     crashed: false,
                     disk: SimDisk::default(),
@@ -680,7 +680,7 @@ impl Simulation {
         &mut self,
         id: ReplicaId,
         step: impl FnOnce(
-            &mut Driver,
+            &mut Harness,
             Duration,
             &mut ChaCha8Rng,
             &mut SimEffects<'_>,

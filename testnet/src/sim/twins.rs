@@ -3,8 +3,7 @@
 //! does.
 
 use pbft_core::app::KvStore;
-use pbft_core::byzantine::BehaviorKind;
-use pbft_core::driver::Driver;
+use pbft_core::byzantine::{BehaviorKind, Harness};
 use pbft_core::messages::ReplicaId;
 use pbft_core::protocol::Replica;
 use rand::Rng;
@@ -28,7 +27,7 @@ impl Simulation {
         let place = self.replicas.len() as ReplicaId;
         self.replicas.push(SimReplica {
             identity: id,
-            driver: Driver::new(replica, behavior),
+            driver: Harness::new(replica, behavior),
             key,
             crashed: false,
             disk: SimDisk::default(),

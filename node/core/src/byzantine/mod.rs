@@ -1,13 +1,14 @@
 //! Named faulty behaviours that wrap a correct replica.
 //!
-//! A faulty replica runs the unmodified [`Replica`](crate::protocol::Replica) and passes every
-//! [`Ready`] it produces through a [`Behavior`], which decides what actually leaves: the honest
-//! messages, altered or extra ones, raw bytes, or nothing. The protocol is never forked, so the
-//! misbehaviour is exactly the strategy's and nothing else. The simulator and the node process
-//! drive a behaviour the same way:
+//! A faulty replica runs the unmodified [`Replica`](crate::protocol::Replica) and its honest
+//! [`Driver`](crate::driver::Driver), and passes every [`Ready`] through a [`Behavior`], which
+//! decides what actually leaves: the honest messages, altered or extra ones, raw bytes, or
+//! nothing. Neither the protocol nor the driver is forked or told, so the misbehaviour is exactly
+//! the strategy's and nothing else. [`Harness`] drives a behaviour for the simulator and the node
+//! process alike:
 //!
-//! 1. after each input, take the replica's `Ready` (and its `executed` list first, if wanted:
-//!    a behaviour ignores it);
+//! 1. after each input, take the replica's `Ready` (its `executed` list first: a behaviour
+//!    ignores it);
 //! 2. call [`Behavior::transform`] with a [`Context`] holding the replica's key and a seeded RNG;
 //! 3. carry out the [`FaultyOutput`] like a `Ready`: persist, then send, reply and set timers;
 //! 4. wake up at [`Behavior::next_wakeup`] even without input, and send what
@@ -23,6 +24,7 @@ pub mod equivocating_backup;
 pub mod equivocating_primary;
 pub mod equivocator;
 pub mod forged_signatures;
+mod harness;
 pub mod replay;
 pub mod shun;
 pub mod silent;
@@ -49,6 +51,7 @@ pub use equivocating_backup::EquivocatingBackup;
 pub use equivocating_primary::{EquivocatingPrimary, EquivocationMode};
 pub use equivocator::Equivocator;
 pub use forged_signatures::ForgedSignatures;
+pub use harness::{Harness, RawEffects};
 pub use replay::Replay;
 pub use shun::Shun;
 pub use silent::Silent;
