@@ -197,7 +197,7 @@ impl Replica {
         let c = &mut self.checkpoints;
         for (seq, entry) in dropped {
             if let (true, Some(body), Some(commits)) =
-                (entry.committed, entry.batch, entry.commit_cert)
+                (entry.is_committed(), entry.batch, entry.commit_cert)
             {
                 c.archive_bytes += body.batch.encoded_len();
                 if let Some((old, _)) = c.archive.insert(seq, (body, commits)) {

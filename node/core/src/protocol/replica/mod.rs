@@ -115,14 +115,13 @@ struct Entry {
     commit_cert: Option<Vec<Vote>>,
     /// The certificate from the highest view this slot prepared in; survives view changes.
     prepared_cert: Option<PreparedCert>,
-    sent_prepare: bool,
-    sent_commit: bool,
+    /// What this replica signed in `view`.
+    signed: Signed,
     /// A FETCH-BATCH went out in this view.
     fetch_sent: bool,
-    /// 2f+1 COMMITs fixed `digest` for good; no later message may bind this slot to another.
-    committed: bool,
-    /// The view of the COMMITs that fixed `digest`.
-    commit_view: View,
+    /// The view of the 2f+1 COMMITs that fixed `digest` for good; no later message may bind
+    /// this slot to another. `None` while the slot is open.
+    committed_in: Option<View>,
     /// The digest of the batch body last written to durable storage for this slot.
     durable_batch: Option<Digest>,
     /// Bodies this replica voted for here (as primary or with a PREPARE), in this view and
@@ -139,12 +138,15 @@ impl Entry {
         self.pre_prepare = None;
         self.prepares = VoteSet::new();
         self.commits = VoteSet::new();
-        self.sent_prepare = false;
-        self.sent_commit = false;
+        self.signed = Signed::Nothing;
         self.fetch_sent = false;
-        if !self.committed {
+        if !self.is_committed() {
             self.digest = None;
         }
+    }
+
+    fn is_committed(&self) -> bool {
+        self.committed_in.is_some()
     }
 
     fn has_batch_for_digest(&self) -> bool {
@@ -173,6 +175,44 @@ impl Entry {
     fn bind_body(&mut self, digest: Digest) {
         if self.batch.as_ref().map(|b| b.digest) != Some(digest) {
             self.batch = self.body_for(digest);
+        }
+    }
+}
+
+/// The votes this replica signed for a slot in one view, each at most once. The primary's
+/// PRE-PREPARE stands for its PREPARE, and a backup commits on 2f PREPAREs even before it holds
+/// the batch to prepare with, so a COMMIT may come without, or before, a PREPARE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Signed {
+    #[default]
+    Nothing,
+    Prepare,
+    Commit,
+    PrepareAndCommit,
+}
+
+impl Signed {
+    fn has_prepare(self) -> bool {
+        matches!(self, Signed::Prepare | Signed::PrepareAndCommit)
+    }
+
+    fn has_commit(self) -> bool {
+        matches!(self, Signed::Commit | Signed::PrepareAndCommit)
+    }
+
+    fn with_prepare(self) -> Signed {
+        if self.has_commit() {
+            Signed::PrepareAndCommit
+        } else {
+            Signed::Prepare
+        }
+    }
+
+    fn with_commit(self) -> Signed {
+        if self.has_prepare() {
+            Signed::PrepareAndCommit
+        } else {
+            Signed::Commit
         }
     }
 }

@@ -114,11 +114,9 @@ impl Replica {
             }
             // A slot already bound (committed, or holding this view's PRE-PREPARE) is never
             // assigned again.
-            while self
-                .log
-                .get(&self.next_seq)
-                .is_some_and(|e| e.committed || (e.view == self.view && e.pre_prepare.is_some()))
-            {
+            while self.log.get(&self.next_seq).is_some_and(|e| {
+                e.is_committed() || (e.view == self.view && e.pre_prepare.is_some())
+            }) {
                 self.next_seq += 1;
             }
             let seq = self.next_seq;
@@ -230,7 +228,7 @@ impl Replica {
                 entry.batch = batch;
             }
         } else {
-            if entry.committed && entry.digest != Some(header.digest) {
+            if entry.is_committed() && entry.digest != Some(header.digest) {
                 // A committed slot cannot take another batch; the sender is faulty.
                 self.ignore(Ignored::PrePrepareConflictsWithCommit);
                 return;
@@ -261,8 +259,8 @@ impl Replica {
         let Some(entry) = self.log.get(&seq) else {
             return;
         };
-        if entry.view != view || entry.sent_prepare || !entry.has_batch_for_digest() {
-            if entry.view == view && !entry.sent_prepare && entry.pre_prepare.is_some() {
+        if entry.view != view || entry.signed.has_prepare() || !entry.has_batch_for_digest() {
+            if entry.view == view && !entry.signed.has_prepare() && entry.pre_prepare.is_some() {
                 self.fetch_batch(seq);
             }
             return;
@@ -280,7 +278,7 @@ impl Replica {
         let vote = self.sign_vote(Phase::Prepare, view, seq, pre_prepare.digest);
         let now = self.now;
         let entry = self.log.get_mut(&seq).expect("checked above");
-        entry.sent_prepare = true;
+        entry.signed = entry.signed.with_prepare();
         entry.touched = now;
         entry.prepares.add(vote.clone());
         if let Some(batch) = entry.batch.clone() {
@@ -302,7 +300,7 @@ impl Replica {
                 conflicts.push(Conflict::Votes(ours.clone(), pre_prepare.clone()));
             }
             Some(_) => {}
-            None if active && !entry.committed => {
+            None if active && !entry.is_committed() => {
                 // Learn the PRE-PREPARE from the header the backup carries; fetch the batch.
                 entry.pre_prepare = Some(pre_prepare.clone());
                 entry.digest = Some(pre_prepare.digest);
@@ -331,7 +329,7 @@ impl Replica {
         let Some(entry) = self.log.get_mut(&seq) else {
             return;
         };
-        if entry.view != view || entry.sent_commit {
+        if entry.view != view || entry.signed.has_commit() {
             return;
         }
         let Some(pre_prepare) = entry.pre_prepare.clone() else {
@@ -350,7 +348,7 @@ impl Replica {
         let vote = self.sign_vote(Phase::Commit, view, seq, pre_prepare.digest);
         let now = self.now;
         let entry = self.log.get_mut(&seq).expect("exists");
-        entry.sent_commit = true;
+        entry.signed = entry.signed.with_commit();
         entry.touched = now;
         entry.commits.add(vote.clone());
         self.broadcast(Message::Commit(vote));
@@ -377,7 +375,7 @@ impl Replica {
         let Some(entry) = self.log.get_mut(&seq) else {
             return;
         };
-        if entry.committed {
+        if entry.is_committed() {
             return;
         }
         let Some(cert) = entry.commits.certificate(quorum, None) else {
@@ -400,7 +398,7 @@ impl Replica {
         let (seq, view, digest) = (first.seq, first.view, first.digest);
         let now = self.now;
         let entry = self.log.entry(seq).or_default();
-        if entry.committed {
+        if entry.is_committed() {
             if let Some(committed) = entry.digest.filter(|d| *d != digest) {
                 self.halt(Halt::ConflictingCommit {
                     seq,
@@ -416,8 +414,7 @@ impl Replica {
         }
         entry.bind_body(digest);
         entry.digest = Some(digest);
-        entry.committed = true;
-        entry.commit_view = view;
+        entry.committed_in = Some(view);
         entry.commit_cert = Some(commits);
         entry.touched = now;
         self.newest_commit_view = self.newest_commit_view.max(view);
@@ -433,7 +430,7 @@ impl Replica {
             let Some(entry) = self.log.get_mut(&seq) else {
                 return;
             };
-            let (true, Some(digest)) = (entry.committed, entry.digest) else {
+            let (true, Some(digest)) = (entry.is_committed(), entry.digest) else {
                 return;
             };
             // Only the body the commit certificate names may execute.

@@ -102,18 +102,18 @@ impl Replica {
                 };
                 match vote.phase {
                     Phase::PrePrepare => {
-                        if entry.committed && entry.digest != Some(vote.digest) {
+                        if entry.is_committed() && entry.digest != Some(vote.digest) {
                             return;
                         }
                         entry.digest = Some(vote.digest);
                         entry.pre_prepare = Some(vote);
                     }
                     Phase::Prepare if own => {
-                        entry.sent_prepare = true;
+                        entry.signed = entry.signed.with_prepare();
                         entry.prepares.add(vote);
                     }
                     Phase::Commit if own => {
-                        entry.sent_commit = true;
+                        entry.signed = entry.signed.with_commit();
                         entry.commits.add(vote);
                     }
                     Phase::Prepare | Phase::Commit => {}

@@ -102,7 +102,7 @@ impl Replica {
         let archived = (self.checkpoints.archive.range(first..))
             .map(|(seq, (batch, commits))| (*seq, Some(batch), Some(commits)));
         let logged = (self.log.range(first..))
-            .take_while(|(_, entry)| entry.committed)
+            .take_while(|(_, entry)| entry.is_committed())
             .map(|(seq, entry)| (*seq, entry.batch.as_ref(), entry.commit_cert.as_ref()));
         let mut answers = Vec::new();
         for (next, (seq, batch, commits)) in (first..).zip(archived.chain(logged)) {
@@ -172,7 +172,7 @@ impl Replica {
                 // Below the low watermark (catching up) or while rejoining silent, only bodies
                 // are asked for: no signed statement goes out again.
                 let fetch_only = silent || *seq <= self.low();
-                if entry.committed || fetch_only {
+                if entry.is_committed() || fetch_only {
                     if let (None, Some(digest)) = (&entry.batch, entry.digest) {
                         resend.push(Message::FetchBatch {
                             seq: *seq,

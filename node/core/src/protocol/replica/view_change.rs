@@ -261,7 +261,7 @@ impl Replica {
         let above: Vec<Seq> = self
             .log
             .range(max_s + 1..)
-            .filter(|(_, e)| !e.committed)
+            .filter(|(_, e)| !e.is_committed())
             .map(|(s, _)| *s)
             .collect();
         for seq in above {
@@ -282,7 +282,7 @@ impl Replica {
             let entry = self.log.entry(seq).or_default();
             entry.view = view;
             entry.touched = now;
-            if entry.committed && entry.digest != Some(pre_prepare.digest) {
+            if entry.is_committed() && entry.digest != Some(pre_prepare.digest) {
                 // A commit from this view or a later one: the NEW-VIEW is older news.
                 continue;
             }
@@ -330,8 +330,9 @@ impl Replica {
     pub(super) fn contradicted_commit(&self, new_view: &NewView) -> Option<Halt> {
         new_view.pre_prepares.iter().find_map(|pre_prepare| {
             let entry = self.log.get(&pre_prepare.seq)?;
-            let committed = entry.digest.filter(|_| entry.committed)?;
-            (committed != pre_prepare.digest && entry.commit_view < new_view.view).then_some(
+            let commit_view = entry.committed_in?;
+            let committed = entry.digest?;
+            (committed != pre_prepare.digest && commit_view < new_view.view).then_some(
                 Halt::ConflictingCommit {
                     seq: pre_prepare.seq,
                     committed,
