@@ -5,9 +5,8 @@
 //! for by at least one correct replica; the session waits for 2f+1 (see [`crate::session`] for
 //! why). Each replica counts once, whatever it sends.
 
-use std::collections::BTreeMap;
-
 use pbft_core::messages::{ReplicaId, View};
+use pbft_core::tally::Tally;
 
 /// Collects the replies for one request and accepts a result once `needed` distinct replicas
 /// sent the same one.
@@ -18,8 +17,7 @@ use pbft_core::messages::{ReplicaId, View};
 #[derive(Clone, Debug)]
 pub struct ReplyQuorum<T = Vec<u8>> {
     needed: usize,
-    /// At most one entry per replica.
-    answers: Vec<(ReplicaId, T)>,
+    answers: Tally<T>,
     accepted: bool,
 }
 
@@ -28,7 +26,7 @@ impl<T: Clone + PartialEq> ReplyQuorum<T> {
     pub fn new(needed: usize) -> ReplyQuorum<T> {
         ReplyQuorum {
             needed,
-            answers: Vec::new(),
+            answers: Tally::new(),
             accepted: false,
         }
     }
@@ -37,8 +35,8 @@ impl<T: Clone + PartialEq> ReplyQuorum<T> {
     pub fn possible(&self, n: usize) -> bool {
         let best = self
             .answers
-            .iter()
-            .map(|(_, a)| self.answers.iter().filter(|(_, b)| b == a).count())
+            .values()
+            .map(|a| self.answers.count(|b| b == a))
             .max()
             .unwrap_or(0);
         best + n.saturating_sub(self.answers.len()) >= self.needed
@@ -48,16 +46,16 @@ impl<T: Clone + PartialEq> ReplyQuorum<T> {
     /// replicas agree on it, and `None` before and after that. The caller must have checked that
     /// `from` is a replica of the cluster and that the channel authenticated it.
     pub fn add(&mut self, from: ReplicaId, result: T) -> Option<T> {
-        if self.accepted || self.answers.iter().any(|(id, _)| *id == from) {
+        if self.accepted || self.answers.get(from).is_some() {
             return None;
         }
-        let matching = 1 + self.answers.iter().filter(|(_, r)| *r == result).count();
+        let matching = 1 + self.answers.count(|r| *r == result);
         if matching >= self.needed {
             self.accepted = true;
             self.answers.clear();
             return Some(result);
         }
-        self.answers.push((from, result));
+        self.answers.insert(from, result);
         None
     }
 
@@ -80,7 +78,7 @@ impl<T: Clone + PartialEq> ReplyQuorum<T> {
 #[derive(Clone, Debug)]
 pub struct ViewTracker {
     f: usize,
-    reported: BTreeMap<ReplicaId, View>,
+    reported: Tally<View>,
     view: View,
 }
 
@@ -89,22 +87,23 @@ impl ViewTracker {
     pub fn new(f: usize) -> ViewTracker {
         ViewTracker {
             f,
-            reported: BTreeMap::new(),
+            reported: Tally::new(),
             view: 0,
         }
     }
 
     /// Records that `replica` reported `view`. The caller must have authenticated `replica`.
     pub fn observe(&mut self, replica: ReplicaId, view: View) {
-        let entry = self.reported.entry(replica).or_insert(view);
-        if view < *entry {
+        if self
+            .reported
+            .get(replica)
+            .is_some_and(|&known| view < known)
+        {
             return;
         }
-        *entry = view;
-        let mut views: Vec<View> = self.reported.values().copied().collect();
-        views.sort_unstable_by(|a, b| b.cmp(a));
+        self.reported.insert(replica, view);
         // Views only grow, so a belief is never taken back.
-        if let Some(&candidate) = views.get(self.f) {
+        if let Some(candidate) = self.reported.kth_highest(self.f + 1, |_, v| Some(*v)) {
             self.view = self.view.max(candidate);
         }
     }

@@ -172,6 +172,12 @@ impl Committee {
         self.f + 1
     }
 
+    /// 2f: the PREPAREs from distinct backups that, with the primary's PRE-PREPARE, make 2f+1
+    /// replicas behind one batch.
+    pub fn prepared_quorum(&self) -> usize {
+        2 * self.f
+    }
+
     /// The primary of view `v` is `v mod n`.
     pub fn primary(&self, view: View) -> ReplicaId {
         (view % self.n() as u64) as ReplicaId

@@ -8,6 +8,7 @@
 //!
 //! - [`messages`]: the wire format, canonical signing digests, limits and boundary validation.
 //! - [`committee`]: the replicas of a cluster and its quorums.
+//! - [`tally`]: counting each replica once toward a quorum.
 //! - [`codec`]: the one bounded, canonical encoding.
 //! - [`protocol`]: the replica state machine.
 //! - [`driver`]: carrying out the replica's outputs in the required order, for every driver.
@@ -27,5 +28,6 @@ pub mod fixtures;
 pub mod ids;
 pub mod messages;
 pub mod protocol;
+pub mod tally;
 
 pub use committee::Committee;

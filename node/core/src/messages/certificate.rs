@@ -45,7 +45,7 @@ impl PreparedCert {
                 "pre-prepare not from that view's primary",
             ));
         }
-        if self.prepares.len() != 2 * committee.f() {
+        if self.prepares.len() != committee.prepared_quorum() {
             return Err(Rejection::InvalidCertificate(
                 "a prepared certificate holds exactly 2f prepares",
             ));

@@ -3,12 +3,11 @@
 //! vote per signer counts, a signer's second vote for another choice is proof of equivocation
 //! and does not count, and a certificate is yielded once.
 
-use std::collections::BTreeMap;
-
 use pbft_crypto::Digest;
 
 use super::Conflict;
 use crate::messages::{Checkpoint, ReplicaId, Vote};
+use crate::tally::Tally;
 
 /// A signed vote: who signed it and what it chose.
 pub trait Ballot: Clone {
@@ -52,14 +51,14 @@ impl Ballot for Checkpoint {
 /// vote is about this question.
 #[derive(Clone, Debug)]
 pub struct VoteSet<B> {
-    votes: BTreeMap<ReplicaId, B>,
+    votes: Tally<B>,
     certified: bool,
 }
 
 impl<B> Default for VoteSet<B> {
     fn default() -> Self {
         VoteSet {
-            votes: BTreeMap::new(),
+            votes: Tally::new(),
             certified: false,
         }
     }
@@ -85,7 +84,7 @@ impl<B: Ballot> VoteSet<B> {
 
     /// Adds one vote.
     pub fn add(&mut self, vote: B) -> Added {
-        match self.votes.get(&vote.signer()) {
+        match self.votes.get(vote.signer()) {
             Some(earlier) if earlier.choice() != vote.choice() => {
                 Added::Conflict(B::conflict(earlier.clone(), vote))
             }
@@ -99,12 +98,12 @@ impl<B: Ballot> VoteSet<B> {
 
     /// The vote `signer` cast, if any.
     pub fn get(&self, signer: ReplicaId) -> Option<&B> {
-        self.votes.get(&signer)
+        self.votes.get(signer)
     }
 
     /// Forgets the vote of `signer` (to bound what one signer holds across questions).
     pub fn remove(&mut self, signer: ReplicaId) {
-        self.votes.remove(&signer);
+        self.votes.remove(signer);
     }
 
     /// How many signers voted.
@@ -127,26 +126,18 @@ impl<B: Ballot> VoteSet<B> {
         if self.certified {
             return None;
         }
-        let choice = match choice {
-            Some(choice) => choice,
+        let votes: Vec<B> = match choice {
+            Some(choice) => self
+                .votes
+                .pick(threshold, None, |v| v.choice() == choice)?
+                .into_iter()
+                .cloned()
+                .collect(),
             None => {
-                let mut counts: BTreeMap<Digest, usize> = BTreeMap::new();
-                for vote in self.votes.values() {
-                    *counts.entry(vote.choice()).or_default() += 1;
-                }
-                counts.into_iter().find(|(_, n)| *n >= threshold)?.0
+                let (_, votes) = self.votes.agreed(threshold, B::choice)?;
+                votes.into_iter().cloned().collect()
             }
         };
-        let votes: Vec<B> = self
-            .votes
-            .values()
-            .filter(|v| v.choice() == choice)
-            .take(threshold)
-            .cloned()
-            .collect();
-        if votes.len() < threshold {
-            return None;
-        }
         self.certified = true;
         Some(votes)
     }

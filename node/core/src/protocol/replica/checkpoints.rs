@@ -271,7 +271,7 @@ impl Replica {
             self.ready.persist.push(Durable::NewView(new_view));
         }
         if !self.view_active {
-            if let Some(own) = self.view_changes.get(&self.id).cloned() {
+            if let Some(own) = self.view_changes.get(self.id).cloned() {
                 self.ready.persist.push(Durable::ViewChange(own));
             }
         }

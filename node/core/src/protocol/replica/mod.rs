@@ -49,6 +49,7 @@ use crate::{
         state, Batch, Message, NewView, Phase, PreparedCert, ReplicaId, RequestEnvelope, Seq,
         Verified, View, ViewChange, Vote,
     },
+    tally::Tally,
 };
 
 /// The state a checkpoint certifies: the application and the client table. Its encoding is
@@ -253,7 +254,7 @@ pub struct Replica {
     new_view_timer_armed: bool,
 
     /// The latest VIEW-CHANGE from each replica (own included).
-    view_changes: BTreeMap<ReplicaId, ViewChange>,
+    view_changes: Tally<ViewChange>,
     /// The NEW-VIEW that started the current view, for replicas that missed it.
     last_new_view: Option<Arc<NewView>>,
 
@@ -276,7 +277,7 @@ pub struct Replica {
     rejoin: Option<Rejoin>,
     /// While the rejoin point is unknown: each peer's highest reported view and last executed
     /// sequence number.
-    rejoin_reports: BTreeMap<ReplicaId, (View, Seq)>,
+    rejoin_reports: Tally<(View, Seq)>,
     now: Duration,
     ready: Ready,
 }
@@ -318,7 +319,7 @@ impl Replica {
             executed_at_last_probe: 0,
             in_log: HashSet::new(),
             watched: None,
-            view_changes: BTreeMap::new(),
+            view_changes: Tally::new(),
             last_new_view: None,
             evidence: BTreeMap::new(),
             help_given: BTreeMap::new(),
@@ -329,7 +330,7 @@ impl Replica {
             newest_commit_view: 0,
             halted: None,
             rejoin: None,
-            rejoin_reports: BTreeMap::new(),
+            rejoin_reports: Tally::new(),
             now: Duration::ZERO,
             ready: Ready::default(),
         };

@@ -324,7 +324,7 @@ impl Replica {
         if self.silent() {
             return;
         }
-        let needed = 2 * self.committee.f();
+        let needed = self.committee.prepared_quorum();
         let view = self.view;
         let Some(entry) = self.log.get_mut(&seq) else {
             return;

@@ -159,11 +159,11 @@ impl Replica {
         let Some(rejoin) = self.rejoin.filter(|r| r.point.is_none()) else {
             return;
         };
-        let report = self
-            .rejoin_reports
-            .entry(from)
-            .or_insert((view, last_executed));
-        *report = (report.0.max(view), report.1.max(last_executed));
+        let report = match self.rejoin_reports.get(from) {
+            Some(&(v, s)) => (v.max(view), s.max(last_executed)),
+            None => (view, last_executed),
+        };
+        self.rejoin_reports.insert(from, report);
         if self.rejoin_reports.len() < self.committee.quorum() {
             return;
         }

@@ -155,7 +155,7 @@ impl Replica {
         if !self.view_active {
             if let Some(own) = self
                 .view_changes
-                .get(&self.id)
+                .get(self.id)
                 .filter(|vc| vc.new_view == self.view)
                 .cloned()
             {

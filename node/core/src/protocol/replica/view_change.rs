@@ -96,11 +96,7 @@ impl Replica {
         }
         // VIEW-CHANGEs for later views count too: their senders have left this view as well,
         // and without them replicas stranded in different view changes would wait forever.
-        let wanting = self
-            .view_changes
-            .values()
-            .filter(|vc| vc.new_view >= self.view)
-            .count();
+        let wanting = self.view_changes.count(|vc| vc.new_view >= self.view);
         if wanting < self.committee.quorum() {
             return;
         }
@@ -113,7 +109,7 @@ impl Replica {
 
     pub(super) fn store_view_change(&mut self, view_change: ViewChange) {
         let replica = view_change.replica;
-        match self.view_changes.get(&replica) {
+        match self.view_changes.get(replica) {
             Some(existing) if existing.new_view >= view_change.new_view => {}
             _ => {
                 self.view_changes.insert(replica, view_change);
@@ -133,15 +129,12 @@ impl Replica {
         self.store_view_change(view_change);
         // §4.5.2: f+1 replicas want a higher view, so at least one correct one does; join the
         // highest view that f+1 of them have reached.
-        let mut higher: Vec<View> = self
+        let join = self
             .view_changes
-            .iter()
-            .filter(|(id, vc)| **id != self.id && vc.new_view > self.view)
-            .map(|(_, vc)| vc.new_view)
-            .collect();
-        if higher.len() >= self.committee.weak_quorum() {
-            higher.sort_unstable_by(|a, b| b.cmp(a));
-            let join = higher[self.committee.weak_quorum() - 1];
+            .kth_highest(self.committee.weak_quorum(), |id, vc| {
+                (id != self.id && vc.new_view > self.view).then_some(vc.new_view)
+            });
+        if let Some(join) = join {
             self.start_view_change(join);
             return;
         }
@@ -165,22 +158,16 @@ impl Replica {
             return;
         }
         let view = self.view;
-        let mut chosen: Vec<ViewChange> = Vec::new();
-        if let Some(own) = self
+        // Its own VIEW-CHANGE first, then the others in replica order.
+        let Some(chosen) = self
             .view_changes
-            .get(&self.id)
-            .filter(|vc| vc.new_view == view)
-        {
-            chosen.push(own.clone());
-        }
-        for (id, vc) in &self.view_changes {
-            if *id != self.id && vc.new_view == view && chosen.len() < self.committee.quorum() {
-                chosen.push(vc.clone());
-            }
-        }
-        if chosen.len() < self.committee.quorum() {
+            .pick(self.committee.quorum(), Some(self.id), |vc| {
+                vc.new_view == view
+            })
+        else {
             return;
-        }
+        };
+        let chosen: Vec<ViewChange> = chosen.into_iter().cloned().collect();
         let plan = plan_new_view(&chosen);
         let pre_prepares: Vec<Vote> = plan
             .orders
