@@ -1,13 +1,14 @@
 //! The replica side: a listening endpoint, links to every other replica, and client
 //! connections.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
+use pbft_core::messages::SessionId;
 use pbft_crypto::{KeyPair, PublicKey};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
@@ -136,7 +137,13 @@ struct ClientLink {
     queue: FrameQueue,
     /// When the client last sent a frame, in milliseconds since the transport started.
     last_active: Arc<AtomicU64>,
+    /// The sessions whose last request came on this connection, oldest first.
+    sessions: VecDeque<SessionId>,
 }
+
+/// Sessions remembered per client connection; replies to a session forgotten here go to every
+/// connection of its key, as to a session never seen.
+const MAX_SESSIONS_PER_CONNECTION: usize = 16;
 
 impl ReplicaTransport {
     /// Listens on `listen` as replica `id` with identity `key`, and starts dialing the other
@@ -296,16 +303,65 @@ impl ReplicaTransport {
         }
     }
 
-    /// Queues `frame` for the client holding `client`, on every connection it dialed (each
-    /// process sharing the key picks out what is its own). Dropped and counted when that
-    /// client is not connected or a queue is full: clients retransmit their requests.
-    pub fn send_to_client(&self, client: &PublicKey, frame: Bytes) {
+    /// Remembers that `session` of `client` last sent on `connection`, where its replies then
+    /// go. Call it only for requests signed with the key the connection proved.
+    pub fn note_session(&self, client: &PublicKey, session: SessionId, connection: usize) {
+        let mut accepted = self.shared.accepted.lock().expect("accepted table lock");
+        let Some(links) = accepted.clients.get_mut(client) else {
+            return;
+        };
+        if !links.iter().any(|link| link.conn.stable_id() == connection) {
+            return;
+        }
+        for link in links.iter_mut() {
+            if link.conn.stable_id() == connection {
+                if link.sessions.back() != Some(&session) {
+                    link.sessions.retain(|known| *known != session);
+                    link.sessions.push_back(session);
+                    if link.sessions.len() > MAX_SESSIONS_PER_CONNECTION {
+                        link.sessions.pop_front();
+                    }
+                }
+            } else {
+                link.sessions.retain(|known| *known != session);
+            }
+        }
+    }
+
+    /// Queues a reply to `session` of `client` on the connection that session last sent from
+    /// ([`ReplicaTransport::note_session`]), or on every connection of the key while that is
+    /// unknown (each process sharing the key picks out what is its own). Dropped and counted
+    /// when the client is not connected or the queue is full: clients retransmit.
+    pub fn send_to_session(&self, client: &PublicKey, session: SessionId, frame: Bytes) {
         let accepted = self.shared.accepted.lock().expect("accepted table lock");
-        match accepted.clients.get(client) {
-            Some(links) => {
+        let Some(links) = accepted.clients.get(client) else {
+            bump(&self.shared.counters.dropped_not_connected, 1);
+            return;
+        };
+        match links.iter().find(|link| link.sessions.contains(&session)) {
+            Some(link) => {
+                link.queue.push(frame, &self.shared.counters);
+            }
+            None => {
                 for link in links {
                     link.queue.push(frame.clone(), &self.shared.counters);
                 }
+            }
+        }
+    }
+
+    /// Queues `frame` on `connection` of `client` only: an answer to what came on it. Dropped
+    /// and counted when that connection is gone or its queue is full.
+    pub fn send_to_connection(&self, client: &PublicKey, connection: usize, frame: Bytes) {
+        let accepted = self.shared.accepted.lock().expect("accepted table lock");
+        let link = accepted.clients.get(client).and_then(|links| {
+            links
+                .iter()
+                .find(|link| link.conn.stable_id() == connection)
+        });
+        match link {
+            Some(link) => {
+                link.queue.push(frame, &self.shared.counters);
             }
             None => bump(&self.shared.counters.dropped_not_connected, 1),
         }
@@ -579,6 +635,7 @@ async fn serve(incoming: quinn::Incoming, mut slot: Slot, shared: &Shared) {
                     conn: conn.clone(),
                     queue,
                     last_active: last_active.clone(),
+                    sessions: VecDeque::new(),
                 });
                 let over = links
                     .len()

@@ -281,7 +281,7 @@ async fn an_oversized_frame_closes_only_its_connection() {
     assert_eq!(incoming.frame, &b"sorry"[..]);
 
     // Frames above the limit are not sent at all.
-    replica.send_to_client(&key(11).public(), Bytes::from(vec![0u8; 2048]));
+    replica.send_to_session(&key(11).public(), 0, Bytes::from(vec![0u8; 2048]));
     assert_eq!(replica.stats().rejected_oversized_out, 1);
 }
 
@@ -388,7 +388,7 @@ async fn a_client_exchanges_frames_with_every_replica() {
         let incoming = recv(rx).await;
         assert_eq!(incoming.from, Peer::Client(client_key.public()));
         assert_eq!(incoming.frame, &b"request"[..]);
-        node.send_to_client(&client_key.public(), frame(format!("reply from {id}")));
+        node.send_to_session(&client_key.public(), 0, frame(format!("reply from {id}")));
     }
     let mut seen = [false; 4];
     for _ in 0..4 {
@@ -403,7 +403,7 @@ async fn a_client_exchanges_frames_with_every_replica() {
     // A client that is not connected gets nothing, and that is counted.
     nodes[0]
         .0
-        .send_to_client(&key(43).public(), Bytes::from_static(b"nobody"));
+        .send_to_session(&key(43).public(), 0, Bytes::from_static(b"nobody"));
     assert_eq!(nodes[0].0.stats().dropped_not_connected, 1);
 }
 
@@ -649,11 +649,12 @@ async fn flooding_clients_do_not_hold_back_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_with_one_client_key_both_get_what_is_sent_to_it() {
+async fn a_reply_goes_to_the_connection_its_session_last_sent_from() {
     let keys: Vec<KeyPair> = (1..=4).map(key).collect();
     let addrs = free_addrs(4);
     let (node, mut inbox) = bind(0, &keys, &addrs, config()).await;
     let client_key = key(42);
+    let client = client_key.public();
     let one_replica = cluster(&keys, &addrs)[..1].to_vec();
     let (first, mut first_rx) =
         ClientTransport::connect(&client_key, one_replica.clone(), config())
@@ -663,18 +664,42 @@ async fn two_processes_with_one_client_key_both_get_what_is_sent_to_it() {
         .await
         .unwrap();
     // Both connections are up once the replica heard from each.
-    for (name, client) in [("first", &first), ("second", &second)] {
-        resend_until(
+    let mut connections = Vec::new();
+    for (name, transport) in [("first", &first), ("second", &second)] {
+        let incoming = resend_until(
             name,
             &mut inbox,
-            || client.send(0, Bytes::from(name.as_bytes().to_vec())),
+            || transport.send(0, Bytes::from(name.as_bytes().to_vec())),
             |incoming| incoming.frame == name.as_bytes(),
         )
         .await;
+        connections.push(incoming.connection);
     }
-    node.send_to_client(&client_key.public(), Bytes::from_static(b"reply"));
-    assert_eq!(recv(&mut first_rx).await.1, &b"reply"[..]);
-    assert_eq!(recv(&mut second_rx).await.1, &b"reply"[..]);
+    // A session never seen: every process sharing the key gets the reply.
+    node.send_to_session(&client, 7, Bytes::from_static(b"unknown"));
+    assert_eq!(recv(&mut first_rx).await.1, &b"unknown"[..]);
+    assert_eq!(recv(&mut second_rx).await.1, &b"unknown"[..]);
+    // Frames on one connection arrive in order, so the frame after a reply that was not for a
+    // connection is the next one sent to all.
+    node.note_session(&client, 7, connections[0]);
+    node.send_to_session(&client, 7, Bytes::from_static(b"to seven"));
+    node.send_to_session(&client, 8, Bytes::from_static(b"to all"));
+    assert_eq!(recv(&mut first_rx).await.1, &b"to seven"[..]);
+    assert_eq!(recv(&mut first_rx).await.1, &b"to all"[..]);
+    assert_eq!(recv(&mut second_rx).await.1, &b"to all"[..]);
+    // The session moves with its next request.
+    node.note_session(&client, 7, connections[1]);
+    node.send_to_session(&client, 7, Bytes::from_static(b"moved"));
+    node.send_to_session(&client, 8, Bytes::from_static(b"to all again"));
+    assert_eq!(recv(&mut second_rx).await.1, &b"moved"[..]);
+    assert_eq!(recv(&mut second_rx).await.1, &b"to all again"[..]);
+    assert_eq!(recv(&mut first_rx).await.1, &b"to all again"[..]);
+    // An answer to what a connection asked goes to that connection.
+    node.send_to_connection(&client, connections[0], Bytes::from_static(b"status"));
+    node.send_to_session(&client, 8, Bytes::from_static(b"last"));
+    assert_eq!(recv(&mut first_rx).await.1, &b"status"[..]);
+    assert_eq!(recv(&mut first_rx).await.1, &b"last"[..]);
+    assert_eq!(recv(&mut second_rx).await.1, &b"last"[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,10 +90,11 @@ async fn joined(
 /// What reaches the protocol task.
 #[allow(clippy::large_enum_variant)] // messages dominate; boxing would allocate per message
 enum Input {
-    /// A message that passed the boundary checks, and where it came from.
-    Message(Verified<Message>, Peer),
+    /// A message that passed the boundary checks, who sent it, and on which connection.
+    Message(Verified<Message>, Peer, usize),
     StatusQuery {
         from: Peer,
+        connection: usize,
         nonce: u64,
     },
     /// A local status request (tests, tools).

@@ -141,24 +141,45 @@ impl ProtocolTask {
         Ok(())
     }
 
+    /// Routes the replies of a client's own session to the connection it sent from, and notes
+    /// when its requests arrived (for the latency metric).
+    fn note_client_request(&mut self, message: &Message, key: PublicKey, connection: usize) {
+        let (client, session) = match message {
+            Message::Request(envelope) => {
+                if self.arrivals.len() < MAX_TRACKED_ARRIVALS {
+                    self.arrivals
+                        .entry((envelope.client, envelope.first_timestamp()))
+                        .or_insert_with(Instant::now);
+                }
+                (envelope.client, envelope.session)
+            }
+            Message::Read(read) => (read.client, read.session),
+            _ => return,
+        };
+        // A connection may pass on others' requests; only the key's own sessions move to it.
+        if client == key {
+            self.transport.note_session(&key, session, connection);
+        }
+    }
+
     fn now(&self) -> Duration {
         Instant::now().saturating_duration_since(self.origin)
     }
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Message(message, from) => {
-                if let (Message::Request(envelope), Peer::Client(_)) = (message.get(), from) {
-                    if self.arrivals.len() < MAX_TRACKED_ARRIVALS {
-                        self.arrivals
-                            .entry((envelope.client, envelope.first_timestamp()))
-                            .or_insert_with(Instant::now);
-                    }
+            Input::Message(message, from, connection) => {
+                if let Peer::Client(key) = from {
+                    self.note_client_request(message.get(), key, connection);
                 }
                 let now = self.now();
                 self.driver.replica_mut().handle_message(now, message);
             }
-            Input::StatusQuery { from, nonce } => {
+            Input::StatusQuery {
+                from,
+                connection,
+                nonce,
+            } => {
                 if matches!(from, Peer::Client(_)) && !self.status_queries.allow(Instant::now()) {
                     count_rejection(&self.metrics, &self.rejections, "status_rate_limited");
                     return;
@@ -166,7 +187,7 @@ impl ProtocolTask {
                 let status = self.status(nonce);
                 let frame = Bytes::from(Message::StatusReport(status).encode());
                 match from {
-                    Peer::Client(key) => self.transport.send_to_client(&key, frame),
+                    Peer::Client(key) => self.transport.send_to_connection(&key, connection, frame),
                     Peer::Replica(id) => self.transport.send_to_replica(id, frame),
                 }
             }
@@ -336,8 +357,8 @@ impl Effects for NodeEffects<'_> {
                 self.metrics.observe_latency(arrived.elapsed());
             }
         }
-        let client = reply.client;
+        let (client, session) = (reply.client, reply.session);
         let frame = Bytes::from(Message::Reply(reply).encode());
-        self.transport.send_to_client(&client, frame);
+        self.transport.send_to_session(&client, session, frame);
     }
 }

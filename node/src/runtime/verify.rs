@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use pbft_net::{Inbox, Peer};
+use pbft_net::{Inbox, Incoming, Peer};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -77,8 +76,7 @@ pub(super) fn spawn_verifiers(
             loop {
                 let incoming = { inbox.lock().await.recv().await };
                 let Some(incoming) = incoming else { return };
-                let input =
-                    check_frame(incoming.from, &incoming.frame, &committee, &limits, &cache);
+                let input = check_frame(&incoming, &committee, &limits, &cache);
                 match input {
                     Ok(input) => {
                         if inputs.send(input).await.is_err() {
@@ -137,20 +135,24 @@ fn warn_config_mismatch(warned: &MismatchWarnings, peer: ReplicaId, part: &str) 
 }
 
 fn check_frame(
-    from: Peer,
-    frame: &Bytes,
+    incoming: &Incoming,
     committee: &Committee,
     limits: &Limits,
     cache: &Mutex<SignatureCache>,
 ) -> Result<Input, Rejection> {
-    let message = Message::decode(frame, limits).map_err(|_| Rejection::Undecodable)?;
+    let (from, connection) = (incoming.from, incoming.connection);
+    let message = Message::decode(&incoming.frame, limits).map_err(|_| Rejection::Undecodable)?;
     if let Message::StatusQuery { nonce } = message {
-        return Ok(Input::StatusQuery { from, nonce });
+        return Ok(Input::StatusQuery {
+            from,
+            connection,
+            nonce,
+        });
     }
     let sender = match from {
         Peer::Replica(id) => Sender::Replica(id),
         Peer::Client(key) => Sender::Client(key),
     };
     let verified = messages::verify(message, sender, committee, limits, &mut SharedCheck(cache))?;
-    Ok(Input::Message(verified, from))
+    Ok(Input::Message(verified, from, connection))
 }
