@@ -435,6 +435,7 @@ fn shared_keys_reads_and_compare_and_swaps_follow_the_committed_history() {
                     continue;
                 };
                 let result = pbft_core::app::KvResult::decode(bytes).unwrap();
+                let op: pbft_core::app::KvOp = pbft_core::codec::decode(op, u64::MAX).unwrap();
                 let kind = match (op, result) {
                     (pbft_core::app::KvOp::Get { .. }, _) => "get",
                     (pbft_core::app::KvOp::Cas { .. }, pbft_core::app::KvResult::Done) => "cas",

@@ -31,7 +31,7 @@ use crate::data_dir::{self, DirLock};
 use crate::error::NodeError;
 use crate::metrics::{Metrics, MetricsServerConfig};
 use crate::storage::{ReplicaStore, StorageConfig};
-use pbft_core::app::KvStore;
+use pbft_core::app::{AppFactory, KvStore};
 use pbft_core::byzantine::BehaviorKind;
 use pbft_core::byzantine::Harness;
 use pbft_core::committee::Committee;
@@ -63,12 +63,22 @@ pub struct NodeSetup {
     pub behavior: Option<BehaviorKind>,
 }
 
-/// Runs a replica until `shutdown` completes or the replica fails.
+/// Runs a replica of the key-value store until `shutdown` completes or the replica fails.
 pub async fn run(
     setup: NodeSetup,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
-    let mut node = RunningNode::start(setup).await?;
+    run_app(setup, KvStore::factory(), shutdown).await
+}
+
+/// Runs a replica of the application `app` makes until `shutdown` completes or the replica
+/// fails.
+pub async fn run_app(
+    setup: NodeSetup,
+    app: AppFactory,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let mut node = RunningNode::start_app(setup, app).await?;
     let stop = node.stop.take();
     tokio::select! {
         _ = shutdown => {
@@ -114,9 +124,15 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
-    /// Binds the transport and metrics endpoint and starts the replica.
+    /// Binds the transport and metrics endpoint and starts a replica of the key-value store.
     pub async fn start(setup: NodeSetup) -> Result<RunningNode, NodeError> {
-        let (replica, store, lock) = open_replica(&setup)?;
+        RunningNode::start_app(setup, KvStore::factory()).await
+    }
+
+    /// Binds the transport and metrics endpoint and starts a replica of the application `app`
+    /// makes.
+    pub async fn start_app(setup: NodeSetup, app: AppFactory) -> Result<RunningNode, NodeError> {
+        let (replica, store, lock) = open_replica(&setup, &app)?;
         let (transport, inbox) = ReplicaTransport::bind(
             setup.id,
             &setup.key,
@@ -222,6 +238,7 @@ impl RunningNode {
 /// snapshot that fails to load is an error: the node must not run on state it cannot trust.
 fn open_replica(
     setup: &NodeSetup,
+    app: &AppFactory,
 ) -> Result<(Replica, Option<ReplicaStore>, Option<DirLock>), NodeError> {
     let fresh = || {
         Replica::new(
@@ -229,7 +246,7 @@ fn open_replica(
             setup.committee.clone(),
             setup.protocol.clone(),
             setup.key.clone(),
-            Box::new(KvStore::new()),
+            app(),
         )
         .map_err(NodeError::Setup)
     };
@@ -258,7 +275,7 @@ fn open_replica(
         setup.committee.clone(),
         setup.protocol.clone(),
         setup.key.clone(),
-        Box::new(KvStore::new()),
+        app(),
         opened.records,
     )
     .map_err(|source| NodeError::Recovery {

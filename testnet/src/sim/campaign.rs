@@ -18,6 +18,7 @@
 //! - then everything heals and every request must complete.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_core::byzantine::{BehaviorKind, ClientAttack};
@@ -26,7 +27,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{NetworkConfig, Node, SimConfig, Simulation, Violation, Workload};
+use super::app::SimApp;
+use super::{KvApp, NetworkConfig, Node, SimConfig, Simulation, Violation, Workload};
 
 /// How long, in simulated time, the cluster has after healing to complete every request.
 pub const LIVENESS_LIMIT: Duration = Duration::from_secs(1800);
@@ -335,10 +337,18 @@ impl Scenario {
         }
     }
 
-    /// Runs the scenario, heals everything, and demands that every request completes and every
-    /// invariant holds.
+    /// Runs the scenario on the key-value store with the scenario's workload, heals
+    /// everything, and demands that every request completes and every invariant holds.
     pub fn run(&self) -> Result<Outcome, Violation> {
-        let mut sim = Simulation::new(self.config.clone());
+        let app = Arc::new(KvApp {
+            workload: self.config.workload,
+        });
+        self.run_app(app)
+    }
+
+    /// Runs the scenario on the application `app`, as [`Scenario::run`] does.
+    pub fn run_app(&self, app: Arc<dyn SimApp>) -> Result<Outcome, Violation> {
+        let mut sim = Simulation::with_app(self.config.clone(), app);
         for (id, kind) in &self.faulty {
             sim.set_behavior(*id, *kind);
         }

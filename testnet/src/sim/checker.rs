@@ -2,19 +2,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pbft_core::app::{KvOp, KvResult, KvStore};
+use pbft_core::app::StateMachine;
 use pbft_core::messages::{Outcome, ReplicaId, Seq, SessionKey, Timestamp};
 use pbft_core::protocol::{Executed, Statement};
 use pbft_crypto::Digest;
 
-use super::client::Issued;
+use super::app::AppModel;
+use super::client::{Issued, SimClient};
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation(pub String);
 
 /// Tracks what correct replicas executed and what clients accepted.
-#[derive(Debug, Default)]
 pub struct Checker {
     /// The batch digest each sequence number executed with, and the first replica seen.
     batches: BTreeMap<Seq, (Digest, ReplicaId)>,
@@ -37,26 +37,20 @@ pub struct Checker {
     /// kept across its crashes and lost disks.
     signed: BTreeMap<(ReplicaId, &'static str, u64, Seq), Digest>,
     pub accepted_count: usize,
-    /// The committed history, replayed on a model store.
+    /// The committed history, replayed on the application's model.
     model: Model,
 }
 
-/// A key's value (`None`: absent) after a sequence number.
-type KeyChange = (Seq, Option<Vec<u8>>);
-
 /// The correct clients' operations applied in the order correct replicas first executed them:
-/// what each ordered request must return, and what each key held after each sequence number.
-#[derive(Debug, Default)]
+/// what each ordered request must return.
 struct Model {
     /// The operations correct clients issued.
     issued: BTreeMap<(SessionKey, Timestamp), Issued>,
-    store: KvStore,
+    app: Box<dyn AppModel>,
     /// The last sequence number applied.
     seq: Seq,
     /// Where each applied request executed, and its result.
     results: BTreeMap<(SessionKey, Timestamp), (Seq, Vec<u8>)>,
-    /// Each key's value after each sequence number that changed it.
-    history: BTreeMap<Vec<u8>, Vec<KeyChange>>,
     /// The highest sequence number of an ordered request some client accepted.
     completed: Seq,
     /// For each read-only request, `completed` when it was issued: the oldest state it may see.
@@ -77,70 +71,37 @@ impl Model {
             let Some(issued) = self.issued.get(request) else {
                 continue;
             };
-            let key = match &issued.op {
-                KvOp::Put { key, .. }
-                | KvOp::Get { key }
-                | KvOp::Delete { key }
-                | KvOp::Cas { key, .. } => key.clone(),
-            };
-            let result = self.store.apply(issued.op.clone()).encode();
+            let result = self.app.apply(executed.seq, &issued.op);
             self.results.insert(*request, (executed.seq, result));
-            let value = self.store.get(&key).cloned();
-            let changes = self.history.entry(key).or_default();
-            match changes.last_mut() {
-                Some((seq, last)) if *seq == executed.seq => *last = value,
-                Some((_, last)) if *last == value => {}
-                _ => changes.push((executed.seq, value)),
-            }
         }
         Ok(())
-    }
-
-    /// Linearizable read: `value` is what `key` held after some sequence number from the read's
-    /// floor (every ordered request accepted before the read was issued) to the last applied.
-    fn check_read(
-        &self,
-        request: (SessionKey, Timestamp),
-        key: &[u8],
-        outcome: &Outcome,
-    ) -> Result<(), Violation> {
-        let floor = self.read_floor.get(&request).copied().unwrap_or(0);
-        let value = match outcome {
-            Outcome::Done(bytes) => match KvResult::decode(bytes) {
-                Ok(KvResult::Value(value)) => value,
-                other => {
-                    return Err(Violation(format!(
-                        "read: timestamp {} of client {:?} accepted {other:?}",
-                        request.1, request.0
-                    )))
-                }
-            },
-            _ => return Ok(()),
-        };
-        let changes = self.history.get(key).map(Vec::as_slice).unwrap_or(&[]);
-        let at_floor = changes
-            .iter()
-            .rev()
-            .find(|(seq, _)| *seq <= floor)
-            .and_then(|(_, value)| value.clone());
-        let later = changes
-            .iter()
-            .any(|(seq, held)| *seq > floor && *seq <= self.seq && *held == value);
-        if at_floor == value || later {
-            return Ok(());
-        }
-        Err(Violation(format!(
-            "linearizability: read {} of client {:?} returned {:?} for {:?}, which the key did not hold between seq {floor} and seq {}",
-            request.1,
-            request.0,
-            value.as_deref().map(String::from_utf8_lossy),
-            String::from_utf8_lossy(key),
-            self.seq
-        )))
     }
 }
 
 impl Checker {
+    /// A checker of a run of the application `app` models.
+    pub fn new(app: Box<dyn AppModel>) -> Checker {
+        Checker {
+            batches: BTreeMap::new(),
+            states: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
+            last_executed: BTreeMap::new(),
+            executions: BTreeMap::new(),
+            results: BTreeMap::new(),
+            refusals: BTreeSet::new(),
+            signed: BTreeMap::new(),
+            accepted_count: 0,
+            model: Model {
+                issued: BTreeMap::new(),
+                app,
+                seq: 0,
+                results: BTreeMap::new(),
+                completed: 0,
+                read_floor: BTreeMap::new(),
+            },
+        }
+    }
+
     /// Agreement: no two correct replicas execute different batches at one sequence number;
     /// and no correct replica executes a request twice.
     pub fn on_executed(
@@ -326,13 +287,15 @@ impl Checker {
             };
         }
         let ordered = self.results.get(&request);
-        if let Some(Issued {
-            op: KvOp::Get { key },
-            read_only: true,
-        }) = self.model.issued.get(&request)
-        {
+        if let Some(issued) = self.model.issued.get(&request).filter(|i| i.read_only) {
             if ordered != Some(result) {
-                self.model.check_read(request, key, result)?;
+                let floor = self.model.read_floor.get(&request).copied().unwrap_or(0);
+                self.model
+                    .app
+                    .check_read(&issued.op, floor, result)
+                    .map_err(|reason| {
+                        Violation(format!("{reason}: read {timestamp} of client {client:?}"))
+                    })?;
             }
             return Ok(());
         }
@@ -360,9 +323,7 @@ impl Checker {
         if let Outcome::Done(bytes) = result {
             if bytes != expected {
                 return Err(Violation(format!(
-                    "history: client {client:?} accepted {:?} for timestamp {timestamp}, but the committed history gives {:?}",
-                    KvResult::decode(bytes),
-                    KvResult::decode(expected)
+                    "history: client {client:?} accepted {bytes:?} for timestamp {timestamp}, but the committed history gives {expected:?}"
                 )));
             }
         }
@@ -370,9 +331,15 @@ impl Checker {
         Ok(())
     }
 
-    /// What the committed history left at `key`, and the last sequence number it covers.
-    pub fn model_value(&self, key: &[u8]) -> (Option<&Vec<u8>>, Seq) {
-        (self.model.store.get(key), self.model.seq)
+    /// Judges a correct replica's final state against the committed history, which it executed
+    /// all of if `caught_up`, and what `clients` accepted.
+    pub fn check_final(
+        &self,
+        state: &dyn StateMachine,
+        caught_up: bool,
+        clients: &[SimClient],
+    ) -> Result<(), String> {
+        self.model.app.check_final(state, caught_up, clients)
     }
 
     /// The highest sequence number any correct replica executed.
@@ -383,9 +350,16 @@ impl Checker {
 
 #[cfg(test)]
 mod tests {
+    use pbft_core::app::{KvOp, KvResult};
     use pbft_crypto::KeyPair;
 
+    use super::super::app::SimApp;
+    use super::super::kv::KvApp;
     use super::*;
+
+    fn kv_checker() -> Checker {
+        Checker::new(KvApp::default().model())
+    }
 
     fn session() -> SessionKey {
         let key = KeyPair::from_seed(&[7; 32]).expect("valid seed");
@@ -409,7 +383,8 @@ mod tests {
             op: KvOp::Put {
                 key: key.into(),
                 value: value.into(),
-            },
+            }
+            .encode(),
             read_only: false,
         }
     }
@@ -420,7 +395,7 @@ mod tests {
 
     /// Writes x=1 (seq 1), reads, then writes x=2 (seq 2), both accepted before the second read.
     fn history() -> Checker {
-        let mut checker = Checker::default();
+        let mut checker = kv_checker();
         checker.on_issued(session(), 1, put("x", "1"));
         checker.on_executed(0, &executed(1, &[1])).unwrap();
         checker
@@ -430,7 +405,7 @@ mod tests {
             .on_accepted(session(), 1, &done(KvResult::Done))
             .unwrap();
         let get = Issued {
-            op: KvOp::Get { key: "x".into() },
+            op: KvOp::Get { key: "x".into() }.encode(),
             read_only: true,
         };
         checker.on_issued(session(), 2, get.clone());
@@ -464,13 +439,14 @@ mod tests {
 
     #[test]
     fn an_ordered_result_must_be_what_the_history_gives() {
-        let mut checker = Checker::default();
+        let mut checker = kv_checker();
         let cas = Issued {
             op: KvOp::Cas {
                 key: "x".into(),
                 expected: None,
                 new: "1".into(),
-            },
+            }
+            .encode(),
             read_only: false,
         };
         checker.on_issued(session(), 1, cas);
@@ -483,7 +459,7 @@ mod tests {
 
     #[test]
     fn a_sequence_number_first_executed_out_of_order_is_a_violation() {
-        let mut checker = Checker::default();
+        let mut checker = kv_checker();
         checker.on_executed(0, &executed(1, &[])).unwrap();
         assert!(checker.on_executed(0, &executed(3, &[])).is_err());
     }

@@ -6,7 +6,7 @@ use pbft_core::byzantine::ClientAttack;
 use pbft_core::messages::Limits;
 use pbft_core::protocol::ProtocolConfig;
 
-use super::client::Workload;
+use super::kv::Workload;
 use super::network::NetworkConfig;
 
 /// Everything a simulation run is made from.
@@ -18,6 +18,8 @@ pub struct SimConfig {
     pub requests_per_client: usize,
     /// Requests a client keeps outstanding.
     pub client_window: usize,
+    /// What clients of the key-value store ask for ([`super::Simulation::new`]); another
+    /// application brings its own operations.
     pub workload: Workload,
     pub client_retransmit: Duration,
     /// How often clients issue requests.

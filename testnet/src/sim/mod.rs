@@ -16,12 +16,14 @@
 //! key and a state of its own, as two processes sharing one replica's key and port would: each
 //! node that sends to the replica reaches one of the two, drawn once per sender.
 
+pub mod app;
 pub mod campaign;
 mod checker;
 mod client;
 mod config;
 mod disk;
 mod events;
+mod kv;
 mod network;
 mod twins;
 
@@ -31,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_client::session::Target;
-use pbft_core::app::KvStore;
 use pbft_core::byzantine::{BehaviorKind, FaultyClient, Harness, Payload};
 use pbft_core::committee::ClientPolicy;
 use pbft_core::driver::Flushed;
@@ -42,11 +43,13 @@ use pbft_crypto::{KeyPair, PublicKey};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use app::SimApp;
 pub use checker::{Checker, Violation};
-pub use client::{SimClient, Workload};
+pub use client::{Issued, SimClient};
 pub use config::SimConfig;
 use disk::{Crashed, SimDisk, SimEffects};
 use events::{Event, Queued};
+pub use kv::{KvApp, Workload};
 pub use network::{Network, NetworkConfig, Node};
 
 /// More events than this in flight means messages multiply without bound.
@@ -77,6 +80,8 @@ pub struct SimStats {
 /// A simulated cluster. See the module documentation.
 pub struct Simulation {
     pub config: SimConfig,
+    /// The replicated application.
+    app: Arc<dyn SimApp>,
     rng: ChaCha8Rng,
     now: Duration,
     order: u64,
@@ -104,7 +109,16 @@ pub struct Simulation {
 }
 
 impl Simulation {
+    /// A simulation of the key-value store with clients running `config.workload`.
     pub fn new(config: SimConfig) -> Simulation {
+        let app = Arc::new(KvApp {
+            workload: config.workload,
+        });
+        Simulation::with_app(config, app)
+    }
+
+    /// A simulation of the application `app`.
+    pub fn with_app(config: SimConfig, app: Arc<dyn SimApp>) -> Simulation {
         let n = 3 * config.f + 1;
         let keys: Vec<KeyPair> = (0..n)
             .map(|i| key_from(config.seed, b'r', i as u64))
@@ -132,7 +146,7 @@ impl Simulation {
                     committee.clone(),
                     config.protocol.clone(),
                     key.clone(),
-                    Box::new(KvStore::new()),
+                    app.state_machine(),
                 )
                 .expect("valid replica");
                 SimReplica {
@@ -155,8 +169,7 @@ impl Simulation {
                     config.requests_per_client,
                     config.client_window,
                     config.client_retransmit,
-                    config.workload,
-                    config.seed,
+                    app.client_ops(i, config.seed),
                 )
             })
             .collect();
@@ -183,12 +196,13 @@ impl Simulation {
             committee,
             limits: config.protocol.limits.clone(),
             checks: SignatureCache::default(),
-            checker: Checker::default(),
+            checker: Checker::new(app.model()),
             stats: SimStats::default(),
             last_seen: vec![(0, 0); n],
             twins: BTreeMap::new(),
             twin_sides: BTreeMap::new(),
             config,
+            app,
         };
         for id in 0..n {
             let now = sim.now;
@@ -288,7 +302,7 @@ impl Simulation {
             self.committee.clone(),
             self.config.protocol.clone(),
             r.key.clone(),
-            Box::new(KvStore::new()),
+            self.app.state_machine(),
             r.disk.records(),
         )
         .map_err(|e| Violation(format!("replica {id} cannot recover from its disk: {e}")))?;
@@ -315,7 +329,7 @@ impl Simulation {
             self.committee.clone(),
             self.config.protocol.clone(),
             r.key.clone(),
-            Box::new(KvStore::new()),
+            self.app.state_machine(),
         )
         .map_err(|e| Violation(format!("replica {id} cannot rejoin: {e}")))?;
         r.driver.clear_timers();
@@ -444,9 +458,8 @@ impl Simulation {
         Ok(())
     }
 
-    /// Checks that every accepted write of a key of one client's own is in every correct
-    /// replica's state, and that each shared key holds what the committed history left there at
-    /// every correct replica that executed all of it.
+    /// Checks that correct replicas have equal states, and that each correct replica's state is
+    /// what the committed history and the accepted results give ([`app::AppModel::check_final`]).
     pub fn check_final_state(&mut self) -> Result<(), Violation> {
         for id in self.correct_ids() {
             let replica = self.replica(id);
@@ -460,39 +473,16 @@ impl Simulation {
                 continue;
             }
             let replica = self.replica(id);
-            let entries: BTreeMap<Vec<u8>, Vec<u8>> =
-                pbft_core::codec::decode(&replica.app().snapshot(), u64::MAX)
-                    .expect("own snapshot decodes");
-            if replica.last_executed() == self.checker.max_executed() {
-                for index in 0..client::SHARED_KEYS {
-                    let key = client::shared_key(index);
-                    let (expected, seq) = self.checker.model_value(&key);
-                    if entries.get(&key) != expected {
-                        return Err(Violation(format!(
-                            "history: replica {id} holds {:?} at {:?} after seq {}, the committed history {expected:?} after seq {seq}: {}",
-                            entries.get(&key),
-                            String::from_utf8_lossy(&key),
-                            replica.last_executed(),
-                            self.describe()
-                        )));
-                    }
-                }
-            }
-            for client in &self.clients {
-                for (timestamp, (op, _)) in &client.accepted {
-                    if let pbft_core::app::KvOp::Put { key, value } = op {
-                        if key.starts_with(client::SHARED_PREFIX.as_bytes()) {
-                            continue;
-                        }
-                        if entries.get(key) != Some(value) {
-                            return Err(Violation(format!(
-                                "client validity: accepted write {timestamp} of client {} missing at replica {id}: {}",
-                                client.index,
-                                self.describe()
-                            )));
-                        }
-                    }
-                }
+            let caught_up = replica.last_executed() == self.checker.max_executed();
+            if let Err(reason) = self
+                .checker
+                .check_final(replica.app(), caught_up, &self.clients)
+            {
+                return Err(Violation(format!(
+                    "{reason} at replica {id} after seq {}: {}",
+                    replica.last_executed(),
+                    self.describe()
+                )));
             }
         }
         Ok(())

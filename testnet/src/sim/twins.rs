@@ -2,7 +2,6 @@
 //! twinned replica reaches one of its two processes, in both directions, as a shared UDP port
 //! does.
 
-use pbft_core::app::KvStore;
 use pbft_core::byzantine::{BehaviorKind, Harness};
 use pbft_core::messages::ReplicaId;
 use pbft_core::protocol::Replica;
@@ -20,7 +19,7 @@ impl Simulation {
             self.committee.clone(),
             self.config.protocol.clone(),
             key.clone(),
-            Box::new(KvStore::new()),
+            self.app.state_machine(),
         )
         .expect("valid replica");
         let behavior = Some(BehaviorKind::Twin.build_with(&self.config.protocol));

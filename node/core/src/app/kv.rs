@@ -1,12 +1,13 @@
 //! The built-in key-value store.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use pbft_crypto::{Digest, DigestBuilder, Domain};
 use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteBuf, Bytes};
 
-use super::{SnapshotError, StateMachine};
+use super::{AppFactory, SnapshotError, StateMachine};
 use crate::codec;
 
 /// An operation on the key-value store, as clients encode it. Byte strings are (de)serialized
@@ -94,6 +95,11 @@ pub struct KvStore {
 impl KvStore {
     pub fn new() -> KvStore {
         KvStore::default()
+    }
+
+    /// Makes empty stores: the application `pbft-node` replicates.
+    pub fn factory() -> AppFactory {
+        Arc::new(|| Box::new(KvStore::new()))
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {

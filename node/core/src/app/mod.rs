@@ -4,7 +4,13 @@ mod kv;
 
 pub use kv::{KvOp, KvResult, KvStore};
 
+use std::sync::Arc;
+
 use pbft_crypto::Digest;
+
+/// Makes the replicated application in its initial state. A replica needs a fresh instance
+/// whenever it starts, recovers from its disk or rejoins, and restores snapshots onto it.
+pub type AppFactory = Arc<dyn Fn() -> Box<dyn StateMachine> + Send + Sync>;
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, thiserror::Error)]
