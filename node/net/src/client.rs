@@ -42,7 +42,7 @@ impl ClientTransport {
         validate_cluster(&cluster)?;
         let first = cluster
             .first()
-            .ok_or_else(|| NetError::Config("the cluster is empty".into()))?;
+            .ok_or_else(|| NetError::Cluster("the cluster is empty".into()))?;
         let local = if first.addr.is_ipv4() {
             SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
         } else {
@@ -52,7 +52,7 @@ impl ClientTransport {
             .iter()
             .find(|peer| peer.addr.is_ipv4() != first.addr.is_ipv4())
         {
-            return Err(NetError::Config(format!(
+            return Err(NetError::Cluster(format!(
                 "replicas {} and {} use different address families",
                 first.id, other.id
             )));
