@@ -14,7 +14,9 @@ use crate::frame::CLOSE_SHUTDOWN;
 use crate::link::Link;
 use crate::stats::{bump, Counters};
 use crate::tls::{self, Identity};
-use crate::{endpoint, validate_cluster, NetError, PeerInfo, TransportConfig, TransportStats};
+use crate::{
+    endpoint, validate_cluster, NetError, PeerInfo, TlsSetupError, TransportConfig, TransportStats,
+};
 
 /// A client's transport: dials every replica, presenting the client's key, and receives what
 /// the replicas send back through the channel returned by [`ClientTransport::connect`].
@@ -67,7 +69,7 @@ impl ClientTransport {
         for peer in &cluster {
             let crypto =
                 QuicClientConfig::try_from(tls::client_config(&identity, peer.public_key)?)
-                    .map_err(|e| NetError::Tls(e.to_string()))?;
+                    .map_err(TlsSetupError::Quic)?;
             let mut client = quinn::ClientConfig::new(Arc::new(crypto));
             client.transport_config(transport.clone());
             let link = Link::spawn(

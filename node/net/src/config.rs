@@ -293,9 +293,12 @@ impl TransportConfig {
 mod tests {
     use std::time::Duration;
 
+    use std::error::Error;
+
     use pbft_core::messages::Limits;
 
     use super::TransportConfig;
+    use crate::NetError;
 
     fn parse(table: &str) -> Result<TransportConfig, toml::de::Error> {
         toml::from_str(table)
@@ -554,5 +557,17 @@ mod tests {
             ..TransportConfig::default()
         };
         assert_eq!(zero.checked(&limits).unwrap_err().field, "queue_capacity");
+    }
+
+    #[test]
+    fn a_setup_error_keeps_the_field_at_fault_as_its_cause() {
+        let config = TransportConfig {
+            queue_capacity: 0,
+            ..TransportConfig::default()
+        };
+        let error = NetError::from(config.validate().unwrap_err());
+        assert_eq!(error.to_string(), "invalid transport configuration");
+        let cause = error.source().expect("a cause").to_string();
+        assert_eq!(cause, "transport.queue_capacity: must be positive, not 0");
     }
 }

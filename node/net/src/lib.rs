@@ -150,14 +150,32 @@ pub enum NetError {
         source: std::io::Error,
     },
     /// The certificate or the TLS configuration could not be built.
-    #[error("TLS setup failed: {0}")]
-    Tls(String),
+    #[error("TLS setup failed")]
+    Tls(#[from] TlsSetupError),
     /// The transport configuration is unusable.
     #[error("invalid transport configuration")]
     Config(#[from] TransportConfigError),
     /// The cluster list is inconsistent, or does not list this replica with its key.
     #[error("invalid cluster: {0}")]
     Cluster(String),
+}
+
+/// Why a node's certificate or TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// The self-signed certificate could not be made from the identity key.
+    #[error("building the certificate")]
+    Certificate(#[source] rcgen::Error),
+    /// The certificate made does not carry the identity key (or cannot be read back), so no
+    /// peer could pin it.
+    #[error("the certificate does not carry the identity key")]
+    CertificateKey(#[source] Option<rustls::Error>),
+    /// rustls refused the configuration.
+    #[error("building the TLS configuration")]
+    Rustls(#[source] rustls::Error),
+    /// QUIC cannot use the TLS configuration: it has no initial cipher suite.
+    #[error("building the QUIC crypto configuration")]
+    Quic(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
 impl NetError {

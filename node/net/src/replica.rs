@@ -25,8 +25,8 @@ use crate::link::{pump, read_frames, Link, PumpEnd};
 use crate::stats::{bump, Counters};
 use crate::tls::{self, public_key_of, Identity};
 use crate::{
-    endpoint, validate_cluster, ClientPolicy, Incoming, NetError, Peer, PeerInfo, TransportConfig,
-    TransportStats,
+    endpoint, validate_cluster, ClientPolicy, Incoming, NetError, Peer, PeerInfo, TlsSetupError,
+    TransportConfig, TransportStats,
 };
 
 /// A replica's transport: sends to other replicas and to connected clients, and receives from
@@ -166,8 +166,7 @@ impl ReplicaTransport {
             )));
         }
         let identity = Identity::new(key)?;
-        let tls_error =
-            |e: quinn::crypto::rustls::NoInitialCipherSuite| NetError::Tls(e.to_string());
+        let tls_error = TlsSetupError::Quic;
 
         let counters = Arc::new(Counters::default());
         let bans = Arc::new(Bans::default());
