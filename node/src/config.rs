@@ -48,7 +48,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use pbft_net::cluster::{
+use pbft_config::{
     load_key_file, read_toml, resolve, ClientAccess, ClusterConfig, ConfigError, ReplicaEntry,
 };
 use pbft_net::TransportConfig;

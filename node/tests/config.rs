@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use pbft_config::{ClientAccess, ClusterConfig, ConfigError, ReplicaEntry};
 use pbft_core::byzantine::BehaviorKind;
 use pbft_core::protocol::ProtocolConfig;
 use pbft_crypto::KeyPair;
-use pbft_net::cluster::{ClientAccess, ClusterConfig, ConfigError, ReplicaEntry};
 use pbft_net::ClientPolicy;
 use pbft_net::TransportConfig;
 use pbft_node::config::{load_node_config, NodeConfigFile};

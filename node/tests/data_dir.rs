@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use pbft_config::{ClientAccess, ReplicaEntry};
 use pbft_core::app::KvStore;
 use pbft_core::protocol::{Durable, ProtocolConfig, Replica};
 use pbft_crypto::KeyPair;
-use pbft_net::cluster::{ClientAccess, ReplicaEntry};
 use pbft_net::TransportConfig;
 use pbft_node::config::{load_node_config, NodeConfigFile};
 use pbft_node::data_dir::{self, DataDirError};

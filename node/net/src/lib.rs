@@ -69,7 +69,6 @@
 
 mod admission;
 mod client;
-pub mod cluster;
 mod config;
 mod frame;
 mod link;
@@ -89,7 +88,6 @@ use pbft_crypto::{KeyPair, PublicKey};
 use quinn::Endpoint;
 
 pub use client::ClientTransport;
-pub use cluster::{ClientAccess, ClusterConfig, ConfigError, ReplicaEntry};
 pub use config::{TransportConfig, TransportConfigError};
 pub use link::DialError;
 pub use replica::{Inbox, ReplicaTransport};
