@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use pbft_config::ConfigError;
 use pbft_core::messages::{Limits, Message, NodeStatus, Outcome, ReplicaId, Timestamp};
 use pbft_core::Committee;
 use pbft_crypto::{KeyPair, PublicKey};
-use pbft_net::{ClientTransport, ConfigError, PeerInfo, TransportConfig};
+use pbft_net::{ClientTransport, PeerInfo, TransportConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 

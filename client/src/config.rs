@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pbft_net::cluster::{load_key_file, read_toml, ClusterConfig, ConfigError, ReplicaEntry};
+use pbft_config::{load_key_file, read_toml, ClusterConfig, ConfigError, ReplicaEntry};
 use serde::{Deserialize, Serialize};
 
 use crate::client::ClientSetup;

@@ -1,6 +1,7 @@
 //! The errors a client reports.
 
-use pbft_net::{ConfigError, NetError};
+use pbft_config::ConfigError;
+use pbft_net::NetError;
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]

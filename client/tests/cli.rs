@@ -8,12 +8,12 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use pbft_config::ReplicaEntry;
 use pbft_core::app::{KvOp, KvResult};
 use pbft_core::byzantine::BehaviorKind;
 use pbft_core::fixtures::history::{self, Operation};
 use pbft_core::protocol::ProtocolConfig;
 use pbft_crypto::KeyPair;
-use pbft_net::cluster::ReplicaEntry;
 use pbft_net::ClientPolicy;
 use pbft_node::local::loopback_cluster;
 use pbft_node::runtime::RunningNode;

@@ -37,7 +37,7 @@
 //! ```
 //!
 //! Every field is described on [`NodeConfigFile`], and the tables on the types they are read
-//! into: [`ProtocolConfig`] (with [`pbft_core::messages::Limits`]), [`TransportSection`],
+//! into: [`ProtocolConfig`] (with [`pbft_core::messages::Limits`]), [`TransportConfig`],
 //! [`StorageConfig`] and [`MetricsServerConfig`]. Each is validated once, when the file is loaded. Unknown fields are
 //! refused, so a misspelt optional field is an error rather than silently ignored. Each
 //! [`ConfigError`] names the file and the field at fault.
@@ -47,9 +47,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
 
-use pbft_net::cluster::{
+use pbft_config::{
     load_key_file, read_toml, resolve, ClientAccess, ClusterConfig, ConfigError, ReplicaEntry,
 };
 use pbft_net::TransportConfig;
@@ -100,8 +99,8 @@ pub struct NodeConfigFile {
     #[serde(default, skip_serializing_if = "is_default")]
     pub protocol: ProtocolConfig,
     /// Transport parameters; absent fields take their defaults.
-    #[serde(default, skip_serializing_if = "TransportSection::is_default")]
-    pub transport: TransportSection,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub transport: TransportConfig,
     /// Durable state; absent fields take their defaults.
     #[serde(default, skip_serializing_if = "is_default")]
     pub storage: StorageConfig,
@@ -183,7 +182,11 @@ impl NodeConfigFile {
             .clone()
             .checked()
             .map_err(|e| ConfigError::invalid(format!("protocol.{}", e.field), e.reason))?;
-        let mut transport = self.transport.to_config(&protocol)?;
+        let mut transport = self
+            .transport
+            .clone()
+            .checked(&protocol.limits)
+            .map_err(|e| ConfigError::invalid(format!("transport.{}", e.field), e.reason))?;
         let behavior = self
             .behavior
             .as_deref()
@@ -227,263 +230,6 @@ impl NodeConfigFile {
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
-}
-
-/// Fails with `field` named unless `value` is positive.
-fn positive(field: &str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        return Err(ConfigError::invalid(field, "must be positive, not 0"));
-    }
-    Ok(())
-}
-
-/// Transport parameters, the `[transport]` table; each absent field takes its value from
-/// [`TransportConfig::default`], except `max_frame`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TransportSection {
-    /// The largest frame sent or accepted, in bytes. Defaults to
-    /// `protocol.limits.max_message_bytes`, and may not be smaller: a message the protocol
-    /// accepts must fit in a frame. At most `u32::MAX`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_frame: Option<usize>,
-    /// Frames waiting per destination before new ones are dropped. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue_capacity: Option<usize>,
-    /// Bytes waiting per destination before new frames are dropped. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue_bytes: Option<usize>,
-    /// Bytes of replies waiting per client connection before new ones are dropped. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_queue_bytes: Option<usize>,
-    /// Received frames waiting per kind of sender before reading pauses. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub incoming_capacity: Option<usize>,
-    /// How often an idle connection sends a keep-alive, in milliseconds. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keep_alive_ms: Option<u64>,
-    /// Silence after which a connection is dead, in milliseconds. Above `keep_alive_ms`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_timeout_ms: Option<u64>,
-    /// The limit for a connection's handshake, in milliseconds. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub handshake_timeout_ms: Option<u64>,
-    /// The first delay before redialing a failed link, in milliseconds. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backoff_min_ms: Option<u64>,
-    /// The longest delay between dial attempts, in milliseconds. At least `backoff_min_ms`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backoff_max_ms: Option<u64>,
-    /// Accepted connections from anyone but the replicas beyond which new ones are refused,
-    /// unless a silent client makes way. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<usize>,
-    /// Of those, the most from one IP address. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections_per_address: Option<usize>,
-    /// Connections kept per client key (processes sharing a key). Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections_per_client: Option<usize>,
-    /// Connections accepted from each replica's address besides `max_connections`. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connections_per_replica: Option<usize>,
-    /// The largest frame accepted from a client. Defaults to what one request envelope of
-    /// `protocol.limits.max_batch_bytes` needs, and may not be smaller.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_client_frame: Option<usize>,
-    /// Bytes of received frames waiting per kind of sender before reading pauses. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub incoming_bytes: Option<usize>,
-    /// Bytes of frames being received from all clients together. Positive.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_assembly_bytes: Option<usize>,
-    /// How long (milliseconds) a client frame may take from its first byte to its last.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_frame_timeout_ms: Option<u64>,
-    /// With the room for clients full, a client silent this long (milliseconds) makes way.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_idle_eviction_ms: Option<u64>,
-    /// How long (milliseconds) a client that sent invalid input is disconnected and refused.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_ban_ms: Option<u64>,
-    /// Handshakes in progress beyond which new connections must prove their address first.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_above_handshakes: Option<usize>,
-    /// Bytes a client connection may have in flight unread.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_receive_window: Option<u32>,
-}
-
-impl TransportSection {
-    fn is_default(&self) -> bool {
-        *self == TransportSection::default()
-    }
-
-    /// The [`TransportConfig`] these values give for a replica running `protocol`, checked field
-    /// by field.
-    pub fn to_config(&self, protocol: &ProtocolConfig) -> Result<TransportConfig, ConfigError> {
-        let mut config = TransportConfig::default();
-        let ms = Duration::from_millis;
-        let max_message = protocol.limits.max_message_bytes;
-        config.max_frame = self
-            .max_frame
-            .unwrap_or_else(|| usize::try_from(max_message).unwrap_or(usize::MAX));
-        if let Some(v) = self.queue_capacity {
-            config.queue_capacity = v;
-        }
-        if let Some(v) = self.queue_bytes {
-            config.queue_bytes = v;
-        }
-        if let Some(v) = self.client_queue_bytes {
-            config.client_queue_bytes = v;
-        }
-        if let Some(v) = self.incoming_capacity {
-            config.incoming_capacity = v;
-        }
-        if let Some(v) = self.keep_alive_ms {
-            config.keep_alive = ms(v);
-        }
-        if let Some(v) = self.idle_timeout_ms {
-            config.idle_timeout = ms(v);
-        }
-        if let Some(v) = self.handshake_timeout_ms {
-            config.handshake_timeout = ms(v);
-        }
-        if let Some(v) = self.backoff_min_ms {
-            config.backoff_min = ms(v);
-        }
-        if let Some(v) = self.backoff_max_ms {
-            config.backoff_max = ms(v);
-        }
-        if let Some(v) = self.max_connections {
-            config.max_connections = v;
-        }
-        if let Some(v) = self.max_connections_per_address {
-            config.max_connections_per_address = v;
-        }
-        if let Some(v) = self.max_connections_per_client {
-            config.max_connections_per_client = v;
-        }
-        if let Some(v) = self.connections_per_replica {
-            config.connections_per_replica = v;
-        }
-        let max_client_message = protocol.limits.max_client_message_bytes();
-        config.max_client_frame = self
-            .max_client_frame
-            .unwrap_or_else(|| usize::try_from(max_client_message).unwrap_or(usize::MAX));
-        if let Some(v) = self.incoming_bytes {
-            config.incoming_bytes = v;
-        }
-        if let Some(v) = self.client_assembly_bytes {
-            config.client_assembly_bytes = v;
-        }
-        if let Some(v) = self.client_frame_timeout_ms {
-            config.client_frame_timeout = ms(v);
-        }
-        if let Some(v) = self.client_idle_eviction_ms {
-            config.client_idle_eviction = ms(v);
-        }
-        if let Some(v) = self.client_ban_ms {
-            config.client_ban = ms(v);
-        }
-        if let Some(v) = self.retry_above_handshakes {
-            config.retry_above_handshakes = v;
-        }
-        if let Some(v) = self.client_receive_window {
-            config.client_receive_window = v;
-        }
-
-        if u32::try_from(config.max_frame).is_err() {
-            return Err(ConfigError::invalid(
-                "transport.max_frame",
-                format!("{} exceeds {}", config.max_frame, u32::MAX),
-            ));
-        }
-        if (config.max_frame as u64) < max_message {
-            return Err(ConfigError::invalid(
-                "transport.max_frame",
-                format!(
-                    "{} is smaller than protocol.limits.max_message_bytes ({max_message}): \
-                     messages the protocol accepts could not be sent",
-                    config.max_frame
-                ),
-            ));
-        }
-        if (config.max_client_frame as u64) < max_client_message {
-            return Err(ConfigError::invalid(
-                "transport.max_client_frame",
-                format!(
-                    "{} is smaller than the {max_client_message} bytes one request envelope of \
-                     protocol.limits.max_batch_bytes needs",
-                    config.max_client_frame
-                ),
-            ));
-        }
-        let counts: [(&str, usize); 11] = [
-            ("transport.queue_capacity", config.queue_capacity),
-            ("transport.queue_bytes", config.queue_bytes),
-            ("transport.client_queue_bytes", config.client_queue_bytes),
-            (
-                "transport.client_assembly_bytes",
-                config.client_assembly_bytes,
-            ),
-            ("transport.incoming_capacity", config.incoming_capacity),
-            ("transport.incoming_bytes", config.incoming_bytes),
-            ("transport.max_connections", config.max_connections),
-            (
-                "transport.max_connections_per_address",
-                config.max_connections_per_address,
-            ),
-            (
-                "transport.max_connections_per_client",
-                config.max_connections_per_client,
-            ),
-            (
-                "transport.connections_per_replica",
-                config.connections_per_replica,
-            ),
-            (
-                "transport.client_receive_window",
-                config.client_receive_window as usize,
-            ),
-        ];
-        for (field, value) in counts {
-            positive(field, value as u64)?;
-        }
-        let millis = |d: Duration| d.as_millis() as u64;
-        positive("transport.keep_alive_ms", millis(config.keep_alive))?;
-        positive(
-            "transport.handshake_timeout_ms",
-            millis(config.handshake_timeout),
-        )?;
-        positive(
-            "transport.client_frame_timeout_ms",
-            millis(config.client_frame_timeout),
-        )?;
-        positive("transport.backoff_min_ms", millis(config.backoff_min))?;
-        if config.idle_timeout <= config.keep_alive {
-            return Err(ConfigError::invalid(
-                "transport.idle_timeout_ms",
-                format!(
-                    "{} must exceed transport.keep_alive_ms ({}), or quiet links would be \
-                     declared dead",
-                    millis(config.idle_timeout),
-                    millis(config.keep_alive)
-                ),
-            ));
-        }
-        if config.backoff_max < config.backoff_min {
-            return Err(ConfigError::invalid(
-                "transport.backoff_max_ms",
-                format!(
-                    "{} is below transport.backoff_min_ms ({})",
-                    millis(config.backoff_max),
-                    millis(config.backoff_min)
-                ),
-            ));
-        }
-        Ok(config)
-    }
 }
 
 /// Reads, validates and resolves a replica's configuration file (see the module docs for the

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use pbft_config::{ClientAccess, ClusterConfig, ConfigError, ReplicaEntry};
 use pbft_core::byzantine::BehaviorKind;
 use pbft_core::protocol::ProtocolConfig;
 use pbft_crypto::KeyPair;
-use pbft_net::cluster::{ClientAccess, ClusterConfig, ConfigError, ReplicaEntry};
 use pbft_net::ClientPolicy;
-use pbft_node::config::{load_node_config, NodeConfigFile, TransportSection};
+use pbft_net::TransportConfig;
+use pbft_node::config::{load_node_config, NodeConfigFile};
 
 /// The encoding of the identity point, which has small order.
 const WEAK_KEY: &str = "0100000000000000000000000000000000000000000000000000000000000000";
@@ -63,7 +64,7 @@ impl Fixture {
             behavior: None,
             f: 1,
             protocol: ProtocolConfig::default(),
-            transport: TransportSection::default(),
+            transport: TransportConfig::default(),
             storage: Default::default(),
             clients: ClientAccess::open(),
             replicas: (0..4u8)
@@ -160,11 +161,11 @@ fn a_valid_config_loads_into_the_expected_setup() {
     assert_eq!(setup.transport.keep_alive, Duration::from_millis(300));
     assert_eq!(setup.transport.idle_timeout, Duration::from_millis(900));
     assert_eq!(
-        setup.transport.max_frame as u64,
+        setup.transport.max_frame() as u64,
         defaults.limits.max_message_bytes
     );
     assert_eq!(
-        setup.transport.max_client_frame as u64,
+        setup.transport.max_client_frame() as u64,
         protocol.limits.max_client_message_bytes()
     );
 }
@@ -182,7 +183,7 @@ fn omitted_sections_take_the_defaults() {
     assert_eq!(setup.protocol, ProtocolConfig::default());
     assert_eq!(setup.behavior, None);
     assert_eq!(setup.metrics, None);
-    let transport = pbft_net::TransportConfig::default();
+    let transport = TransportConfig::default();
     assert_eq!(setup.transport.queue_capacity, transport.queue_capacity);
     assert_eq!(setup.transport.idle_timeout, transport.idle_timeout);
 }
@@ -195,7 +196,7 @@ fn the_file_format_round_trips() {
     config.behavior = Some("equivocate-split".into());
     config.protocol.log_window = 512;
     config.protocol.limits.max_op_bytes = 10;
-    config.transport.max_connections = Some(5);
+    config.transport.max_connections = 5;
     let text = toml::to_string(&config).unwrap();
     let parsed: NodeConfigFile = toml::from_str(&text).unwrap();
     assert_eq!(parsed, config);

@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use pbft_config::{ClientAccess, ReplicaEntry};
 use pbft_core::app::KvStore;
 use pbft_core::protocol::{Durable, ProtocolConfig, Replica};
 use pbft_crypto::KeyPair;
-use pbft_net::cluster::{ClientAccess, ReplicaEntry};
-use pbft_node::config::{load_node_config, NodeConfigFile, TransportSection};
+use pbft_net::TransportConfig;
+use pbft_node::config::{load_node_config, NodeConfigFile};
 use pbft_node::data_dir::{self, DataDirError};
 use pbft_node::storage::ReplicaStore;
 
@@ -44,7 +45,7 @@ impl Fixture {
                 behavior: None,
                 f: 1,
                 protocol: ProtocolConfig::default(),
-                transport: TransportSection::default(),
+                transport: TransportConfig::default(),
                 storage: Default::default(),
                 clients: ClientAccess::open(),
                 replicas: (0..4u8)

@@ -14,7 +14,9 @@ use crate::frame::CLOSE_SHUTDOWN;
 use crate::link::Link;
 use crate::stats::{bump, Counters};
 use crate::tls::{self, Identity};
-use crate::{endpoint, validate_cluster, NetError, PeerInfo, TransportConfig, TransportStats};
+use crate::{
+    endpoint, validate_cluster, NetError, PeerInfo, TlsSetupError, TransportConfig, TransportStats,
+};
 
 /// A client's transport: dials every replica, presenting the client's key, and receives what
 /// the replicas send back through the channel returned by [`ClientTransport::connect`].
@@ -42,7 +44,7 @@ impl ClientTransport {
         validate_cluster(&cluster)?;
         let first = cluster
             .first()
-            .ok_or_else(|| NetError::Config("the cluster is empty".into()))?;
+            .ok_or_else(|| NetError::Cluster("the cluster is empty".into()))?;
         let local = if first.addr.is_ipv4() {
             SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
         } else {
@@ -52,7 +54,7 @@ impl ClientTransport {
             .iter()
             .find(|peer| peer.addr.is_ipv4() != first.addr.is_ipv4())
         {
-            return Err(NetError::Config(format!(
+            return Err(NetError::Cluster(format!(
                 "replicas {} and {} use different address families",
                 first.id, other.id
             )));
@@ -67,7 +69,7 @@ impl ClientTransport {
         for peer in &cluster {
             let crypto =
                 QuicClientConfig::try_from(tls::client_config(&identity, peer.public_key)?)
-                    .map_err(|e| NetError::Tls(e.to_string()))?;
+                    .map_err(TlsSetupError::Quic)?;
             let mut client = quinn::ClientConfig::new(Arc::new(crypto));
             client.transport_config(transport.clone());
             let link = Link::spawn(

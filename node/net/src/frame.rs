@@ -207,7 +207,7 @@ pub(crate) fn frame_queue(cfg: &TransportConfig, max_bytes: usize) -> (FrameQueu
         frames: tx,
         bytes: bytes.clone(),
         max_bytes,
-        max_frame: cfg.max_frame,
+        max_frame: cfg.max_frame(),
     };
     (queue, QueuedFrames { frames: rx, bytes })
 }

@@ -218,7 +218,7 @@ impl Dialer {
                 let replica = self.replica;
                 let reading = read_frames(
                     conn,
-                    FrameReader::new(recv, self.cfg.max_frame, None),
+                    FrameReader::new(recv, self.cfg.max_frame(), None),
                     &self.counters,
                     inbound,
                     None,

@@ -14,7 +14,7 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use crate::frame::CLOSE_SHUTDOWN;
 use crate::link::{dial, DialError};
 use crate::tls::{self, Identity};
-use crate::{endpoint, NetError, PeerInfo, TransportConfig};
+use crate::{endpoint, NetError, PeerInfo, TlsSetupError, TransportConfig};
 
 /// Opens [`RawConnection`]s as the holder of one key, from one local UDP port.
 pub struct RawDialer {
@@ -44,8 +44,8 @@ impl RawDialer {
     /// Connects to `replica`, pinning its key, and exchanges the hello.
     pub async fn open(&self, replica: &PeerInfo) -> Result<RawConnection, RawError> {
         let crypto = tls::client_config(&self.identity, replica.public_key)?;
-        let crypto =
-            QuicClientConfig::try_from(crypto).map_err(|e| NetError::Tls(e.to_string()))?;
+        let crypto = QuicClientConfig::try_from(crypto)
+            .map_err(|e| NetError::from(TlsSetupError::Quic(e)))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.transport.clone());
         let timeout = self.cfg.handshake_timeout;

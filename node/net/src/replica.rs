@@ -26,8 +26,8 @@ use crate::link::{pump, read_frames, Link, PumpEnd};
 use crate::stats::{bump, Counters};
 use crate::tls::{self, public_key_of, Identity};
 use crate::{
-    endpoint, validate_cluster, ClientPolicy, Incoming, NetError, Peer, PeerInfo, TransportConfig,
-    TransportStats,
+    endpoint, validate_cluster, ClientPolicy, Incoming, NetError, Peer, PeerInfo, TlsSetupError,
+    TransportConfig, TransportStats,
 };
 
 /// A replica's transport: sends to other replicas and to connected clients, and receives from
@@ -165,16 +165,15 @@ impl ReplicaTransport {
         let me = cluster
             .iter()
             .find(|peer| peer.id == id)
-            .ok_or_else(|| NetError::Config(format!("replica {id} is not in the cluster")))?;
+            .ok_or_else(|| NetError::Cluster(format!("replica {id} is not in the cluster")))?;
         if me.public_key != key.public() {
-            return Err(NetError::Config(format!(
+            return Err(NetError::Cluster(format!(
                 "the key {} is not the one listed for replica {id}",
                 key.public()
             )));
         }
         let identity = Identity::new(key)?;
-        let tls_error =
-            |e: quinn::crypto::rustls::NoInitialCipherSuite| NetError::Tls(e.to_string());
+        let tls_error = TlsSetupError::Quic;
 
         let counters = Arc::new(Counters::default());
         let bans = Arc::new(Bans::default());
@@ -618,7 +617,7 @@ async fn serve(incoming: quinn::Incoming, mut slot: Slot, shared: &Shared) {
                 frame,
                 connection,
             };
-            let reader = FrameReader::new(recv, shared.cfg.max_frame, None);
+            let reader = FrameReader::new(recv, shared.cfg.max_frame(), None);
             read_frames(&conn, reader, counters, out, budget, wrap).await;
             let mut accepted = shared.accepted.lock().expect("accepted table lock");
             if accepted.replicas.get(&id).map(Connection::stable_id) == Some(conn.stable_id()) {
@@ -648,7 +647,7 @@ async fn serve(incoming: quinn::Incoming, mut slot: Slot, shared: &Shared) {
             }
             let out = &shared.from_clients;
             let budget = Some(&shared.client_bytes);
-            let max_frame = shared.cfg.max_client_frame.min(shared.cfg.max_frame);
+            let max_frame = shared.cfg.max_client_frame().min(shared.cfg.max_frame());
             let reader = FrameReader::new(recv, max_frame, Some(shared.assembly.clone()));
             let wrap = |frame| {
                 last_active.store(shared.millis_since_start(), Ordering::Relaxed);

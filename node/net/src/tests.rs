@@ -197,7 +197,7 @@ async fn a_huge_length_prefix_closes_the_connection_without_allocating() {
 #[tokio::test]
 async fn an_unfinished_client_frame_holds_the_room_only_until_its_deadline() {
     let cfg = TransportConfig {
-        max_client_frame: 1 << 20,
+        max_client_frame: Some(1 << 20),
         client_assembly_bytes: 1 << 20,
         client_frame_timeout: Duration::from_millis(500),
         ..TransportConfig::default()
@@ -252,7 +252,7 @@ async fn an_unfinished_client_frame_holds_the_room_only_until_its_deadline() {
 #[tokio::test]
 async fn a_client_waiting_for_room_can_send_no_more_than_its_window() {
     let cfg = TransportConfig {
-        max_client_frame: 4 << 20,
+        max_client_frame: Some(4 << 20),
         client_assembly_bytes: 4 << 20,
         client_frame_timeout: Duration::from_secs(30),
         client_receive_window: 64 << 10,

@@ -22,7 +22,7 @@ use rustls::{
 
 use crate::admission::Bans;
 use crate::stats::{bump, Counters};
-use crate::{ClientPolicy, NetError};
+use crate::{ClientPolicy, NetError, TlsSetupError};
 
 /// The only ALPN protocol spoken: the wire format's version. A peer of another version (its
 /// messages, or the bytes its signatures cover, differ) fails the handshake, and the dialer
@@ -64,24 +64,22 @@ impl Identity {
         pkcs8.extend_from_slice(&ED25519_PKCS8_PREFIX);
         pkcs8.extend_from_slice(key.secret_seed().as_slice());
         let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8);
-        let tls_error = |e: rcgen::Error| NetError::Tls(format!("building the certificate: {e}"));
         let signer = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
-            .map_err(tls_error)?;
-        let mut params =
-            rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(tls_error)?;
+            .map_err(TlsSetupError::Certificate)?;
+        let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
+            .map_err(TlsSetupError::Certificate)?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, format!("pbft {}", key.public()));
         let cert = params
             .self_signed(&signer)
-            .map_err(tls_error)?
+            .map_err(TlsSetupError::Certificate)?
             .der()
             .clone();
         // The certificate must carry exactly the identity key, or no peer could ever pin it.
-        if public_key_of(&cert).ok() != Some(key.public()) {
-            return Err(NetError::Tls(
-                "the certificate does not carry the identity key".into(),
-            ));
+        let carried = public_key_of(&cert).map_err(|e| TlsSetupError::CertificateKey(Some(e)))?;
+        if carried != key.public() {
+            return Err(TlsSetupError::CertificateKey(None).into());
         }
         Ok(Identity { cert, key: pkcs8 })
     }
@@ -275,10 +273,10 @@ pub(crate) fn server_config(
 ) -> Result<rustls::ServerConfig, NetError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| NetError::Tls(e.to_string()))?
+        .map_err(TlsSetupError::Rustls)?
         .with_client_cert_verifier(Arc::new(admitted))
         .with_single_cert(identity.chain(), identity.private_key())
-        .map_err(|e| NetError::Tls(e.to_string()))?;
+        .map_err(TlsSetupError::Rustls)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
@@ -292,11 +290,11 @@ pub(crate) fn client_config(
 ) -> Result<rustls::ClientConfig, NetError> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| NetError::Tls(e.to_string()))?
+        .map_err(TlsSetupError::Rustls)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedServerKey::new(expected)))
         .with_client_auth_cert(identity.chain(), identity.private_key())
-        .map_err(|e| NetError::Tls(e.to_string()))?;
+        .map_err(TlsSetupError::Rustls)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     config.enable_sni = false;

@@ -247,7 +247,7 @@ async fn an_oversized_frame_closes_only_its_connection() {
     let keys = vec![key(1)];
     let addrs = free_addrs(1);
     let cfg = TransportConfig {
-        max_frame: 1024,
+        max_frame: Some(1024),
         ..config()
     };
     let (replica, mut rx) = bind(0, &keys, &addrs, cfg).await;
@@ -499,7 +499,7 @@ async fn bad_configurations_are_refused() {
         config(),
     )
     .await;
-    assert!(matches!(wrong_key.err(), Some(NetError::Config(_))));
+    assert!(matches!(wrong_key.err(), Some(NetError::Cluster(_))));
     let unknown_id = ReplicaTransport::bind(
         7,
         &keys[0],
@@ -509,7 +509,7 @@ async fn bad_configurations_are_refused() {
         config(),
     )
     .await;
-    assert!(matches!(unknown_id.err(), Some(NetError::Config(_))));
+    assert!(matches!(unknown_id.err(), Some(NetError::Cluster(_))));
     let zero_queue = TransportConfig {
         queue_capacity: 0,
         ..config()
@@ -859,7 +859,7 @@ async fn client_frames_have_their_own_limit() {
     let keys: Vec<KeyPair> = (1..=2).map(key).collect();
     let addrs = free_addrs(2);
     let cfg = TransportConfig {
-        max_client_frame: 1024,
+        max_client_frame: Some(1024),
         ..config()
     };
     let (zero, mut inbox) = bind(0, &keys, &addrs, cfg).await;

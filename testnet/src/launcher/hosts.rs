@@ -7,9 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use pbft_client::ClientConfigFile;
+use pbft_config::{ClientAccess, ReplicaEntry};
 use pbft_core::messages::ReplicaId;
 use pbft_crypto::KeyPair;
-use pbft_net::cluster::{ClientAccess, ReplicaEntry};
 use pbft_node::config::NodeConfigFile;
 use pbft_node::metrics::MetricsServerConfig;
 

@@ -7,11 +7,11 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use pbft_client::ClientConfigFile;
+use pbft_config::{ClientAccess, ReplicaEntry};
 use pbft_core::byzantine::BehaviorKind;
 use pbft_core::messages::ReplicaId;
 use pbft_core::protocol::ProtocolConfig;
 use pbft_crypto::KeyPair;
-use pbft_net::cluster::{ClientAccess, ReplicaEntry};
 use pbft_node::config::NodeConfigFile;
 use pbft_node::storage::StorageConfig;
 

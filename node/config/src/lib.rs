@@ -1,15 +1,19 @@
-//! The cluster's membership as configuration files list it (`f` and `[[replicas]]`), shared by
-//! replica and client configuration, and the reading of those files: every error names the file
-//! and the field at fault.
+//! What replica and client configuration files share: the cluster's membership as they list it
+//! (`f` and `[[replicas]]`), and the reading of those files and of the key files they name.
+//! Every error names the file and the field at fault.
+//!
+//! The transport takes the validated result ([`PeerInfo`], [`ClientPolicy`]) and reads no files.
+
+#![deny(missing_docs)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use pbft_core::committee::ClientPolicy;
 use pbft_crypto::{CryptoError, KeyPair, PublicKey};
+use pbft_net::PeerInfo;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-
-use crate::{ClientPolicy, PeerInfo};
 
 /// Why a configuration cannot be used. The message names the file (where known) and the field.
 #[derive(Debug, thiserror::Error)]
