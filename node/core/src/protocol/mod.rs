@@ -55,6 +55,13 @@ pub struct ProtocolConfig {
     pub max_batch_bytes: usize,
     /// Most sequence numbers the primary has in flight (assigned but not executed).
     pub max_outstanding: u64,
+    /// With a batch in flight, the primary lets the next one fill up to this many payload bytes
+    /// (or `max_batch_requests`) before proposing it, for at most `batch_delay`. With nothing
+    /// in flight it proposes at once. Fuller batches share the cost of their votes.
+    pub batch_fill_bytes: usize,
+    /// How long a filling batch waits at most; 0 proposes every batch at once.
+    #[serde(rename = "batch_delay_us", with = "crate::codec::micros")]
+    pub batch_delay: Duration,
     /// How long a backup waits for a request to execute before it suspects the primary; doubles
     /// on each view change that does not complete.
     #[serde(rename = "view_change_timeout_ms", with = "crate::codec::millis")]
@@ -94,6 +101,8 @@ impl Default for ProtocolConfig {
             max_batch_requests: 1024,
             max_batch_bytes: 4 << 20,
             max_outstanding: 2,
+            batch_fill_bytes: 64 << 10,
+            batch_delay: Duration::from_micros(1000),
             view_change_timeout: Duration::from_millis(2000),
             max_view_change_timeout: Duration::from_secs(60),
             retransmit_interval: Duration::from_millis(500),
@@ -145,11 +154,12 @@ impl ProtocolConfig {
         let k = self.checkpoint_interval;
         let l = self.log_window;
         let limits = &self.limits;
-        let counts: [(&'static str, u64); 17] = [
+        let counts: [(&'static str, u64); 18] = [
             ("checkpoint_interval", k),
             ("max_batch_requests", self.max_batch_requests as u64),
             ("max_batch_bytes", self.max_batch_bytes as u64),
             ("max_outstanding", self.max_outstanding),
+            ("batch_fill_bytes", self.batch_fill_bytes as u64),
             ("max_pending_envelopes", self.max_pending_envelopes as u64),
             ("max_pending_per_client", self.max_pending_per_client as u64),
             ("client_window", self.client_window),
@@ -206,6 +216,17 @@ impl ProtocolConfig {
             return error(
                 "limits.log_window",
                 format!("{} must equal log_window ({l})", limits.log_window),
+            );
+        }
+        if self.batch_delay >= self.view_change_timeout {
+            return error(
+                "batch_delay_us",
+                format!(
+                    "{} µs must be below protocol.view_change_timeout_ms ({}): a filling batch \
+                     would look like a stalled primary",
+                    self.batch_delay.as_micros(),
+                    self.view_change_timeout.as_millis()
+                ),
             );
         }
         if self.max_view_change_timeout < self.view_change_timeout {
@@ -315,11 +336,13 @@ pub enum Timer {
     ViewChange,
     /// Time to send unanswered messages again.
     Retransmit,
+    /// A filling batch waited `batch_delay`: the primary proposes it.
+    Batch,
 }
 
 impl Timer {
     /// Every timer, in [`Timer::index`] order.
-    pub const ALL: [Timer; 2] = [Timer::ViewChange, Timer::Retransmit];
+    pub const ALL: [Timer; 3] = [Timer::ViewChange, Timer::Retransmit, Timer::Batch];
     pub const COUNT: usize = Timer::ALL.len();
 
     /// A dense index for tables of timers.
@@ -327,6 +350,7 @@ impl Timer {
         match self {
             Timer::ViewChange => 0,
             Timer::Retransmit => 1,
+            Timer::Batch => 2,
         }
     }
 }

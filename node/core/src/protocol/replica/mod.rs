@@ -244,6 +244,8 @@ pub struct Replica {
     executed_at_last_probe: Seq,
 
     pending: PendingRequests,
+    /// When the batch the primary holds back to fill began to wait.
+    filling_since: Option<Duration>,
     /// Envelopes in log slots above `last_executed` (the primary does not order them twice).
     in_log: HashSet<Digest>,
     /// The envelope whose wait the view-change timer is measuring (§4.5.2).
@@ -299,6 +301,7 @@ impl Replica {
         let mut replica = Replica {
             id,
             clients: ClientTable::new(config.client_bounds()),
+            filling_since: None,
             pending: PendingRequests::new(
                 config.max_pending_envelopes,
                 config.max_pending_per_client,
@@ -543,6 +546,8 @@ impl Replica {
         match timer {
             Timer::ViewChange => self.on_view_change_timer(),
             Timer::Retransmit => self.on_retransmit_timer(),
+            // Proposing is what every input ends with.
+            Timer::Batch => {}
         }
         self.after_input();
     }

@@ -135,6 +135,9 @@ impl Replica {
             {
                 return;
             }
+            if self.hold_for_fill(seq) {
+                return;
+            }
             let mut batch = Batch::default();
             let mut envelope_digests = Vec::new();
             let mut requests = 0;
@@ -162,6 +165,7 @@ impl Replica {
             if batch.envelopes.is_empty() {
                 continue;
             }
+            self.filling_since = None;
             let body = BatchBody::with_digests(batch, envelope_digests);
             let digest = body.digest;
             self.ready.persist.push(Durable::Batch {
@@ -184,6 +188,39 @@ impl Replica {
             self.broadcast(Message::PrePrepare { header, batch });
             self.check_prepared(seq);
         }
+    }
+
+    /// Whether the batch for `seq` should wait to fill: only while a batch is in flight, until
+    /// `batch_fill_bytes` (or `max_batch_requests`) are pending or `batch_delay` has passed
+    /// since it began to fill. A timer proposes it then.
+    fn hold_for_fill(&mut self, seq: Seq) -> bool {
+        let in_flight = seq - 1 > self.last_executed;
+        if !in_flight || self.config.batch_delay.is_zero() {
+            return false;
+        }
+        let since = *self.filling_since.get_or_insert(self.now);
+        let deadline = since + self.config.batch_delay;
+        if self.now >= deadline || self.pending_fills_a_batch() {
+            return false;
+        }
+        self.set_timer(Timer::Batch, deadline);
+        true
+    }
+
+    fn pending_fills_a_batch(&self) -> bool {
+        let fill = self
+            .config
+            .batch_fill_bytes
+            .min(self.config.max_batch_bytes);
+        let (mut bytes, mut requests) = (0, 0);
+        for (envelope, _) in self.pending.iter() {
+            bytes += envelope.encoded_len();
+            requests += envelope.requests.len();
+            if bytes >= fill || requests >= self.config.max_batch_requests {
+                return true;
+            }
+        }
+        false
     }
 
     /// Checks the view and watermarks of a vote and returns its slot, reset for the current view.
