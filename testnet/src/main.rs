@@ -458,6 +458,10 @@ struct UpArgs {
     /// The replicas' checkpoint interval K; the log window is 2K (default: the replica's, 128).
     #[arg(long, value_name = "K", help_heading = "Advanced")]
     checkpoint_interval: Option<u64>,
+    /// How long the primary lets a batch fill while another is in flight, in microseconds; 0
+    /// proposes every batch at once (default: the replica's, 1000).
+    #[arg(long, value_name = "US", help_heading = "Advanced")]
+    batch_delay_us: Option<u64>,
     /// How the replicas keep their durable state in DIR/data.
     #[arg(long, value_enum, default_value_t, help_heading = "Advanced")]
     storage: launcher::Durability,
@@ -556,6 +560,7 @@ async fn run(command: Command) -> Result<ExitCode, LaunchError> {
                 protocol: NodeOverrides {
                     view_change_timeout_ms: args.view_change_timeout_ms,
                     checkpoint_interval: args.checkpoint_interval,
+                    batch_delay_us: args.batch_delay_us,
                     storage: args.storage,
                     open_clients: args.open_clients,
                 },

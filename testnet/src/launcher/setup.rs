@@ -276,6 +276,8 @@ pub struct NodeOverrides {
     pub view_change_timeout_ms: Option<u64>,
     /// The checkpoint interval K; the log window becomes 2K.
     pub checkpoint_interval: Option<u64>,
+    /// How long the primary lets a batch fill while another is in flight, in microseconds.
+    pub batch_delay_us: Option<u64>,
     /// How replicas keep their durable state.
     pub storage: Durability,
     /// Admit any client key (`clients = "open"`), as a public service does; otherwise only the
@@ -319,6 +321,9 @@ impl NodeOverrides {
             protocol.checkpoint_interval = k;
             protocol.log_window = 2 * k;
             protocol.limits.log_window = 2 * k;
+        }
+        if let Some(us) = self.batch_delay_us {
+            protocol.batch_delay = std::time::Duration::from_micros(us);
         }
         protocol
     }
