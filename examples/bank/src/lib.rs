@@ -38,6 +38,15 @@ pub enum BankOp {
 }
 
 impl BankOp {
+    /// A transfer of `amount` from `from` to `to`.
+    pub fn transfer(from: &str, to: &str, amount: u64) -> BankOp {
+        BankOp::Transfer {
+            from: from.into(),
+            to: to.into(),
+            amount,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         codec::encode(self)
     }
@@ -265,37 +274,29 @@ mod tests {
         assert_eq!(bank.apply(op), BankResult::Opened);
     }
 
-    fn transfer(from: &str, to: &str, amount: u64) -> BankOp {
-        BankOp::Transfer {
-            from: from.into(),
-            to: to.into(),
-            amount,
-        }
-    }
-
     #[test]
     fn a_transfer_that_would_overdraw_is_refused_and_changes_nothing() {
         let mut bank = Bank::new();
         open(&mut bank, "alice", 100);
         open(&mut bank, "bob", 5);
         let before = bank.clone();
-        let refused = bank.apply(transfer("bob", "alice", 6));
+        let refused = bank.apply(BankOp::transfer("bob", "alice", 6));
         assert_eq!(
             refused,
             BankResult::Refused(Refusal::InsufficientFunds { balance: 5 })
         );
         assert_eq!(bank, before);
         assert_eq!(
-            bank.apply(transfer("alice", "bob", 100)),
+            bank.apply(BankOp::transfer("alice", "bob", 100)),
             BankResult::Transferred { from: 0, to: 105 }
         );
         assert_eq!(bank.supply(), 105);
         assert_eq!(
-            bank.apply(transfer("alice", "alice", 0)),
+            bank.apply(BankOp::transfer("alice", "alice", 0)),
             BankResult::Refused(Refusal::SameAccount)
         );
         assert_eq!(
-            bank.apply(transfer("alice", "carol", 0)),
+            bank.apply(BankOp::transfer("alice", "carol", 0)),
             BankResult::Refused(Refusal::NoSuchAccount("carol".into()))
         );
     }
@@ -349,7 +350,9 @@ mod tests {
         };
         let answer = bank.query(&read("alice").encode()).unwrap();
         assert_eq!(BankResult::decode(&answer).unwrap(), BankResult::Balance(7));
-        assert!(bank.query(&transfer("alice", "bob", 1).encode()).is_none());
+        assert!(bank
+            .query(&BankOp::transfer("alice", "bob", 1).encode())
+            .is_none());
     }
 
     #[test]
@@ -357,7 +360,7 @@ mod tests {
         let mut bank = Bank::new();
         open(&mut bank, "alice", 7);
         open(&mut bank, "bob", 9);
-        bank.apply(transfer("bob", "alice", 4));
+        bank.apply(BankOp::transfer("bob", "alice", 4));
         let mut restored = Bank::new();
         restored.restore(&bank.snapshot()).unwrap();
         assert_eq!(restored, bank);

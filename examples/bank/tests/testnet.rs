@@ -29,14 +29,6 @@ async fn run(client: &Client, op: BankOp) -> BankResult {
         .unwrap_or_else(|e| panic!("{op:?}: {e}"))
 }
 
-fn transfer(from: &str, to: &str, amount: u64) -> BankOp {
-    BankOp::Transfer {
-        from: from.into(),
-        to: to.into(),
-        amount,
-    }
-}
-
 #[test]
 fn transfers_on_a_testnet_with_a_byzantine_primary_conserve_money_and_never_overdraw() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -78,7 +70,10 @@ fn transfers_on_a_testnet_with_a_byzantine_primary_conserve_money_and_never_over
         let client = Arc::new(client);
         let mut transfers = JoinSet::new();
         for _ in 0..20 {
-            for op in [transfer("alice", "carol", 10), transfer("bob", "carol", 5)] {
+            for op in [
+                BankOp::transfer("alice", "carol", 10),
+                BankOp::transfer("bob", "carol", 5),
+            ] {
                 let client = client.clone();
                 transfers.spawn(async move { run(&client, op).await });
             }
@@ -92,11 +87,11 @@ fn transfers_on_a_testnet_with_a_byzantine_primary_conserve_money_and_never_over
         }
         // Carol holds 300: more is refused and changes nothing.
         assert_eq!(
-            run(&client, transfer("carol", "alice", 301)).await,
+            run(&client, BankOp::transfer("carol", "alice", 301)).await,
             BankResult::Refused(Refusal::InsufficientFunds { balance: 300 })
         );
         assert_eq!(
-            run(&client, transfer("carol", "alice", 300)).await,
+            run(&client, BankOp::transfer("carol", "alice", 300)).await,
             BankResult::Transferred { from: 0, to: 1100 }
         );
         let mut total = 0;
