@@ -12,6 +12,7 @@ use super::{Replica, ReplicatedState};
 use crate::codec;
 use crate::messages::{state, Checkpoint, Message, ReplicaId, Seq};
 use crate::protocol::{Destination, Durable, Ignored, ReplicaError};
+use crate::tally::Tally;
 
 /// A state transfer in progress.
 #[derive(Debug)]
@@ -289,16 +290,12 @@ impl Replica {
             self.start_state_fetch(seq, sources);
             return;
         }
-        let mut ahead: Vec<ReplicaId> = Vec::new();
-        for by in self
-            .checkpoints
-            .votes
-            .range(self.last_executed + 1..)
-            .map(|(_, by)| by)
-        {
+        // Each peer with a checkpoint past this replica, and the lowest such checkpoint.
+        let mut ahead: Tally<Seq> = Tally::new();
+        for (seq, by) in self.checkpoints.votes.range(self.last_executed + 1..) {
             for replica in self.committee.ids() {
-                if replica != self.id && by.get(replica).is_some() && !ahead.contains(&replica) {
-                    ahead.push(replica);
+                if replica != self.id && by.get(replica).is_some() && ahead.get(replica).is_none() {
+                    ahead.insert(replica, *seq);
                 }
             }
         }
@@ -306,13 +303,16 @@ impl Replica {
         if ahead.len() < self.committee.weak_quorum() {
             return;
         }
+        // The nearest first.
+        let mut sources: Vec<(Seq, ReplicaId)> = ahead.iter().map(|(id, seq)| (*seq, id)).collect();
+        sources.sort_unstable();
         tracing::info!(
             replica = self.id,
             last_executed = self.last_executed,
             "stranded; asking for a stable state"
         );
         let (seq, replica) = (self.last_executed + 1, self.id);
-        for source in ahead {
+        for (_, source) in sources {
             self.send(
                 Destination::Replica(source),
                 Message::FetchState { seq, replica },
