@@ -13,7 +13,6 @@ use std::sync::Arc;
 use pbft_client::{Client, ClientError};
 use pbft_core::app::{AppFactory, SnapshotError, StateMachine};
 use pbft_core::codec::{self, CodecError};
-use pbft_crypto::{Digest, DigestBuilder, Domain};
 use serde::{Deserialize, Serialize};
 
 /// The longest account name, in bytes: names are kept in the replicated state.
@@ -214,17 +213,6 @@ impl StateMachine for Bank {
         }
     }
 
-    fn digest(&self) -> Digest {
-        // A BTreeMap iterates in name order, the same on every replica.
-        let mut builder = DigestBuilder::new(Domain::Content)
-            .u8(b'B')
-            .u64(self.accounts.len() as u64);
-        for (account, balance) in &self.accounts {
-            builder = builder.bytes(account.as_bytes()).u64(*balance);
-        }
-        builder.finish()
-    }
-
     fn snapshot(&self) -> Vec<u8> {
         codec::encode(&self.accounts)
     }
@@ -364,8 +352,8 @@ mod tests {
         let mut restored = Bank::new();
         restored.restore(&bank.snapshot()).unwrap();
         assert_eq!(restored, bank);
-        assert_eq!(restored.digest(), bank.digest());
-        assert_ne!(Bank::new().digest(), bank.digest());
+        assert_eq!(restored.partition_digests(), bank.partition_digests());
+        assert_ne!(Bank::new().partition_digests(), bank.partition_digests());
         let overflowing: BTreeMap<String, u64> =
             [("a".to_string(), u64::MAX), ("b".to_string(), 1)].into();
         assert!(restored.restore(&codec::encode(&overflowing)).is_err());

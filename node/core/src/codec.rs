@@ -38,6 +38,14 @@ pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) {
         .expect("serializing an in-memory value cannot fail");
 }
 
+/// Appends the encoding of a value in one pass, for values that cost as much to size as to
+/// encode; the same bytes as [`encode`].
+pub fn append_unsized<T: Serialize>(out: &mut Vec<u8>, value: &T) {
+    options()
+        .serialize_into(out, value)
+        .expect("serializing an in-memory value cannot fail");
+}
+
 /// Appends the encoding of a byte string (as `serde_bytes` encodes one) whose contents `write`
 /// appends to `out`, so that bytes produced by another encoder need no copy of their own.
 pub fn encode_bytes_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
@@ -61,27 +69,6 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: u64) -> Result<T, CodecE
         .with_limit(limit)
         .deserialize(bytes)
         .map_err(|e| CodecError(e.to_string()))
-}
-
-/// `#[serde(with = "...")]` for shared byte strings: encoded as one byte string, like
-/// `serde_bytes` does for a `Vec<u8>`.
-pub mod shared_bytes {
-    use std::sync::Arc;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(
-        bytes: &Arc<Vec<u8>>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(bytes)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Arc<Vec<u8>>, D::Error> {
-        serde_bytes::ByteBuf::deserialize(deserializer).map(|bytes| Arc::new(bytes.into_vec()))
-    }
 }
 
 /// Durations written as whole milliseconds (`view_change_timeout_ms = 2000`), for

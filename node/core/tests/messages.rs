@@ -11,7 +11,7 @@ use pbft_core::messages::{
     PreparedCert, Rejection, ReplicaId, Reply, RequestEnvelope, RequestResult, Sender, StrictCheck,
     View, ViewChange, Vote,
 };
-use pbft_crypto::{KeyPair, Signature};
+use pbft_crypto::{Digest, Domain, KeyPair, Signature};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -177,7 +177,10 @@ fn samples() -> &'static [(Sender, Message)] {
                     replica: 3,
                 },
             ),
-            (Sender::Replica(0), c.manifest(128, &[7; 300])),
+            (
+                Sender::Replica(0),
+                c.manifest(128, vec![Digest::of(Domain::Content, &[7; 300])]),
+            ),
             (
                 Sender::Replica(1),
                 Message::Status {
@@ -224,7 +227,8 @@ fn samples() -> &'static [(Sender, Message)] {
                 Sender::Replica(3),
                 Message::FetchStateChunk {
                     seq: 128,
-                    index: 2,
+                    partition: 2,
+                    piece: 1,
                     replica: 3,
                 },
             ),
@@ -232,7 +236,10 @@ fn samples() -> &'static [(Sender, Message)] {
                 Sender::Replica(0),
                 Message::StateChunk {
                     seq: 128,
-                    index: 2,
+                    replica: 0,
+                    partition: 2,
+                    piece: 1,
+                    len: (1 << 20) + 300,
                     data: vec![9; 300],
                 },
             ),
@@ -568,8 +575,7 @@ fn replica_ids_outside_the_committee_are_refused() {
     let state = Message::StateManifest {
         seq: 128,
         proof,
-        len: 0,
-        chunks: Vec::new(),
+        partitions: vec![state_digest(1)],
     };
     assert_eq!(
         c.check(Sender::Replica(0), state),
@@ -1052,8 +1058,7 @@ fn checkpoints_and_commit_certificates_verify_their_signatures() {
     let state = Message::StateManifest {
         seq: 0,
         proof: Vec::new(),
-        len: 0,
-        chunks: Vec::new(),
+        partitions: Vec::new(),
     };
     assert!(matches!(
         c.check(Sender::Replica(0), state),
@@ -1062,28 +1067,22 @@ fn checkpoints_and_commit_certificates_verify_their_signatures() {
 }
 
 #[test]
-fn a_state_layout_must_match_its_proof_and_chunks_their_size() {
+fn a_state_layout_must_match_its_proof_and_pieces_their_partition() {
     let c = cluster();
-    let mut state = vec![3u8; (2 << 20) + 5];
-    state[1 << 20] = 4;
-    let good = c.manifest(128, &state);
+    let partitions: Vec<Digest> = (0..3u8)
+        .map(|i| Digest::of(Domain::Content, &[i]))
+        .collect();
+    let good = c.manifest(128, partitions.clone());
     c.check(Sender::Replica(0), good.clone()).unwrap();
-    let Message::StateManifest {
-        seq,
-        proof,
-        len,
-        chunks,
-    } = good
-    else {
+    let Message::StateManifest { seq, proof, .. } = good else {
         unreachable!()
     };
-    let mut swapped = chunks.clone();
+    let mut swapped = partitions.clone();
     swapped.swap(0, 1);
     let wrong = Message::StateManifest {
         seq,
         proof: proof.clone(),
-        len,
-        chunks: swapped,
+        partitions: swapped,
     };
     assert_eq!(
         c.check(Sender::Replica(0), wrong),
@@ -1091,23 +1090,50 @@ fn a_state_layout_must_match_its_proof_and_chunks_their_size() {
     );
     let short = Message::StateManifest {
         seq,
+        proof: proof.clone(),
+        partitions: partitions[..2].to_vec(),
+    };
+    assert_eq!(
+        c.check(Sender::Replica(0), short),
+        Err(Rejection::DigestMismatch)
+    );
+    let none = Message::StateManifest {
+        seq,
         proof,
-        len,
-        chunks: chunks[..2].to_vec(),
+        partitions: Vec::new(),
     };
     assert!(matches!(
-        c.check(Sender::Replica(0), short),
+        c.check(Sender::Replica(0), none),
         Err(Rejection::Malformed(_))
     ));
-    let oversized = Message::StateChunk {
+    let piece = |replica, piece, len, data: usize| Message::StateChunk {
         seq,
-        index: 0,
-        data: vec![0; pbft_core::messages::state::STATE_CHUNK_BYTES + 1],
+        replica,
+        partition: 0,
+        piece,
+        len,
+        data: vec![0; data],
     };
+    let full = pbft_core::messages::state::STATE_PIECE_BYTES;
+    c.check(Sender::Replica(0), piece(0, 1, full as u64 + 5, 5))
+        .unwrap();
     assert!(matches!(
-        c.check(Sender::Replica(0), oversized),
+        c.check(Sender::Replica(0), piece(0, 0, full as u64 + 1, full + 1)),
         Err(Rejection::TooLarge(_))
     ));
+    assert!(matches!(
+        c.check(Sender::Replica(0), piece(0, 1, full as u64 + 5, 4)),
+        Err(Rejection::Malformed(_))
+    ));
+    assert!(matches!(
+        c.check(Sender::Replica(0), piece(0, 2, full as u64 + 5, 0)),
+        Err(Rejection::Malformed(_))
+    ));
+    // The channel names the sender: a replica cannot pass its pieces off as another's.
+    assert_eq!(
+        c.check(Sender::Replica(0), piece(1, 1, full as u64 + 5, 5)),
+        Err(Rejection::WrongSender)
+    );
 }
 
 /// The client list is replicated configuration: an envelope of a key it does not list is

@@ -1,68 +1,131 @@
-//! State transfer of a large state: in chunks checked against the certified layout, from
-//! several replicas, resumed across retransmission intervals when the helpers' byte budgets
-//! run out.
+//! State transfer of a large state: only the partitions that differ, each in pieces from one
+//! replica and checked against the certified layout, from several replicas, resumed across
+//! retransmission intervals when the helpers' byte budgets run out.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pbft_core::app::{SnapshotError, StateMachine};
+use std::cell::RefCell;
+
+use pbft_core::app::{FrozenState, KvOp, KvStore, SnapshotError, StateMachine};
 use pbft_core::fixtures::TestCluster;
 use pbft_core::messages::{self, Batch, ClientRequest, Message, ReplicaId, Sender};
-use pbft_core::protocol::{Destination, Ignored, ProtocolConfig, Replica, Timer};
+use pbft_core::protocol::{ClientTable, Destination, Ignored, ProtocolConfig, Replica, Timer};
 use pbft_crypto::{Digest, Domain, KeyPair};
 
-/// An application whose state is a byte string that each operation (a little-endian `u64`)
-/// grows by that many deterministic bytes: a large state from a few small requests.
+/// Partitions of [`Blob`].
+const BLOB_PARTITIONS: u32 = 4;
+
+/// An application whose state is [`BLOB_PARTITIONS`] byte strings. An operation (a little-endian
+/// `u64` and a partition) grows one by that many deterministic bytes: a large state from a few
+/// small requests.
 #[derive(Default)]
 struct Blob {
-    bytes: Vec<u8>,
+    parts: [Vec<u8>; BLOB_PARTITIONS as usize],
+    /// Each partition's digest, once computed since it last changed.
+    digests: RefCell<[Option<Digest>; BLOB_PARTITIONS as usize]>,
 }
 
 impl StateMachine for Blob {
     fn execute(&mut self, op: &[u8]) -> Vec<u8> {
-        if let Ok(grow) = <[u8; 8]>::try_from(op) {
+        if let (Ok(grow), Some(&partition)) =
+            (<[u8; 8]>::try_from(&op[..op.len().min(8)]), op.get(8))
+        {
             let grow = u64::from_le_bytes(grow).min(1 << 28) as usize;
-            let start = self.bytes.len();
-            self.bytes
-                .extend((start..start + grow).map(|i| (i % 251) as u8));
+            let index = partition as usize % self.parts.len();
+            let part = &mut self.parts[index];
+            let start = part.len();
+            part.extend((start..start + grow).map(|i| (i % 251) as u8));
+            self.digests.get_mut()[index] = None;
         }
-        (self.bytes.len() as u64).to_le_bytes().to_vec()
+        (self.state_bytes()).to_le_bytes().to_vec()
     }
 
     fn query(&self, _op: &[u8]) -> Option<Vec<u8>> {
         None
     }
 
-    fn digest(&self) -> Digest {
-        Digest::of(Domain::Content, &self.bytes)
-    }
-
     fn snapshot(&self) -> Vec<u8> {
-        self.bytes.clone()
+        pbft_core::codec::encode(&self.parts)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        self.bytes = snapshot.to_vec();
+        self.parts = pbft_core::codec::decode(snapshot, u64::MAX)
+            .map_err(|e| SnapshotError(e.to_string()))?;
+        *self.digests.get_mut() = Default::default();
+        Ok(())
+    }
+
+    fn state_bytes(&self) -> u64 {
+        self.parts.iter().map(|part| part.len() as u64).sum()
+    }
+
+    fn partition_count(&self) -> u32 {
+        BLOB_PARTITIONS
+    }
+
+    fn partition_digests(&self) -> Arc<Vec<Digest>> {
+        let mut cached = self.digests.borrow_mut();
+        let digests = (self.parts.iter().zip(cached.iter_mut()))
+            .map(|(part, digest)| *digest.get_or_insert_with(|| Digest::of(Domain::Content, part)))
+            .collect();
+        Arc::new(digests)
+    }
+
+    fn freeze(&self) -> Arc<dyn FrozenState> {
+        Arc::new(FrozenBlob(self.parts.clone()))
+    }
+
+    fn partition_digest_of(&self, partition: u32, bytes: &[u8]) -> Result<Digest, SnapshotError> {
+        if partition >= BLOB_PARTITIONS {
+            return Err(SnapshotError(format!("no partition {partition}")));
+        }
+        Ok(Digest::of(Domain::Content, bytes))
+    }
+
+    fn restore_partition(&mut self, partition: u32, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let part = (self.parts.get_mut(partition as usize))
+            .ok_or_else(|| SnapshotError(format!("no partition {partition}")))?;
+        *part = bytes.to_vec();
+        self.digests.get_mut()[partition as usize] = None;
         Ok(())
     }
 }
 
+#[derive(Debug)]
+struct FrozenBlob([Vec<u8>; BLOB_PARTITIONS as usize]);
+
+impl FrozenState for FrozenBlob {
+    fn encode_partition(&self, partition: u32, out: &mut Vec<u8>) {
+        if let Some(part) = self.0.get(partition as usize) {
+            out.extend_from_slice(part);
+        }
+    }
+}
+
+/// A batch of one request per partition, each growing it by `bytes`.
 fn grow(c: &TestCluster, client: u8, bytes: u64) -> Batch {
     let key = c
         .committee
         .signer(KeyPair::from_seed(&[client; 32]).unwrap());
-    let request = ClientRequest {
-        timestamp: 1,
-        op: bytes.to_le_bytes().to_vec(),
-    };
+    let requests = (0..BLOB_PARTITIONS as u8)
+        .map(|partition| {
+            let mut op = bytes.to_le_bytes().to_vec();
+            op.push(partition);
+            ClientRequest {
+                timestamp: 1 + u64::from(partition),
+                op,
+            }
+        })
+        .collect();
     Batch {
-        envelopes: vec![messages::RequestEnvelope::new(&key, 1, vec![request])],
+        envelopes: vec![messages::RequestEnvelope::new(&key, 1, requests)],
     }
 }
 
 #[test]
-fn a_200_mb_state_moves_in_chunks_from_several_replicas() {
+fn a_200_mb_state_moves_in_pieces_its_partitions_from_several_replicas() {
     let c = TestCluster::new(1);
     let config = ProtocolConfig {
         checkpoint_interval: 2,
@@ -91,7 +154,7 @@ fn a_200_mb_state_moves_in_chunks_from_several_replicas() {
     // Replicas 0 to 2 execute two batches that grow the state to 200 MiB; replica 3 hears
     // nothing of them.
     let mut now = Duration::from_millis(1);
-    let batches = [grow(&c, 1, 100 << 20), grow(&c, 2, 100 << 20)];
+    let batches = [grow(&c, 1, 25 << 20), grow(&c, 2, 25 << 20)];
     for (seq, batch) in (1..).zip(&batches) {
         for (id, replica) in replicas.iter_mut().enumerate().take(3) {
             let from = 3 - id as ReplicaId;
@@ -184,6 +247,7 @@ fn a_stranded_replica_asks_for_a_stable_state_and_fetches_it() {
     .checked()
     .unwrap();
     let interval = config.retransmit_interval;
+    let config_for_clients = config.clone();
     let mut replica = c.replica_with(1, config);
     let mut now = Duration::from_millis(1);
     let tick = |replica: &mut Replica, now: &mut Duration| {
@@ -216,9 +280,21 @@ fn a_stranded_replica_asks_for_a_stable_state_and_fetches_it() {
     );
     assert_eq!(replica.stable_checkpoint(), 0);
 
-    // A layout with its proof answers: stable here, and the chunks are asked for.
-    let state = vec![7u8; 3 << 20];
-    c.deliver(&mut replica, now, 2, c.manifest(16, &state));
+    // A layout with its proof answers: stable here, and the three partitions that differ from
+    // its own are asked for.
+    let mut store = KvStore::new();
+    for key in ["a", "b", "c"] {
+        store.apply(KvOp::Put {
+            key: key.as_bytes().to_vec(),
+            value: vec![7; 1 << 20],
+        });
+    }
+    let mut partitions = store.partition_digests().to_vec();
+    let clients = ClientTable::new(config_for_clients.client_bounds());
+    partitions.push(messages::state::clients_digest(&pbft_core::codec::encode(
+        &clients,
+    )));
+    c.deliver(&mut replica, now, 2, c.manifest(16, partitions));
     assert_eq!(replica.stable_checkpoint(), 16);
     let chunk_requests = replica
         .poll_ready()

@@ -5,11 +5,15 @@ use std::path::Path;
 
 use super::wal::{DiscardedTail, StorageError, Wal, WalOptions};
 use pbft_core::codec;
-use pbft_core::protocol::Durable;
+use pbft_core::messages::Seq;
+use pbft_core::protocol::{newest_base, release_point, Durable};
 
 /// A replica's durable state. See [`pbft_core::protocol::Durable`] for what it holds.
 pub struct ReplicaStore {
     wal: Wal,
+    log_window: u64,
+    /// Where the newest base of the state was written: segments from there on are kept.
+    base: Seq,
 }
 
 /// A store just opened, with the records it held in the order they were written.
@@ -40,7 +44,11 @@ impl ReplicaStore {
             records.push(record);
         }
         Ok(OpenedStore {
-            store: ReplicaStore { wal: opened.wal },
+            store: ReplicaStore {
+                wal: opened.wal,
+                log_window,
+                base: newest_base(&records),
+            },
             records,
             discarded_tail: opened.discarded_tail,
         })
@@ -55,16 +63,24 @@ impl ReplicaStore {
         }
         let mut stable = None;
         for record in records {
-            if let Durable::Stable { seq, .. } = record {
+            if let Durable::Stable { seq, state, .. } = record {
                 self.wal.rotate(*seq);
                 stable = Some(*seq);
+                // A stable state is encoded in one pass: sizing it first would encode it twice.
+                self.wal
+                    .append_with(|frames| codec::append_unsized(frames, record))?;
+                if state.is_base() {
+                    self.base = *seq;
+                }
+                continue;
             }
             self.wal
                 .append_with(|frames| codec::encode_into(frames, record))?;
         }
         self.wal.sync()?;
         if let Some(seq) = stable {
-            self.wal.release(seq)?;
+            self.wal
+                .release(release_point(seq, self.base, self.log_window))?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pbft_core::byzantine::{Payload, RawEffects};
 use pbft_core::driver::Effects;
 use pbft_core::messages::{Message, ReplicaId, Reply};
-use pbft_core::protocol::{segment_released, Durable};
+use pbft_core::protocol::{newest_base, release_point, segment_released, Durable};
 use pbft_crypto::Digest;
 
 /// A replica's durable records, kept as the real store keeps them: a new segment at each
@@ -34,8 +34,10 @@ impl SimDisk {
             }
         }
         if let Some(stable) = stable {
+            let base = newest_base(self.segments.iter().flat_map(|(_, records)| records));
+            let release = release_point(stable, base, log_window);
             while self.segments.len() >= 2
-                && segment_released(self.segments[1].0, stable, log_window)
+                && segment_released(self.segments[1].0, release, log_window)
             {
                 self.segments.remove(0);
             }

@@ -16,6 +16,10 @@ use rand_chacha::ChaCha8Rng;
 use super::app::{AppModel, ClientOps, SimApp};
 use super::client::{Issued, SimClient};
 
+/// Partitions of the simulated store: few, so that a simulated state of a few hundred keys
+/// still has partitions that differ and partitions that match between replicas.
+const SIM_PARTITIONS: u32 = 16;
+
 /// Keys every client of a [`Workload::Mixed`] run reads and writes.
 const SHARED_KEYS: usize = 4;
 
@@ -47,7 +51,7 @@ pub struct KvApp {
 
 impl SimApp for KvApp {
     fn state_machine(&self) -> Box<dyn StateMachine> {
-        Box::new(KvStore::new())
+        Box::new(KvStore::with_partitions(SIM_PARTITIONS))
     }
 
     fn client_ops(&self, index: usize, seed: u64) -> Box<dyn ClientOps> {
@@ -161,7 +165,7 @@ impl AppModel for KvModel {
             | KvOp::Cas { key, .. } => key.clone(),
         };
         let result = self.store.apply(op).encode();
-        let value = self.store.get(&key).cloned();
+        let value = self.store.get(&key).map(<[u8]>::to_vec);
         let changes = self.history.entry(key).or_default();
         match changes.last_mut() {
             Some((at, last)) if *at == seq => *last = value,
@@ -218,7 +222,7 @@ impl AppModel for KvModel {
             for index in 0..SHARED_KEYS {
                 let key = shared_key(index);
                 let expected = self.store.get(&key);
-                if entries.get(&key) != expected {
+                if entries.get(&key).map(Vec::as_slice) != expected {
                     return Err(format!(
                         "history: {:?} holds {:?}, the committed history {expected:?} after seq {}",
                         String::from_utf8_lossy(&key),

@@ -250,13 +250,17 @@ impl Behavior for Unsolicited {
             Destination::AllReplicas,
             Arc::new(Message::BatchData { seq, batch }),
         ));
-        // Matches no layout a correct replica fetches; at most one chunk's worth of bytes.
+        // Matches no layout a correct replica fetches, and comes from a replica nobody asked
+        // unless by chance; at most one piece's worth of bytes.
         let data = ctx.random_digest().as_bytes().repeat(8);
         out.sends.push(FaultySend::message(
             Destination::AllReplicas,
             Arc::new(Message::StateChunk {
                 seq,
-                index: ctx.rng.random_range(0..4),
+                replica: ctx.id,
+                partition: ctx.rng.random_range(0..4),
+                piece: 0,
+                len: data.len() as u64,
                 data,
             }),
         ));

@@ -494,12 +494,16 @@ fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
                     .collect(),
             },
         ),
-        (Destination::Replica(3), cluster.manifest(128, &[1, 2, 3])),
+        (
+            Destination::Replica(3),
+            cluster.manifest(128, vec![Digest::of(Domain::Content, &[1, 2, 3])]),
+        ),
         (
             Destination::Replica(3),
             Message::FetchStateChunk {
                 seq: 128,
-                index: 0,
+                partition: 0,
+                piece: 0,
                 replica: id,
             },
         ),
@@ -507,7 +511,10 @@ fn every_kind(cluster: &Cluster) -> Vec<(Destination, Message)> {
             Destination::Replica(3),
             Message::StateChunk {
                 seq: 128,
-                index: 0,
+                replica: id,
+                partition: 0,
+                piece: 0,
+                len: 3,
                 data: vec![1, 2, 3],
             },
         ),

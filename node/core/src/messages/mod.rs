@@ -94,27 +94,31 @@ pub enum Message {
         seq: Seq,
         replica: ReplicaId,
     },
-    /// The layout of the state at checkpoint `seq` (see [`state`]): its length and the digest of
-    /// each chunk, with the proof that the checkpoint is stable, whose digest covers them.
+    /// The layout of the state at checkpoint `seq` (see [`state`]): the digest of each
+    /// partition, with the proof that the checkpoint is stable, whose digest covers them.
     StateManifest {
         seq: Seq,
         proof: Vec<Checkpoint>,
-        len: u64,
-        chunks: Vec<Digest>,
+        partitions: Vec<Digest>,
     },
     /// A client's read-only request, to every replica.
     Read(ReadRequest),
-    /// Asks for chunk `index` of the state at stable checkpoint `seq`.
+    /// Asks for piece `piece` of partition `partition` of the state at checkpoint `seq`.
     FetchStateChunk {
         seq: Seq,
-        index: u64,
+        partition: u32,
+        piece: u64,
         replica: ReplicaId,
     },
-    /// Chunk `index` of the state at checkpoint `seq`; the receiver checks it against the
-    /// manifest it holds.
+    /// Piece `piece` of partition `partition` of the state at checkpoint `seq`, whose encoding
+    /// is `len` bytes long, from `replica`. The receiver checks the partition against the
+    /// manifest it holds once it has every piece, all from the replica it asked.
     StateChunk {
         seq: Seq,
-        index: u64,
+        replica: ReplicaId,
+        partition: u32,
+        piece: u64,
+        len: u64,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
@@ -537,22 +541,37 @@ pub fn verify(
         Message::StateManifest {
             seq,
             proof,
-            len,
-            chunks,
+            partitions,
         } => {
             checkpoint::verify_state_data(&mut check, *seq, proof)?;
-            if state::chunk_count(*len) != chunks.len() as u64 {
-                return Err(Rejection::Malformed("chunk list does not match the length"));
+            if partitions.is_empty() || partitions.len() > state::MAX_STATE_PARTITIONS {
+                return Err(Rejection::Malformed("partition count out of bounds"));
             }
-            if state::state_digest(*len, chunks) != proof[0].state_digest {
+            if state::state_digest(partitions) != proof[0].state_digest {
                 return Err(Rejection::DigestMismatch);
             }
             Vec::new()
         }
         // Checked against the manifest by the core.
-        Message::StateChunk { data, .. } => {
-            if data.len() > state::STATE_CHUNK_BYTES {
-                return Err(Rejection::TooLarge("state chunk"));
+        Message::StateChunk {
+            replica,
+            partition,
+            piece,
+            len,
+            data,
+            ..
+        } => {
+            // Unsigned: the authenticated channel names the sender.
+            check.signed_by(*replica)?;
+            if data.len() > state::STATE_PIECE_BYTES {
+                return Err(Rejection::TooLarge("state piece"));
+            }
+            if *partition as usize >= state::MAX_STATE_PARTITIONS
+                || state::piece_range(*len, *piece).map(|range| range.len()) != Some(data.len())
+            {
+                return Err(Rejection::Malformed(
+                    "state piece does not fit its partition",
+                ));
             }
             Vec::new()
         }

@@ -1,49 +1,51 @@
-//! How a replica's state travels: cut into chunks of [`STATE_CHUNK_BYTES`], each with its own
-//! digest, and the state digest that checkpoints sign covers the length and the list of chunk
-//! digests. A replica fetching state checks the list against the 2f+1 signed digest once, and
-//! then each chunk as it arrives, from whichever replica sent it; so a state of any size moves
-//! in messages of bounded size, from several replicas, and a faulty one wastes one chunk.
+//! How a replica's state travels. The state is cut into partitions: the application's (see
+//! [`crate::app::StateMachine::partition_count`]) and, last, the client table. The state digest
+//! that checkpoints sign covers the list of partition digests. A replica fetching state checks
+//! the list against the 2f+1 signed digest once, fetches only the partitions whose digests
+//! differ from its own, and checks each against its digest once it has all of it. A partition
+//! moves in pieces of [`STATE_PIECE_BYTES`], all from one replica, so a state of any size moves
+//! in messages of bounded size, and a faulty replica wastes one partition's fetch.
 
 use std::ops::Range;
 
 use pbft_crypto::{Digest, DigestBuilder, Domain};
 
-/// The size of every chunk but the last. Part of the protocol: every replica must agree.
-pub const STATE_CHUNK_BYTES: usize = 1 << 20;
+/// The size of every piece of a partition but its last. Part of the protocol: every replica
+/// must agree.
+pub const STATE_PIECE_BYTES: usize = 1 << 20;
 
-/// The number of chunks of a state of `len` bytes.
-pub fn chunk_count(len: u64) -> u64 {
-    len.div_ceil(STATE_CHUNK_BYTES as u64)
+/// The most partitions a state may have: bounds a layout's message and a fetch's tables.
+pub const MAX_STATE_PARTITIONS: usize = 1 << 20;
+
+/// The number of pieces of a partition of `len` bytes (an empty one has one, empty).
+pub fn piece_count(len: u64) -> u64 {
+    len.div_ceil(STATE_PIECE_BYTES as u64).max(1)
 }
 
-/// The bytes of chunk `index` of a state of `len` bytes; `None` past the end.
-pub fn chunk_range(len: u64, index: u64) -> Option<Range<usize>> {
-    if index >= chunk_count(len) {
+/// The bytes of piece `index` of a partition of `len` bytes; `None` past the end.
+pub fn piece_range(len: u64, index: u64) -> Option<Range<usize>> {
+    if index >= piece_count(len) {
         return None;
     }
-    let start = index * STATE_CHUNK_BYTES as u64;
-    let end = (start + STATE_CHUNK_BYTES as u64).min(len);
+    let start = index * STATE_PIECE_BYTES as u64;
+    let end = (start + STATE_PIECE_BYTES as u64).min(len);
     Some(start as usize..end as usize)
 }
 
-/// The digest of one chunk.
-pub fn chunk_digest(chunk: &[u8]) -> Digest {
-    Digest::of(Domain::Content, chunk)
+/// The state digest checkpoints sign: the digest of each partition, in order.
+pub fn state_digest<'a>(partitions: impl IntoIterator<Item = &'a Digest>) -> Digest {
+    let (builder, count) = partitions.into_iter().fold(
+        (DigestBuilder::new(Domain::Content).u8(b'S'), 0u64),
+        |(builder, count), partition| (builder.digest(partition), count + 1),
+    );
+    builder.u64(count).finish()
 }
 
-/// The digest of each chunk of `state`.
-pub fn chunk_digests(state: &[u8]) -> Vec<Digest> {
-    state.chunks(STATE_CHUNK_BYTES).map(chunk_digest).collect()
-}
-
-/// The state digest checkpoints sign: the length and the chunk digests.
-pub fn state_digest(len: u64, chunks: &[Digest]) -> Digest {
-    chunks
-        .iter()
-        .fold(
-            DigestBuilder::new(Domain::Content).u64(len),
-            |builder, chunk| builder.digest(chunk),
-        )
+/// The digest of the client table's partition, by its encoding (which is canonical).
+pub fn clients_digest(encoded: &[u8]) -> Digest {
+    DigestBuilder::new(Domain::Content)
+        .u8(b'C')
+        .bytes(encoded)
         .finish()
 }
 
@@ -52,33 +54,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_cover_the_state_exactly_and_the_digest_covers_them() {
+    fn pieces_cover_a_partition_exactly() {
         for len in [
             0u64,
             1,
-            STATE_CHUNK_BYTES as u64,
-            STATE_CHUNK_BYTES as u64 + 1,
+            STATE_PIECE_BYTES as u64,
+            STATE_PIECE_BYTES as u64 + 1,
             3 << 20,
         ] {
-            let state: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let chunks = chunk_digests(&state);
-            assert_eq!(chunks.len() as u64, chunk_count(len));
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut rebuilt = Vec::new();
-            for index in 0..chunk_count(len) {
-                let range = chunk_range(len, index).unwrap();
-                assert_eq!(chunk_digest(&state[range.clone()]), chunks[index as usize]);
-                rebuilt.extend_from_slice(&state[range]);
+            for index in 0..piece_count(len) {
+                let range = piece_range(len, index).unwrap();
+                assert!(range.len() <= STATE_PIECE_BYTES);
+                rebuilt.extend_from_slice(&bytes[range]);
             }
-            assert_eq!(rebuilt, state);
-            assert_eq!(chunk_range(len, chunk_count(len)), None);
+            assert_eq!(rebuilt, bytes);
+            assert_eq!(piece_range(len, piece_count(len)), None);
         }
-        let state = vec![7u8; 3 << 20];
-        let chunks = chunk_digests(&state);
-        let digest = state_digest(state.len() as u64, &chunks);
-        let mut other = chunks.clone();
-        other.swap(0, 1);
-        other[0] = chunk_digest(b"x");
-        assert_ne!(state_digest(state.len() as u64, &other), digest);
-        assert_ne!(state_digest(state.len() as u64 - 1, &chunks), digest);
+    }
+
+    #[test]
+    fn the_state_digest_covers_each_partition_and_their_order() {
+        let a = Digest::of(Domain::Content, b"a");
+        let b = Digest::of(Domain::Content, b"b");
+        let digest = state_digest(&[a, b]);
+        assert_ne!(state_digest(&[b, a]), digest);
+        assert_ne!(state_digest(&[a]), digest);
+        assert_ne!(state_digest(&[a, b, b]), digest);
+        assert_eq!(state_digest(&[a, b]), digest);
     }
 }

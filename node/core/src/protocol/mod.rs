@@ -19,6 +19,7 @@
 mod clients;
 mod new_view;
 mod replica;
+mod state_image;
 pub mod votes;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use std::time::Duration;
 pub use clients::{Admission, ClientBounds, ClientRecord, ClientTable, RequestStatus};
 pub use new_view::{plan_new_view, NewViewPlan};
 pub use replica::{signed_statements, Replica, Statement};
+pub use state_image::{SavedState, SavedStateError, StateImage};
 
 use pbft_crypto::Digest;
 
@@ -313,6 +315,13 @@ pub enum ReplicaError {
     /// A stored or transferred snapshot does not hash to the digest its proof certifies.
     #[error("the snapshot at {seq} does not match its checkpoint proof")]
     SnapshotMismatch { seq: Seq },
+    /// A stable state in the replica's own records does not apply.
+    #[error("the stored state at {seq} does not apply")]
+    SavedStateRefused {
+        seq: Seq,
+        #[source]
+        source: SavedStateError,
+    },
     /// A snapshot's bytes do not decode.
     #[error("the snapshot at {seq} is undecodable")]
     SnapshotUndecodable {
@@ -395,13 +404,13 @@ pub enum Durable {
     Committed(Vec<Vote>),
     /// This replica's CHECKPOINT.
     Checkpoint(Checkpoint),
-    /// A stable checkpoint and the state at it; records of slots at or below `seq` are no
-    /// longer needed.
+    /// A stable checkpoint and the state at it, whole or as the partitions that changed since
+    /// the previous one; records of slots at or below `seq` are no longer needed, but segments
+    /// from the newest base on are kept.
     Stable {
         seq: Seq,
         proof: Vec<Checkpoint>,
-        #[serde(with = "crate::codec::shared_bytes")]
-        snapshot: Arc<Vec<u8>>,
+        state: SavedState,
     },
     /// This replica's VIEW-CHANGE: it has left every view below `new_view`.
     ViewChange(ViewChange),
@@ -462,6 +471,25 @@ impl Durable {
 /// view the replica is in are written again at the start of every segment.
 pub fn segment_released(next_start: Seq, stable: Seq, retain_window: u64) -> bool {
     stable >= next_start.saturating_add(retain_window)
+}
+
+/// The stable checkpoint to release segments by when the newest base of the state was written
+/// at `base` ([`Durable::Stable`]): the segment holding the base, and every later one, stay for
+/// as long as the base is the newest.
+pub fn release_point(stable: Seq, base: Seq, retain_window: u64) -> Seq {
+    stable.min(base.saturating_add(retain_window))
+}
+
+/// The sequence number of the newest base of the state among `records`, 0 if none.
+pub fn newest_base<'a>(records: impl IntoIterator<Item = &'a Durable>) -> Seq {
+    records
+        .into_iter()
+        .filter_map(|record| match record {
+            Durable::Stable { seq, state, .. } if state.is_base() => Some(*seq),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// What [`Replica::recover`] rebuilt.

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use pbft_crypto::Digest;
 
-use super::{snapshot_digest, BatchBody, Entry, Replica};
-use crate::codec;
-use crate::messages::{state, Checkpoint, Message, ReplicaId, Seq, Vote};
+use super::{BatchBody, Entry, Replica};
+use crate::messages::{Checkpoint, Message, ReplicaId, Seq, Vote};
+use crate::protocol::state_image::{SavedState, StateImage};
 use crate::protocol::votes::{Added, VoteSet};
 use crate::protocol::{Durable, Ignored};
 
@@ -30,6 +30,8 @@ pub(super) struct Checkpoints {
     /// none at or below the previous stable checkpoint.
     pub(super) archive: BTreeMap<Seq, (Arc<BatchBody>, Vec<Vote>)>,
     pub(super) archive_bytes: usize,
+    /// The partition last encoded for a peer: a large one is asked for a piece at a time.
+    pub(super) encoded: Option<(Seq, u32, Arc<Vec<u8>>)>,
 }
 
 /// Bytes of committed batches kept below the stable checkpoint (see [`Checkpoints::archive`]).
@@ -45,54 +47,48 @@ pub(super) struct PreviousStable {
 /// A checkpoint this replica holds the state of.
 #[derive(Debug)]
 pub(super) struct OwnCheckpoint {
-    pub(super) digest: Digest,
-    pub(super) snapshot: Arc<Vec<u8>>,
-    /// The digests of the snapshot's chunks, once a peer asked for them.
-    pub(super) chunks: std::cell::OnceCell<Vec<Digest>>,
+    pub(super) image: StateImage,
     /// Its signed CHECKPOINT, if it took the checkpoint itself.
     pub(super) message: Option<Checkpoint>,
 }
 
 impl OwnCheckpoint {
-    pub(super) fn new(
-        digest: Digest,
-        snapshot: Arc<Vec<u8>>,
-        message: Option<Checkpoint>,
-    ) -> OwnCheckpoint {
-        OwnCheckpoint {
-            digest,
-            snapshot,
-            chunks: std::cell::OnceCell::new(),
-            message,
-        }
-    }
-
-    pub(super) fn chunks(&self) -> &[Digest] {
-        self.chunks
-            .get_or_init(|| state::chunk_digests(&self.snapshot))
+    pub(super) fn digest(&self) -> Digest {
+        self.image.digest()
     }
 }
 
+/// What the storage holds of the state: the image last written, against which the next stable
+/// checkpoint is written as a delta, and the bytes of the deltas since the base.
+#[derive(Debug, Default)]
+pub(super) struct Saved {
+    pub(super) image: Option<StateImage>,
+    pub(super) delta_bytes: u64,
+}
+
 impl Replica {
-    /// The encoding of [`ReplicatedState`] and its digest. The application writes its snapshot
-    /// straight into the encoding: at a large state, copies are most of a checkpoint's cost.
-    pub(super) fn take_snapshot(&self) -> (Digest, Arc<Vec<u8>>) {
-        let mut bytes = Vec::new();
-        codec::encode_bytes_with(&mut bytes, |out| self.app.snapshot_into(out));
-        codec::encode_into(&mut bytes, &self.clients);
-        (snapshot_digest(&bytes), Arc::new(bytes))
+    /// The state now: a copy-on-write image whose cost is what changed since the last one.
+    pub(super) fn take_image(&self) -> StateImage {
+        StateImage::take(self.app.as_ref(), &self.clients)
     }
 
     pub(super) fn take_checkpoint(&mut self, seq: Seq) {
-        let (digest, snapshot) = self.take_snapshot();
+        let image = self.take_image();
+        let digest = image.digest();
         if self.silent() {
             // Kept to compare with the stable checkpoint and to serve, but not vouched for.
-            let own = OwnCheckpoint::new(digest, snapshot, None);
+            let own = OwnCheckpoint {
+                image,
+                message: None,
+            };
             self.checkpoints.own.insert(seq, own);
             return;
         }
         let checkpoint = Checkpoint::new(&self.key, seq, digest, self.id);
-        let own = OwnCheckpoint::new(digest, snapshot, Some(checkpoint.clone()));
+        let own = OwnCheckpoint {
+            image,
+            message: Some(checkpoint.clone()),
+        };
         self.checkpoints.own.insert(seq, own);
         self.ready
             .persist
@@ -229,7 +225,7 @@ impl Replica {
     fn settle_own_stable(&mut self) -> bool {
         let c = &self.checkpoints;
         let seq = c.stable_seq;
-        match c.own.get(&seq).map(|own| own.digest == c.stable_digest) {
+        match c.own.get(&seq).map(|own| own.digest() == c.stable_digest) {
             Some(true) => self.persist_stable(),
             Some(false) => {
                 tracing::error!(
@@ -254,16 +250,33 @@ impl Replica {
             .collect()
     }
 
-    /// Writes the stable checkpoint and the state at it; older records are then released.
+    /// Writes the stable checkpoint and the state at it; older records are then released. The
+    /// state is written as the changes since the state last written, or whole (a new base) once
+    /// the changes since the base would outgrow it.
     pub(super) fn persist_stable(&mut self) {
         let c = &self.checkpoints;
         let Some(own) = c.own.get(&c.stable_seq) else {
             return;
         };
+        let image = own.image.clone();
+        let delta = (self.saved.image.as_ref())
+            .and_then(|saved| image.delta_since(saved))
+            .filter(|delta| self.saved.delta_bytes + delta.delta_bytes() <= image.bytes());
+        let state = match delta {
+            Some(delta) => {
+                self.saved.delta_bytes += delta.delta_bytes();
+                delta
+            }
+            None => {
+                self.saved.delta_bytes = 0;
+                SavedState::Base(image.clone())
+            }
+        };
+        self.saved.image = Some(image);
         self.ready.persist.push(Durable::Stable {
             seq: c.stable_seq,
             proof: c.stable_proof.clone(),
-            snapshot: own.snapshot.clone(),
+            state,
         });
         // The records of the current view may sit in segments released after this one; carry
         // them forward so a restart never forgets which views this replica has left.

@@ -19,8 +19,7 @@ use std::{
     time::Duration,
 };
 
-use pbft_crypto::{Digest, DigestBuilder, Domain, KeyPair, Signer};
-use serde::{Deserialize, Serialize};
+use pbft_crypto::{Digest, KeyPair, Signer};
 
 mod checkpoints;
 mod normal_case;
@@ -30,37 +29,27 @@ mod retransmission;
 mod state_transfer;
 mod view_change;
 
-use checkpoints::{Checkpoints, OwnCheckpoint};
+use checkpoints::{Checkpoints, OwnCheckpoint, Saved};
 pub use rejoin::{signed_statements, Statement};
 use retransmission::Help;
 use state_transfer::StateFetch;
 
 use super::{
     clients::{ClientTable, PendingRequests},
+    state_image::current_digest,
     votes::VoteSet,
     Conflict, Destination, Durable, Halt, Ignored, Outgoing, ProtocolConfig, Ready, Rejoin,
     ReplicaError, Status, Timer, TimerCommand,
 };
 use crate::{
     app::StateMachine,
-    codec,
     committee::Committee,
     messages::{
-        state, Batch, Message, NewView, Phase, PreparedCert, ReplicaId, RequestEnvelope, Seq,
-        Verified, View, ViewChange, Vote,
+        Batch, Message, NewView, Phase, PreparedCert, ReplicaId, RequestEnvelope, Seq, Verified,
+        View, ViewChange, Vote,
     },
     tally::Tally,
 };
-
-/// The state a checkpoint certifies: the application and the client table. Its encoding is
-/// canonical, so the checkpoint digest is the digest of the encoding and a transferred snapshot
-/// is checked by hashing it.
-#[derive(Serialize, Deserialize)]
-struct ReplicatedState {
-    #[serde(with = "serde_bytes")]
-    app: Vec<u8>,
-    clients: ClientTable,
-}
 
 /// A batch with its digests, computed once when the batch arrives.
 #[derive(Debug)]
@@ -270,6 +259,8 @@ pub struct Replica {
     /// The state digest and the sequence number it was computed at (the state is a function of
     /// the last executed sequence number).
     state_digest_cache: Cell<Option<(Seq, Digest)>>,
+    /// What the storage holds of the state.
+    saved: Saved,
     /// The highest view of any commit certificate this replica holds. A primary whose view is
     /// below it knows the cluster moved on and proposes nothing more in its own view.
     newest_commit_view: View,
@@ -330,6 +321,7 @@ impl Replica {
             state_transfers: 0,
             ignored: BTreeMap::new(),
             state_digest_cache: Cell::new(None),
+            saved: Saved::default(),
             newest_commit_view: 0,
             halted: None,
             rejoin: None,
@@ -337,12 +329,13 @@ impl Replica {
             now: Duration::ZERO,
             ready: Ready::default(),
         };
-        let (digest, snapshot) = replica.take_snapshot();
-        replica.checkpoints.stable_digest = digest;
-        replica
-            .checkpoints
-            .own
-            .insert(0, OwnCheckpoint::new(digest, snapshot, None));
+        let image = replica.take_image();
+        replica.checkpoints.stable_digest = image.digest();
+        let own = OwnCheckpoint {
+            image,
+            message: None,
+        };
+        replica.checkpoints.own.insert(0, own);
         Ok(replica)
     }
 
@@ -373,11 +366,12 @@ impl Replica {
         self.state_fetch.is_some()
     }
 
-    /// Bytes of the encoded state at the stable checkpoint, when this replica holds it.
+    /// About how many bytes the state at the stable checkpoint holds, when this replica holds
+    /// it.
     pub fn stable_state_bytes(&self) -> Option<u64> {
         (self.checkpoints.own)
             .get(&self.checkpoints.stable_seq)
-            .map(|own| own.snapshot.len() as u64)
+            .map(|own| own.image.bytes())
     }
 
     pub fn is_primary(&self) -> bool {
@@ -423,11 +417,7 @@ impl Replica {
                 return digest;
             }
         }
-        let digest = DigestBuilder::new(Domain::Content)
-            .u8(b'S')
-            .digest(&self.app.digest())
-            .bytes(&codec::encode(&self.clients))
-            .finish();
+        let digest = current_digest(self.app.as_ref(), &self.clients);
         self.state_digest_cache
             .set(Some((self.last_executed, digest)));
         digest
@@ -505,15 +495,22 @@ impl Replica {
             Message::StateManifest {
                 seq,
                 proof,
-                len,
-                chunks,
-            } => self.on_state_manifest(seq, proof, len, chunks),
+                partitions,
+            } => self.on_state_manifest(seq, proof, partitions),
             Message::FetchStateChunk {
                 seq,
-                index,
+                partition,
+                piece,
                 replica,
-            } => self.on_fetch_state_chunk(seq, index, replica),
-            Message::StateChunk { seq, index, data } => self.on_state_chunk(seq, index, data),
+            } => self.on_fetch_state_chunk(seq, partition, piece, replica),
+            Message::StateChunk {
+                seq,
+                replica,
+                partition,
+                piece,
+                len,
+                data,
+            } => self.on_state_chunk(seq, replica, partition, piece, len, data),
             Message::Read(read) => self.on_read(read),
             Message::Reply(_) | Message::StatusQuery { .. } | Message::StatusReport(_) => {
                 self.ignore(Ignored::NotProtocolMessage)
@@ -696,8 +693,4 @@ impl Replica {
             self.evidence.insert(culprit, conflict);
         }
     }
-}
-
-fn snapshot_digest(bytes: &[u8]) -> Digest {
-    state::state_digest(bytes.len() as u64, &state::chunk_digests(bytes))
 }

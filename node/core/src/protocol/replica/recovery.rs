@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 
 use pbft_crypto::KeyPair;
 
-use super::{snapshot_digest, BatchBody, Entry, Replica};
+use super::checkpoints::Saved;
+use super::{BatchBody, Entry, Replica};
 use crate::app::StateMachine;
 use crate::committee::Committee;
-use crate::messages::{Phase, ReplicaId, Seq, View};
+use crate::messages::{Checkpoint, Phase, ReplicaId, Seq, View};
 use crate::protocol::new_view::plan_new_view;
-use crate::protocol::{Durable, ProtocolConfig, RecoveryReport, Rejoin, ReplicaError};
+use crate::protocol::{Durable, ProtocolConfig, RecoveryReport, Rejoin, ReplicaError, SavedState};
 
 impl Replica {
     /// Rebuilds a replica after a crash from the records it persisted, in the order they were
@@ -36,33 +37,47 @@ impl Replica {
             records: records.len(),
             ..RecoveryReport::default()
         };
-        let newest_stable = records.iter().rev().find_map(|record| match record {
-            Durable::Stable {
-                seq,
-                proof,
-                snapshot,
-            } => Some((*seq, proof.clone(), snapshot.clone())),
-            _ => None,
-        });
+        // The state is the newest base with the deltas written after it applied in order.
+        let stables: Vec<(Seq, &Vec<Checkpoint>, &SavedState)> = (records.iter())
+            .filter_map(|record| match record {
+                Durable::Stable { seq, proof, state } => Some((*seq, proof, state)),
+                _ => None,
+            })
+            .collect();
+        let from = stables.iter().rposition(|(_, _, state)| state.is_base());
+        let newest = stables
+            .last()
+            .map(|(seq, proof, _)| (*seq, (*proof).clone()));
         // The silence ended at a stable checkpoint above the point whose state may not have
         // been written yet: until one is stable again, it is silent again.
-        let stable = newest_stable.as_ref().map_or(0, |(seq, ..)| *seq);
+        let stable = newest.as_ref().map_or(0, |(seq, _)| *seq);
         if let Some(rejoin) = &mut replica.rejoin {
             if rejoin.point.is_some_and(|point| stable <= point.seq) {
                 rejoin.silent = true;
             }
         }
-        if let Some((seq, proof, snapshot)) = newest_stable {
-            let digest = snapshot_digest(&snapshot);
-            if proof.first().map(|c| c.state_digest) != Some(digest) {
-                return Err(ReplicaError::SnapshotMismatch { seq });
+        if let Some((seq, proof)) = newest {
+            let mut delta_bytes = 0;
+            for (_, _, state) in &stables[from.unwrap_or(0)..] {
+                delta_bytes += state.delta_bytes();
+                state
+                    .apply_to(replica.app.as_mut(), &mut replica.clients)
+                    .map_err(|source| ReplicaError::SavedStateRefused { seq, source })?;
             }
-            replica.install_state(seq, digest, snapshot)?;
+            let digest = proof
+                .first()
+                .map(|c| c.state_digest)
+                .ok_or(ReplicaError::SnapshotMismatch { seq })?;
+            replica.install_state(seq, digest, BTreeMap::new())?;
             let c = &mut replica.checkpoints;
             c.stable_seq = seq;
             c.stable_digest = digest;
             c.stable_proof = proof;
             c.own = c.own.split_off(&seq);
+            replica.saved = Saved {
+                image: c.own.get(&seq).map(|own| own.image.clone()),
+                delta_bytes,
+            };
             report.snapshot_seq = seq;
         }
         for record in records {
