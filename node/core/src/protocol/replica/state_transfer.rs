@@ -524,7 +524,9 @@ impl Replica {
                         wanted.restart(fetch.sources[at % fetch.sources.len()]);
                     }
                 }
+                // Each partition keeps its peer, so the layout is asked of each in turn.
                 let source = fetch.sources[fetch.next_source % fetch.sources.len()];
+                fetch.next_source += 1;
                 let seq = fetch.seq + 1;
                 self.request_chunks(PIECES_IN_FLIGHT);
                 if newer {
