@@ -169,6 +169,14 @@ impl Replica {
         };
         let chosen: Vec<ViewChange> = chosen.into_iter().cloned().collect();
         let plan = plan_new_view(&chosen);
+        // Back from a lost disk without a VIEW-CHANGE of its own among them (it was silent when
+        // the view change began), it would re-propose sequence numbers it may have voted on
+        // before: it proposes nothing, and the view passes to the next primary.
+        let rejoin_seq = self.rejoin.and_then(|rejoin| rejoin.point).map(|p| p.seq);
+        if (plan.orders.first()).is_some_and(|(seq, _)| rejoin_seq.is_some_and(|h| *seq <= h)) {
+            self.ignore(Ignored::SilentWhileRejoining);
+            return;
+        }
         let pre_prepares: Vec<Vote> = plan
             .orders
             .iter()
