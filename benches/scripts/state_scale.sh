@@ -19,18 +19,15 @@ SIZES=("$@")
 [ ${#SIZES[@]} -gt 0 ] || SIZES=(0 10 100 1000)
 DIR=$(mktemp -d /tmp/pbft-state-scale.XXXXXX)
 trap '"$BIN/testnet" down --dir "$DIR" >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
-"$BIN/testnet" up --f 1 --byzantine 0 --detach --force --dir "$DIR" >/dev/null
+BASE_PORT=17300
+"$BIN/testnet" up --f 1 --byzantine 0 --detach --force --dir "$DIR" --base-port "$BASE_PORT" >/dev/null
 CLIENT=("$BIN/pbft-client" --config "$DIR/client.toml")
 CLIENTS=16 WINDOW=16
 VALUE=32768
 
-# The replicas' state size, as replica 0's metrics report it.
+# The state size replica 0 reports (its metrics listen on the base port + 100).
 state_bytes() {
-    local port
-    port=$(grep -h -A3 '^\[metrics\]' "$DIR"/node-0.toml 2>/dev/null | sed -n 's/.*listen *= *".*:\([0-9]*\)".*/\1/p' | head -1)
-    if [ -n "$port" ]; then
-        curl -s "http://127.0.0.1:$port/metrics" | awk '/^pbft_state_bytes/ {print $2}' | head -1
-    fi
+    curl -s "http://127.0.0.1:$((BASE_PORT + 100))/metrics" | awk '/^pbft_state_bytes/ {print $2}'
 }
 
 for size in "${SIZES[@]}"; do
