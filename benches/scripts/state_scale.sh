@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Throughput and latency against the size of the replicated state, on one `testnet up --f 1`
 # cluster (durability on). At each size it first grows the state with 32 KiB puts to new keys,
-# then measures 512 B overwrites of 4 keys per outstanding request for 20 s, printing one line:
+# flushes the disk, then measures 512 B overwrites of 4 keys per outstanding request for 20 s,
+# printing one line:
 # the time, the state size asked for, the replicas' `pbft_state_bytes`, and the bench's JSON.
 #
 #   benches/scripts/state_scale.sh BIN [SIZE_MB...]      (default sizes: 0 10 100 1000)
@@ -37,6 +38,9 @@ for size in "${SIZES[@]}"; do
     if [ "$requests" -gt 0 ]; then
         "${CLIENT[@]}" bench --clients "$CLIENTS" --window "$WINDOW" --payload "$VALUE" \
             --requests "$requests" --json >/dev/null
+        # The replicas' logs of the fill are flushed first: the measurement is of the state,
+        # not of the disk catching up with gigabytes written just before.
+        sync
     fi
     out=$("${CLIENT[@]}" bench --clients "$CLIENTS" --window 64 --payload 512 --keys 4 \
         --duration 20 --json)

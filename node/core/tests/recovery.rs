@@ -10,7 +10,7 @@ use pbft_core::protocol::{Durable, ProtocolConfig, Ready, Replica};
 use pbft_core::Committee;
 use pbft_crypto::{KeyPair, Signer};
 
-use pbft_core::fixtures::TestCluster;
+use pbft_core::fixtures::{checkpoint_config, TestCluster};
 
 fn batch_putting(client: &Signer, value: &[u8]) -> Batch {
     let op = KvOp::Put {
@@ -239,13 +239,7 @@ fn a_restart_without_the_last_unsynced_records_stays_consistent() {
 #[test]
 fn a_replica_recovers_its_state_from_a_base_and_the_changes_after_it() {
     let c = TestCluster::new(1);
-    let config = ProtocolConfig {
-        checkpoint_interval: 2,
-        log_window: 4,
-        ..ProtocolConfig::default()
-    }
-    .checked()
-    .unwrap();
+    let config = checkpoint_config(2, 4);
     let mut replica = c.replica_with(3, config.clone());
     let client = c.committee.signer(KeyPair::from_seed(&[9; 32]).unwrap());
     let now = Duration::from_millis(5);

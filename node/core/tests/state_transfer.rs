@@ -9,9 +9,9 @@ use std::time::Duration;
 use std::cell::RefCell;
 
 use pbft_core::app::{FrozenState, KvOp, KvStore, SnapshotError, StateMachine};
-use pbft_core::fixtures::TestCluster;
+use pbft_core::fixtures::{checkpoint_config, TestCluster};
 use pbft_core::messages::{self, Batch, ClientRequest, Message, ReplicaId, Sender};
-use pbft_core::protocol::{ClientTable, Destination, Ignored, ProtocolConfig, Replica, Timer};
+use pbft_core::protocol::{ClientTable, Destination, Ignored, Replica, Timer};
 use pbft_crypto::{Digest, Domain, KeyPair};
 
 /// Partitions of [`Blob`].
@@ -127,13 +127,7 @@ fn grow(c: &TestCluster, client: u8, bytes: u64) -> Batch {
 #[test]
 fn a_200_mb_state_moves_in_pieces_its_partitions_from_several_replicas() {
     let c = TestCluster::new(1);
-    let config = ProtocolConfig {
-        checkpoint_interval: 2,
-        log_window: 4,
-        ..ProtocolConfig::default()
-    }
-    .checked()
-    .unwrap();
+    let config = checkpoint_config(2, 4);
     let interval = config.retransmit_interval;
     let mut replicas: Vec<Replica> = (0..4)
         .map(|id| {
@@ -239,13 +233,7 @@ fn fetch_state_requests(messages: &[pbft_core::protocol::Outgoing]) -> Vec<(Dest
 #[test]
 fn a_stranded_replica_asks_for_a_stable_state_and_fetches_it() {
     let c = TestCluster::new(1);
-    let config = ProtocolConfig {
-        checkpoint_interval: 8,
-        log_window: 16,
-        ..ProtocolConfig::default()
-    }
-    .checked()
-    .unwrap();
+    let config = checkpoint_config(8, 16);
     let interval = config.retransmit_interval;
     let config_for_clients = config.clone();
     let mut replica = c.replica_with(1, config);
@@ -316,13 +304,7 @@ fn a_stranded_replica_asks_for_a_stable_state_and_fetches_it() {
 #[test]
 fn a_replica_a_few_batches_behind_catches_up_from_commit_certificates() {
     let c = TestCluster::new(1);
-    let config = ProtocolConfig {
-        checkpoint_interval: 4,
-        log_window: 8,
-        ..ProtocolConfig::default()
-    }
-    .checked()
-    .unwrap();
+    let config = checkpoint_config(4, 8);
     let now = Duration::from_millis(10);
     let batches: Vec<Batch> = (1..=4u8).map(|i| grow(&c, i, 64)).collect();
     let committed = |seq: usize| c.committed(0, seq as u64, &batches[seq - 1]);
