@@ -365,3 +365,47 @@ fn a_replica_a_few_batches_behind_catches_up_from_commit_certificates() {
     assert_eq!(replicas[3].state_digest(), replicas[0].state_digest());
     assert_eq!(replicas[3].state_transfers(), 0);
 }
+
+/// A peer gets at most 1,024 pieces of state per retransmission interval, however small they
+/// are: the byte budget alone would let a faulty one draw an answer per tiny partition, each a
+/// step of the replica that serves it.
+#[test]
+fn pieces_of_state_are_counted_per_peer_and_interval() {
+    let c = TestCluster::new(1);
+    let config = checkpoint_config(2, 4);
+    let interval = config.retransmit_interval;
+    let mut replica = c.replica_with(0, config);
+    let now = Duration::from_millis(5);
+    for seq in 1..=2 {
+        c.deliver(
+            &mut replica,
+            now,
+            1,
+            c.committed(0, seq, &grow(&c, seq as u8, 8)),
+        );
+    }
+    let digest = replica.state_digest();
+    for from in 1..3 {
+        let checkpoint = messages::Checkpoint::new(c.key(from), 2, digest, from);
+        c.deliver(&mut replica, now, from, Message::Checkpoint(checkpoint));
+    }
+    assert_eq!(replica.stable_checkpoint(), 2);
+    let _ = replica.poll_ready();
+    let ask = |replica: &mut Replica, now: Duration| {
+        for partition in 0..1500 {
+            let request = Message::FetchStateChunk {
+                seq: 2,
+                partition,
+                piece: 0,
+                replica: 3,
+            };
+            c.deliver(replica, now, 3, request);
+        }
+        (replica.poll_ready().messages.iter())
+            .filter(|out| matches!(&*out.message, Message::StateChunk { .. }))
+            .count()
+    };
+    assert_eq!(ask(&mut replica, now), 1024);
+    assert_eq!(ask(&mut replica, now), 0);
+    assert_eq!(ask(&mut replica, now + interval), 1024);
+}

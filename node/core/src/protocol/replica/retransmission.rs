@@ -19,6 +19,9 @@ pub(super) enum Help {
     NewView,
     Batch,
     State,
+    /// A piece of a partition of the state: counted as well as metered in bytes, since a
+    /// partition may be a few bytes and every answer costs a step.
+    StatePiece,
 }
 
 impl Help {
@@ -26,6 +29,7 @@ impl Help {
         match self {
             Help::CatchUp | Help::NewView | Help::State => 1,
             Help::Batch => 64,
+            Help::StatePiece => 1024,
         }
     }
 }

@@ -150,6 +150,13 @@ impl Replica {
         piece: u64,
         requester: ReplicaId,
     ) {
+        if self.served_image(seq).is_none() {
+            self.ignore(Ignored::StateNotHeld);
+            return;
+        }
+        if !self.may_help(requester, Help::StatePiece) {
+            return;
+        }
         let Some((encoded, encoded_now)) = self.encoded_partition(seq, partition) else {
             self.ignore(Ignored::StateNotHeld);
             return;
