@@ -1129,6 +1129,10 @@ fn a_state_layout_must_match_its_proof_and_pieces_their_partition() {
         c.check(Sender::Replica(0), piece(0, 2, full as u64 + 5, 0)),
         Err(Rejection::Malformed(_))
     ));
+    assert!(matches!(
+        c.check(Sender::Replica(0), piece(0, 0, 1 << 40, full)),
+        Err(Rejection::Malformed(_))
+    ));
     // The channel names the sender: a replica cannot pass its pieces off as another's.
     assert_eq!(
         c.check(Sender::Replica(0), piece(1, 1, full as u64 + 5, 5)),

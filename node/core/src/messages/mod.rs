@@ -567,6 +567,7 @@ pub fn verify(
                 return Err(Rejection::TooLarge("state piece"));
             }
             if *partition as usize >= state::MAX_STATE_PARTITIONS
+                || *len > state::MAX_PARTITION_BYTES
                 || state::piece_range(*len, *piece).map(|range| range.len()) != Some(data.len())
             {
                 return Err(Rejection::Malformed(

@@ -14,6 +14,10 @@ use pbft_crypto::{Digest, DigestBuilder, Domain};
 /// must agree.
 pub const STATE_PIECE_BYTES: usize = 1 << 20;
 
+/// The largest encoding of one partition: a helper claiming more is refused at the boundary,
+/// so a fetch never asks for more pieces of a partition than this allows.
+pub const MAX_PARTITION_BYTES: u64 = 1 << 30;
+
 /// The most partitions a state may have: bounds a layout's message and a fetch's tables.
 pub const MAX_STATE_PARTITIONS: usize = 1 << 20;
 

@@ -322,7 +322,10 @@ impl Replica {
             self.ignore(Ignored::StateNotNeeded);
             return;
         };
-        if wanted.pieces.contains_key(&piece) {
+        // Only pieces asked for are kept: their number in flight is bounded, whatever a
+        // faulty helper sends unasked.
+        if wanted.pieces.contains_key(&piece) || !wanted.asked.contains(&piece) {
+            self.ignore(Ignored::StateNotNeeded);
             return;
         }
         if wanted.len.is_some_and(|known| known != len)
