@@ -40,7 +40,7 @@ struct Queue<'a> {
 impl Effects for Queue<'_> {
     type Error = std::convert::Infallible;
 
-    fn persist(&mut self, _: &[Durable]) -> Result<(), Self::Error> {
+    fn persist(&mut self, _: Vec<Durable>) -> Result<(), Self::Error> {
         Ok(())
     }
 

@@ -53,6 +53,9 @@ pub enum NodeError {
     /// The replica saw proof of more than f faulty replicas and stopped.
     #[error("replica halted")]
     Halted(#[source] Halt),
+    /// The thread that writes the log could not be started.
+    #[error("cannot start the thread writing the log")]
+    Thread(#[source] std::io::Error),
     /// The replica's task ended abnormally.
     #[error("replica task failed")]
     Task(#[source] tokio::task::JoinError),

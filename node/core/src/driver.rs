@@ -27,10 +27,12 @@ use crate::protocol::{
 pub trait Effects {
     type Error;
 
-    /// Makes `records` durable. Called on every flush, with no records too. Nothing produced in
-    /// the same step is sent before this returns `Ok`; after an `Err` nothing of the step is
+    /// Makes `records` durable. Called on every flush, with no records too, before the step's
+    /// sends and replies. Nothing produced in this step or a later one may leave the replica
+    /// before `records` are durable: either this returns only once they are, or the effects
+    /// hold every later send and reply until they are. After an `Err` nothing of the step is
     /// sent at all.
-    fn persist(&mut self, records: &[Durable]) -> Result<(), Self::Error>;
+    fn persist(&mut self, records: Vec<Durable>) -> Result<(), Self::Error>;
 
     /// Sends `message` to each replica of `to` (never the sender itself).
     fn send(&mut self, to: &[ReplicaId], message: Arc<Message>);
@@ -147,7 +149,7 @@ impl Driver {
     /// is returned.
     pub fn flush<E: Effects>(&mut self, effects: &mut E) -> Result<Flushed, E::Error> {
         let ready = self.replica.poll_ready();
-        effects.persist(&ready.persist)?;
+        effects.persist(ready.persist)?;
         for Outgoing { to, message } in ready.messages {
             let to = self.recipients(to);
             if !to.is_empty() {

@@ -1,14 +1,19 @@
 //! The tokio driver around the pure replica core.
 //!
 //! ```text
-//!  QUIC inbox ──► verifier workers (decode, signatures; one per core) ──► protocol task ──► QUIC
-//!                                                timers, status queries ──┘   (Replica)
+//!  QUIC inbox ──► verifier workers (decode, signatures; one per core) ──► protocol task ──► outbox ──► QUIC
+//!                                                timers, status queries ──┘   (Replica)     │  ▲
+//!                                                                        records of a step ▼  │ durable
+//!                                                                                    log's thread (write, fsync)
 //! ```
-//! The protocol task owns the [`Replica`] and is the only place its state changes. Decoding and
+//! The protocol task owns the [`Replica`] and is the only place its state changes. What it
+//! sends waits in the outbox until the records handed to the log before it are durable, while
+//! the task goes on with the next inputs. Decoding and
 //! signature checks happen before it, in parallel, and a signature already checked is answered
 //! from a cache, so each request's signature is verified once per replica however often it is
 //! forwarded or retransmitted.
 
+mod log_writer;
 mod protocol_task;
 mod verify;
 
@@ -24,6 +29,7 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use log_writer::Outbox;
 use protocol_task::{ProtocolTask, RateLimit, STATUS_QUERIES_PER_SECOND};
 use verify::{spawn_verifiers, Rejections};
 
@@ -175,12 +181,13 @@ impl RunningNode {
         );
         let (stop, stop_rx) = oneshot::channel();
         let behavior = setup.behavior.map(|kind| kind.build_with(&setup.protocol));
+        let outbox =
+            Outbox::new(setup.id, store, lock, metrics.clone()).map_err(NodeError::Thread)?;
         let driver = ProtocolTask {
             id: setup.id,
             behavior_name: setup.behavior.map(|k| k.to_string()),
             driver: Harness::new(replica, behavior),
-            store,
-            _lock: lock,
+            outbox,
             transport: Arc::new(transport),
             metrics,
             rejections,
@@ -300,13 +307,4 @@ fn open_replica(
         );
     }
     Ok((replica, Some(opened.store), Some(lock)))
-}
-
-/// Runs blocking disk work from the protocol task without stalling the other tasks of a
-/// multi-threaded runtime.
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
-        _ => work(),
-    }
 }

@@ -11,12 +11,11 @@ use pbft_net::{Peer, ReplicaTransport};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::log_writer::{Outbound, Outbox};
 use super::verify::{count_rejection, Rejections};
-use super::{blocking, Input};
-use crate::data_dir::DirLock;
+use super::Input;
 use crate::error::NodeError;
 use crate::metrics::{Metrics, Position};
-use crate::storage::ReplicaStore;
 use pbft_core::byzantine::{Harness, RawEffects};
 use pbft_core::driver::{Effects, Flushed};
 use pbft_core::messages::{Message, NodeStatus, ReplicaId, Reply, Timestamp};
@@ -61,10 +60,8 @@ pub(super) struct ProtocolTask {
     pub(super) behavior_name: Option<String>,
     /// The replica, its behaviour and its timers.
     pub(super) driver: Harness,
-    /// Durable state; `None` when turned off.
-    pub(super) store: Option<ReplicaStore>,
-    /// Held while the replica runs, so no other process uses its data directory.
-    pub(super) _lock: Option<DirLock>,
+    /// Where records go to the log and frames wait for them.
+    pub(super) outbox: Outbox,
     pub(super) transport: Arc<ReplicaTransport>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) rejections: Rejections,
@@ -83,6 +80,23 @@ const MAX_TRACKED_ARRIVALS: usize = 100_000;
 impl ProtocolTask {
     pub(super) async fn run(
         mut self,
+        inputs: mpsc::Receiver<Input>,
+        stop: oneshot::Receiver<()>,
+    ) -> Result<(), NodeError> {
+        let result = self.serve(inputs, stop).await;
+        // The log's thread finishes what it was handed (a halting replica's last records
+        // included) before the data directory is unlocked.
+        let outbox = std::mem::replace(&mut self.outbox, Outbox::none());
+        outbox.close().await;
+        match Arc::try_unwrap(self.transport) {
+            Ok(transport) => transport.shutdown().await,
+            Err(_) => tracing::debug!("transport still shared at shutdown"),
+        }
+        result
+    }
+
+    async fn serve(
+        &mut self,
         mut inputs: mpsc::Receiver<Input>,
         mut stop: oneshot::Receiver<()>,
     ) -> Result<(), NodeError> {
@@ -97,19 +111,29 @@ impl ProtocolTask {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let wake_at = next_wake.map(|at| self.origin + at);
             let sleep = async {
-                match next_wake {
-                    Some(at) => tokio::time::sleep_until(self.origin + at).await,
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
+            // While the log is too far behind, inputs wait in their queue (and, once it is
+            // full, in the verifiers and the transport).
+            let take_inputs = self.outbox.has_room();
             tokio::select! {
-                _ = &mut stop => break,
-                input = inputs.recv() => {
-                    let Some(input) = input else { break };
+                _ = &mut stop => return Ok(()),
+                written = self.outbox.written(|out| out.deliver(&self.transport, &self.metrics)) => {
+                    if let Err(error) = written {
+                        tracing::error!(replica = self.id, %error, "durable write failed; stopping");
+                        return Err(NodeError::DurableWrite(error));
+                    }
+                }
+                input = inputs.recv(), if take_inputs => {
+                    let Some(input) = input else { return Ok(()) };
                     self.handle(input);
                     // Take whatever else is queued before flushing: the outputs of all of them
-                    // share one write and one sync, and go out together.
+                    // share one group of records and go out together.
                     for _ in 0..256 {
                         match inputs.try_recv() {
                             Ok(input) => self.handle(input),
@@ -134,11 +158,6 @@ impl ProtocolTask {
                 _ = gauges.tick() => self.update_gauges(inputs.len()),
             }
         }
-        match Arc::try_unwrap(self.transport) {
-            Ok(transport) => transport.shutdown().await,
-            Err(_) => tracing::debug!("transport still shared at shutdown"),
-        }
-        Ok(())
     }
 
     /// Routes the replies of a client's own session to the connection it sent from, and notes
@@ -254,7 +273,7 @@ impl ProtocolTask {
             fetching_state: replica.is_fetching_state(),
             rejoining: replica.rejoin().is_some_and(|rejoin| rejoin.silent),
             evidence_held: replica.evidence().len() as u64,
-            log_bytes: self.store.as_ref().map_or(0, ReplicaStore::disk_bytes),
+            log_bytes: self.outbox.disk_bytes(),
             state_bytes: replica.stable_state_bytes().unwrap_or(0),
             dropped_queue_full: self.transport.stats().dropped_queue_full,
         });
@@ -267,8 +286,7 @@ impl ProtocolTask {
     /// The driver, the behaviour's randomness and the effects, borrowed apart.
     fn parts(&mut self) -> (&mut Harness, &mut rand::rngs::StdRng, NodeEffects<'_>) {
         let effects = NodeEffects {
-            id: self.id,
-            store: self.store.as_mut(),
+            outbox: &mut self.outbox,
             transport: &self.transport,
             metrics: &self.metrics,
             arrivals: &mut self.arrivals,
@@ -307,17 +325,18 @@ impl ProtocolTask {
 
 /// Where the runtime's replica writes, sends and replies.
 struct NodeEffects<'a> {
-    id: ReplicaId,
-    store: Option<&'a mut ReplicaStore>,
+    outbox: &'a mut Outbox,
     transport: &'a ReplicaTransport,
     metrics: &'a Metrics,
     arrivals: &'a mut HashMap<(PublicKey, Timestamp), Instant>,
 }
 
 impl NodeEffects<'_> {
-    fn send_frame(&self, to: &[ReplicaId], frame: Bytes) {
+    fn send_frame(&mut self, to: &[ReplicaId], frame: Bytes) {
         for id in to {
-            self.transport.send_to_replica(*id, frame.clone());
+            let outbound = Outbound::Replica(*id, frame.clone());
+            self.outbox
+                .send(outbound, |out| out.deliver(self.transport, self.metrics));
         }
     }
 }
@@ -331,19 +350,9 @@ impl RawEffects for NodeEffects<'_> {
 impl Effects for NodeEffects<'_> {
     type Error = NodeError;
 
-    fn persist(&mut self, records: &[Durable]) -> Result<(), NodeError> {
-        let Some(store) = self.store.as_deref_mut() else {
-            return Ok(());
-        };
-        if records.is_empty() {
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        blocking(|| store.persist(records)).map_err(|error| {
-            tracing::error!(replica = self.id, %error, "durable write failed; stopping");
-            NodeError::DurableWrite(error)
-        })?;
-        self.metrics.observe_persist(started.elapsed());
+    /// Hands the records to the log's thread; the step's frames wait for them in the outbox.
+    fn persist(&mut self, records: Vec<Durable>) -> Result<(), NodeError> {
+        self.outbox.persist(records);
         Ok(())
     }
 
@@ -352,13 +361,19 @@ impl Effects for NodeEffects<'_> {
     }
 
     fn reply(&mut self, reply: Reply) {
-        for result in &reply.results {
-            if let Some(arrived) = self.arrivals.remove(&(reply.client, result.timestamp)) {
-                self.metrics.observe_latency(arrived.elapsed());
-            }
-        }
+        let arrived = reply
+            .results
+            .iter()
+            .filter_map(|result| self.arrivals.remove(&(reply.client, result.timestamp)))
+            .collect();
         let (client, session) = (reply.client, reply.session);
-        let frame = Bytes::from(Message::Reply(reply).encode());
-        self.transport.send_to_session(&client, session, frame);
+        let outbound = Outbound::Reply {
+            client,
+            session,
+            frame: Bytes::from(Message::Reply(reply).encode()),
+            arrived,
+        };
+        self.outbox
+            .send(outbound, |out| out.deliver(self.transport, self.metrics));
     }
 }

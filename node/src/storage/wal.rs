@@ -51,6 +51,10 @@ pub struct Opened {
     pub discarded_tail: Option<DiscardedTail>,
 }
 
+/// The largest write buffer kept for the next write; a larger one (a base of a large state)
+/// is freed.
+const MAX_SPARE_BYTES: usize = 16 << 20;
+
 /// Why the log cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -90,6 +94,9 @@ pub enum StorageError {
     /// written after it would be unreadable, so the log accepts nothing more.
     #[error("the write-ahead log is unusable after an earlier write failure")]
     Poisoned,
+    /// The thread writing the log ended without saying why (it panicked).
+    #[error("the thread writing the log stopped")]
+    WriterGone,
     /// A record is longer than a frame's length field can describe.
     #[error(
         "a record of {len} bytes is longer than the {} bytes a frame can hold",
@@ -129,6 +136,9 @@ pub struct Wal {
     /// The start of the segment that the next append goes to. It may not exist on disk yet.
     head: u64,
     pending: Vec<Pending>,
+    /// The buffer of the last write, emptied, for the next one: a new buffer would grow through
+    /// every size again, on newly faulted pages.
+    spare: Vec<u8>,
     poisoned: bool,
     fail_next_write: bool,
     bytes_written: u64,
@@ -205,6 +215,7 @@ impl Wal {
             newest,
             head,
             pending: Vec::new(),
+            spare: Vec::new(),
             poisoned: false,
             fail_next_write: false,
             bytes_written: 0,
@@ -233,7 +244,7 @@ impl Wal {
             _ => {
                 self.pending.push(Pending {
                     start: self.head,
-                    frames: Vec::new(),
+                    frames: std::mem::take(&mut self.spare),
                 });
                 // Just pushed, so the vector is not empty.
                 let last = self.pending.len() - 1;
@@ -294,6 +305,12 @@ impl Wal {
         match self.write_pending(&pending) {
             Ok(()) => {
                 self.syncs += 1;
+                if let Some(mut frames) = pending.into_iter().map(|p| p.frames).next() {
+                    if frames.capacity() <= MAX_SPARE_BYTES {
+                        frames.clear();
+                        self.spare = frames;
+                    }
+                }
                 Ok(())
             }
             Err(error) => {

@@ -77,7 +77,7 @@ impl RawEffects for SimEffects<'_> {
 impl Effects for SimEffects<'_> {
     type Error = Crashed;
 
-    fn persist(&mut self, records: &[Durable]) -> Result<(), Crashed> {
+    fn persist(&mut self, records: Vec<Durable>) -> Result<(), Crashed> {
         if let Some(kept) = self.crash_in_write.take() {
             let keep = ((records.len() as f64) * kept) as usize;
             self.disk.write(&records[..keep], self.log_window);
@@ -89,7 +89,7 @@ impl Effects for SimEffects<'_> {
             );
             return Err(Crashed);
         }
-        self.disk.write(records, self.log_window);
+        self.disk.write(&records, self.log_window);
         self.checkpoints
             .extend(records.iter().filter_map(|record| match record {
                 Durable::Checkpoint(c) => Some((c.seq, c.state_digest)),

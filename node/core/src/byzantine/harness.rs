@@ -92,7 +92,7 @@ impl Harness {
             replies,
             timers,
         } = behavior.transform(ready, &mut ctx);
-        effects.persist(&persist)?;
+        effects.persist(persist)?;
         send_all(&self.driver, sends, effects);
         for reply in replies {
             effects.reply(reply);

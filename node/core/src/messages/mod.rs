@@ -326,7 +326,10 @@ impl SignatureCache {
     /// Remembers an answer.
     pub fn insert(&mut self, question: SignatureQuestion, valid: bool) {
         if self.current.len() >= SignatureCache::GENERATION {
-            self.previous = std::mem::take(&mut self.current);
+            // The older generation's table is cleared and reused: a fresh one would grow
+            // through every size again, on newly faulted pages.
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
         }
         self.current.insert(question, valid);
     }
