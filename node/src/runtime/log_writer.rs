@@ -5,12 +5,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::mpsc::{self as std_mpsc, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use pbft_crypto::PublicKey;
 use pbft_net::ReplicaTransport;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::data_dir::DirLock;
@@ -30,11 +31,39 @@ const MAX_HELD_BYTES: usize = 64 << 20;
 /// A group of records handed to the writer: its number (counted from 1) and the records.
 type Group = (u64, Vec<Durable>);
 
+/// How far the log's thread has got. It never waits for the protocol task to read this, so the
+/// protocol task may wait for the thread without the two waiting for each other.
+#[derive(Default)]
+struct Progress {
+    /// The newest group that is durable.
+    durable: AtomicU64,
+    /// Why the thread stopped, once it has.
+    failed: Mutex<Option<StorageError>>,
+    changed: Notify,
+}
+
+impl Progress {
+    fn fail(&self, error: StorageError) {
+        *self.failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+        self.changed.notify_one();
+    }
+}
+
+/// Reports a panic of the log's thread, which would otherwise leave held frames waiting forever.
+struct ReportPanic(Arc<Progress>);
+
+impl Drop for ReportPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail(StorageError::WriterGone);
+        }
+    }
+}
+
 /// The thread that writes the log, and how far it has got.
 struct LogWriter {
     groups: std_mpsc::SyncSender<Group>,
-    /// The newest group that is durable, or the write that failed.
-    durable_rx: mpsc::Receiver<Result<u64, StorageError>>,
+    progress: Arc<Progress>,
     thread: std::thread::JoinHandle<()>,
     /// The newest group handed over.
     submitted: u64,
@@ -53,31 +82,34 @@ impl LogWriter {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<LogWriter> {
         let (groups, groups_rx) = std_mpsc::sync_channel::<Group>(MAX_GROUPS_IN_FLIGHT as usize);
-        let (durable_tx, durable_rx) = mpsc::channel(MAX_GROUPS_IN_FLIGHT as usize + 1);
+        let progress = Arc::new(Progress::default());
         let disk_bytes = Arc::new(AtomicU64::new(store.disk_bytes()));
-        let bytes = disk_bytes.clone();
+        let (reports, bytes) = (progress.clone(), disk_bytes.clone());
         let thread = std::thread::Builder::new()
             .name(format!("log-writer-{replica}"))
             .spawn(move || {
                 let _lock = lock;
+                let reports = ReportPanic(reports);
                 while let Ok((mut newest, mut records)) = groups_rx.recv() {
                     while let Ok((number, more)) = groups_rx.try_recv() {
                         records.extend(more);
                         newest = number;
                     }
                     let started = std::time::Instant::now();
-                    let result = store.persist(&records).map(|()| newest);
+                    let written = store.persist(&records);
                     metrics.observe_persist(started.elapsed());
                     bytes.store(store.disk_bytes(), Ordering::Relaxed);
-                    let failed = result.is_err();
-                    if durable_tx.blocking_send(result).is_err() || failed {
+                    if let Err(error) = written {
+                        reports.0.fail(error);
                         break;
                     }
+                    reports.0.durable.store(newest, Ordering::Release);
+                    reports.0.changed.notify_one();
                 }
             })?;
         Ok(LogWriter {
             groups,
-            durable_rx,
+            progress,
             thread,
             submitted: 0,
             durable: 0,
@@ -87,6 +119,15 @@ impl LogWriter {
 
     fn in_flight(&self) -> u64 {
         self.submitted - self.durable
+    }
+}
+
+/// Runs blocking work from the protocol task without stalling the other tasks of a
+/// multi-threaded runtime.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
@@ -172,9 +213,15 @@ impl Outbox {
             return;
         }
         writer.submitted += 1;
-        // The channel holds as many groups as may be in flight, and `has_room` keeps the
-        // protocol task below that; a writer that stopped has reported why.
-        let _ = writer.groups.try_send((writer.submitted, records));
+        match writer.groups.try_send((writer.submitted, records)) {
+            // A thread that stopped has reported why, and the replica stops on it.
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            // Timers may add groups past the intake bound. A group is never dropped: its frames
+            // would go out once a later group is durable. The protocol task waits instead.
+            Err(TrySendError::Full(group)) => {
+                let _ = blocking(|| writer.groups.send(group));
+            }
+        }
     }
 
     /// Whether the protocol task may take more input: the log is not too far behind.
@@ -208,10 +255,18 @@ impl Outbox {
         let Some(writer) = self.writer.as_mut().filter(|w| w.in_flight() > 0) else {
             return std::future::pending().await;
         };
-        let durable = match writer.durable_rx.recv().await {
-            Some(result) => result?,
-            // The thread ended without reporting: it can only have panicked.
-            None => return Err(StorageError::WriterGone),
+        let durable = loop {
+            let durable = writer.progress.durable.load(Ordering::Acquire);
+            if durable > writer.durable {
+                break durable;
+            }
+            let failed = writer.progress.failed.lock();
+            let failed = failed.unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(error) = failed {
+                return Err(error);
+            }
+            // A report made since the check above left a permit, so none is missed.
+            writer.progress.changed.notified().await;
         };
         writer.durable = durable;
         while let Some((group, _)) = self.held.front() {
@@ -239,16 +294,9 @@ impl Outbox {
         let Some(writer) = self.writer.take() else {
             return;
         };
-        // The reports stay receivable until the thread ends, so it never blocks on them.
-        let LogWriter {
-            groups,
-            thread,
-            durable_rx,
-            ..
-        } = writer;
+        let LogWriter { groups, thread, .. } = writer;
         drop(groups);
         let joined = tokio::task::spawn_blocking(move || thread.join()).await;
-        drop(durable_rx);
         if !matches!(joined, Ok(Ok(()))) {
             tracing::error!("the log's thread failed while stopping");
         }
@@ -321,6 +369,37 @@ mod tests {
         assert!(matches!(result, Err(StorageError::Io { .. })), "{result:?}");
         assert!(delivered.is_empty());
         outbox.close().await;
+    }
+
+    #[tokio::test]
+    async fn no_group_is_dropped_past_the_room_of_the_writers_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = outbox(dir.path(), false);
+        let groups = 4 * MAX_GROUPS_IN_FLIGHT;
+        for _ in 0..groups {
+            outbox.persist(record());
+        }
+        let mut delivered = Vec::new();
+        outbox.send(frame(1), |out| delivered.push(sent(&out)));
+        let released = async {
+            while delivered.is_empty() {
+                outbox
+                    .written(|out| delivered.push(sent(&out)))
+                    .await
+                    .unwrap();
+            }
+        };
+        // Generous: a lost group would hold the frame forever.
+        tokio::time::timeout(std::time::Duration::from_secs(120), released)
+            .await
+            .expect("the frame is released once every group is durable");
+        outbox.close().await;
+        let reopened = ReplicaStore::open(dir.path(), false, 4).unwrap();
+        assert_eq!(
+            reopened.records.len() as u64,
+            groups,
+            "every group is in the log"
+        );
     }
 
     #[tokio::test]
